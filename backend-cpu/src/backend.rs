@@ -1,0 +1,140 @@
+use std::sync::Mutex;
+
+use tern_core::{AttentionParams, Backend, Error, MatrixView, Result, RopeParams};
+
+use crate::ops::quantize_rows::QuantizedRows;
+use crate::ops::{attention, elementwise, matmul, rms_norm, rope};
+use crate::tensor::{CpuMatrix, CpuTensor};
+use crate::SimdLevel;
+
+/// The CPU backend: kernels at a [`SimdLevel`], work spread over a rayon pool of its own.
+#[derive(Debug)]
+pub struct CpuBackend {
+    level: SimdLevel,
+    threads: usize,
+    #[cfg(feature = "parallel")]
+    pool: rayon::ThreadPool,
+    /// Int8 activation rows for the matmul in progress, reused so decode allocates nothing per step.
+    scratch: Mutex<QuantizedRows>,
+}
+
+impl CpuBackend {
+    /// A backend using the best SIMD level of this CPU and `threads` threads (0: one per core).
+    pub fn new(threads: usize) -> Result<Self> {
+        Self::with_level(threads, SimdLevel::detect())
+    }
+
+    /// A backend forced to `level` (which must not exceed what the CPU offers).
+    pub fn with_level(threads: usize, level: SimdLevel) -> Result<Self> {
+        if level > SimdLevel::detect() {
+            return Err(Error::Unsupported { op: "simd level", ty: tern_core::TensorType::F32, backend: "cpu" });
+        }
+        #[cfg(feature = "parallel")]
+        {
+            let threads = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .thread_name(|i| format!("tern-cpu-{i}"))
+                .build()
+                .map_err(|e| Error::OutOfMemory { reason: format!("cannot start {threads} CPU threads: {e}") })?;
+            Ok(CpuBackend { level, threads, pool, scratch: Mutex::default() })
+        }
+        #[cfg(not(feature = "parallel"))]
+        {
+            let _ = threads;
+            Ok(CpuBackend { level, threads: 1, scratch: Mutex::default() })
+        }
+    }
+
+    /// The SIMD level in use.
+    pub fn level(&self) -> SimdLevel {
+        self.level
+    }
+
+    /// Worker threads.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Runs `f` on this backend's threads, so that a whole forward pass (many ops) hops onto the pool once.
+    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        #[cfg(feature = "parallel")]
+        return self.pool.install(f);
+        #[cfg(not(feature = "parallel"))]
+        f()
+    }
+}
+
+impl Backend for CpuBackend {
+    type Tensor = CpuTensor;
+    type Matrix = CpuMatrix;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn zeros(&self, rows: usize, cols: usize) -> Result<CpuTensor> {
+        Ok(CpuTensor { data: vec![0.0; rows * cols], rows, cols })
+    }
+
+    fn upload(&self, data: &[f32], rows: usize, cols: usize) -> Result<CpuTensor> {
+        if data.len() != rows * cols {
+            return Err(Error::shape("upload", format!("{} values for {rows}x{cols}", data.len())));
+        }
+        Ok(CpuTensor { data: data.to_vec(), rows, cols })
+    }
+
+    fn read(&self, t: &CpuTensor) -> Result<Vec<f32>> {
+        Ok(t.data.clone())
+    }
+
+    fn shape(&self, t: &CpuTensor) -> (usize, usize) {
+        (t.rows, t.cols)
+    }
+
+    fn upload_matrix(&self, m: MatrixView<'_>) -> Result<CpuMatrix> {
+        CpuMatrix::new(m)
+    }
+
+    fn matrix_shape(&self, m: &CpuMatrix) -> (usize, usize) {
+        (m.rows, m.cols)
+    }
+
+    fn embed(&self, table: &CpuMatrix, ids: &[u32], out: &mut CpuTensor) -> Result<()> {
+        elementwise::embed(table, ids, out)
+    }
+
+    fn matmul(&self, w: &CpuMatrix, x: &CpuTensor, out: &mut CpuTensor) -> Result<()> {
+        let mut guard = self.scratch.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let scratch: &mut QuantizedRows = &mut guard;
+        self.install(|| matmul::matmul(self.level, scratch, w, x, out))
+    }
+
+    fn rms_norm(&self, x: &CpuTensor, weight: &CpuTensor, eps: f32, out: &mut CpuTensor) -> Result<()> {
+        rms_norm::rms_norm(x, weight, eps, out)
+    }
+
+    fn rope(&self, x: &mut CpuTensor, p: &RopeParams) -> Result<()> {
+        rope::rope(x, p)
+    }
+
+    fn write_rows(&self, src: &CpuTensor, dst: &mut CpuTensor, row: usize) -> Result<()> {
+        elementwise::write_rows(src, dst, row)
+    }
+
+    fn slice_rows(&self, src: &CpuTensor, first: usize, count: usize, out: &mut CpuTensor) -> Result<()> {
+        elementwise::slice_rows(src, first, count, out)
+    }
+
+    fn attention(&self, q: &CpuTensor, k: &CpuTensor, v: &CpuTensor, p: &AttentionParams, out: &mut CpuTensor) -> Result<()> {
+        self.install(|| attention::attention(q, k, v, p, out))
+    }
+
+    fn silu_mul(&self, gate: &CpuTensor, up: &CpuTensor, out: &mut CpuTensor) -> Result<()> {
+        elementwise::silu_mul(gate, up, out)
+    }
+
+    fn add(&self, x: &mut CpuTensor, y: &CpuTensor) -> Result<()> {
+        elementwise::add(x, y)
+    }
+}

@@ -1,0 +1,19 @@
+//! tern's CPU backend.
+//!
+//! Quantized matrix products quantize each activation row to int8 in blocks of 32 (a scale and the scaled sum
+//! per block), then take integer dot products against the packed weights: AVX-512 VNNI or AVX2 chosen at run
+//! time on x86-64, a portable scalar path everywhere else. Work is split over output rows with rayon when the
+//! `parallel` feature is on (it is off for single-threaded wasm32 builds).
+
+#[cfg(not(target_endian = "little"))]
+compile_error!("tern's packed layouts are little-endian words");
+
+mod backend;
+mod ops;
+mod parallel;
+mod simd;
+mod tensor;
+
+pub use backend::CpuBackend;
+pub use simd::SimdLevel;
+pub use tensor::{CpuMatrix, CpuTensor};

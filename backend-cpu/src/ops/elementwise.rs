@@ -1,0 +1,60 @@
+use tern_core::{Error, Result};
+use tern_quant::dequantize_row;
+
+use crate::tensor::{check_cols, CpuMatrix, CpuTensor};
+
+fn same_shape(op: &'static str, a: &CpuTensor, b: &CpuTensor) -> Result<()> {
+    if (a.rows, a.cols) != (b.rows, b.cols) {
+        return Err(Error::shape(op, format!("{}x{} and {}x{}", a.rows, a.cols, b.rows, b.cols)));
+    }
+    Ok(())
+}
+
+/// `out = silu(gate) * up`.
+pub(crate) fn silu_mul(gate: &CpuTensor, up: &CpuTensor, out: &mut CpuTensor) -> Result<()> {
+    same_shape("silu_mul", gate, up)?;
+    out.reshape(gate.rows, gate.cols);
+    for ((o, g), u) in out.data.iter_mut().zip(&gate.data).zip(&up.data) {
+        *o = g / (1.0 + (-g).exp()) * u;
+    }
+    Ok(())
+}
+
+/// `x += y`.
+pub(crate) fn add(x: &mut CpuTensor, y: &CpuTensor) -> Result<()> {
+    same_shape("add", x, y)?;
+    x.data.iter_mut().zip(&y.data).for_each(|(a, b)| *a += b);
+    Ok(())
+}
+
+/// `out[t] = table[ids[t]]`, dequantized.
+pub(crate) fn embed(table: &CpuMatrix, ids: &[u32], out: &mut CpuTensor) -> Result<()> {
+    out.reshape(ids.len(), table.cols);
+    for (o, &id) in out.data.chunks_exact_mut(table.cols).zip(ids) {
+        if id as usize >= table.rows {
+            return Err(Error::shape("embed", format!("token id {id} is outside the table's {} rows", table.rows)));
+        }
+        dequantize_row(&table.view(), id as usize, o);
+    }
+    Ok(())
+}
+
+/// Copies `src` into `dst` from row `row` on.
+pub(crate) fn write_rows(src: &CpuTensor, dst: &mut CpuTensor, row: usize) -> Result<()> {
+    check_cols("write_rows", "source", src.cols, dst.cols)?;
+    if row + src.rows > dst.rows {
+        return Err(Error::ContextFull { pos: row + src.rows - 1, capacity: dst.rows });
+    }
+    dst.data[row * dst.cols..(row + src.rows) * dst.cols].copy_from_slice(&src.data);
+    Ok(())
+}
+
+/// `out = src[first..first + count]`.
+pub(crate) fn slice_rows(src: &CpuTensor, first: usize, count: usize, out: &mut CpuTensor) -> Result<()> {
+    if first + count > src.rows {
+        return Err(Error::shape("slice_rows", format!("rows {first}..{} of {}", first + count, src.rows)));
+    }
+    out.reshape(count, src.cols);
+    out.data.copy_from_slice(&src.data[first * src.cols..(first + count) * src.cols]);
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! `out[t, r] = w[r] · x[t]`: quantized weights against int8 activation rows, float weights against f32 rows.
+//! Work is split into tasks of `ROWS_PER_TASK` weight rows; inside a task, tiles of `TOKENS_PER_TILE` activation
+//! rows share every weight block, so a prefill reads each weight once per tile while both stay in L1.
+
+use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
+use tern_core::{Result, TensorType};
+
+use super::qdot::{dot, ActRow, WeightRow};
+use super::quantize_rows::QuantizedRows;
+use crate::parallel::{for_each, SharedMut};
+use crate::tensor::{check_cols, CpuMatrix, CpuTensor};
+use crate::SimdLevel;
+
+const ROWS_PER_TASK: usize = 16;
+const TOKENS_PER_TILE: usize = 4;
+
+pub(crate) fn matmul(
+    level: SimdLevel,
+    scratch: &mut QuantizedRows,
+    w: &CpuMatrix,
+    x: &CpuTensor,
+    out: &mut CpuTensor,
+) -> Result<()> {
+    check_cols("matmul", "input", x.cols, w.cols)?;
+    out.reshape(x.rows, w.rows);
+    if w.ty.is_quantized() {
+        scratch.quantize(&x.data, x.rows, x.cols);
+        quantized(level, w, scratch, out);
+    } else {
+        float(w, x, out);
+    }
+    Ok(())
+}
+
+fn quantized(level: SimdLevel, w: &CpuMatrix, x: &QuantizedRows, out: &mut CpuTensor) {
+    let (m, tokens) = (w.rows, x.rows);
+    let dst = SharedMut(out.data.as_mut_ptr());
+    for_each(m.div_ceil(ROWS_PER_TASK), |task| {
+        let rows = task * ROWS_PER_TASK..((task + 1) * ROWS_PER_TASK).min(m);
+        let mut t = 0;
+        while t + TOKENS_PER_TILE <= tokens {
+            let xs: [ActRow<'_>; TOKENS_PER_TILE] = std::array::from_fn(|i| ActRow::of(x, t + i));
+            for r in rows.clone() {
+                let v = dot(level, w.ty, WeightRow::of(w, r), xs);
+                for (i, v) in v.into_iter().enumerate() {
+                    // Safety: (t + i, r) is in bounds and belongs to this task's rows alone.
+                    unsafe { dst.write((t + i) * m + r, v) };
+                }
+            }
+            t += TOKENS_PER_TILE;
+        }
+        for t in t..tokens {
+            let xr = [ActRow::of(x, t)];
+            for r in rows.clone() {
+                let [v] = dot(level, w.ty, WeightRow::of(w, r), xr);
+                // Safety: as above.
+                unsafe { dst.write(t * m + r, v) };
+            }
+        }
+    });
+}
+
+/// Row `r` of a float matrix as f32, converted into `buf` when it is not f32 already.
+fn float_row<'a>(w: &'a CpuMatrix, r: usize, buf: &'a mut [f32]) -> &'a [f32] {
+    let bytes = &w.quant_bytes()[r * w.cols * w.ty.quant_bits() / 8..(r + 1) * w.cols * w.ty.quant_bits() / 8];
+    match w.ty {
+        TensorType::F16 => bytemuck::cast_slice::<u8, f16>(bytes).convert_to_f32_slice(buf),
+        TensorType::Bf16 => bytemuck::cast_slice::<u8, bf16>(bytes).convert_to_f32_slice(buf),
+        _ => return bytemuck::cast_slice(bytes),
+    }
+    buf
+}
+
+pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    // Eight independent partial sums let the compiler vectorize without reassociating a single sum.
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+fn float(w: &CpuMatrix, x: &CpuTensor, out: &mut CpuTensor) {
+    let (m, tokens) = (w.rows, x.rows);
+    let dst = SharedMut(out.data.as_mut_ptr());
+    for_each(m.div_ceil(ROWS_PER_TASK), |task| {
+        let mut buf = vec![0f32; w.cols];
+        for r in task * ROWS_PER_TASK..((task + 1) * ROWS_PER_TASK).min(m) {
+            let row = float_row(w, r, &mut buf);
+            for t in 0..tokens {
+                // Safety: (t, r) is in bounds and belongs to this task's rows alone.
+                unsafe { dst.write(t * m + r, dot_f32(row, x.row(t))) };
+            }
+        }
+    });
+}

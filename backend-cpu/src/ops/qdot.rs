@@ -1,0 +1,88 @@
+//! Dot products of packed weight rows with int8 activation rows: the portable reference path and the
+//! dispatch to the SIMD paths. `N` activation rows share each weight block load.
+
+use half::f16;
+use tern_core::TensorType;
+
+use super::quantize_rows::QuantizedRows;
+use crate::tensor::CpuMatrix;
+use crate::SimdLevel;
+
+/// One weight row's operands: its quant bytes, its block scales and minimums (f16 bits).
+#[derive(Clone, Copy)]
+pub(crate) struct WeightRow<'a> {
+    pub q: &'a [u8],
+    pub d: &'a [u16],
+    pub m: &'a [u16],
+}
+
+impl<'a> WeightRow<'a> {
+    pub fn of(w: &'a CpuMatrix, r: usize) -> Self {
+        let nb = w.cols / 32;
+        let qb = w.cols * w.ty.quant_bits() / 8;
+        let m = w.min_halves();
+        WeightRow {
+            q: &w.quant_bytes()[r * qb..(r + 1) * qb],
+            d: &w.scale_halves()[r * nb..(r + 1) * nb],
+            m: if m.is_empty() { m } else { &m[r * nb..(r + 1) * nb] },
+        }
+    }
+}
+
+/// One activation row's operands.
+#[derive(Clone, Copy)]
+pub(crate) struct ActRow<'a> {
+    pub q: &'a [i8],
+    pub d: &'a [f32],
+    pub s: &'a [f32],
+}
+
+impl<'a> ActRow<'a> {
+    pub fn of(x: &'a QuantizedRows, t: usize) -> Self {
+        let nb = x.row_blocks();
+        ActRow { q: &x.qs[t * x.cols..(t + 1) * x.cols], d: &x.d[t * nb..(t + 1) * nb], s: &x.s[t * nb..(t + 1) * nb] }
+    }
+}
+
+/// `w · x[n]` for each of the `N` activation rows, with `w` of block type `ty`.
+pub(crate) fn dot<const N: usize>(level: SimdLevel, ty: TensorType, w: WeightRow<'_>, x: [ActRow<'_>; N]) -> [f32; N] {
+    #[cfg(target_arch = "x86_64")]
+    if level != SimdLevel::Scalar {
+        return super::qdot_x86::dot(level, ty, w, x);
+    }
+    let _ = level;
+    dot_scalar(ty, w, x)
+}
+
+fn h(bits: u16) -> f32 {
+    f16::from_bits(bits).to_f32()
+}
+
+/// The portable path, and the reference the SIMD paths are tested against.
+pub(crate) fn dot_scalar<const N: usize>(ty: TensorType, w: WeightRow<'_>, x: [ActRow<'_>; N]) -> [f32; N] {
+    let mut out = [0f32; N];
+    for (n, xr) in x.iter().enumerate() {
+        let mut acc = 0f32;
+        for b in 0..w.d.len() {
+            let d = h(w.d[b]);
+            let xq = &xr.q[b * 32..(b + 1) * 32];
+            let isum: i32 = match ty {
+                TensorType::Q8_0 => (0..32).map(|j| (w.q[b * 32 + j] as i8 as i32) * xq[j] as i32).sum(),
+                _ => (0..16)
+                    .map(|j| {
+                        let q = w.q[b * 16 + j];
+                        (q & 0x0f) as i32 * xq[j] as i32 + (q >> 4) as i32 * xq[j + 16] as i32
+                    })
+                    .sum(),
+            };
+            acc += d * xr.d[b] * isum as f32;
+            match ty {
+                TensorType::Q4_1 => acc += h(w.m[b]) * xr.s[b],
+                TensorType::Q4_0 => acc -= 8.0 * d * xr.s[b],
+                _ => {}
+            }
+        }
+        out[n] = acc;
+    }
+    out
+}

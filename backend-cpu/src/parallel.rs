@@ -1,0 +1,31 @@
+//! The one place that knows whether work runs on rayon's threads or in sequence.
+
+/// Runs `f(i)` for every `i` in `0..n`, on rayon's threads when the `parallel` feature is on.
+pub(crate) fn for_each(n: usize, f: impl Fn(usize) + Send + Sync) {
+    #[cfg(feature = "parallel")]
+    {
+        use rayon::prelude::*;
+        (0..n).into_par_iter().for_each(f);
+    }
+    #[cfg(not(feature = "parallel"))]
+    (0..n).for_each(f);
+}
+
+/// A raw pointer that tasks writing disjoint elements may share.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedMut(pub *mut f32);
+
+// Safety: only used by tasks that each write a disjoint set of indices and never read what another writes.
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// Writes `v` at `i`.
+    ///
+    /// # Safety
+    /// `i` is in bounds of the allocation and no other task touches element `i` during the parallel section.
+    pub(crate) unsafe fn write(self, i: usize, v: f32) {
+        // Safety: guaranteed by the caller.
+        unsafe { *self.0.add(i) = v }
+    }
+}

@@ -1,0 +1,79 @@
+use tern_core::{Error, MatrixView, Result, TensorType};
+
+/// An f32 activation matrix in host memory, row-major.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CpuTensor {
+    pub data: Vec<f32>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl CpuTensor {
+    /// Resizes to `rows x cols`, keeping the allocation when it is large enough. Contents are unspecified.
+    pub(crate) fn reshape(&mut self, rows: usize, cols: usize) {
+        self.rows = rows;
+        self.cols = cols;
+        self.data.resize(rows * cols, 0.0);
+    }
+
+    /// Row `r`.
+    pub fn row(&self, r: usize) -> &[f32] {
+        &self.data[r * self.cols..(r + 1) * self.cols]
+    }
+}
+
+/// A packed weight matrix in host memory: tern's structure-of-arrays words, owned.
+#[derive(Debug, Clone)]
+pub struct CpuMatrix {
+    pub ty: TensorType,
+    pub rows: usize,
+    pub cols: usize,
+    quants: Vec<u32>,
+    scales: Vec<u32>,
+    mins: Vec<u32>,
+}
+
+impl CpuMatrix {
+    pub(crate) fn new(m: MatrixView<'_>) -> Result<Self> {
+        m.validate()?;
+        Ok(CpuMatrix {
+            ty: m.ty,
+            rows: m.rows,
+            cols: m.cols,
+            quants: m.quants.to_vec(),
+            scales: m.scales.to_vec(),
+            mins: m.mins.to_vec(),
+        })
+    }
+
+    pub(crate) fn view(&self) -> MatrixView<'_> {
+        MatrixView { ty: self.ty, rows: self.rows, cols: self.cols, quants: &self.quants, scales: &self.scales, mins: &self.mins }
+    }
+
+    /// The quant bytes (packed words viewed as bytes: tern's layouts are little-endian).
+    pub(crate) fn quant_bytes(&self) -> &[u8] {
+        bytemuck::cast_slice(&self.quants)
+    }
+
+    /// The per-block f16 scales, in block order.
+    pub(crate) fn scale_halves(&self) -> &[u16] {
+        bytemuck::cast_slice(&self.scales)
+    }
+
+    /// The per-block f16 minimums, in block order (empty for types without).
+    pub(crate) fn min_halves(&self) -> &[u16] {
+        bytemuck::cast_slice(&self.mins)
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        4 * (self.quants.len() + self.scales.len() + self.mins.len())
+    }
+}
+
+pub(crate) fn check_cols(op: &'static str, what: &str, got: usize, want: usize) -> Result<()> {
+    if got != want {
+        return Err(Error::shape(op, format!("{what} has {got} columns, expected {want}")));
+    }
+    Ok(())
+}

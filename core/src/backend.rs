@@ -1,0 +1,91 @@
+use crate::{MatrixView, Result};
+
+/// How RoPE pairs up the elements of a head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Adjacent pairs `(2i, 2i + 1)`: GGUF's Llama layout (its Q/K weights are stored permuted for this).
+    Interleaved,
+    /// Halves `(i, i + d/2)`: GPT-NeoX, Qwen2 and Hugging Face's unpermuted Llama weights.
+    Halves,
+}
+
+/// Rotary position embedding applied to `n_heads` heads of `head_dim` elements in every row; row `t` is at
+/// position `pos0 + t`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RopeParams {
+    pub n_heads: usize,
+    pub head_dim: usize,
+    /// Rotated elements per head (`head_dim` unless the model rotates only part of each head).
+    pub rot_dim: usize,
+    /// Base of the rotation frequencies, `theta_i = pos * base^(-2i / rot_dim)`.
+    pub freq_base: f32,
+    pub style: RopeStyle,
+    pub pos0: usize,
+}
+
+/// Causal grouped-query attention of `q` rows at positions `pos0..pos0 + rows` over cached K/V rows
+/// `0..pos0 + rows`. Query head `h` reads KV head `h / (n_heads / n_kv_heads)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttentionParams {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub pos0: usize,
+    /// Multiplies `q·k` before the softmax; usually `1 / sqrt(head_dim)`.
+    pub scale: f32,
+}
+
+/// The op contract every backend implements. The model code is written once against it.
+///
+/// Tensors are row-major f32 matrices living on the backend's device: a row per token. Matrices are packed
+/// weights, `rows` output features by `cols` input features. Unless stated, an op writes a separate `out` that
+/// it resizes to the shape it produces, so a caller can keep reusing the same scratch tensors.
+pub trait Backend: Send + Sync {
+    /// An f32 activation matrix on the device.
+    type Tensor: Send + Sync;
+    /// A packed weight matrix on the device.
+    type Matrix: Send + Sync;
+
+    /// A short name for messages ("cpu", "webgpu").
+    fn name(&self) -> &'static str;
+
+    /// A tensor of `rows x cols` zeros.
+    fn zeros(&self, rows: usize, cols: usize) -> Result<Self::Tensor>;
+    /// A tensor holding `data` as `rows x cols`.
+    fn upload(&self, data: &[f32], rows: usize, cols: usize) -> Result<Self::Tensor>;
+    /// The tensor's contents, row-major.
+    fn read(&self, t: &Self::Tensor) -> Result<Vec<f32>>;
+    /// The tensor's `(rows, cols)`.
+    fn shape(&self, t: &Self::Tensor) -> (usize, usize);
+    /// Moves a packed weight matrix to the device.
+    fn upload_matrix(&self, m: MatrixView<'_>) -> Result<Self::Matrix>;
+    /// A matrix's `(rows, cols)`.
+    fn matrix_shape(&self, m: &Self::Matrix) -> (usize, usize);
+
+    /// `out[t] = table[ids[t]]`, dequantized: an embedding lookup.
+    fn embed(&self, table: &Self::Matrix, ids: &[u32], out: &mut Self::Tensor) -> Result<()>;
+    /// `out[t, r] = sum_c w[r, c] * x[t, c]`: every row of `x` through the matrix.
+    fn matmul(&self, w: &Self::Matrix, x: &Self::Tensor, out: &mut Self::Tensor) -> Result<()>;
+    /// `out[t] = x[t] / rms(x[t]) * weight`, with `weight` a `1 x cols` tensor.
+    fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Tensor, eps: f32, out: &mut Self::Tensor) -> Result<()>;
+    /// Rotates `x` in place (see [`RopeParams`]).
+    fn rope(&self, x: &mut Self::Tensor, p: &RopeParams) -> Result<()>;
+    /// Copies all rows of `src` into `dst` starting at row `row`: appends new K/V rows to a cache.
+    fn write_rows(&self, src: &Self::Tensor, dst: &mut Self::Tensor, row: usize) -> Result<()>;
+    /// Copies rows `first..first + count` of `src` into `out`.
+    fn slice_rows(&self, src: &Self::Tensor, first: usize, count: usize, out: &mut Self::Tensor) -> Result<()>;
+    /// Causal grouped-query attention (see [`AttentionParams`]); `k` and `v` are the caches, one row per
+    /// position, `n_kv_heads * head_dim` wide.
+    fn attention(
+        &self,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        p: &AttentionParams,
+        out: &mut Self::Tensor,
+    ) -> Result<()>;
+    /// `out = silu(gate) * up`, elementwise.
+    fn silu_mul(&self, gate: &Self::Tensor, up: &Self::Tensor, out: &mut Self::Tensor) -> Result<()>;
+    /// `x += y`, elementwise, in place: the residual connection.
+    fn add(&self, x: &mut Self::Tensor, y: &Self::Tensor) -> Result<()>;
+}

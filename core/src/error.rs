@@ -1,0 +1,31 @@
+use crate::TensorType;
+
+/// Errors shared by every backend: what an op was given and why it could not run it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Two operands of an op do not fit together.
+    #[error("{op}: shape mismatch: {detail}")]
+    Shape { op: &'static str, detail: String },
+    /// The backend has no kernel for this tensor type in this op.
+    #[error("{op}: tensor type {ty} is not supported by the {backend} backend")]
+    Unsupported { op: &'static str, ty: TensorType, backend: &'static str },
+    /// A packed matrix's parts do not have the lengths its shape and type require.
+    #[error("packed {ty} matrix {rows}x{cols}: {detail}")]
+    BadMatrix { ty: TensorType, rows: usize, cols: usize, detail: String },
+    /// The device could not provide memory for a buffer.
+    #[error("out of memory: {reason}")]
+    OutOfMemory { reason: String },
+    /// A sequence went past the space its KV cache was sized for.
+    #[error("context full: position {pos} is past the KV cache's {capacity} positions")]
+    ContextFull { pos: usize, capacity: usize },
+}
+
+/// Result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// A shape error for `op`.
+    pub fn shape(op: &'static str, detail: impl Into<String>) -> Self {
+        Error::Shape { op, detail: detail.into() }
+    }
+}

@@ -1,0 +1,18 @@
+//! tern's weight formats.
+//!
+//! Files store blocks as GGUF does: an array of structures (`{d, m, qs[16]}` for Q4_1, say). tern repacks them
+//! once at load time into [`PackedMatrix`], a structure of arrays: quants, scales and mins each in their own
+//! u32-aligned word array, so that a WGSL shader (which has no u8 or u16) reads whole words and a CPU kernel
+//! streams each part linearly. [`dequantize_gguf`] and [`PackedMatrix::dequantize_row`] are the scalar
+//! references every kernel is tested against.
+
+mod error;
+mod gguf_blocks;
+mod packed;
+mod quantize;
+
+pub use error::{Error, Result};
+pub use gguf_blocks::dequantize_gguf;
+pub use packed::{dequantize_row, PackedMatrix};
+pub use quantize::quantize_gguf;
+pub use tern_core::TensorType;
