@@ -1,0 +1,238 @@
+//! The Llama-family forward pass, written once against [`Backend`].
+
+use tern_core::{AttentionParams, Backend, RopeParams, TensorType};
+use tern_loader::{LoadProgress, ModelSource, TensorData};
+use tern_quant::{dequantize_gguf, PackedMatrix};
+
+use crate::{Error, KvCache, LlamaConfig, Result};
+
+#[derive(Debug)]
+struct Layer<B: Backend> {
+    attn_norm: B::Tensor,
+    wq: B::Matrix,
+    wk: B::Matrix,
+    wv: B::Matrix,
+    wo: B::Matrix,
+    ffn_norm: B::Tensor,
+    gate: B::Matrix,
+    up: B::Matrix,
+    down: B::Matrix,
+}
+
+/// A Llama-family model whose weights live on backend `B`.
+#[derive(Debug)]
+pub struct Llama<B: Backend> {
+    pub config: LlamaConfig,
+    backend: B,
+    embed: B::Matrix,
+    /// The LM head, or `None` when it is tied to the embedding table.
+    output: Option<B::Matrix>,
+    output_norm: B::Tensor,
+    layers: Vec<Layer<B>>,
+    /// Bytes of weights held on the backend.
+    pub weight_bytes: usize,
+}
+
+/// Reusable activation buffers for forward passes, so that decode steps allocate nothing.
+#[derive(Debug)]
+pub struct Scratch<B: Backend> {
+    x: B::Tensor,
+    xn: B::Tensor,
+    q: B::Tensor,
+    k: B::Tensor,
+    v: B::Tensor,
+    att: B::Tensor,
+    gate: B::Tensor,
+    up: B::Tensor,
+    hidden: B::Tensor,
+    last: B::Tensor,
+    logits: B::Tensor,
+}
+
+impl<B: Backend> Scratch<B> {
+    /// Empty buffers; ops size them on first use.
+    pub fn new(backend: &B) -> Result<Self> {
+        let z = || backend.zeros(0, 0);
+        Ok(Scratch {
+            x: z()?,
+            xn: z()?,
+            q: z()?,
+            k: z()?,
+            v: z()?,
+            att: z()?,
+            gate: z()?,
+            up: z()?,
+            hidden: z()?,
+            last: z()?,
+            logits: z()?,
+        })
+    }
+}
+
+struct WeightLoader<'a, B: Backend> {
+    src: &'a ModelSource,
+    backend: &'a B,
+    progress: &'a mut dyn FnMut(LoadProgress),
+    done: u64,
+    total: u64,
+    bytes: usize,
+}
+
+impl<B: Backend> WeightLoader<'_, B> {
+    fn report(&mut self, t: &TensorData<'_>) {
+        self.done += t.bytes.len() as u64;
+        (self.progress)(LoadProgress { tensor: t.info.name.clone(), done_bytes: self.done, total_bytes: self.total });
+    }
+
+    fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<B::Matrix> {
+        let t = self.src.tensor(name)?;
+        let (r, c) = t.info.matrix_shape();
+        if (r, c) != (rows, cols) || t.info.dims.len() != 2 {
+            return Err(Error::Config {
+                path: self.src.path().into(),
+                detail: format!("tensor {name:?} has dimensions {:?}, expected [{cols}, {rows}]", t.info.dims),
+            });
+        }
+        let packed = PackedMatrix::from_gguf(t.info.ty, rows, cols, t.bytes)
+            .map_err(|source| Error::Weights { path: self.src.path().into(), tensor: name.into(), source })?;
+        let m = self.backend.upload_matrix(packed.view())?;
+        self.bytes += packed.bytes();
+        self.report(&t);
+        Ok(m)
+    }
+
+    fn vector(&mut self, name: &str, len: usize) -> Result<B::Tensor> {
+        let t = self.src.tensor(name)?;
+        if t.info.elements() != len {
+            return Err(Error::Config {
+                path: self.src.path().into(),
+                detail: format!("tensor {name:?} has dimensions {:?}, expected [{len}]", t.info.dims),
+            });
+        }
+        let mut v = vec![0f32; len];
+        dequantize_gguf(t.info.ty, t.bytes, &mut v)
+            .map_err(|source| Error::Weights { path: self.src.path().into(), tensor: name.into(), source })?;
+        let out = self.backend.upload(&v, 1, len)?;
+        self.bytes += 4 * len;
+        self.report(&t);
+        Ok(out)
+    }
+}
+
+impl<B: Backend> Llama<B> {
+    /// Builds the model from `src` onto `backend`, calling `progress` after every tensor.
+    pub fn load(src: &ModelSource, backend: B, progress: &mut dyn FnMut(LoadProgress)) -> Result<Self> {
+        let config = LlamaConfig::from_metadata(src.metadata())?;
+        let c = &config;
+        let total = src.tensors().iter().map(|t| t.size as u64).sum();
+        let mut w = WeightLoader { src, backend: &backend, progress, done: 0, total, bytes: 0 };
+        let embed = w.matrix("token_embd.weight", c.vocab_size, c.dim)?;
+        let output = match src.get("output.weight") {
+            Some(_) => Some(w.matrix("output.weight", c.vocab_size, c.dim)?),
+            None => None,
+        };
+        let output_norm = w.vector("output_norm.weight", c.dim)?;
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for i in 0..c.n_layers {
+            let n = |part: &str| format!("blk.{i}.{part}.weight");
+            layers.push(Layer {
+                attn_norm: w.vector(&n("attn_norm"), c.dim)?,
+                wq: w.matrix(&n("attn_q"), c.n_heads * c.head_dim, c.dim)?,
+                wk: w.matrix(&n("attn_k"), c.kv_dim(), c.dim)?,
+                wv: w.matrix(&n("attn_v"), c.kv_dim(), c.dim)?,
+                wo: w.matrix(&n("attn_output"), c.dim, c.n_heads * c.head_dim)?,
+                ffn_norm: w.vector(&n("ffn_norm"), c.dim)?,
+                gate: w.matrix(&n("ffn_gate"), c.ffn_dim, c.dim)?,
+                up: w.matrix(&n("ffn_up"), c.ffn_dim, c.dim)?,
+                down: w.matrix(&n("ffn_down"), c.dim, c.ffn_dim)?,
+            });
+        }
+        let weight_bytes = w.bytes;
+        Ok(Llama { config, backend, embed, output, output_norm, layers, weight_bytes })
+    }
+
+    /// The backend the weights live on.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// A KV cache for `capacity` positions (at most the model's context length).
+    pub fn new_cache(&self, capacity: usize) -> Result<KvCache<B>> {
+        KvCache::new(&self.backend, &self.config, capacity.min(self.config.context_length))
+    }
+
+    /// Runs `tokens` (the next positions of the sequence in `cache`) through the model and appends their K/V
+    /// to the cache. Returns logits for the last token, or for every token when `all_logits`
+    /// (`tokens.len() x vocab`, row-major).
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache<B>, s: &mut Scratch<B>, all_logits: bool) -> Result<Vec<f32>> {
+        let (be, c) = (&self.backend, &self.config);
+        let n = tokens.len();
+        let pos0 = cache.len();
+        if n == 0 {
+            return Err(Error::Config { path: "forward".into(), detail: "no tokens to run".into() });
+        }
+        if pos0 + n > cache.capacity() {
+            return Err(tern_core::Error::ContextFull { pos: pos0 + n - 1, capacity: cache.capacity() }.into());
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+            return Err(Error::Tokenizer(format!("token id {bad} is outside the vocabulary of {}", c.vocab_size)));
+        }
+        let rope = |heads| RopeParams {
+            n_heads: heads,
+            head_dim: c.head_dim,
+            rot_dim: c.rot_dim,
+            freq_base: c.rope_base,
+            style: c.rope_style,
+            pos0,
+        };
+        let attn = AttentionParams {
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+            pos0,
+            scale: 1.0 / (c.head_dim as f32).sqrt(),
+        };
+        be.embed(&self.embed, tokens, &mut s.x)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            be.rms_norm(&s.x, &layer.attn_norm, c.rms_eps, &mut s.xn)?;
+            be.matmul(&layer.wq, &s.xn, &mut s.q)?;
+            be.matmul(&layer.wk, &s.xn, &mut s.k)?;
+            be.matmul(&layer.wv, &s.xn, &mut s.v)?;
+            be.rope(&mut s.q, &rope(c.n_heads))?;
+            be.rope(&mut s.k, &rope(c.n_kv_heads))?;
+            be.write_rows(&s.k, &mut cache.k[l], pos0)?;
+            be.write_rows(&s.v, &mut cache.v[l], pos0)?;
+            be.attention(&s.q, &cache.k[l], &cache.v[l], &attn, &mut s.att)?;
+            be.matmul(&layer.wo, &s.att, &mut s.xn)?;
+            be.add(&mut s.x, &s.xn)?;
+            be.rms_norm(&s.x, &layer.ffn_norm, c.rms_eps, &mut s.xn)?;
+            be.matmul(&layer.gate, &s.xn, &mut s.gate)?;
+            be.matmul(&layer.up, &s.xn, &mut s.up)?;
+            be.silu_mul(&s.gate, &s.up, &mut s.hidden)?;
+            be.matmul(&layer.down, &s.hidden, &mut s.xn)?;
+            be.add(&mut s.x, &s.xn)?;
+        }
+        cache.advance(n);
+        let head = self.output.as_ref().unwrap_or(&self.embed);
+        if all_logits {
+            be.rms_norm(&s.x, &self.output_norm, c.rms_eps, &mut s.xn)?;
+        } else {
+            be.slice_rows(&s.x, n - 1, 1, &mut s.last)?;
+            be.rms_norm(&s.last, &self.output_norm, c.rms_eps, &mut s.xn)?;
+        }
+        be.matmul(head, &s.xn, &mut s.logits)?;
+        Ok(be.read(&s.logits)?)
+    }
+
+    /// The types of the weight matrices, for reports.
+    pub fn describe_types(src: &ModelSource) -> Vec<(TensorType, usize)> {
+        let mut counts: Vec<(TensorType, usize)> = Vec::new();
+        for t in src.tensors() {
+            match counts.iter_mut().find(|(ty, _)| *ty == t.ty) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((t.ty, 1)),
+            }
+        }
+        counts
+    }
+}
