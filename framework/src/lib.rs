@@ -1,0 +1,30 @@
+//! tern: quantized language models on the CPU (and, as backends land, any GPU), embedded in one crate.
+//!
+//! ```no_run
+//! use tern::{Engine, GenerateOptions};
+//! let engine = Engine::builder("models/SmolLM2-135M-Instruct.Q4_1.gguf").threads(2).build()?;
+//! let mut session = engine.session()?;
+//! for token in session.generate("The capital of France is", &GenerateOptions::greedy(16))? {
+//!     print!("{}", token?.text);
+//! }
+//! # Ok::<(), tern::Error>(())
+//! ```
+//!
+//! The crates underneath are re-exported for users who need one layer only.
+
+mod engine;
+mod error;
+mod generation;
+
+pub use engine::{Engine, EngineBuilder};
+pub use error::{Error, Result};
+pub use generation::{FinishReason, GenerateOptions, Generation, Session, Token};
+
+pub use tern_backend_cpu as backend_cpu;
+pub use tern_core as core;
+pub use tern_loader as loader;
+pub use tern_model as model;
+pub use tern_quant as quant;
+
+pub use tern_loader::LoadProgress;
+pub use tern_model::{ChatMessage, SamplingParams};
