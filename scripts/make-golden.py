@@ -2,7 +2,8 @@
 """Golden fixtures from llama.cpp (through llama-cpp-python) for tern's reference tests.
 
 For each prompt: the prompt's token ids, the 32 greedy tokens that follow, and the top-5 (id, logit) at the
-first 4 generated positions. Run: scripts/build-llama-cpp.sh --python && python3 scripts/make-golden.py
+first 4 generated positions, and at every generated position the top-2 (id, logit) so that tests can tell a
+near-tie from a real disagreement. Run: scripts/build-llama-cpp.sh --python && python3 scripts/make-golden.py
 """
 import json
 import sys
@@ -33,17 +34,19 @@ def main():
         ids = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
         llm.reset()
         llm.eval(ids)
-        generated, tops = [], []
+        generated, tops, top2 = [], [], []
         for step in range(N_GEN):
             logits = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
             if step < N_TOP_POSITIONS:
                 order = np.argsort(-logits, kind="stable")[:TOP_K]
                 tops.append([[int(i), float(logits[i])] for i in order])
+            order2 = np.argsort(-logits, kind="stable")[:2]
+            top2.append([[int(i), float(logits[i])] for i in order2])
             tok = int(np.argmax(logits))
             generated.append(tok)
             llm.eval([tok])
         text = llm.detokenize(generated).decode("utf-8", errors="replace")
-        cases.append({"prompt": prompt, "prompt_ids": ids, "greedy": generated, "top5": tops, "text": text})
+        cases.append({"prompt": prompt, "prompt_ids": ids, "greedy": generated, "top5": tops, "top2": top2, "text": text})
         print(f"{prompt!r} -> {text!r}", file=sys.stderr)
     import llama_cpp
 

@@ -51,6 +51,7 @@ fn gguf_name(hf: &str) -> Option<String> {
     Some(format!("blk.{layer}.{part}"))
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read(path).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
     serde_json::from_slice(&text).map_err(|e| Error::Format { path: path.display().to_string(), detail: format!("invalid JSON: {e}") })
