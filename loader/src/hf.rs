@@ -121,7 +121,8 @@ impl HfModel {
                 }
                 // safetensors lists the slowest dimension first; GGUF the fastest.
                 let dims: Vec<usize> = info.shape.iter().rev().copied().collect();
-                if dims.iter().product::<usize>() * ty.gguf_block_bytes() != size {
+                let bytes_needed = dims.iter().try_fold(ty.gguf_block_bytes(), |a, &d| a.checked_mul(d));
+                if bytes_needed != Some(size) || dims.is_empty() || dims.len() > crate::MAX_DIMS as usize {
                     return Err(Error::BadTensor { path: name.clone(), tensor: hf_name, detail: format!("shape {:?} does not match its {size} bytes", info.shape) });
                 }
                 tensors.push(TensorInfo { name: gguf, ty, dims, offset, size });

@@ -4,6 +4,7 @@
 //! tensor views over a memory map (native) or an owned byte buffer (browser). [`HfModel`] reads the Hugging Face
 //! layout (`config.json`, `*.safetensors`, `tokenizer.json`) for f32/f16/bf16 weights and presents it with the
 //! same tensor names and metadata keys as a GGUF file, so [`ModelSource`] is one thing to the model code.
+//! [`GgufWriter`] writes GGUF version 3.
 //!
 //! Everything read from a file is checked: offsets and lengths with checked arithmetic, counts and string
 //! lengths against limits, and every error names the file and the field or tensor that was wrong.
@@ -14,6 +15,7 @@ mod gguf;
 mod hf;
 mod metadata;
 mod source;
+mod writer;
 
 pub use bytes::Bytes;
 pub use error::{Error, Result};
@@ -21,3 +23,4 @@ pub use gguf::{GgufFile, TensorInfo, MAX_DIMS, MAX_STRING_LEN};
 pub use hf::HfModel;
 pub use metadata::{MetaValue, Metadata};
 pub use source::{LoadProgress, ModelSource, TensorData};
+pub use writer::GgufWriter;
