@@ -1,4 +1,4 @@
-use std::sync::Mutex;
+use std::cell::Cell;
 
 use tern_core::{AttentionParams, Backend, Error, MatrixView, Result, RopeParams};
 
@@ -7,6 +7,11 @@ use crate::ops::{attention, elementwise, matmul, rms_norm, rope};
 use crate::tensor::{CpuMatrix, CpuTensor};
 use crate::SimdLevel;
 
+thread_local! {
+    /// Int8 activation rows, reused so that decode steps allocate nothing.
+    static ACTIVATIONS: Cell<QuantizedRows> = Cell::new(QuantizedRows::default());
+}
+
 /// The CPU backend: kernels at a [`SimdLevel`], work spread over a rayon pool of its own.
 #[derive(Debug)]
 pub struct CpuBackend {
@@ -14,8 +19,6 @@ pub struct CpuBackend {
     threads: usize,
     #[cfg(feature = "parallel")]
     pool: rayon::ThreadPool,
-    /// Int8 activation rows for the matmul in progress, reused so decode allocates nothing per step.
-    scratch: Mutex<QuantizedRows>,
 }
 
 impl CpuBackend {
@@ -37,12 +40,12 @@ impl CpuBackend {
                 .thread_name(|i| format!("tern-cpu-{i}"))
                 .build()
                 .map_err(|e| Error::OutOfMemory { reason: format!("cannot start {threads} CPU threads: {e}") })?;
-            Ok(CpuBackend { level, threads, pool, scratch: Mutex::default() })
+            Ok(CpuBackend { level, threads, pool })
         }
         #[cfg(not(feature = "parallel"))]
         {
             let _ = threads;
-            Ok(CpuBackend { level, threads: 1, scratch: Mutex::default() })
+            Ok(CpuBackend { level, threads: 1 })
         }
     }
 
@@ -105,9 +108,15 @@ impl Backend for CpuBackend {
     }
 
     fn matmul(&self, w: &CpuMatrix, x: &CpuTensor, out: &mut CpuTensor) -> Result<()> {
-        let mut guard = self.scratch.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let scratch: &mut QuantizedRows = &mut guard;
-        self.install(|| matmul::matmul(self.level, scratch, w, x, out))
+        self.install(|| {
+            // The calling thread's int8 buffer, taken out for the call: a pool thread that steals another
+            // request's matmul while this one waits finds the slot empty and uses a fresh buffer, so nothing is
+            // held across the parallel section (a lock here could deadlock against work stealing).
+            let mut scratch = ACTIVATIONS.take();
+            let result = matmul::matmul(self.level, &mut scratch, w, x, out);
+            ACTIVATIONS.set(scratch);
+            result
+        })
     }
 
     fn rms_norm(&self, x: &CpuTensor, weight: &CpuTensor, eps: f32, out: &mut CpuTensor) -> Result<()> {

@@ -323,3 +323,32 @@ fn row_copies() {
         assert!(be.slice_rows(&cache, 4, 2, &mut out).is_err());
     }
 }
+
+/// Requests from several threads share one backend (as sessions of one engine do) without blocking each other.
+#[test]
+fn concurrent_callers_share_a_backend() {
+    let be = std::sync::Arc::new(CpuBackend::new(2).unwrap());
+    let w = PackedMatrix::from_f32(TensorType::Q4_1, 300, 256, &values(300 * 256, 1, 1.0)).unwrap();
+    let m = std::sync::Arc::new(be.upload_matrix(w.view()).unwrap());
+    let x = values(3 * 256, 2, 1.0);
+    let expected = {
+        let mut out = be.zeros(0, 0).unwrap();
+        be.matmul(&m, &be.upload(&x, 3, 256).unwrap(), &mut out).unwrap();
+        be.read(&out).unwrap()
+    };
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (be, m, x, expected) = (be.clone(), m.clone(), x.clone(), expected.clone());
+            std::thread::spawn(move || {
+                for _ in 0..200 {
+                    let mut out = be.zeros(0, 0).unwrap();
+                    be.install(|| be.matmul(&m, &be.upload(&x, 3, 256).unwrap(), &mut out)).unwrap();
+                    assert_eq!(be.read(&out).unwrap(), expected);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}

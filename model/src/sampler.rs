@@ -94,7 +94,7 @@ impl Sampler {
             self.candidates.truncate(k);
         }
         self.candidates.sort_unstable_by(by_logit);
-        let max = self.candidates[0].1;
+        let Some(&(_, max)) = self.candidates.first() else { return 0 };
         let t = p.temperature;
         let mut sum = 0f32;
         for c in self.candidates.iter_mut() {

@@ -10,8 +10,6 @@ use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
 
 use crate::{Error, Result};
 
-/// GPT-2's pre-tokenizer pattern (also what GGUF's "smollm", "starcoder" and "refact" use after splitting digits).
-const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
 /// Llama 3's pattern (GGUF pre-tokenizer "llama-bpe").
 const LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Qwen2's pattern (GGUF pre-tokenizer "qwen2").
@@ -82,6 +80,8 @@ impl Tokenizer {
         let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(tk_err)?;
         let mut tk = tokenizers::Tokenizer::new(bpe);
         let pre = m.get("tokenizer.ggml.pre").map(|_| m.str("tokenizer.ggml.pre")).transpose()?.unwrap_or("default");
+        // With `regex` on, the byte-level step first splits with GPT-2's pattern, which "gpt2" and (after the
+        // digit split) "smollm" and "starcoder" use.
         let byte_level = |regex| PreTokenizerWrapper::from(tokenizers::pre_tokenizers::byte_level::ByteLevel::new(false, true, regex));
         let steps: Vec<PreTokenizerWrapper> = match pre {
             "default" | "gpt2" | "gpt-2" => vec![byte_level(true)],
@@ -95,7 +95,6 @@ impl Tokenizer {
                 )))
             }
         };
-        let _ = GPT2;
         tk.with_pre_tokenizer(Some(Sequence::new(steps)));
         tk.with_decoder(Some(ByteLevel::default()));
         // Control tokens (GGUF token type 3) are matched whole in text, like the chat template's markers.
