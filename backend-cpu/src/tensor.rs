@@ -33,6 +33,21 @@ pub struct CpuMatrix {
     mins: Vec<u32>,
 }
 
+/// Words of f16 pairs followed by eight zero halves, so that the kernels may load eight scales at once from
+/// any block of any row (lanes past the row are masked off).
+fn padded(halves: &[u32]) -> Vec<u32> {
+    let mut v = Vec::with_capacity(halves.len() + SCALE_PAD_WORDS);
+    v.extend_from_slice(halves);
+    v.resize(halves.len() + SCALE_PAD_WORDS, 0);
+    v
+}
+
+const SCALE_PAD_WORDS: usize = 4;
+
+fn unpad(v: &[u32]) -> &[u32] {
+    if v.is_empty() { v } else { &v[..v.len() - SCALE_PAD_WORDS] }
+}
+
 impl CpuMatrix {
     pub(crate) fn new(m: MatrixView<'_>) -> Result<Self> {
         m.validate()?;
@@ -41,13 +56,20 @@ impl CpuMatrix {
             rows: m.rows,
             cols: m.cols,
             quants: m.quants.to_vec(),
-            scales: m.scales.to_vec(),
-            mins: m.mins.to_vec(),
+            scales: padded(m.scales),
+            mins: if m.mins.is_empty() { Vec::new() } else { padded(m.mins) },
         })
     }
 
     pub(crate) fn view(&self) -> MatrixView<'_> {
-        MatrixView { ty: self.ty, rows: self.rows, cols: self.cols, quants: &self.quants, scales: &self.scales, mins: &self.mins }
+        MatrixView {
+            ty: self.ty,
+            rows: self.rows,
+            cols: self.cols,
+            quants: &self.quants,
+            scales: unpad(&self.scales),
+            mins: unpad(&self.mins),
+        }
     }
 
     /// The quant bytes (packed words viewed as bytes: tern's layouts are little-endian).
@@ -55,12 +77,12 @@ impl CpuMatrix {
         bytemuck::cast_slice(&self.quants)
     }
 
-    /// The per-block f16 scales, in block order.
+    /// The per-block f16 scales, in block order, then eight zero halves of padding.
     pub(crate) fn scale_halves(&self) -> &[u16] {
         bytemuck::cast_slice(&self.scales)
     }
 
-    /// The per-block f16 minimums, in block order (empty for types without).
+    /// The per-block f16 minimums, in block order, then eight zero halves (empty for types without).
     pub(crate) fn min_halves(&self) -> &[u16] {
         bytemuck::cast_slice(&self.mins)
     }

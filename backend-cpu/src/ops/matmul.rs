@@ -14,6 +14,9 @@ use crate::SimdLevel;
 
 const ROWS_PER_TASK: usize = 16;
 const TOKENS_PER_TILE: usize = 4;
+/// Weight rows per kernel call in a tile of tokens, and for a single token (decode).
+const TILE_ROWS: usize = 2;
+const DECODE_ROWS: usize = 1;
 
 pub(crate) fn matmul(
     level: SimdLevel,
@@ -41,24 +44,44 @@ fn quantized(level: SimdLevel, w: &CpuMatrix, x: &QuantizedRows, out: &mut CpuTe
         let mut t = 0;
         while t + TOKENS_PER_TILE <= tokens {
             let xs: [ActRow<'_>; TOKENS_PER_TILE] = std::array::from_fn(|i| ActRow::of(x, t + i));
-            for r in rows.clone() {
-                let v = dot(level, w.ty, WeightRow::of(w, r), xs);
-                for (i, v) in v.into_iter().enumerate() {
-                    // Safety: (t + i, r) is in bounds and belongs to this task's rows alone.
-                    unsafe { dst.write((t + i) * m + r, v) };
-                }
-            }
+            rows_times::<TILE_ROWS, TOKENS_PER_TILE>(level, w, rows.clone(), xs, t, dst);
             t += TOKENS_PER_TILE;
         }
         for t in t..tokens {
-            let xr = [ActRow::of(x, t)];
-            for r in rows.clone() {
-                let [v] = dot(level, w.ty, WeightRow::of(w, r), xr);
-                // Safety: as above.
-                unsafe { dst.write(t * m + r, v) };
-            }
+            rows_times::<DECODE_ROWS, 1>(level, w, rows.clone(), [ActRow::of(x, t)], t, dst);
         }
     });
+}
+
+/// Products of weight rows `rows` with the `N` activation rows starting at token `t0`, `R` weight rows at a
+/// time (the rows left over one by one).
+fn rows_times<const R: usize, const N: usize>(
+    level: SimdLevel,
+    w: &CpuMatrix,
+    rows: std::ops::Range<usize>,
+    xs: [ActRow<'_>; N],
+    t0: usize,
+    dst: SharedMut,
+) {
+    let m = w.rows;
+    let mut r = rows.start;
+    while r + R <= rows.end {
+        let v = dot::<R, N>(level, w.ty, std::array::from_fn(|i| WeightRow::of(w, r + i)), xs);
+        for (i, row) in v.iter().enumerate() {
+            for (n, &value) in row.iter().enumerate() {
+                // Safety: (t0 + n, r + i) is in bounds and belongs to this task's rows alone.
+                unsafe { dst.write((t0 + n) * m + r + i, value) };
+            }
+        }
+        r += R;
+    }
+    for r in r..rows.end {
+        let [v] = dot(level, w.ty, [WeightRow::of(w, r)], xs);
+        for (n, value) in v.into_iter().enumerate() {
+            // Safety: as above.
+            unsafe { dst.write((t0 + n) * m + r, value) };
+        }
+    }
 }
 
 /// Row `r` of a float matrix as f32, converted into `buf` when it is not f32 already.

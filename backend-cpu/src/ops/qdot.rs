@@ -1,5 +1,6 @@
 //! Dot products of packed weight rows with int8 activation rows: the portable reference path and the
-//! dispatch to the SIMD paths. `N` activation rows share each weight block load.
+//! dispatch to the SIMD paths. `R` weight rows and `N` activation rows are taken together, so that each block
+//! load serves several products.
 
 use half::f16;
 use tern_core::TensorType;
@@ -8,9 +9,11 @@ use super::quantize_rows::QuantizedRows;
 use crate::tensor::CpuMatrix;
 use crate::SimdLevel;
 
-/// One weight row's operands: its quant bytes, its block scales and minimums (f16 bits).
+/// One weight row's operands: its `nb` blocks' quant bytes, and its block scales and minimums (f16 bits) from
+/// its first block to the end of the matrix's padded arrays (so at least seven more than `nb`).
 #[derive(Clone, Copy)]
 pub(crate) struct WeightRow<'a> {
+    pub nb: usize,
     pub q: &'a [u8],
     pub d: &'a [u16],
     pub m: &'a [u16],
@@ -22,14 +25,15 @@ impl<'a> WeightRow<'a> {
         let qb = w.cols * w.ty.quant_bits() / 8;
         let m = w.min_halves();
         WeightRow {
+            nb,
             q: &w.quant_bytes()[r * qb..(r + 1) * qb],
-            d: &w.scale_halves()[r * nb..(r + 1) * nb],
-            m: if m.is_empty() { m } else { &m[r * nb..(r + 1) * nb] },
+            d: &w.scale_halves()[r * nb..],
+            m: if m.is_empty() { m } else { &m[r * nb..] },
         }
     }
 }
 
-/// One activation row's operands.
+/// One activation row's operands; `d` and `s` run on to the end of the padded arrays, like [`WeightRow`]'s.
 #[derive(Clone, Copy)]
 pub(crate) struct ActRow<'a> {
     pub q: &'a [i8],
@@ -40,18 +44,23 @@ pub(crate) struct ActRow<'a> {
 impl<'a> ActRow<'a> {
     pub fn of(x: &'a QuantizedRows, t: usize) -> Self {
         let nb = x.row_blocks();
-        ActRow { q: &x.qs[t * x.cols..(t + 1) * x.cols], d: &x.d[t * nb..(t + 1) * nb], s: &x.s[t * nb..(t + 1) * nb] }
+        ActRow { q: &x.qs[t * x.cols..(t + 1) * x.cols], d: &x.d[t * nb..], s: &x.s[t * nb..] }
     }
 }
 
-/// `w · x[n]` for each of the `N` activation rows, with `w` of block type `ty`.
-pub(crate) fn dot<const N: usize>(level: SimdLevel, ty: TensorType, w: WeightRow<'_>, x: [ActRow<'_>; N]) -> [f32; N] {
+/// `w[r] · x[n]` for each of the `R` weight rows and `N` activation rows.
+pub(crate) fn dot<const R: usize, const N: usize>(
+    level: SimdLevel,
+    ty: TensorType,
+    w: [WeightRow<'_>; R],
+    x: [ActRow<'_>; N],
+) -> [[f32; N]; R] {
     #[cfg(target_arch = "x86_64")]
     if level != SimdLevel::Scalar {
         return super::qdot_x86::dot(level, ty, w, x);
     }
     let _ = level;
-    dot_scalar(ty, w, x)
+    w.map(|wr| dot_scalar(ty, wr, x))
 }
 
 fn h(bits: u16) -> f32 {
@@ -63,7 +72,7 @@ pub(crate) fn dot_scalar<const N: usize>(ty: TensorType, w: WeightRow<'_>, x: [A
     let mut out = [0f32; N];
     for (n, xr) in x.iter().enumerate() {
         let mut acc = 0f32;
-        for b in 0..w.d.len() {
+        for b in 0..w.nb {
             let d = h(w.d[b]);
             let xq = &xr.q[b * 32..(b + 1) * 32];
             let isum: i32 = match ty {

@@ -3,7 +3,8 @@
 use tern_core::BLOCK_LEN;
 
 /// `rows` activation rows as int8 blocks: `qs` the quants, `d` one scale per block, `s` per block the scale
-/// times the sum of the block's quants (what the minimum and offset terms of Q4_1 and Q4_0 multiply).
+/// times the sum of the block's quants (what the minimum and offset terms of Q4_1 and Q4_0 multiply). `d` and
+/// `s` end with eight zeros so that kernels may load eight blocks' values from any block.
 #[derive(Debug, Default)]
 pub(crate) struct QuantizedRows {
     pub qs: Vec<i8>,
@@ -20,8 +21,10 @@ impl QuantizedRows {
         self.rows = rows;
         self.cols = cols;
         self.qs.resize(rows * cols, 0);
-        self.d.resize(blocks, 0.0);
-        self.s.resize(blocks, 0.0);
+        self.d.resize(blocks + 8, 0.0);
+        self.s.resize(blocks + 8, 0.0);
+        self.d[blocks..].fill(0.0);
+        self.s[blocks..].fill(0.0);
         for (b, (xb, qb)) in x.chunks_exact(BLOCK_LEN).zip(self.qs.chunks_exact_mut(BLOCK_LEN)).enumerate() {
             let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
             let d = amax / 127.0;
