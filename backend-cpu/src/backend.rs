@@ -108,12 +108,16 @@ impl Backend for CpuBackend {
     }
 
     fn matmul(&self, w: &CpuMatrix, x: &CpuTensor, out: &mut CpuTensor) -> Result<()> {
+        self.matmul_many(&[w], x, &mut [out])
+    }
+
+    fn matmul_many(&self, ws: &[&CpuMatrix], x: &CpuTensor, outs: &mut [&mut CpuTensor]) -> Result<()> {
         self.install(|| {
             // The calling thread's int8 buffer, taken out for the call: a pool thread that steals another
             // request's matmul while this one waits finds the slot empty and uses a fresh buffer, so nothing is
             // held across the parallel section (a lock here could deadlock against work stealing).
             let mut scratch = ACTIVATIONS.take();
-            let result = matmul::matmul(self.level, &mut scratch, w, x, out);
+            let result = matmul::matmul_many(self.level, &mut scratch, ws, x, outs);
             ACTIVATIONS.set(scratch);
             result
         })

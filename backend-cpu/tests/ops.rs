@@ -352,3 +352,54 @@ fn concurrent_callers_share_a_backend() {
         t.join().unwrap();
     }
 }
+
+#[test]
+fn matmul_many_equals_separate_products() {
+    let cols = 96;
+    let x = values(5 * cols, 3, 2.0);
+    let mats: Vec<PackedMatrix> = [(TensorType::Q4_1, 40), (TensorType::Q4_0, 7), (TensorType::Q8_0, 33), (TensorType::F16, 9)]
+        .iter()
+        .enumerate()
+        .map(|(i, &(ty, rows))| PackedMatrix::from_f32(ty, rows, cols, &values(rows * cols, 20 + i as u64, 1.0)).unwrap())
+        .collect();
+    for be in backends() {
+        let ms: Vec<_> = mats.iter().map(|m| be.upload_matrix(m.view()).unwrap()).collect();
+        let xt = be.upload(&x, 5, cols).unwrap();
+        // All quantized (one fused pass), then with a float matrix among them.
+        for n in [3, 4] {
+            let refs: Vec<_> = ms[..n].iter().collect();
+            let mut outs: Vec<_> = (0..n).map(|_| be.zeros(0, 0).unwrap()).collect();
+            let mut out_refs: Vec<&mut _> = outs.iter_mut().collect();
+            be.matmul_many(&refs, &xt, &mut out_refs).unwrap();
+            for (m, got) in ms[..n].iter().zip(&outs) {
+                let mut want = be.zeros(0, 0).unwrap();
+                be.matmul(m, &xt, &mut want).unwrap();
+                assert_eq!(be.read(got).unwrap(), be.read(&want).unwrap());
+            }
+        }
+        let mut one = be.zeros(0, 0).unwrap();
+        assert!(be.matmul_many(&[&ms[0], &ms[1]], &xt, &mut [&mut one]).is_err());
+    }
+}
+
+/// A token's products do not depend on the batch it was computed in (prefill tiles, decode, tails): a session
+/// that reuses its KV cache gives exactly what a fresh prefill of the same tokens gives.
+#[test]
+fn matmul_is_batch_invariant() {
+    for ty in [TensorType::Q4_0, TensorType::Q4_1, TensorType::Q8_0] {
+        let (rows, cols, tokens) = (37, 320, 11);
+        let w = PackedMatrix::from_f32(ty, rows, cols, &values(rows * cols, 4, 1.0)).unwrap();
+        let x = values(tokens * cols, 5, 2.0);
+        for be in backends() {
+            let m = be.upload_matrix(w.view()).unwrap();
+            let mut all = be.zeros(0, 0).unwrap();
+            be.matmul(&m, &be.upload(&x, tokens, cols).unwrap(), &mut all).unwrap();
+            let all = be.read(&all).unwrap();
+            for t in 0..tokens {
+                let mut one = be.zeros(0, 0).unwrap();
+                be.matmul(&m, &be.upload(&x[t * cols..(t + 1) * cols], 1, cols).unwrap(), &mut one).unwrap();
+                assert_eq!(be.read(&one).unwrap(), &all[t * rows..(t + 1) * rows], "{ty:?} token {t} at {}", be.level().name());
+            }
+        }
+    }
+}

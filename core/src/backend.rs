@@ -66,6 +66,17 @@ pub trait Backend: Send + Sync {
     fn embed(&self, table: &Self::Matrix, ids: &[u32], out: &mut Self::Tensor) -> Result<()>;
     /// `out[t, r] = sum_c w[r, c] * x[t, c]`: every row of `x` through the matrix.
     fn matmul(&self, w: &Self::Matrix, x: &Self::Tensor, out: &mut Self::Tensor) -> Result<()>;
+    /// `outs[i] = ws[i] x`: the same input through several matrices (Q, K and V; gate and up). Backends can
+    /// prepare `x` once and run all the products in one dispatch; this default runs them one by one.
+    fn matmul_many(&self, ws: &[&Self::Matrix], x: &Self::Tensor, outs: &mut [&mut Self::Tensor]) -> Result<()> {
+        if ws.len() != outs.len() {
+            return Err(crate::Error::shape("matmul_many", format!("{} matrices but {} outputs", ws.len(), outs.len())));
+        }
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            self.matmul(w, x, out)?;
+        }
+        Ok(())
+    }
     /// `out[t] = x[t] / rms(x[t]) * weight`, with `weight` a `1 x cols` tensor.
     fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Tensor, eps: f32, out: &mut Self::Tensor) -> Result<()>;
     /// Rotates `x` in place (see [`RopeParams`]).

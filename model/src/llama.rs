@@ -195,9 +195,7 @@ impl<B: Backend> Llama<B> {
         be.embed(&self.embed, tokens, &mut s.x)?;
         for (l, layer) in self.layers.iter().enumerate() {
             be.rms_norm(&s.x, &layer.attn_norm, c.rms_eps, &mut s.xn)?;
-            be.matmul(&layer.wq, &s.xn, &mut s.q)?;
-            be.matmul(&layer.wk, &s.xn, &mut s.k)?;
-            be.matmul(&layer.wv, &s.xn, &mut s.v)?;
+            be.matmul_many(&[&layer.wq, &layer.wk, &layer.wv], &s.xn, &mut [&mut s.q, &mut s.k, &mut s.v])?;
             be.rope(&mut s.q, &rope(c.n_heads))?;
             be.rope(&mut s.k, &rope(c.n_kv_heads))?;
             be.write_rows(&s.k, &mut cache.k[l], pos0)?;
@@ -206,8 +204,7 @@ impl<B: Backend> Llama<B> {
             be.matmul(&layer.wo, &s.att, &mut s.xn)?;
             be.add(&mut s.x, &s.xn)?;
             be.rms_norm(&s.x, &layer.ffn_norm, c.rms_eps, &mut s.xn)?;
-            be.matmul(&layer.gate, &s.xn, &mut s.gate)?;
-            be.matmul(&layer.up, &s.xn, &mut s.up)?;
+            be.matmul_many(&[&layer.gate, &layer.up], &s.xn, &mut [&mut s.gate, &mut s.up])?;
             be.silu_mul(&s.gate, &s.up, &mut s.hidden)?;
             be.matmul(&layer.down, &s.hidden, &mut s.xn)?;
             be.add(&mut s.x, &s.xn)?;

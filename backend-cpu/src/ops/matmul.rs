@@ -4,7 +4,7 @@
 
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
-use tern_core::{Result, TensorType};
+use tern_core::{Error, Result, TensorType};
 
 use super::qdot::{dot, ActRow, WeightRow};
 use super::quantize_rows::QuantizedRows;
@@ -18,29 +18,59 @@ const TOKENS_PER_TILE: usize = 4;
 const TILE_ROWS: usize = 2;
 const DECODE_ROWS: usize = 1;
 
-pub(crate) fn matmul(
+/// `outs[i] = ws[i] x`. When every matrix is quantized, `x` is quantized once and all products share one
+/// parallel section (fewer synchronizations per decode step: Q, K and V together, gate and up together).
+pub(crate) fn matmul_many(
     level: SimdLevel,
     scratch: &mut QuantizedRows,
-    w: &CpuMatrix,
+    ws: &[&CpuMatrix],
     x: &CpuTensor,
-    out: &mut CpuTensor,
+    outs: &mut [&mut CpuTensor],
 ) -> Result<()> {
-    check_cols("matmul", "input", x.cols, w.cols)?;
-    out.reshape(x.rows, w.rows);
-    if w.ty.is_quantized() {
+    if ws.len() != outs.len() {
+        return Err(Error::shape("matmul", format!("{} matrices but {} outputs", ws.len(), outs.len())));
+    }
+    for w in ws {
+        check_cols("matmul", "input", x.cols, w.cols)?;
+    }
+    for (w, out) in ws.iter().zip(outs.iter_mut()) {
+        out.reshape(x.rows, w.rows);
+    }
+    if ws.iter().all(|w| w.ty.is_quantized()) {
         scratch.quantize(&x.data, x.rows, x.cols);
-        quantized(level, w, scratch, out);
+        let dsts: Vec<SharedMut> = outs.iter_mut().map(|o| SharedMut(o.data.as_mut_ptr())).collect();
+        quantized(level, ws, scratch, &dsts);
     } else {
-        float(w, x, out);
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            if w.ty.is_quantized() {
+                scratch.quantize(&x.data, x.rows, x.cols);
+                quantized(level, &[w], scratch, &[SharedMut(out.data.as_mut_ptr())]);
+            } else {
+                float(w, x, out);
+            }
+        }
     }
     Ok(())
 }
 
-fn quantized(level: SimdLevel, w: &CpuMatrix, x: &QuantizedRows, out: &mut CpuTensor) {
-    let (m, tokens) = (w.rows, x.rows);
-    let dst = SharedMut(out.data.as_mut_ptr());
-    for_each(m.div_ceil(ROWS_PER_TASK), |task| {
-        let rows = task * ROWS_PER_TASK..((task + 1) * ROWS_PER_TASK).min(m);
+/// Every matrix of `ws` against the int8 rows `x`, into `dsts` (each `x.rows x w.rows`). Tasks are
+/// `ROWS_PER_TASK` rows of one matrix.
+fn quantized(level: SimdLevel, ws: &[&CpuMatrix], x: &QuantizedRows, dsts: &[SharedMut]) {
+    let tokens = x.rows;
+    let firsts: Vec<usize> = ws
+        .iter()
+        .scan(0, |acc, w| {
+            let first = *acc;
+            *acc += w.rows.div_ceil(ROWS_PER_TASK);
+            Some(first)
+        })
+        .collect();
+    let total = firsts.last().zip(ws.last()).map_or(0, |(f, w)| f + w.rows.div_ceil(ROWS_PER_TASK));
+    for_each(total, |task| {
+        let i = firsts.partition_point(|&f| f <= task) - 1;
+        let (w, dst) = (ws[i], dsts[i]);
+        let chunk = task - firsts[i];
+        let rows = chunk * ROWS_PER_TASK..((chunk + 1) * ROWS_PER_TASK).min(w.rows);
         let mut t = 0;
         while t + TOKENS_PER_TILE <= tokens {
             let xs: [ActRow<'_>; TOKENS_PER_TILE] = std::array::from_fn(|i| ActRow::of(x, t + i));

@@ -76,10 +76,9 @@ unsafe fn body<const R: usize, const N: usize, const F: u8, const VNNI: bool>(
         let nb = w[0].nb;
         let low4 = _mm_set1_epi8(0x0f);
         let ones = _mm256_set1_epi16(1);
-        // A single product (decode) alternates two accumulators between even and odd blocks, so that one chain
-        // of dependent FMAs does not bound the loop by the FMA latency; several products are chains enough.
+        // One accumulator per product, summed in block order whatever `R` and `N` are: a token's result does
+        // not depend on how many tokens or rows were computed alongside it.
         let mut acc = [[_mm256_setzero_ps(); N]; R];
-        let mut acc_odd = [[_mm256_setzero_ps(); N]; R];
         // Vector sums of the minimum (Q4_1) or offset (Q4_0) terms, eight blocks per lane group.
         let mut extra = [[_mm256_setzero_ps(); N]; R];
         // Combined scales `w.d[b] * x.d[b]` of the current group, read back one broadcast per block.
@@ -134,11 +133,7 @@ unsafe fn body<const R: usize, const N: usize, const F: u8, const VNNI: bool>(
                             _mm256_madd_epi16(_mm256_maddubs_epi16(wu, xs), ones)
                         };
                         let d = _mm256_broadcast_ss(scales[r][n].get_unchecked(j));
-                        if R * N > 1 || j % 2 == 0 {
-                            acc[r][n] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[r][n]);
-                        } else {
-                            acc_odd[r][n] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc_odd[r][n]);
-                        }
+                        acc[r][n] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[r][n]);
                     }
                 }
             }
@@ -152,7 +147,7 @@ unsafe fn body<const R: usize, const N: usize, const F: u8, const VNNI: bool>(
                     Q4_0 => _mm256_mul_ps(extra[r][n], _mm256_set1_ps(-8.0)),
                     _ => _mm256_setzero_ps(),
                 };
-                out[r][n] = hsum(_mm256_add_ps(_mm256_add_ps(acc[r][n], acc_odd[r][n]), e));
+                out[r][n] = hsum(_mm256_add_ps(acc[r][n], e));
             }
         }
         out
