@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# tern against llama.cpp on the same GGUF, same machine, same run: ROUNDS alternating rounds of
+# `llama-bench -t THREADS` and `tern bench -t THREADS` (each pp512 and tg128, 3 repetitions), then the median
+# tokens/s of each over all rounds and the ratio tern / llama.cpp. Builds what is missing first.
+# Usage: scripts/bench.sh [ROUNDS=5] [THREADS=2] [MODEL]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-5}
+threads=${2:-2}
+model=${3:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
+
+[ -f "$model" ] || ./scripts/fetch-model.sh
+./scripts/build-llama-cpp.sh >&2
+cargo build --locked --release -p tern-cli >&2
+bin=.cache/llama.cpp/build/bin
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+for i in $(seq "$rounds"); do
+  echo "round $i/$rounds" >&2
+  LD_LIBRARY_PATH=$bin "$bin/llama-bench" -m "$model" -t "$threads" -r 3 -o csv >>"$out/llama.csv"
+  ./target/release/tern bench -m "$model" -t "$threads" -r 3 >>"$out/tern.md"
+done
+
+python3 - "$out" "$model" "$threads" "$rounds" <<'PY'
+import csv, statistics, sys
+out, model, threads, rounds = sys.argv[1:]
+llama = {"pp512": [], "tg128": []}
+with open(f"{out}/llama.csv") as f:
+    rows = list(csv.reader(f))
+names = rows[0]
+for row in rows:
+    if row[0] == "build_commit":
+        continue
+    rec = dict(zip(names, row))
+    test = "pp512" if rec["n_prompt"] == "512" else "tg128" if rec["n_gen"] == "128" else None
+    if test:
+        llama[test].append(float(rec["avg_ts"]))
+tern = {"pp512": [], "tg128": []}
+for line in open(f"{out}/tern.md"):
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    if len(cells) >= 7 and cells[5] in tern:
+        tern[cells[5]].append(float(cells[6]))
+print(f"model {model.split('/')[-1]}, {threads} threads, {rounds} rounds\n")
+print("| test | llama.cpp t/s (median of rounds) | tern t/s (median of rounds) | tern / llama.cpp |")
+print("| --- | ---: | ---: | ---: |")
+for test in ("pp512", "tg128"):
+    l, t = statistics.median(llama[test]), statistics.median(tern[test])
+    print(f"| {test} | {l:.1f} ({min(llama[test]):.1f} - {max(llama[test]):.1f}) | "
+          f"{t:.1f} ({min(tern[test]):.1f} - {max(tern[test]):.1f}) | {t / l:.2f} |")
+PY
