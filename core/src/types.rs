@@ -122,7 +122,7 @@ impl MatrixView<'_> {
     /// Checks that the parts have the lengths the shape and type require.
     pub fn validate(&self) -> crate::Result<()> {
         let bad = |detail: String| crate::Error::BadMatrix { ty: self.ty, rows: self.rows, cols: self.cols, detail };
-        if self.cols % 32 != 0 {
+        if !self.cols.is_multiple_of(32) {
             return Err(bad(format!("row length {} is not a multiple of 32", self.cols)));
         }
         let want_quants = self.rows * self.row_words();

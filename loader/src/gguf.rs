@@ -227,7 +227,6 @@ impl GgufFile {
             };
             tensors.push(TensorInfo { name, ty, dims, offset: start, size });
         }
-        drop(r);
         Ok(GgufFile { path, version, metadata, tensors, alignment, bytes })
     }
 

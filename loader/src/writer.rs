@@ -92,7 +92,7 @@ impl GgufWriter {
         let name = name.into();
         let bad = |detail: String| Error::BadTensor { path: "gguf writer".into(), tensor: name.clone(), detail };
         let elements = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| bad("dimensions overflow".into()))?;
-        if dims.is_empty() || dims.len() > crate::MAX_DIMS as usize || dims[0] % ty.block_len() != 0 {
+        if dims.is_empty() || dims.len() > crate::MAX_DIMS as usize || !dims[0].is_multiple_of(ty.block_len()) {
             return Err(bad(format!("dimensions {dims:?} do not suit {ty}")));
         }
         let expected = elements / ty.block_len() * ty.gguf_block_bytes();

@@ -48,11 +48,10 @@ impl Tokenizer {
         let (bos, eos) = (id("tokenizer.ggml.bos_token_id"), id("tokenizer.ggml.eos_token_id"));
         let mut stop_ids: Vec<u32> = eos.into_iter().collect();
         for name in ["<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>", "</s>"] {
-            if let Some(t) = inner.token_to_id(name) {
-                if !stop_ids.contains(&t) {
+            if let Some(t) = inner.token_to_id(name)
+                && !stop_ids.contains(&t) {
                     stop_ids.push(t);
                 }
-            }
         }
         Ok(Tokenizer { inner, bos, eos, stop_ids, add_bos })
     }

@@ -8,7 +8,7 @@ use crate::{Error, Result};
 /// Bytes that `elements` elements of `ty` take in a GGUF file.
 pub(crate) fn gguf_bytes(ty: TensorType, elements: usize) -> Result<usize> {
     let block = ty.block_len();
-    if elements % block != 0 {
+    if !elements.is_multiple_of(block) {
         return Err(Error::RowLength { ty, cols: elements, block });
     }
     Ok(elements / block * ty.gguf_block_bytes())

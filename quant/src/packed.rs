@@ -36,7 +36,7 @@ fn half_at(words: &[u32], i: usize) -> u16 {
 impl PackedMatrix {
     /// Repacks a `rows x cols` tensor stored in GGUF's encoding of `ty`.
     pub fn from_gguf(ty: TensorType, rows: usize, cols: usize, bytes: &[u8]) -> Result<Self> {
-        if cols % BLOCK_LEN != 0 {
+        if !cols.is_multiple_of(BLOCK_LEN) {
             return Err(Error::RowLength { ty, cols, block: BLOCK_LEN });
         }
         let elements = rows * cols;

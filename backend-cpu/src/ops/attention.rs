@@ -15,7 +15,7 @@ thread_local! {
 pub(crate) fn attention(q: &CpuTensor, k: &CpuTensor, v: &CpuTensor, p: &AttentionParams, out: &mut CpuTensor) -> Result<()> {
     let hd = p.head_dim;
     let kv_cols = p.n_kv_heads * hd;
-    if p.n_kv_heads == 0 || p.n_heads % p.n_kv_heads != 0 {
+    if p.n_kv_heads == 0 || !p.n_heads.is_multiple_of(p.n_kv_heads) {
         return Err(Error::shape("attention", format!("{} heads cannot share {} KV heads", p.n_heads, p.n_kv_heads)));
     }
     if q.cols != p.n_heads * hd || k.cols != kv_cols || v.cols != kv_cols {

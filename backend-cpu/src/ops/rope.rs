@@ -4,7 +4,7 @@ use crate::tensor::CpuTensor;
 
 /// Rotates every head of every row in place; row `t` is at position `p.pos0 + t`.
 pub(crate) fn rope(x: &mut CpuTensor, p: &RopeParams) -> Result<()> {
-    if x.cols != p.n_heads * p.head_dim || p.rot_dim > p.head_dim || p.rot_dim % 2 != 0 {
+    if x.cols != p.n_heads * p.head_dim || p.rot_dim > p.head_dim || !p.rot_dim.is_multiple_of(2) {
         return Err(Error::shape(
             "rope",
             format!("{} columns for {} heads of {} (rotating {})", x.cols, p.n_heads, p.head_dim, p.rot_dim),
