@@ -2,6 +2,7 @@
 
 mod bench;
 mod chat;
+mod eval;
 mod info;
 mod load;
 
@@ -29,6 +30,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Show a model's metadata, tensor types and memory needs.
     Info(info::InfoArgs),
+    /// Perplexity over a text (llama-perplexity's method), and KL-divergence against a reference model.
+    Eval(eval::EvalArgs),
 }
 
 /// Options shared by every command that loads a model.
@@ -133,6 +136,7 @@ fn main() -> ExitCode {
         Command::Chat(a) => chat::run(&a.model, a.system.as_deref(), &a.sampling.options()),
         Command::Bench(a) => bench::run(a),
         Command::Info(a) => info::run(a),
+        Command::Eval(a) => eval::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -14,9 +14,11 @@
 
 mod engine;
 mod error;
+pub mod eval;
 mod generation;
 
 pub use engine::{Engine, EngineBuilder};
+pub use eval::{evaluate, EvalOptions, EvalReport};
 pub use error::{Error, Result};
 pub use generation::{FinishReason, GenerateOptions, Generation, Session, Token};
 

@@ -1,0 +1,221 @@
+//! Perplexity, and KL-divergence against a reference model, computed the way llama.cpp's `llama-perplexity`
+//! computes them so that the figures compare directly:
+//!
+//! - the text is tokenized whole and cut into chunks of `ctx` tokens (the tail that does not fill a chunk is
+//!   dropped); each chunk runs from an empty context, its first token replaced by BOS when the model adds one;
+//! - in each chunk only the second half is scored (positions `ctx/2 .. ctx-1` predicting the next token), so
+//!   every scored token sees at least `ctx/2` tokens of context;
+//! - PPL = exp(mean negative log-likelihood), with error `PPL * stderr(nll)`; KL-divergence is the mean over
+//!   scored positions of `KL(reference || model)` over the whole vocabulary, with its standard error, and top-1
+//!   agreement the share of positions where both models' most likely tokens are the same.
+
+use crate::{Engine, Error, Result};
+
+/// What to evaluate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EvalOptions {
+    /// Tokens per chunk (llama.cpp's `-c`; it defaults to 512 for perplexity).
+    pub ctx: usize,
+    /// At most this many chunks (`None`: all the text allows).
+    pub max_chunks: Option<usize>,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        EvalOptions { ctx: 512, max_chunks: None }
+    }
+}
+
+/// A mean with its standard error.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Estimate {
+    pub mean: f64,
+    pub stderr: f64,
+}
+
+/// Running sums for a mean and its standard error.
+#[derive(Debug, Default, Clone, Copy)]
+struct Moments {
+    n: f64,
+    sum: f64,
+    sum_sq: f64,
+}
+
+impl Moments {
+    fn push(&mut self, v: f64) {
+        self.n += 1.0;
+        self.sum += v;
+        self.sum_sq += v * v;
+    }
+
+    fn estimate(&self) -> Estimate {
+        let mean = self.sum / self.n;
+        let var = (self.sum_sq / self.n - mean * mean).max(0.0);
+        Estimate { mean, stderr: if self.n > 1.0 { (var / (self.n - 1.0)).sqrt() } else { f64::NAN } }
+    }
+}
+
+/// The result of an evaluation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalReport {
+    pub chunks: usize,
+    /// Positions scored (`chunks * (ctx - 1 - ctx/2)`).
+    pub scored: usize,
+    /// Perplexity and its error.
+    pub ppl: Estimate,
+    /// Mean negative log-likelihood per scored token (nats).
+    pub nll: Estimate,
+    /// Against the reference, when there is one.
+    pub reference: Option<ReferenceReport>,
+}
+
+/// How the model's next-token distributions compare with the reference's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReferenceReport {
+    /// Perplexity of the reference on the same positions.
+    pub ppl: Estimate,
+    /// Mean KL(reference || model), nats.
+    pub kl: Estimate,
+    /// Share of positions where the two models' most likely tokens agree (0 to 1).
+    pub top1: Estimate,
+}
+
+/// Log-probabilities of `logits` (log-softmax), in f64.
+fn log_softmax(logits: &[f32], out: &mut Vec<f64>) {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let lse = max + logits.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+    out.clear();
+    out.extend(logits.iter().map(|&v| v as f64 - lse));
+}
+
+/// KL(p || q) from log-probabilities.
+fn kl_divergence(log_p: &[f64], log_q: &[f64]) -> f64 {
+    log_p.iter().zip(log_q).map(|(&lp, &lq)| lp.exp() * (lp - lq)).sum::<f64>().max(0.0)
+}
+
+fn argmax(v: &[f64]) -> usize {
+    v.iter().enumerate().fold((0, f64::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0
+}
+
+/// Logits of every position of `tokens`, run from an empty context.
+fn chunk_logits(engine: &Engine, tokens: &[u32]) -> Result<Vec<f32>> {
+    let model = engine.model();
+    let mut cache = model.new_cache(tokens.len())?;
+    let mut scratch = tern_model::Scratch::new(model.backend())?;
+    Ok(model.backend().install(|| model.forward(tokens, &mut cache, &mut scratch, true))?)
+}
+
+/// Evaluates `engine` on `text` (and compares it with `reference`, which must share its vocabulary), calling
+/// `progress(done, total)` after every chunk.
+pub fn evaluate(
+    engine: &Engine,
+    reference: Option<&Engine>,
+    text: &str,
+    options: EvalOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<EvalReport> {
+    let ctx = options.ctx;
+    if ctx < 4 {
+        return Err(Error::Option { name: "ctx", detail: format!("{ctx} tokens is too short to score (at least 4)") });
+    }
+    let context_length = engine.model().config.context_length;
+    if ctx > context_length {
+        return Err(Error::Option { name: "ctx", detail: format!("{ctx} tokens exceed the model's context of {context_length}") });
+    }
+    let vocab = engine.model().config.vocab_size;
+    if let Some(r) = reference {
+        if r.model().config.vocab_size != vocab {
+            return Err(Error::Option {
+                name: "reference",
+                detail: format!("its vocabulary has {} tokens, the model's {vocab}", r.model().config.vocab_size),
+            });
+        }
+    }
+    let tokenizer = engine.tokenizer();
+    // Tokenize without the BOS the encoder may add; chunks get their own.
+    let mut tokens = tokenizer.encode(text)?;
+    if tokenizer.add_bos && tokens.first() == tokenizer.bos.as_ref() {
+        tokens.remove(0);
+    }
+    let available = tokens.len() / ctx;
+    let chunks = options.max_chunks.map_or(available, |m| m.min(available));
+    if chunks == 0 {
+        return Err(Error::Option {
+            name: "text",
+            detail: format!("{} tokens do not fill one chunk of {ctx}: give more text or a smaller --ctx", tokens.len()),
+        });
+    }
+    let first = ctx / 2;
+    let (mut nll, mut ref_nll, mut kl, mut top1) = (Moments::default(), Moments::default(), Moments::default(), Moments::default());
+    let (mut lp, mut lq) = (Vec::new(), Vec::new());
+    progress(0, chunks);
+    for c in 0..chunks {
+        let mut chunk = tokens[c * ctx..(c + 1) * ctx].to_vec();
+        if tokenizer.add_bos {
+            if let Some(bos) = tokenizer.bos {
+                chunk[0] = bos;
+            }
+        }
+        let logits = chunk_logits(engine, &chunk)?;
+        let ref_logits = reference.map(|r| chunk_logits(r, &chunk)).transpose()?;
+        for j in first..ctx - 1 {
+            let next = chunk[j + 1] as usize;
+            log_softmax(&logits[j * vocab..(j + 1) * vocab], &mut lq);
+            nll.push(-lq[next]);
+            if let Some(rl) = &ref_logits {
+                log_softmax(&rl[j * vocab..(j + 1) * vocab], &mut lp);
+                ref_nll.push(-lp[next]);
+                kl.push(kl_divergence(&lp, &lq));
+                top1.push(if argmax(&lp) == argmax(&lq) { 1.0 } else { 0.0 });
+            }
+        }
+        progress(c + 1, chunks);
+    }
+    let ppl_of = |m: &Moments| {
+        let e = m.estimate();
+        let ppl = e.mean.exp();
+        Estimate { mean: ppl, stderr: ppl * e.stderr }
+    };
+    Ok(EvalReport {
+        chunks,
+        scored: nll.n as usize,
+        ppl: ppl_of(&nll),
+        nll: nll.estimate(),
+        reference: reference.map(|_| ReferenceReport { ppl: ppl_of(&ref_nll), kl: kl.estimate(), top1: top1.estimate() }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kl_of_known_distributions() {
+        let p = [0.5f64, 0.25, 0.25].map(f64::ln);
+        let q = [0.25f64, 0.5, 0.25].map(f64::ln);
+        let want = 0.5 * (0.5f64 / 0.25).ln() + 0.25 * (0.25f64 / 0.5).ln();
+        assert!((kl_divergence(&p, &q) - want).abs() < 1e-12);
+        assert_eq!(kl_divergence(&p, &p), 0.0);
+    }
+
+    #[test]
+    fn log_softmax_normalizes() {
+        let mut out = Vec::new();
+        log_softmax(&[1000.0, 999.0, -5.0], &mut out);
+        let total: f64 = out.iter().map(|v| v.exp()).sum();
+        assert!((total - 1.0).abs() < 1e-12);
+        assert!((out[0] - out[1] - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn moments_give_mean_and_standard_error() {
+        let mut m = Moments::default();
+        for v in [1.0, 2.0, 3.0, 4.0] {
+            m.push(v);
+        }
+        let e = m.estimate();
+        assert_eq!(e.mean, 2.5);
+        // Population variance 1.25, divided by n - 1 = 3.
+        assert!((e.stderr - (1.25f64 / 3.0).sqrt()).abs() < 1e-12);
+    }
+}
