@@ -9,6 +9,9 @@ pub enum Error {
     /// Block formats need whole blocks per row.
     #[error("{ty} rows must be a multiple of {block} elements, got a row of {cols}")]
     RowLength { ty: TensorType, cols: usize, block: usize },
+    /// Input that a tern format cannot quantize (shape, importance, non-finite weights).
+    #[error("tern format: {detail}")]
+    TernShape { detail: String },
     /// The operation is not defined for this type.
     #[error("{op} is not supported for {ty}")]
     Unsupported { op: &'static str, ty: TensorType },

@@ -5,14 +5,19 @@
 //! u32-aligned word array, so that a WGSL shader (which has no u8 or u16) reads whole words and a CPU kernel
 //! streams each part linearly. [`dequantize_gguf`] and [`PackedMatrix::dequantize_row`] are the scalar
 //! references every kernel is tested against.
+//!
+//! [`TernMatrix`] holds tern's own 2/3/4/8-bit formats ([`TernFormat`]), quantized by an importance-weighted
+//! least-squares search; `docs/FORMATS.md` gives their layouts.
 
 mod error;
 mod gguf_blocks;
 mod packed;
 mod quantize;
+mod tern_formats;
 
 pub use error::{Error, Result};
 pub use gguf_blocks::dequantize_gguf;
 pub use packed::{dequantize_row, PackedMatrix};
 pub use quantize::quantize_gguf;
+pub use tern_formats::{TernFormat, TernMatrix};
 pub use tern_core::TensorType;

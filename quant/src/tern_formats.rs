@@ -1,0 +1,352 @@
+//! tern's own weight formats: 2-, 3-, 4- and 8-bit quants in blocks of 32 for any row length that is a multiple
+//! of 32, with 8-bit (4-bit for T2) block scales and minimums coded against two f32 scales per row. The exact
+//! layouts, to the bit, are in `docs/FORMATS.md`; [`TernMatrix::dequantize_row`] is the reference.
+//!
+//! Quantization is an importance-weighted least-squares search per block (the weights of the error are an
+//! importance per input column, from activation statistics when there are some, times `sqrt(sigma2 + x^2)`, the
+//! element weighting ggml's quantizers use), then the block scales and minimums are coded against the row's
+//! largest, and the quants are chosen again against the coded values.
+
+use crate::{Error, Result};
+use tern_core::BLOCK_LEN;
+
+/// One of tern's formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TernFormat {
+    /// 2-bit unsigned quants, 4-bit block scale and minimum codes: 2.25 bits per weight, plus per row 64 bits
+    /// of row scales and the padding of its codes to a word ([`TernFormat::bits_per_weight`] is exact).
+    T2,
+    /// 3-bit unsigned quants (a 2-bit plane and a 1-bit plane), 8-bit scale and minimum codes: 3.5 + per row.
+    T3,
+    /// 4-bit unsigned quants, 8-bit scale and minimum codes: 4.5 + per row.
+    T4,
+    /// 8-bit signed quants, 8-bit scale code, no minimum: 8.25 + per row.
+    T8,
+}
+
+impl TernFormat {
+    /// Every format, smallest first.
+    pub const ALL: [TernFormat; 4] = [TernFormat::T2, TernFormat::T3, TernFormat::T4, TernFormat::T8];
+
+    /// Bits of each quant.
+    pub fn quant_bits(self) -> usize {
+        match self {
+            TernFormat::T2 => 2,
+            TernFormat::T3 => 3,
+            TernFormat::T4 => 4,
+            TernFormat::T8 => 8,
+        }
+    }
+
+    /// u32 words of quants per block of 32.
+    pub fn quant_words(self) -> usize {
+        self.quant_bits()
+    }
+
+    /// Bits of block scale and minimum codes per block (T2: a byte of two nibbles; T8: one scale byte).
+    pub fn code_bits(self) -> usize {
+        match self {
+            TernFormat::T2 | TernFormat::T8 => 8,
+            TernFormat::T3 | TernFormat::T4 => 16,
+        }
+    }
+
+    /// Largest scale (and minimum) code.
+    fn code_max(self) -> u32 {
+        if self == TernFormat::T2 { 15 } else { 255 }
+    }
+
+    fn symmetric(self) -> bool {
+        self == TernFormat::T8
+    }
+
+    /// u32 words of codes per row of `cols` weights (each row's codes start on a word).
+    pub fn code_words(self, cols: usize) -> usize {
+        (cols / BLOCK_LEN * self.code_bits()).div_ceil(32)
+    }
+
+    /// Exact bits per weight of a matrix with rows of `cols` weights: the quants, the row's code words (padding
+    /// included) and the two f32 row scales.
+    pub fn bits_per_weight(self, cols: usize) -> f64 {
+        (self.quant_bits() * cols + 32 * self.code_words(cols) + 64) as f64 / cols as f64
+    }
+
+    /// A short name for reports ("T4").
+    pub fn name(self) -> &'static str {
+        match self {
+            TernFormat::T2 => "T2",
+            TernFormat::T3 => "T3",
+            TernFormat::T4 => "T4",
+            TernFormat::T8 => "T8",
+        }
+    }
+}
+
+/// A matrix in one of tern's formats, structure of arrays: `quants` (u32 words, `quant_words` per block, blocks
+/// in row-major order), `codes` (the block scale/minimum codes packed in little-endian u32 words, bytes or u16s
+/// in block order) and `rows_scales` (per row the f32 bits of the scale unit `D` and the minimum unit `M`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TernMatrix {
+    pub format: TernFormat,
+    pub rows: usize,
+    pub cols: usize,
+    pub quants: Vec<u32>,
+    pub codes: Vec<u32>,
+    pub row_scales: Vec<u32>,
+}
+
+/// Element weighting of the error inside a block (ggml's: `sqrt(sigma2 + x^2)`, sigma2 the row's mean square).
+fn element_weights(x: &[f32], importance: Option<&[f32]>, sigma2: f32, out: &mut [f32]) {
+    for (i, (w, &v)) in out.iter_mut().zip(x).enumerate() {
+        let imp = importance.map_or(1.0, |m| m[i]);
+        *w = imp * (sigma2 + v * v).sqrt();
+    }
+}
+
+/// Best `(scale, offset)` for unsigned `bits`-bit quants of `x` under weights `w`: `x ~ scale * q - offset`,
+/// `offset >= 0`. A grid of candidate scales, each refined by weighted least squares on its quants.
+fn fit_asymmetric(x: &[f32], w: &[f32], nmax: f32) -> (f32, f32) {
+    let (min, max) = x.iter().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+    let min = min.min(0.0);
+    if max <= min {
+        return (0.0, -min);
+    }
+    let sw: f32 = w.iter().sum();
+    let error = |scale: f32, offset: f32| -> f32 {
+        x.iter()
+            .zip(w)
+            .map(|(&v, &wi)| {
+                let q = if scale > 0.0 { ((v + offset) / scale).round().clamp(0.0, nmax) } else { 0.0 };
+                let d = scale * q - offset - v;
+                wi * d * d
+            })
+            .sum()
+    };
+    let mut best = ((max - min) / nmax, -min);
+    let mut best_err = error(best.0, best.1);
+    for step in -9..=9 {
+        let iscale = (nmax + 0.1 * step as f32) / (max - min);
+        if iscale <= 0.0 {
+            continue;
+        }
+        // Quants for this candidate, then the least-squares scale and offset for those quants.
+        let (mut s_q, mut s_qq, mut s_x, mut s_qx) = (0f32, 0f32, 0f32, 0f32);
+        for (&v, &wi) in x.iter().zip(w) {
+            let q = (iscale * (v - min)).round().clamp(0.0, nmax);
+            s_q += wi * q;
+            s_qq += wi * q * q;
+            s_x += wi * v;
+            s_qx += wi * q * v;
+        }
+        let det = sw * s_qq - s_q * s_q;
+        if det <= 0.0 {
+            continue;
+        }
+        let mut scale = (sw * s_qx - s_q * s_x) / det;
+        let mut offset = (s_q * s_qx - s_qq * s_x) / det;
+        if offset < 0.0 {
+            // A positive minimum: keep offset 0 and fit the scale alone.
+            offset = 0.0;
+            scale = if s_qq > 0.0 { s_qx / s_qq } else { 0.0 };
+        }
+        if scale <= 0.0 {
+            continue;
+        }
+        let err = error(scale, offset);
+        if err < best_err {
+            best = (scale, offset);
+            best_err = err;
+        }
+    }
+    best
+}
+
+/// Best scale for signed quants in `[-nmax, nmax]`: `x ~ scale * q`.
+fn fit_symmetric(x: &[f32], w: &[f32], nmax: f32) -> f32 {
+    let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+    if amax == 0.0 {
+        return 0.0;
+    }
+    let error = |scale: f32| -> f32 {
+        x.iter().zip(w).map(|(&v, &wi)| {
+            let d = scale * (v / scale).round().clamp(-nmax, nmax) - v;
+            wi * d * d
+        }).sum()
+    };
+    let mut best = amax / nmax;
+    let mut best_err = error(best);
+    for step in -6..=6 {
+        let iscale = (nmax + 0.25 * step as f32) / amax;
+        let (mut s_qq, mut s_qx) = (0f32, 0f32);
+        for (&v, &wi) in x.iter().zip(w) {
+            let q = (iscale * v).round().clamp(-nmax, nmax);
+            s_qq += wi * q * q;
+            s_qx += wi * q * v;
+        }
+        if s_qq <= 0.0 {
+            continue;
+        }
+        let scale = s_qx / s_qq;
+        let err = error(scale);
+        if scale > 0.0 && err < best_err {
+            best = scale;
+            best_err = err;
+        }
+    }
+    best
+}
+
+fn put_bits(words: &mut [u32], bit: usize, width: usize, value: u32) {
+    words[bit / 32] |= value << (bit % 32);
+    debug_assert!(bit % 32 + width <= 32, "fields never straddle words");
+}
+
+fn get_bits(words: &[u32], bit: usize, width: usize) -> u32 {
+    (words[bit / 32] >> (bit % 32)) & ((1u32 << width) - 1) // width < 32 for every field
+}
+
+impl TernMatrix {
+    /// Quantizes `rows x cols` values (`cols` a multiple of 32) to `format`. `importance`, when given, holds
+    /// one non-negative weight per column (mean of x^2 over calibration activations, say).
+    pub fn quantize(format: TernFormat, rows: usize, cols: usize, data: &[f32], importance: Option<&[f32]>) -> Result<Self> {
+        if cols == 0 || cols % BLOCK_LEN != 0 {
+            return Err(Error::TernShape { detail: format!("rows of {cols} weights are not a whole number of blocks of {BLOCK_LEN}") });
+        }
+        if data.len() != rows * cols {
+            return Err(Error::TernShape { detail: format!("{} values for {rows}x{cols}", data.len()) });
+        }
+        if let Some(imp) = importance {
+            if imp.len() != cols {
+                return Err(Error::TernShape { detail: format!("{} importance values for rows of {cols}", imp.len()) });
+            }
+            if imp.iter().any(|v| !v.is_finite() || *v < 0.0) {
+                return Err(Error::TernShape { detail: "importance values must be finite and non-negative".into() });
+            }
+        }
+        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+            return Err(Error::TernShape { detail: format!("weight {i} (row {}, column {}) is not finite", i / cols, i % cols) });
+        }
+        let nb = cols / BLOCK_LEN;
+        let code_words = format.code_words(cols);
+        let mut m = TernMatrix {
+            format,
+            rows,
+            cols,
+            quants: vec![0; rows * nb * format.quant_words()],
+            codes: vec![0; rows * code_words],
+            row_scales: vec![0; rows * 2],
+        };
+        let nmax = if format.symmetric() { 127.0 } else { ((1u32 << format.quant_bits()) - 1) as f32 };
+        let cmax = format.code_max() as f32;
+        let mut weights = vec![0f32; cols];
+        let mut fits = vec![(0f32, 0f32); nb];
+        for r in 0..rows {
+            let x = &data[r * cols..(r + 1) * cols];
+            let sigma2 = x.iter().map(|v| v * v).sum::<f32>() / cols as f32;
+            element_weights(x, importance, sigma2, &mut weights);
+            for (b, fit) in fits.iter_mut().enumerate() {
+                let (xb, wb) = (&x[b * 32..(b + 1) * 32], &weights[b * 32..(b + 1) * 32]);
+                *fit = if format.symmetric() { (fit_symmetric(xb, wb, nmax), 0.0) } else { fit_asymmetric(xb, wb, nmax) };
+            }
+            // Row units: the largest block scale (offset) is the largest code.
+            let d = fits.iter().fold(0f32, |a, f| a.max(f.0)) / cmax;
+            let mu = fits.iter().fold(0f32, |a, f| a.max(f.1)) / cmax;
+            m.row_scales[2 * r] = d.to_bits();
+            m.row_scales[2 * r + 1] = mu.to_bits();
+            let codes = &mut m.codes[r * code_words..(r + 1) * code_words];
+            let quants = &mut m.quants[r * nb * format.quant_words()..(r + 1) * nb * format.quant_words()];
+            for (b, &(s, o)) in fits.iter().enumerate() {
+                let sc = if d > 0.0 { (s / d).round().clamp(0.0, cmax) as u32 } else { 0 };
+                let mn = if mu > 0.0 { (o / mu).round().clamp(0.0, cmax) as u32 } else { 0 };
+                match format {
+                    TernFormat::T2 => put_bits(codes, b * 8, 8, sc | mn << 4),
+                    TernFormat::T3 | TernFormat::T4 => put_bits(codes, b * 16, 16, sc | mn << 8),
+                    TernFormat::T8 => put_bits(codes, b * 8, 8, sc),
+                }
+                let (scale, offset) = (d * sc as f32, mu * mn as f32);
+                let qw = &mut quants[b * format.quant_words()..(b + 1) * format.quant_words()];
+                for (i, &v) in x[b * 32..(b + 1) * 32].iter().enumerate() {
+                    let q = if scale > 0.0 {
+                        if format.symmetric() {
+                            ((v / scale).round().clamp(-nmax, nmax) as i32) as u32 & 0xff
+                        } else {
+                            ((v + offset) / scale).round().clamp(0.0, nmax) as u32
+                        }
+                    } else {
+                        0
+                    };
+                    match format {
+                        TernFormat::T2 => put_bits(qw, 2 * i, 2, q),
+                        TernFormat::T3 => {
+                            put_bits(qw, 2 * i, 2, q & 3);
+                            put_bits(qw, 64 + i, 1, q >> 2);
+                        }
+                        TernFormat::T4 => put_bits(qw, 4 * i, 4, q),
+                        TernFormat::T8 => put_bits(qw, 8 * i, 8, q),
+                    }
+                }
+            }
+        }
+        Ok(m)
+    }
+
+    /// Blocks per row.
+    pub fn row_blocks(&self) -> usize {
+        self.cols / BLOCK_LEN
+    }
+
+    /// The scale and offset codes of block `b` of row `r`.
+    pub fn block_codes(&self, r: usize, b: usize) -> (u32, u32) {
+        let codes = &self.codes[r * self.format.code_words(self.cols)..];
+        match self.format {
+            TernFormat::T2 => {
+                let c = get_bits(codes, b * 8, 8);
+                (c & 15, c >> 4)
+            }
+            TernFormat::T3 | TernFormat::T4 => {
+                let c = get_bits(codes, b * 16, 16);
+                (c & 255, c >> 8)
+            }
+            TernFormat::T8 => (get_bits(codes, b * 8, 8), 0),
+        }
+    }
+
+    /// The quant of element `i` of block `b` of row `r` (signed for T8).
+    pub fn quant(&self, r: usize, b: usize, i: usize) -> i32 {
+        let qw = self.format.quant_words();
+        let w = &self.quants[(r * self.row_blocks() + b) * qw..][..qw];
+        match self.format {
+            TernFormat::T2 => get_bits(w, 2 * i, 2) as i32,
+            TernFormat::T3 => (get_bits(w, 2 * i, 2) | get_bits(w, 64 + i, 1) << 2) as i32,
+            TernFormat::T4 => get_bits(w, 4 * i, 4) as i32,
+            TernFormat::T8 => get_bits(w, 8 * i, 8) as u8 as i8 as i32,
+        }
+    }
+
+    /// Row `r` as f32: `x[32b + i] = D * sc_b * q_bi - M * mn_b`. The reference every kernel is tested against.
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        let d = f32::from_bits(self.row_scales[2 * r]);
+        let mu = f32::from_bits(self.row_scales[2 * r + 1]);
+        for b in 0..self.row_blocks() {
+            let (sc, mn) = self.block_codes(r, b);
+            let (scale, offset) = (d * sc as f32, mu * mn as f32);
+            for i in 0..BLOCK_LEN {
+                out[b * BLOCK_LEN + i] = scale * self.quant(r, b, i) as f32 - offset;
+            }
+        }
+    }
+
+    /// The whole matrix as f32, row-major.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        for r in 0..self.rows {
+            self.dequantize_row(r, &mut out[r * self.cols..(r + 1) * self.cols]);
+        }
+        out
+    }
+
+    /// Bytes of the three arrays.
+    pub fn bytes(&self) -> usize {
+        4 * (self.quants.len() + self.codes.len() + self.row_scales.len())
+    }
+}
