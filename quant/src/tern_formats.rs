@@ -196,6 +196,17 @@ fn fit_symmetric(x: &[f32], w: &[f32], nmax: f32) -> f32 {
     best
 }
 
+/// Bit position of 2-bit quant `i` in its block: byte `i % 8`, bits `2 (i / 8)`. Each group of eight
+/// consecutive quants is one 2-bit plane of the block's eight bytes, so one shift and mask yields eight in order.
+fn t2_bit(i: usize) -> usize {
+    8 * (i % 8) + 2 * (i / 8)
+}
+
+/// Bit position of 4-bit quant `i` in its block: byte `i % 16`, low nibble for `i < 16`, high nibble after.
+fn t4_bit(i: usize) -> usize {
+    8 * (i % 16) + 4 * (i / 16)
+}
+
 fn put_bits(words: &mut [u32], bit: usize, width: usize, value: u32) {
     words[bit / 32] |= value << (bit % 32);
     debug_assert!(bit % 32 + width <= 32, "fields never straddle words");
@@ -276,12 +287,12 @@ impl TernMatrix {
                         0
                     };
                     match format {
-                        TernFormat::T2 => put_bits(qw, 2 * i, 2, q),
+                        TernFormat::T2 => put_bits(qw, t2_bit(i), 2, q),
                         TernFormat::T3 => {
-                            put_bits(qw, 2 * i, 2, q & 3);
+                            put_bits(qw, t2_bit(i), 2, q & 3);
                             put_bits(qw, 64 + i, 1, q >> 2);
                         }
-                        TernFormat::T4 => put_bits(qw, 4 * i, 4, q),
+                        TernFormat::T4 => put_bits(qw, t4_bit(i), 4, q),
                         TernFormat::T8 => put_bits(qw, 8 * i, 8, q),
                     }
                 }
@@ -316,9 +327,9 @@ impl TernMatrix {
         let qw = self.format.quant_words();
         let w = &self.quants[(r * self.row_blocks() + b) * qw..][..qw];
         match self.format {
-            TernFormat::T2 => get_bits(w, 2 * i, 2) as i32,
-            TernFormat::T3 => (get_bits(w, 2 * i, 2) | get_bits(w, 64 + i, 1) << 2) as i32,
-            TernFormat::T4 => get_bits(w, 4 * i, 4) as i32,
+            TernFormat::T2 => get_bits(w, t2_bit(i), 2) as i32,
+            TernFormat::T3 => (get_bits(w, t2_bit(i), 2) | get_bits(w, 64 + i, 1) << 2) as i32,
+            TernFormat::T4 => get_bits(w, t4_bit(i), 4) as i32,
             TernFormat::T8 => get_bits(w, 8 * i, 8) as u8 as i8 as i32,
         }
     }
