@@ -1,4 +1,5 @@
 use tern_core::{Error, MatrixView, Result, TensorType};
+use tern_quant::{TernMatrix, TernRow};
 
 /// An f32 activation matrix in host memory, row-major.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -31,6 +32,9 @@ pub struct CpuMatrix {
     quants: Vec<u32>,
     scales: Vec<u32>,
     mins: Vec<u32>,
+    /// A matrix in one of tern's formats (then `ty` is unused and the three arrays above are empty); its code
+    /// array ends with four zero words so kernels may load eight blocks' codes from any block.
+    tern: Option<TernMatrix>,
 }
 
 /// Words of f16 pairs followed by eight zero halves, so that the kernels may load eight scales at once from
@@ -58,7 +62,49 @@ impl CpuMatrix {
             quants: m.quants.to_vec(),
             scales: padded(m.scales),
             mins: if m.mins.is_empty() { Vec::new() } else { padded(m.mins) },
+            tern: None,
         })
+    }
+
+    /// A matrix in one of tern's formats.
+    pub(crate) fn from_tern(m: &TernMatrix) -> Result<Self> {
+        let (nb, f) = (m.cols / tern_core::BLOCK_LEN, m.format);
+        let consistent = m.cols.is_multiple_of(tern_core::BLOCK_LEN)
+            && m.quants.len() == m.rows * nb * f.quant_words()
+            && m.codes.len() == m.rows * f.code_words(m.cols)
+            && m.row_scales.len() == 2 * m.rows;
+        if !consistent {
+            return Err(Error::BadMatrix {
+                ty: TensorType::F32,
+                rows: m.rows,
+                cols: m.cols,
+                detail: format!("{} arrays do not match the shape", f.name()),
+            });
+        }
+        let mut tern = m.clone();
+        tern.codes.resize(tern.codes.len() + 4, 0);
+        Ok(CpuMatrix {
+            ty: TensorType::F32,
+            rows: m.rows,
+            cols: m.cols,
+            quants: Vec::new(),
+            scales: Vec::new(),
+            mins: Vec::new(),
+            tern: Some(tern),
+        })
+    }
+
+    /// Row `r` of a tern-format matrix, with its codes running on to the end of the padded array.
+    pub(crate) fn tern_row(&self, r: usize) -> Option<TernRow<'_>> {
+        let t = self.tern.as_ref()?;
+        let mut row = t.row(r);
+        row.codes = &t.codes[r * t.format.code_words(t.cols)..];
+        Some(row)
+    }
+
+    /// Whether products with this matrix take int8 activations (GGUF block types and tern's formats).
+    pub(crate) fn takes_int8(&self) -> bool {
+        self.tern.is_some() || self.ty.is_quantized()
     }
 
     pub(crate) fn view(&self) -> MatrixView<'_> {
@@ -89,7 +135,7 @@ impl CpuMatrix {
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        4 * (self.quants.len() + self.scales.len() + self.mins.len())
+        self.tern.as_ref().map_or(0, TernMatrix::bytes) + 4 * (self.quants.len() + self.scales.len() + self.mins.len())
     }
 }
 

@@ -403,3 +403,90 @@ fn matmul_is_batch_invariant() {
         }
     }
 }
+
+mod tern_formats {
+    use super::*;
+    use tern_quant::{TernFormat, TernMatrix};
+
+    /// tern-format products against the f64 product of the reference dequantization and the exact activations,
+    /// within the int8 activation rounding bound of `check_matmul`; every SIMD level against the scalar path.
+    fn check(f: TernFormat, rows: usize, cols: usize, tokens: usize, seed: u64) {
+        let t = TernMatrix::quantize(f, rows, cols, &values(rows * cols, seed, 1.0), None).unwrap();
+        let wf = t.dequantize();
+        let x = values(tokens * cols, seed + 1, 3.0);
+        let mut want = vec![0f64; tokens * rows];
+        let mut bound = vec![0f64; tokens * rows];
+        for tk in 0..tokens {
+            let xt = &x[tk * cols..(tk + 1) * cols];
+            for r in 0..rows {
+                let wr = &wf[r * cols..(r + 1) * cols];
+                want[tk * rows + r] = wr.iter().zip(xt).map(|(&a, &b)| a as f64 * b as f64).sum();
+                let magnitude: f64 = wr.iter().zip(xt).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
+                let rounding: f64 = (0..cols / 32)
+                    .map(|b| {
+                        let d = xt[b * 32..(b + 1) * 32].iter().fold(0f32, |m, v| m.max(v.abs())) as f64 / 127.0;
+                        d / 2.0 * wr[b * 32..(b + 1) * 32].iter().map(|v| v.abs() as f64).sum::<f64>()
+                    })
+                    .sum();
+                bound[tk * rows + r] = rounding + 1e-5 * magnitude + 1e-5;
+            }
+        }
+        let mut scalar: Option<Vec<f32>> = None;
+        for be in backends() {
+            let m = be.upload_tern(&t).unwrap();
+            let mut out = be.zeros(0, 0).unwrap();
+            be.matmul(&m, &be.upload(&x, tokens, cols).unwrap(), &mut out).unwrap();
+            let got = be.read(&out).unwrap();
+            let what = format!("{f:?} {rows}x{cols} by {tokens} at {}", be.level().name());
+            assert_close(&got, &want, |i| bound[i], &what);
+            match &scalar {
+                None => scalar = Some(got),
+                Some(s) => {
+                    let s64: Vec<f64> = s.iter().map(|&v| v as f64).collect();
+                    assert_close(&got, &s64, |i| 1e-4 * s64[i].abs().max(1.0), &format!("{what} against scalar"));
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+        #[test]
+        fn products_match_reference(f in 0usize..4, rows in 1usize..20, blocks in 1usize..20, tokens in 1usize..10, seed in any::<u64>()) {
+            check(TernFormat::ALL[f], rows, blocks * 32, tokens, seed);
+        }
+    }
+
+    #[test]
+    fn model_shapes_embedding_and_batch_invariance() {
+        for f in TernFormat::ALL {
+            check(f, 40, 576, 6, 3);
+            let t = TernMatrix::quantize(f, 9, 96, &values(9 * 96, 5, 1.0), None).unwrap();
+            let x = values(7 * 96, 6, 2.0);
+            for be in backends() {
+                let m = be.upload_tern(&t).unwrap();
+                let mut out = be.zeros(0, 0).unwrap();
+                be.embed(&m, &[8, 0], &mut out).unwrap();
+                let mut row = vec![0f32; 96];
+                t.dequantize_row(8, &mut row);
+                assert_eq!(&be.read(&out).unwrap()[..96], &row[..]);
+                let mut all = be.zeros(0, 0).unwrap();
+                be.matmul(&m, &be.upload(&x, 7, 96).unwrap(), &mut all).unwrap();
+                let all = be.read(&all).unwrap();
+                for tk in 0..7 {
+                    let mut one = be.zeros(0, 0).unwrap();
+                    be.matmul(&m, &be.upload(&x[tk * 96..(tk + 1) * 96], 1, 96).unwrap(), &mut one).unwrap();
+                    assert_eq!(be.read(&one).unwrap(), &all[tk * 9..(tk + 1) * 9], "{f:?} token {tk}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn inconsistent_matrices_are_refused() {
+        let mut t = TernMatrix::quantize(TernFormat::T4, 2, 64, &values(128, 1, 1.0), None).unwrap();
+        t.codes.pop();
+        assert!(CpuBackend::new(1).unwrap().upload_tern(&t).is_err());
+    }
+}

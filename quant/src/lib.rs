@@ -19,5 +19,5 @@ pub use error::{Error, Result};
 pub use gguf_blocks::dequantize_gguf;
 pub use packed::{dequantize_row, PackedMatrix};
 pub use quantize::quantize_gguf;
-pub use tern_formats::{TernFormat, TernMatrix};
+pub use tern_formats::{TernFormat, TernMatrix, TernRow};
 pub use tern_core::TensorType;

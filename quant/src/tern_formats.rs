@@ -95,6 +95,58 @@ pub struct TernMatrix {
     pub row_scales: Vec<u32>,
 }
 
+/// One row of a [`TernMatrix`]: its blocks' quant words, its code words, and its two row units.
+#[derive(Debug, Clone, Copy)]
+pub struct TernRow<'a> {
+    pub format: TernFormat,
+    pub quants: &'a [u32],
+    pub codes: &'a [u32],
+    /// The scale unit `D`.
+    pub d: f32,
+    /// The minimum unit `M`.
+    pub m: f32,
+}
+
+impl TernRow<'_> {
+    /// The scale and minimum codes of block `b`.
+    pub fn block_codes(&self, b: usize) -> (u32, u32) {
+        match self.format {
+            TernFormat::T2 => {
+                let c = get_bits(self.codes, b * 8, 8);
+                (c & 15, c >> 4)
+            }
+            TernFormat::T3 | TernFormat::T4 => {
+                let c = get_bits(self.codes, b * 16, 16);
+                (c & 255, c >> 8)
+            }
+            TernFormat::T8 => (get_bits(self.codes, b * 8, 8), 0),
+        }
+    }
+
+    /// The quant of element `i` of block `b` (signed for T8).
+    pub fn quant(&self, b: usize, i: usize) -> i32 {
+        let qw = self.format.quant_words();
+        let w = &self.quants[b * qw..(b + 1) * qw];
+        match self.format {
+            TernFormat::T2 => get_bits(w, t2_bit(i), 2) as i32,
+            TernFormat::T3 => (get_bits(w, t2_bit(i), 2) | get_bits(w, 64 + i, 1) << 2) as i32,
+            TernFormat::T4 => get_bits(w, t4_bit(i), 4) as i32,
+            TernFormat::T8 => get_bits(w, 8 * i, 8) as u8 as i8 as i32,
+        }
+    }
+
+    /// The row as f32: `x[32b + i] = D * sc_b * q_bi - M * mn_b`. The reference every kernel is tested against.
+    pub fn dequantize(&self, out: &mut [f32]) {
+        for (b, block) in out.chunks_exact_mut(BLOCK_LEN).enumerate() {
+            let (sc, mn) = self.block_codes(b);
+            let (scale, offset) = (self.d * sc as f32, self.m * mn as f32);
+            for (i, o) in block.iter_mut().enumerate() {
+                *o = scale * self.quant(b, i) as f32 - offset;
+            }
+        }
+    }
+}
+
 /// Element weighting of the error inside a block (ggml's: `sqrt(sigma2 + x^2)`, sigma2 the row's mean square).
 fn element_weights(x: &[f32], importance: Option<&[f32]>, sigma2: f32, out: &mut [f32]) {
     for (i, (w, &v)) in out.iter_mut().zip(x).enumerate() {
@@ -220,7 +272,7 @@ impl TernMatrix {
     /// Quantizes `rows x cols` values (`cols` a multiple of 32) to `format`. `importance`, when given, holds
     /// one non-negative weight per column (mean of x^2 over calibration activations, say).
     pub fn quantize(format: TernFormat, rows: usize, cols: usize, data: &[f32], importance: Option<&[f32]>) -> Result<Self> {
-        if cols == 0 || cols % BLOCK_LEN != 0 {
+        if cols == 0 || !cols.is_multiple_of(BLOCK_LEN) {
             return Err(Error::TernShape { detail: format!("rows of {cols} weights are not a whole number of blocks of {BLOCK_LEN}") });
         }
         if data.len() != rows * cols {
@@ -306,45 +358,31 @@ impl TernMatrix {
         self.cols / BLOCK_LEN
     }
 
-    /// The scale and offset codes of block `b` of row `r`.
-    pub fn block_codes(&self, r: usize, b: usize) -> (u32, u32) {
-        let codes = &self.codes[r * self.format.code_words(self.cols)..];
-        match self.format {
-            TernFormat::T2 => {
-                let c = get_bits(codes, b * 8, 8);
-                (c & 15, c >> 4)
-            }
-            TernFormat::T3 | TernFormat::T4 => {
-                let c = get_bits(codes, b * 16, 16);
-                (c & 255, c >> 8)
-            }
-            TernFormat::T8 => (get_bits(codes, b * 8, 8), 0),
+    /// Row `r`, borrowed.
+    pub fn row(&self, r: usize) -> TernRow<'_> {
+        let (qw, cw) = (self.row_blocks() * self.format.quant_words(), self.format.code_words(self.cols));
+        TernRow {
+            format: self.format,
+            quants: &self.quants[r * qw..(r + 1) * qw],
+            codes: &self.codes[r * cw..(r + 1) * cw],
+            d: f32::from_bits(self.row_scales[2 * r]),
+            m: f32::from_bits(self.row_scales[2 * r + 1]),
         }
+    }
+
+    /// The scale and minimum codes of block `b` of row `r`.
+    pub fn block_codes(&self, r: usize, b: usize) -> (u32, u32) {
+        self.row(r).block_codes(b)
     }
 
     /// The quant of element `i` of block `b` of row `r` (signed for T8).
     pub fn quant(&self, r: usize, b: usize, i: usize) -> i32 {
-        let qw = self.format.quant_words();
-        let w = &self.quants[(r * self.row_blocks() + b) * qw..][..qw];
-        match self.format {
-            TernFormat::T2 => get_bits(w, t2_bit(i), 2) as i32,
-            TernFormat::T3 => (get_bits(w, t2_bit(i), 2) | get_bits(w, 64 + i, 1) << 2) as i32,
-            TernFormat::T4 => get_bits(w, t4_bit(i), 4) as i32,
-            TernFormat::T8 => get_bits(w, 8 * i, 8) as u8 as i8 as i32,
-        }
+        self.row(r).quant(b, i)
     }
 
-    /// Row `r` as f32: `x[32b + i] = D * sc_b * q_bi - M * mn_b`. The reference every kernel is tested against.
+    /// Row `r` as f32 (see [`TernRow::dequantize`]).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
-        let d = f32::from_bits(self.row_scales[2 * r]);
-        let mu = f32::from_bits(self.row_scales[2 * r + 1]);
-        for b in 0..self.row_blocks() {
-            let (sc, mn) = self.block_codes(r, b);
-            let (scale, offset) = (d * sc as f32, mu * mn as f32);
-            for i in 0..BLOCK_LEN {
-                out[b * BLOCK_LEN + i] = scale * self.quant(r, b, i) as f32 - offset;
-            }
-        }
+        self.row(r).dequantize(out)
     }
 
     /// The whole matrix as f32, row-major.

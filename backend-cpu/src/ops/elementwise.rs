@@ -34,7 +34,10 @@ pub(crate) fn embed(table: &CpuMatrix, ids: &[u32], out: &mut CpuTensor) -> Resu
         if id as usize >= table.rows {
             return Err(Error::shape("embed", format!("token id {id} is outside the table's {} rows", table.rows)));
         }
-        dequantize_row(&table.view(), id as usize, o);
+        match table.tern_row(id as usize) {
+            Some(row) => row.dequantize(o),
+            None => dequantize_row(&table.view(), id as usize, o),
+        }
     }
     Ok(())
 }

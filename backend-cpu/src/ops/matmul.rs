@@ -7,6 +7,7 @@ use half::{bf16, f16};
 use tern_core::{Error, Result, TensorType};
 
 use super::qdot::{dot, ActRow, WeightRow};
+use super::qdot_tern;
 use super::quantize_rows::QuantizedRows;
 use crate::parallel::{for_each, SharedMut};
 use crate::tensor::{check_cols, CpuMatrix, CpuTensor};
@@ -36,13 +37,13 @@ pub(crate) fn matmul_many(
     for (w, out) in ws.iter().zip(outs.iter_mut()) {
         out.reshape(x.rows, w.rows);
     }
-    if ws.iter().all(|w| w.ty.is_quantized()) {
+    if ws.iter().all(|w| w.takes_int8()) {
         scratch.quantize(&x.data, x.rows, x.cols);
         let dsts: Vec<SharedMut> = outs.iter_mut().map(|o| SharedMut(o.data.as_mut_ptr())).collect();
         quantized(level, ws, scratch, &dsts);
     } else {
         for (w, out) in ws.iter().zip(outs.iter_mut()) {
-            if w.ty.is_quantized() {
+            if w.takes_int8() {
                 scratch.quantize(&x.data, x.rows, x.cols);
                 quantized(level, &[w], scratch, &[SharedMut(out.data.as_mut_ptr())]);
             } else {
@@ -71,6 +72,10 @@ fn quantized(level: SimdLevel, ws: &[&CpuMatrix], x: &QuantizedRows, dsts: &[Sha
         let (w, dst) = (ws[i], dsts[i]);
         let chunk = task - firsts[i];
         let rows = chunk * ROWS_PER_TASK..((chunk + 1) * ROWS_PER_TASK).min(w.rows);
+        if w.tern_row(0).is_some() {
+            tern_rows(level, w, rows, x, dst);
+            return;
+        }
         let mut t = 0;
         while t + TOKENS_PER_TILE <= tokens {
             let xs: [ActRow<'_>; TOKENS_PER_TILE] = std::array::from_fn(|i| ActRow::of(x, t + i));
@@ -81,6 +86,29 @@ fn quantized(level: SimdLevel, ws: &[&CpuMatrix], x: &QuantizedRows, dsts: &[Sha
             rows_times::<DECODE_ROWS, 1>(level, w, rows.clone(), [ActRow::of(x, t)], t, dst);
         }
     });
+}
+
+/// Products of the tern-format rows `rows` with every activation row: tiles of `TOKENS_PER_TILE` tokens, then
+/// the rest one by one.
+fn tern_rows(level: SimdLevel, w: &CpuMatrix, rows: std::ops::Range<usize>, x: &QuantizedRows, dst: SharedMut) {
+    let (m, tokens, nb) = (w.rows, x.rows, w.cols / 32);
+    for r in rows {
+        let Some(row) = w.tern_row(r) else { return };
+        let mut t = 0;
+        while t + TOKENS_PER_TILE <= tokens {
+            let xs: [ActRow<'_>; TOKENS_PER_TILE] = std::array::from_fn(|i| ActRow::of(x, t + i));
+            for (i, v) in qdot_tern::dot(level, row, nb, xs).into_iter().enumerate() {
+                // Safety: (t + i, r) is in bounds and belongs to this task's rows alone.
+                unsafe { dst.write((t + i) * m + r, v) };
+            }
+            t += TOKENS_PER_TILE;
+        }
+        for t in t..tokens {
+            let [v] = qdot_tern::dot(level, row, nb, [ActRow::of(x, t)]);
+            // Safety: as above.
+            unsafe { dst.write(t * m + r, v) };
+        }
+    }
 }
 
 /// Products of weight rows `rows` with the `N` activation rows starting at token `t0`, `R` weight rows at a

@@ -4,6 +4,7 @@ pub(crate) mod attention;
 pub(crate) mod elementwise;
 pub(crate) mod matmul;
 pub(crate) mod qdot;
+pub(crate) mod qdot_tern;
 pub(crate) mod qdot_x86;
 pub(crate) mod quantize_rows;
 pub(crate) mod rms_norm;

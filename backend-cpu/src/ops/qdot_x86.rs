@@ -63,7 +63,7 @@ unsafe fn dot_vnni<const R: usize, const N: usize, const F: u8>(w: [WeightRow<'_
 }
 
 /// All-ones lanes then zero lanes: eight floats from `MASK[8 - count..]` keep the first `count` lanes.
-static MASK: [u32; 16] = [!0, !0, !0, !0, !0, !0, !0, !0, 0, 0, 0, 0, 0, 0, 0, 0];
+pub(crate) static MASK: [u32; 16] = [!0, !0, !0, !0, !0, !0, !0, !0, 0, 0, 0, 0, 0, 0, 0, 0];
 
 /// # Safety
 /// The CPU has AVX2, FMA and F16C (and AVX-512 VNNI/VL when `VNNI`); the slices are as long as `dot` checks.
@@ -155,7 +155,7 @@ unsafe fn body<const R: usize, const N: usize, const F: u8, const VNNI: bool>(
 }
 
 #[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
+pub(crate) unsafe fn hsum(v: __m256) -> f32 {
     unsafe {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
