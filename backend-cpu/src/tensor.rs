@@ -23,47 +23,47 @@ impl CpuTensor {
     }
 }
 
-/// A packed weight matrix in host memory: tern's structure-of-arrays words, owned.
+/// A weight matrix in host memory: tern's structure-of-arrays words, owned.
 #[derive(Debug, Clone)]
 pub struct CpuMatrix {
-    pub ty: TensorType,
     pub rows: usize,
     pub cols: usize,
-    quants: Vec<u32>,
-    scales: Vec<u32>,
-    mins: Vec<u32>,
-    /// A matrix in one of tern's formats (then `ty` is unused and the three arrays above are empty); its code
-    /// array ends with four zero words so kernels may load eight blocks' codes from any block.
-    tern: Option<TernMatrix>,
+    layout: Layout,
 }
 
-/// Words of f16 pairs followed by eight zero halves, so that the kernels may load eight scales at once from
-/// any block of any row (lanes past the row are masked off).
+#[derive(Debug, Clone)]
+enum Layout {
+    /// A GGUF type repacked ([`tern_quant::PackedMatrix`]); `scales` and `mins` (when present) end with eight
+    /// zero halves so that kernels may load eight blocks' scales from any block.
+    Packed { ty: TensorType, quants: Vec<u32>, scales: Vec<u32>, mins: Vec<u32> },
+    /// One of tern's formats; its code array ends with four zero words for the same reason.
+    Tern(TernMatrix),
+}
+
+/// Words of f16 pairs followed by eight zero halves (lanes past a row are masked off by the kernels).
 fn padded(halves: &[u32]) -> Vec<u32> {
-    let mut v = Vec::with_capacity(halves.len() + SCALE_PAD_WORDS);
+    let mut v = Vec::with_capacity(halves.len() + PAD_WORDS);
     v.extend_from_slice(halves);
-    v.resize(halves.len() + SCALE_PAD_WORDS, 0);
+    v.resize(halves.len() + PAD_WORDS, 0);
     v
 }
 
-const SCALE_PAD_WORDS: usize = 4;
+const PAD_WORDS: usize = 4;
 
 fn unpad(v: &[u32]) -> &[u32] {
-    if v.is_empty() { v } else { &v[..v.len() - SCALE_PAD_WORDS] }
+    if v.is_empty() { v } else { &v[..v.len() - PAD_WORDS] }
 }
 
 impl CpuMatrix {
     pub(crate) fn new(m: MatrixView<'_>) -> Result<Self> {
         m.validate()?;
-        Ok(CpuMatrix {
+        let layout = Layout::Packed {
             ty: m.ty,
-            rows: m.rows,
-            cols: m.cols,
             quants: m.quants.to_vec(),
             scales: padded(m.scales),
             mins: if m.mins.is_empty() { Vec::new() } else { padded(m.mins) },
-            tern: None,
-        })
+        };
+        Ok(CpuMatrix { rows: m.rows, cols: m.cols, layout })
     }
 
     /// A matrix in one of tern's formats.
@@ -82,21 +82,21 @@ impl CpuMatrix {
             });
         }
         let mut tern = m.clone();
-        tern.codes.resize(tern.codes.len() + 4, 0);
-        Ok(CpuMatrix {
-            ty: TensorType::F32,
-            rows: m.rows,
-            cols: m.cols,
-            quants: Vec::new(),
-            scales: Vec::new(),
-            mins: Vec::new(),
-            tern: Some(tern),
-        })
+        tern.codes = padded(&tern.codes);
+        Ok(CpuMatrix { rows: m.rows, cols: m.cols, layout: Layout::Tern(tern) })
+    }
+
+    /// The GGUF type of a packed matrix (`None` for tern's formats).
+    pub(crate) fn packed_type(&self) -> Option<TensorType> {
+        match &self.layout {
+            Layout::Packed { ty, .. } => Some(*ty),
+            Layout::Tern(_) => None,
+        }
     }
 
     /// Row `r` of a tern-format matrix, with its codes running on to the end of the padded array.
     pub(crate) fn tern_row(&self, r: usize) -> Option<TernRow<'_>> {
-        let t = self.tern.as_ref()?;
+        let Layout::Tern(t) = &self.layout else { return None };
         let mut row = t.row(r);
         row.codes = &t.codes[r * t.format.code_words(t.cols)..];
         Some(row)
@@ -104,38 +104,48 @@ impl CpuMatrix {
 
     /// Whether products with this matrix take int8 activations (GGUF block types and tern's formats).
     pub(crate) fn takes_int8(&self) -> bool {
-        self.tern.is_some() || self.ty.is_quantized()
+        self.packed_type().is_none_or(TensorType::is_quantized)
     }
 
-    pub(crate) fn view(&self) -> MatrixView<'_> {
-        MatrixView {
-            ty: self.ty,
-            rows: self.rows,
-            cols: self.cols,
-            quants: &self.quants,
-            scales: unpad(&self.scales),
-            mins: unpad(&self.mins),
+    /// Row `r` as f32, by the reference dequantization of its format.
+    pub(crate) fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        match &self.layout {
+            Layout::Packed { ty, quants, scales, mins } => {
+                let view = MatrixView { ty: *ty, rows: self.rows, cols: self.cols, quants, scales: unpad(scales), mins: unpad(mins) };
+                tern_quant::dequantize_row(&view, r, out);
+            }
+            Layout::Tern(t) => t.dequantize_row(r, out),
         }
     }
 
-    /// The quant bytes (packed words viewed as bytes: tern's layouts are little-endian).
-    pub(crate) fn quant_bytes(&self) -> &[u8] {
-        bytemuck::cast_slice(&self.quants)
+    fn packed_arrays(&self) -> (&[u32], &[u32], &[u32]) {
+        match &self.layout {
+            Layout::Packed { quants, scales, mins, .. } => (quants, scales, mins),
+            Layout::Tern(_) => (&[], &[], &[]),
+        }
     }
 
-    /// The per-block f16 scales, in block order, then eight zero halves of padding.
+    /// The quant bytes of a packed matrix (words viewed as bytes: tern's layouts are little-endian).
+    pub(crate) fn quant_bytes(&self) -> &[u8] {
+        bytemuck::cast_slice(self.packed_arrays().0)
+    }
+
+    /// The per-block f16 scales of a packed matrix, in block order, then eight zero halves of padding.
     pub(crate) fn scale_halves(&self) -> &[u16] {
-        bytemuck::cast_slice(&self.scales)
+        bytemuck::cast_slice(self.packed_arrays().1)
     }
 
     /// The per-block f16 minimums, in block order, then eight zero halves (empty for types without).
     pub(crate) fn min_halves(&self) -> &[u16] {
-        bytemuck::cast_slice(&self.mins)
+        bytemuck::cast_slice(self.packed_arrays().2)
     }
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.tern.as_ref().map_or(0, TernMatrix::bytes) + 4 * (self.quants.len() + self.scales.len() + self.mins.len())
+        match &self.layout {
+            Layout::Packed { quants, scales, mins, .. } => 4 * (quants.len() + scales.len() + mins.len()),
+            Layout::Tern(t) => t.bytes(),
+        }
     }
 }
 

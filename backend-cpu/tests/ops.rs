@@ -48,10 +48,10 @@ fn assert_close(got: &[f32], want: &[f64], tol: impl Fn(usize) -> f64, what: &st
 /// Quantized types see activations rounded to int8 per block of 32 with scale `d = max|x| / 127`, so each
 /// element moves by at most `d / 2` and the product by at most `sum_b d_b / 2 * sum_{c in b} |w_rc|`; that bound
 /// (plus f32 accumulation slack) is the tolerance, so the test holds any correct int8 scheme to its promise.
-fn check_matmul(ty: TensorType, rows: usize, cols: usize, tokens: usize, seed: u64) {
-    let w = PackedMatrix::from_f32(ty, rows, cols, &values(rows * cols, seed, 1.0)).unwrap();
-    let wf = dequantized(&w);
-    let x = values(tokens * cols, seed + 1, 3.0);
+/// The f64 products `wf · x` (`rows x cols` weights, `tokens` activation rows), and per product the tolerance:
+/// f32 accumulation slack, plus, when `int8` activations are used, their rounding bound.
+fn reference(wf: &[f32], x: &[f32], rows: usize, cols: usize, int8: bool) -> (Vec<f64>, Vec<f64>) {
+    let tokens = x.len() / cols;
     let mut want = vec![0f64; tokens * rows];
     let mut bound = vec![0f64; tokens * rows];
     for t in 0..tokens {
@@ -60,7 +60,7 @@ fn check_matmul(ty: TensorType, rows: usize, cols: usize, tokens: usize, seed: u
             let wr = &wf[r * cols..(r + 1) * cols];
             want[t * rows + r] = wr.iter().zip(xt).map(|(&a, &b)| a as f64 * b as f64).sum();
             let magnitude: f64 = wr.iter().zip(xt).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
-            let rounding: f64 = if ty.is_quantized() {
+            let rounding: f64 = if int8 {
                 (0..cols / 32)
                     .map(|b| {
                         let d = xt[b * 32..(b + 1) * 32].iter().fold(0f32, |m, v| m.max(v.abs())) as f64 / 127.0;
@@ -73,6 +73,13 @@ fn check_matmul(ty: TensorType, rows: usize, cols: usize, tokens: usize, seed: u
             bound[t * rows + r] = rounding + 1e-5 * magnitude + 1e-5;
         }
     }
+    (want, bound)
+}
+
+fn check_matmul(ty: TensorType, rows: usize, cols: usize, tokens: usize, seed: u64) {
+    let w = PackedMatrix::from_f32(ty, rows, cols, &values(rows * cols, seed, 1.0)).unwrap();
+    let x = values(tokens * cols, seed + 1, 3.0);
+    let (want, bound) = reference(&dequantized(&w), &x, rows, cols, ty.is_quantized());
     for be in backends() {
         let m = be.upload_matrix(w.view()).unwrap();
         assert_eq!(be.matrix_shape(&m), (rows, cols));
@@ -409,28 +416,11 @@ mod tern_formats {
     use tern_quant::{TernFormat, TernMatrix};
 
     /// tern-format products against the f64 product of the reference dequantization and the exact activations,
-    /// within the int8 activation rounding bound of `check_matmul`; every SIMD level against the scalar path.
+    /// within the int8 activation rounding bound of `reference`; every SIMD level against the scalar path.
     fn check(f: TernFormat, rows: usize, cols: usize, tokens: usize, seed: u64) {
         let t = TernMatrix::quantize(f, rows, cols, &values(rows * cols, seed, 1.0), None).unwrap();
-        let wf = t.dequantize();
         let x = values(tokens * cols, seed + 1, 3.0);
-        let mut want = vec![0f64; tokens * rows];
-        let mut bound = vec![0f64; tokens * rows];
-        for tk in 0..tokens {
-            let xt = &x[tk * cols..(tk + 1) * cols];
-            for r in 0..rows {
-                let wr = &wf[r * cols..(r + 1) * cols];
-                want[tk * rows + r] = wr.iter().zip(xt).map(|(&a, &b)| a as f64 * b as f64).sum();
-                let magnitude: f64 = wr.iter().zip(xt).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
-                let rounding: f64 = (0..cols / 32)
-                    .map(|b| {
-                        let d = xt[b * 32..(b + 1) * 32].iter().fold(0f32, |m, v| m.max(v.abs())) as f64 / 127.0;
-                        d / 2.0 * wr[b * 32..(b + 1) * 32].iter().map(|v| v.abs() as f64).sum::<f64>()
-                    })
-                    .sum();
-                bound[tk * rows + r] = rounding + 1e-5 * magnitude + 1e-5;
-            }
-        }
+        let (want, bound) = reference(&t.dequantize(), &x, rows, cols, true);
         let mut scalar: Option<Vec<f32>> = None;
         for be in backends() {
             let m = be.upload_tern(&t).unwrap();

@@ -97,12 +97,26 @@ fn argmax(v: &[f64]) -> usize {
     v.iter().enumerate().fold((0, f64::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0
 }
 
-/// Logits of every position of `tokens`, run from an empty context.
-fn chunk_logits(engine: &Engine, tokens: &[u32]) -> Result<Vec<f32>> {
-    let model = engine.model();
-    let mut cache = model.new_cache(tokens.len())?;
-    let mut scratch = tern_model::Scratch::new(model.backend())?;
-    Ok(model.backend().install(|| model.forward(tokens, &mut cache, &mut scratch, true))?)
+/// One engine's KV cache and scratch for chunks of `ctx` tokens, reused from chunk to chunk.
+struct ChunkRunner<'e> {
+    engine: &'e Engine,
+    cache: tern_model::KvCache<tern_backend_cpu::CpuBackend>,
+    scratch: tern_model::Scratch<tern_backend_cpu::CpuBackend>,
+}
+
+impl<'e> ChunkRunner<'e> {
+    fn new(engine: &'e Engine, ctx: usize) -> Result<Self> {
+        let model = engine.model();
+        Ok(ChunkRunner { engine, cache: model.new_cache(ctx)?, scratch: tern_model::Scratch::new(model.backend())? })
+    }
+
+    /// Logits of every position of `tokens`, run from an empty context.
+    fn logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let model = self.engine.model();
+        self.cache.truncate(0);
+        let (cache, scratch) = (&mut self.cache, &mut self.scratch);
+        Ok(model.backend().install(|| model.forward(tokens, cache, scratch, true))?)
+    }
 }
 
 /// Evaluates `engine` on `text` (and compares it with `reference`, which must share its vocabulary), calling
@@ -123,14 +137,13 @@ pub fn evaluate(
         return Err(Error::Option { name: "ctx", detail: format!("{ctx} tokens exceed the model's context of {context_length}") });
     }
     let vocab = engine.model().config.vocab_size;
-    if let Some(r) = reference {
-        if r.model().config.vocab_size != vocab {
+    if let Some(r) = reference
+        && r.model().config.vocab_size != vocab {
             return Err(Error::Option {
                 name: "reference",
                 detail: format!("its vocabulary has {} tokens, the model's {vocab}", r.model().config.vocab_size),
             });
         }
-    }
     let tokenizer = engine.tokenizer();
     // Tokenize without the BOS the encoder may add; chunks get their own.
     let mut tokens = tokenizer.encode(text)?;
@@ -148,16 +161,17 @@ pub fn evaluate(
     let first = ctx / 2;
     let (mut nll, mut ref_nll, mut kl, mut top1) = (Moments::default(), Moments::default(), Moments::default(), Moments::default());
     let (mut lp, mut lq) = (Vec::new(), Vec::new());
+    let mut runner = ChunkRunner::new(engine, ctx)?;
+    let mut ref_runner = reference.map(|r| ChunkRunner::new(r, ctx)).transpose()?;
     progress(0, chunks);
     for c in 0..chunks {
         let mut chunk = tokens[c * ctx..(c + 1) * ctx].to_vec();
-        if tokenizer.add_bos {
-            if let Some(bos) = tokenizer.bos {
+        if tokenizer.add_bos
+            && let Some(bos) = tokenizer.bos {
                 chunk[0] = bos;
             }
-        }
-        let logits = chunk_logits(engine, &chunk)?;
-        let ref_logits = reference.map(|r| chunk_logits(r, &chunk)).transpose()?;
+        let logits = runner.logits(&chunk)?;
+        let ref_logits = ref_runner.as_mut().map(|r| r.logits(&chunk)).transpose()?;
         for j in first..ctx - 1 {
             let next = chunk[j + 1] as usize;
             log_softmax(&logits[j * vocab..(j + 1) * vocab], &mut lq);

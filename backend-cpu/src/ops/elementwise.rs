@@ -1,5 +1,4 @@
 use tern_core::{Error, Result};
-use tern_quant::dequantize_row;
 
 use crate::tensor::{check_cols, CpuMatrix, CpuTensor};
 
@@ -34,10 +33,7 @@ pub(crate) fn embed(table: &CpuMatrix, ids: &[u32], out: &mut CpuTensor) -> Resu
         if id as usize >= table.rows {
             return Err(Error::shape("embed", format!("token id {id} is outside the table's {} rows", table.rows)));
         }
-        match table.tern_row(id as usize) {
-            Some(row) => row.dequantize(o),
-            None => dequantize_row(&table.view(), id as usize, o),
-        }
+        table.dequantize_row(id as usize, o);
     }
     Ok(())
 }

@@ -37,18 +37,20 @@ pub(crate) fn matmul_many(
     for (w, out) in ws.iter().zip(outs.iter_mut()) {
         out.reshape(x.rows, w.rows);
     }
-    if ws.iter().all(|w| w.takes_int8()) {
+    // Quantize the activations once for every int8 product; those run in one parallel section.
+    let (int8, dsts): (Vec<&CpuMatrix>, Vec<SharedMut>) = ws
+        .iter()
+        .zip(outs.iter_mut())
+        .filter(|(w, _)| w.takes_int8())
+        .map(|(w, out)| (*w, SharedMut(out.data.as_mut_ptr())))
+        .unzip();
+    if !int8.is_empty() {
         scratch.quantize(&x.data, x.rows, x.cols);
-        let dsts: Vec<SharedMut> = outs.iter_mut().map(|o| SharedMut(o.data.as_mut_ptr())).collect();
-        quantized(level, ws, scratch, &dsts);
-    } else {
-        for (w, out) in ws.iter().zip(outs.iter_mut()) {
-            if w.takes_int8() {
-                scratch.quantize(&x.data, x.rows, x.cols);
-                quantized(level, &[w], scratch, &[SharedMut(out.data.as_mut_ptr())]);
-            } else {
-                float(w, x, out);
-            }
+        quantized(level, &int8, scratch, &dsts);
+    }
+    for (w, out) in ws.iter().zip(outs.iter_mut()) {
+        if let Some(ty) = w.packed_type().filter(|ty| !ty.is_quantized()) {
+            float(w, ty, x, out);
         }
     }
     Ok(())
@@ -58,32 +60,28 @@ pub(crate) fn matmul_many(
 /// `ROWS_PER_TASK` rows of one matrix.
 fn quantized(level: SimdLevel, ws: &[&CpuMatrix], x: &QuantizedRows, dsts: &[SharedMut]) {
     let tokens = x.rows;
-    let firsts: Vec<usize> = ws
-        .iter()
-        .scan(0, |acc, w| {
-            let first = *acc;
-            *acc += w.rows.div_ceil(ROWS_PER_TASK);
-            Some(first)
-        })
-        .collect();
-    let total = firsts.last().zip(ws.last()).map_or(0, |(f, w)| f + w.rows.div_ceil(ROWS_PER_TASK));
-    for_each(total, |task| {
-        let i = firsts.partition_point(|&f| f <= task) - 1;
+    let tasks = |w: &CpuMatrix| w.rows.div_ceil(ROWS_PER_TASK);
+    for_each(ws.iter().map(|w| tasks(w)).sum(), |task| {
+        // The matrix this task belongs to (there are a handful) and its chunk of rows.
+        let (mut i, mut chunk) = (0, task);
+        while chunk >= tasks(ws[i]) {
+            chunk -= tasks(ws[i]);
+            i += 1;
+        }
         let (w, dst) = (ws[i], dsts[i]);
-        let chunk = task - firsts[i];
         let rows = chunk * ROWS_PER_TASK..((chunk + 1) * ROWS_PER_TASK).min(w.rows);
-        if w.tern_row(0).is_some() {
+        let Some(ty) = w.packed_type() else {
             tern_rows(level, w, rows, x, dst);
             return;
-        }
+        };
         let mut t = 0;
         while t + TOKENS_PER_TILE <= tokens {
             let xs: [ActRow<'_>; TOKENS_PER_TILE] = std::array::from_fn(|i| ActRow::of(x, t + i));
-            rows_times::<TILE_ROWS, TOKENS_PER_TILE>(level, w, rows.clone(), xs, t, dst);
+            rows_times::<TILE_ROWS, TOKENS_PER_TILE>(level, w, ty, rows.clone(), xs, t, dst);
             t += TOKENS_PER_TILE;
         }
         for t in t..tokens {
-            rows_times::<DECODE_ROWS, 1>(level, w, rows.clone(), [ActRow::of(x, t)], t, dst);
+            rows_times::<DECODE_ROWS, 1>(level, w, ty, rows.clone(), [ActRow::of(x, t)], t, dst);
         }
     });
 }
@@ -116,6 +114,7 @@ fn tern_rows(level: SimdLevel, w: &CpuMatrix, rows: std::ops::Range<usize>, x: &
 fn rows_times<const R: usize, const N: usize>(
     level: SimdLevel,
     w: &CpuMatrix,
+    ty: TensorType,
     rows: std::ops::Range<usize>,
     xs: [ActRow<'_>; N],
     t0: usize,
@@ -124,7 +123,7 @@ fn rows_times<const R: usize, const N: usize>(
     let m = w.rows;
     let mut r = rows.start;
     while r + R <= rows.end {
-        let v = dot::<R, N>(level, w.ty, std::array::from_fn(|i| WeightRow::of(w, r + i)), xs);
+        let v = dot::<R, N>(level, ty, std::array::from_fn(|i| WeightRow::of(w, ty, r + i)), xs);
         for (i, row) in v.iter().enumerate() {
             for (n, &value) in row.iter().enumerate() {
                 // Safety: (t0 + n, r + i) is in bounds and belongs to this task's rows alone.
@@ -134,7 +133,7 @@ fn rows_times<const R: usize, const N: usize>(
         r += R;
     }
     for r in r..rows.end {
-        let [v] = dot(level, w.ty, [WeightRow::of(w, r)], xs);
+        let [v] = dot(level, ty, [WeightRow::of(w, ty, r)], xs);
         for (n, value) in v.into_iter().enumerate() {
             // Safety: as above.
             unsafe { dst.write((t0 + n) * m + r, value) };
@@ -143,9 +142,10 @@ fn rows_times<const R: usize, const N: usize>(
 }
 
 /// Row `r` of a float matrix as f32, converted into `buf` when it is not f32 already.
-fn float_row<'a>(w: &'a CpuMatrix, r: usize, buf: &'a mut [f32]) -> &'a [f32] {
-    let bytes = &w.quant_bytes()[r * w.cols * w.ty.quant_bits() / 8..(r + 1) * w.cols * w.ty.quant_bits() / 8];
-    match w.ty {
+fn float_row<'a>(w: &'a CpuMatrix, ty: TensorType, r: usize, buf: &'a mut [f32]) -> &'a [f32] {
+    let row_bytes = w.cols * ty.quant_bits() / 8;
+    let bytes = &w.quant_bytes()[r * row_bytes..(r + 1) * row_bytes];
+    match ty {
         TensorType::F16 => bytemuck::cast_slice::<u8, f16>(bytes).convert_to_f32_slice(buf),
         TensorType::Bf16 => bytemuck::cast_slice::<u8, bf16>(bytes).convert_to_f32_slice(buf),
         _ => return bytemuck::cast_slice(bytes),
@@ -166,13 +166,13 @@ pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-fn float(w: &CpuMatrix, x: &CpuTensor, out: &mut CpuTensor) {
+fn float(w: &CpuMatrix, ty: TensorType, x: &CpuTensor, out: &mut CpuTensor) {
     let (m, tokens) = (w.rows, x.rows);
     let dst = SharedMut(out.data.as_mut_ptr());
     for_each(m.div_ceil(ROWS_PER_TASK), |task| {
         let mut buf = vec![0f32; w.cols];
         for r in task * ROWS_PER_TASK..((task + 1) * ROWS_PER_TASK).min(m) {
-            let row = float_row(w, r, &mut buf);
+            let row = float_row(w, ty, r, &mut buf);
             for t in 0..tokens {
                 // Safety: (t, r) is in bounds and belongs to this task's rows alone.
                 unsafe { dst.write(t * m + r, dot_f32(row, x.row(t))) };

@@ -20,9 +20,10 @@ pub(crate) struct WeightRow<'a> {
 }
 
 impl<'a> WeightRow<'a> {
-    pub fn of(w: &'a CpuMatrix, r: usize) -> Self {
+    /// Row `r` of the packed matrix `w` of block type `ty`.
+    pub fn of(w: &'a CpuMatrix, ty: TensorType, r: usize) -> Self {
         let nb = w.cols / 32;
-        let qb = w.cols * w.ty.quant_bits() / 8;
+        let qb = w.cols * ty.quant_bits() / 8;
         let m = w.min_halves();
         WeightRow {
             nb,
