@@ -53,7 +53,7 @@ fn main() -> Result<(), Error> {
     for f in TernFormat::ALL {
         let (rows, cols) = (1536, 576);
         let t = TernMatrix::quantize(f, rows, cols, &data(rows, cols), None)?;
-        measure(&be, f.name(), rows, cols, t.bytes(), || Ok(be.upload_tern(&t)?))?;
+        measure(&be, f.name(), rows, cols, t.bytes(), || Ok(be.upload_matrix(t.view())?))?;
     }
     Ok(())
 }

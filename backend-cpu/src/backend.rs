@@ -49,12 +49,6 @@ impl CpuBackend {
         }
     }
 
-    /// Moves a matrix in one of tern's formats to the backend (products and embedding lookups take it like any
-    /// other matrix).
-    pub fn upload_tern(&self, m: &tern_quant::TernMatrix) -> Result<CpuMatrix> {
-        CpuMatrix::from_tern(m)
-    }
-
     /// The SIMD level in use.
     pub fn level(&self) -> SimdLevel {
         self.level

@@ -57,6 +57,10 @@ fn unpad(v: &[u32]) -> &[u32] {
 impl CpuMatrix {
     pub(crate) fn new(m: MatrixView<'_>) -> Result<Self> {
         m.validate()?;
+        if m.ty.tern_format().is_some() {
+            let bad = |e: tern_quant::Error| Error::BadMatrix { ty: m.ty, rows: m.rows, cols: m.cols, detail: e.to_string() };
+            return Self::from_tern(TernMatrix::from_view(&m).map_err(bad)?);
+        }
         let layout = Layout::Packed {
             ty: m.ty,
             quants: m.quants.to_vec(),
@@ -66,24 +70,10 @@ impl CpuMatrix {
         Ok(CpuMatrix { rows: m.rows, cols: m.cols, layout })
     }
 
-    /// A matrix in one of tern's formats.
-    pub(crate) fn from_tern(m: &TernMatrix) -> Result<Self> {
-        let (nb, f) = (m.cols / tern_core::BLOCK_LEN, m.format);
-        let consistent = m.cols.is_multiple_of(tern_core::BLOCK_LEN)
-            && m.quants.len() == m.rows * nb * f.quant_words()
-            && m.codes.len() == m.rows * f.code_words(m.cols)
-            && m.row_scales.len() == 2 * m.rows;
-        if !consistent {
-            return Err(Error::BadMatrix {
-                ty: TensorType::F32,
-                rows: m.rows,
-                cols: m.cols,
-                detail: format!("{} arrays do not match the shape", f.name()),
-            });
-        }
-        let mut tern = m.clone();
+    /// A matrix in one of tern's formats (already validated).
+    fn from_tern(mut tern: TernMatrix) -> Result<Self> {
         tern.codes = padded(&tern.codes);
-        Ok(CpuMatrix { rows: m.rows, cols: m.cols, layout: Layout::Tern(tern) })
+        Ok(CpuMatrix { rows: tern.rows, cols: tern.cols, layout: Layout::Tern(tern) })
     }
 
     /// The GGUF type of a packed matrix (`None` for tern's formats).
@@ -111,7 +101,7 @@ impl CpuMatrix {
     pub(crate) fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         match &self.layout {
             Layout::Packed { ty, quants, scales, mins } => {
-                let view = MatrixView { ty: *ty, rows: self.rows, cols: self.cols, quants, scales: unpad(scales), mins: unpad(mins) };
+                let view = MatrixView { ty: *ty, rows: self.rows, cols: self.cols, quants, scales: unpad(scales), mins: unpad(mins), row_scales: &[] };
                 tern_quant::dequantize_row(&view, r, out);
             }
             Layout::Tern(t) => t.dequantize_row(r, out),

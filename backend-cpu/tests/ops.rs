@@ -423,7 +423,7 @@ mod tern_formats {
         let (want, bound) = reference(&t.dequantize(), &x, rows, cols, true);
         let mut scalar: Option<Vec<f32>> = None;
         for be in backends() {
-            let m = be.upload_tern(&t).unwrap();
+            let m = be.upload_matrix(t.view()).unwrap();
             let mut out = be.zeros(0, 0).unwrap();
             be.matmul(&m, &be.upload(&x, tokens, cols).unwrap(), &mut out).unwrap();
             let got = be.read(&out).unwrap();
@@ -455,7 +455,7 @@ mod tern_formats {
             let t = TernMatrix::quantize(f, 9, 96, &values(9 * 96, 5, 1.0), None).unwrap();
             let x = values(7 * 96, 6, 2.0);
             for be in backends() {
-                let m = be.upload_tern(&t).unwrap();
+                let m = be.upload_matrix(t.view()).unwrap();
                 let mut out = be.zeros(0, 0).unwrap();
                 be.embed(&m, &[8, 0], &mut out).unwrap();
                 let mut row = vec![0f32; 96];
@@ -477,6 +477,7 @@ mod tern_formats {
     fn inconsistent_matrices_are_refused() {
         let mut t = TernMatrix::quantize(TernFormat::T4, 2, 64, &values(128, 1, 1.0), None).unwrap();
         t.codes.pop();
-        assert!(CpuBackend::new(1).unwrap().upload_tern(&t).is_err());
+        let err = CpuBackend::new(1).unwrap().upload_matrix(t.view()).unwrap_err();
+        assert!(err.to_string().contains("scales hold 3 words, expected 4"), "{err}");
     }
 }

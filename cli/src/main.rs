@@ -5,6 +5,7 @@ mod chat;
 mod eval;
 mod info;
 mod load;
+mod quantize;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -32,6 +33,10 @@ enum Command {
     Info(info::InfoArgs),
     /// Perplexity over a text (llama-perplexity's method), and KL-divergence against a reference model.
     Eval(eval::EvalArgs),
+    /// Write a tern model file: every weight matrix in tern's 2/3/4/8-bit formats, uniform or mixed to a target.
+    Quantize(quantize::QuantizeArgs),
+    /// Gather activation statistics (mean x^2 per input column of every matrix) from calibration text.
+    Imatrix(quantize::ImatrixArgs),
 }
 
 /// Options shared by every command that loads a model.
@@ -137,6 +142,8 @@ fn main() -> ExitCode {
         Command::Bench(a) => bench::run(a),
         Command::Info(a) => info::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Quantize(a) => quantize::run(a),
+        Command::Imatrix(a) => quantize::imatrix(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,4 +10,4 @@ mod types;
 
 pub use backend::{AttentionParams, Backend, RopeParams, RopeStyle};
 pub use error::{Error, Result};
-pub use types::{MatrixView, TensorType, BLOCK_LEN};
+pub use types::{MatrixView, TensorType, TernFormat, BLOCK_LEN, TERN_TYPE_BASE};

@@ -3,8 +3,13 @@ use std::fmt;
 /// Elements per quantization block in every block format tern loads today.
 pub const BLOCK_LEN: usize = 32;
 
-/// How a tensor's elements are stored. The discriminants are GGUF's `ggml_type` ids, so a type read from a file
-/// maps to one value here and back.
+/// Where tern's own type ids start: above every `ggml_type` id, so the two never collide.
+pub const TERN_TYPE_BASE: u32 = 1024;
+
+/// How a tensor's elements are stored. The discriminants of GGUF's types are their `ggml_type` ids, so a type
+/// read from a file maps to one value here and back. tern's own formats ([`TernFormat`]) have ids from
+/// [`TERN_TYPE_BASE`] up; in a file they are stored as described in `docs/FORMATS.md` (GGUF `I8` byte tensors
+/// named by `tern.` metadata), never under these ids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u32)]
 pub enum TensorType {
@@ -17,16 +22,35 @@ pub enum TensorType {
     /// 32 weights: an f16 scale `d` and 32 signed 8-bit quants; `w = d * q`.
     Q8_0 = 8,
     Bf16 = 30,
+    /// tern's 2-bit format ([`TernFormat::T2`]).
+    T2 = TERN_TYPE_BASE + 2,
+    /// tern's 3-bit format ([`TernFormat::T3`]).
+    T3 = TERN_TYPE_BASE + 3,
+    /// tern's 4-bit format ([`TernFormat::T4`]).
+    T4 = TERN_TYPE_BASE + 4,
+    /// tern's 8-bit format ([`TernFormat::T8`]).
+    T8 = TERN_TYPE_BASE + 8,
 }
 
 impl TensorType {
-    /// Every type, for iteration in tests and tables.
+    /// Every GGUF type tern reads, for iteration in tests and tables.
     pub const ALL: [TensorType; 6] =
         [TensorType::F32, TensorType::F16, TensorType::Bf16, TensorType::Q4_0, TensorType::Q4_1, TensorType::Q8_0];
 
-    /// The type with GGUF id `id`, if tern knows it.
+    /// The GGUF type with `ggml_type` id `id`, if tern knows it.
     pub fn from_gguf_id(id: u32) -> Option<Self> {
         Self::ALL.into_iter().find(|t| *t as u32 == id)
+    }
+
+    /// The tern format this type is, if it is one of tern's own.
+    pub fn tern_format(self) -> Option<TernFormat> {
+        match self {
+            TensorType::T2 => Some(TernFormat::T2),
+            TensorType::T3 => Some(TernFormat::T3),
+            TensorType::T4 => Some(TernFormat::T4),
+            TensorType::T8 => Some(TernFormat::T8),
+            _ => None,
+        }
     }
 
     /// The name GGUF tools print for this type.
@@ -38,6 +62,10 @@ impl TensorType {
             TensorType::Q4_0 => "Q4_0",
             TensorType::Q4_1 => "Q4_1",
             TensorType::Q8_0 => "Q8_0",
+            TensorType::T2 => "T2",
+            TensorType::T3 => "T3",
+            TensorType::T4 => "T4",
+            TensorType::T8 => "T8",
         }
     }
 
@@ -46,20 +74,32 @@ impl TensorType {
         if self.is_quantized() { BLOCK_LEN } else { 1 }
     }
 
-    /// Bytes per block in GGUF's array-of-structures encoding.
-    pub fn gguf_block_bytes(self) -> usize {
+    /// Bytes per block in GGUF's array-of-structures encoding (`None` for tern's formats, which are stored
+    /// as structures of arrays: see [`TensorType::data_bytes`]).
+    pub fn gguf_block_bytes(self) -> Option<usize> {
         match self {
-            TensorType::F32 => 4,
-            TensorType::F16 | TensorType::Bf16 => 2,
-            TensorType::Q4_0 => 18,
-            TensorType::Q4_1 => 20,
-            TensorType::Q8_0 => 34,
+            TensorType::F32 => Some(4),
+            TensorType::F16 | TensorType::Bf16 => Some(2),
+            TensorType::Q4_0 => Some(18),
+            TensorType::Q4_1 => Some(20),
+            TensorType::Q8_0 => Some(34),
+            TensorType::T2 | TensorType::T3 | TensorType::T4 | TensorType::T8 => None,
+        }
+    }
+
+    /// Bytes a tensor of `rows` rows of `cols` elements takes in a file (`cols` a multiple of the block length),
+    /// or `None` when that overflows.
+    pub fn data_bytes(self, rows: usize, cols: usize) -> Option<usize> {
+        match (self.gguf_block_bytes(), self.tern_format()) {
+            (Some(bb), _) => (cols / self.block_len()).checked_mul(bb)?.checked_mul(rows),
+            (None, Some(f)) => f.row_words(cols).checked_mul(4)?.checked_mul(rows),
+            (None, None) => unreachable!("every type is a GGUF type or a tern format"),
         }
     }
 
     /// Whether elements come in scaled blocks.
     pub fn is_quantized(self) -> bool {
-        matches!(self, TensorType::Q4_0 | TensorType::Q4_1 | TensorType::Q8_0)
+        !matches!(self, TensorType::F32 | TensorType::F16 | TensorType::Bf16)
     }
 
     /// Whether the packed form carries a per-block minimum.
@@ -74,12 +114,106 @@ impl TensorType {
             TensorType::F16 | TensorType::Bf16 => 16,
             TensorType::Q4_0 | TensorType::Q4_1 => 4,
             TensorType::Q8_0 => 8,
+            TensorType::T2 => 2,
+            TensorType::T3 => 3,
+            TensorType::T4 => 4,
+            TensorType::T8 => 8,
         }
     }
 
-    /// Exact storage in bits per weight, scales and mins included.
-    pub fn bits_per_weight(self) -> f64 {
-        (self.gguf_block_bytes() * 8) as f64 / self.block_len() as f64
+    /// Exact storage in bits per weight for rows of `cols` elements, scales, minimums and row overhead included.
+    pub fn bits_per_weight(self, cols: usize) -> f64 {
+        match (self.gguf_block_bytes(), self.tern_format()) {
+            (Some(bb), _) => (bb * 8) as f64 / self.block_len() as f64,
+            (None, Some(f)) => f.bits_per_weight(cols),
+            (None, None) => unreachable!("every type is a GGUF type or a tern format"),
+        }
+    }
+}
+
+/// One of tern's own weight formats: 2-, 3-, 4- or 8-bit quants in blocks of 32 with block scale (and minimum)
+/// codes against two f32 units per row. `docs/FORMATS.md` gives the layouts to the bit; `tern-quant` has the
+/// quantizer and the reference dequantization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TernFormat {
+    /// 2-bit unsigned quants, 4-bit block scale and minimum codes: 2.25 bits per weight, plus per row 64 bits
+    /// of row units and the padding of its codes to a word ([`TernFormat::bits_per_weight`] is exact).
+    T2,
+    /// 3-bit unsigned quants (a 2-bit plane and a 1-bit plane), 8-bit scale and minimum codes: 3.5 + per row.
+    T3,
+    /// 4-bit unsigned quants, 8-bit scale and minimum codes: 4.5 + per row.
+    T4,
+    /// 8-bit signed quants, 8-bit scale code, no minimum: 8.25 + per row.
+    T8,
+}
+
+impl TernFormat {
+    /// Every format, smallest first.
+    pub const ALL: [TernFormat; 4] = [TernFormat::T2, TernFormat::T3, TernFormat::T4, TernFormat::T8];
+
+    /// Bits of each quant.
+    pub fn quant_bits(self) -> usize {
+        match self {
+            TernFormat::T2 => 2,
+            TernFormat::T3 => 3,
+            TernFormat::T4 => 4,
+            TernFormat::T8 => 8,
+        }
+    }
+
+    /// u32 words of quants per block of 32.
+    pub fn quant_words(self) -> usize {
+        self.quant_bits()
+    }
+
+    /// Bits of block scale and minimum codes per block (T2: a byte of two nibbles; T8: one scale byte).
+    pub fn code_bits(self) -> usize {
+        match self {
+            TernFormat::T2 | TernFormat::T8 => 8,
+            TernFormat::T3 | TernFormat::T4 => 16,
+        }
+    }
+
+    /// u32 words of codes per row of `cols` weights (each row's codes start on a word).
+    pub fn code_words(self, cols: usize) -> usize {
+        (cols / BLOCK_LEN * self.code_bits()).div_ceil(32)
+    }
+
+    /// u32 words one row of `cols` weights takes in all: quants, codes and the two row units.
+    pub fn row_words(self, cols: usize) -> usize {
+        cols / BLOCK_LEN * self.quant_words() + self.code_words(cols) + 2
+    }
+
+    /// Exact bits per weight of a matrix with rows of `cols` weights: the quants, the row's code words (padding
+    /// included) and the two f32 row units.
+    pub fn bits_per_weight(self, cols: usize) -> f64 {
+        (32 * self.row_words(cols)) as f64 / cols as f64
+    }
+
+    /// A short name for reports and files ("T4").
+    pub fn name(self) -> &'static str {
+        self.tensor_type().name()
+    }
+
+    /// The format called `name` ("T4"), if there is one.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    /// This format as a [`TensorType`].
+    pub fn tensor_type(self) -> TensorType {
+        match self {
+            TernFormat::T2 => TensorType::T2,
+            TernFormat::T3 => TensorType::T3,
+            TernFormat::T4 => TensorType::T4,
+            TernFormat::T8 => TensorType::T8,
+        }
+    }
+}
+
+impl fmt::Display for TernFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -92,12 +226,20 @@ impl fmt::Display for TensorType {
 /// A borrowed weight matrix of `rows` output features by `cols` input features in tern's structure-of-arrays
 /// layout (see `tern-quant`): all parts are u32-aligned word arrays so that a GPU shader reads whole words.
 ///
+/// GGUF types:
 /// - `quants`: row-major; each row is `cols * quant_bits / 32` words. For 4-bit blocks the 16 bytes of a block
 ///   hold element `j` in the low nibble of byte `j` and element `j + 16` in its high nibble. For 8-bit blocks
 ///   byte `j` is element `j` (two's complement). For F32 the words are the f32 bits; for F16/BF16 each word holds
 ///   elements `2i` (low half) and `2i + 1` (high half).
 /// - `scales`: f16 bits, one per block, row-major, two per word (low half first); empty for float types.
 /// - `mins`: like `scales`, for types that have mins; empty otherwise.
+/// - `row_scales`: empty.
+///
+/// tern's formats (`docs/FORMATS.md`):
+/// - `quants`: `quant_words` words per block, blocks row-major.
+/// - `scales`: the block scale (and minimum) codes, [`TernFormat::code_words`] words per row.
+/// - `mins`: empty (the minimum codes travel with the scale codes).
+/// - `row_scales`: per row the f32 bits of the scale unit `D` and the minimum unit `M`.
 #[derive(Debug, Clone, Copy)]
 pub struct MatrixView<'a> {
     pub ty: TensorType,
@@ -106,6 +248,7 @@ pub struct MatrixView<'a> {
     pub quants: &'a [u32],
     pub scales: &'a [u32],
     pub mins: &'a [u32],
+    pub row_scales: &'a [u32],
 }
 
 impl MatrixView<'_> {
@@ -122,22 +265,22 @@ impl MatrixView<'_> {
     /// Checks that the parts have the lengths the shape and type require.
     pub fn validate(&self) -> crate::Result<()> {
         let bad = |detail: String| crate::Error::BadMatrix { ty: self.ty, rows: self.rows, cols: self.cols, detail };
+        let check = |what: &str, got: usize, want: usize| {
+            if got == want { Ok(()) } else { Err(bad(format!("{what} hold {got} words, expected {want}"))) }
+        };
         if !self.cols.is_multiple_of(32) {
             return Err(bad(format!("row length {} is not a multiple of 32", self.cols)));
         }
-        let want_quants = self.rows * self.row_words();
-        if self.quants.len() != want_quants {
-            return Err(bad(format!("quants hold {} words, expected {want_quants}", self.quants.len())));
-        }
-        let blocks = self.rows * self.row_blocks();
-        let want_scales = blocks.div_ceil(2);
-        if self.scales.len() != want_scales {
-            return Err(bad(format!("scales hold {} words, expected {want_scales}", self.scales.len())));
-        }
-        let want_mins = if self.ty.has_mins() { want_scales } else { 0 };
-        if self.mins.len() != want_mins {
-            return Err(bad(format!("mins hold {} words, expected {want_mins}", self.mins.len())));
-        }
-        Ok(())
+        check("quants", self.quants.len(), self.rows * self.row_words())?;
+        let (want_scales, want_mins, want_row_scales) = match self.ty.tern_format() {
+            Some(f) => (self.rows * f.code_words(self.cols), 0, 2 * self.rows),
+            None => {
+                let scales = (self.rows * self.row_blocks()).div_ceil(2);
+                (scales, if self.ty.has_mins() { scales } else { 0 }, 0)
+            }
+        };
+        check("scales", self.scales.len(), want_scales)?;
+        check("mins", self.mins.len(), want_mins)?;
+        check("row scales", self.row_scales.len(), want_row_scales)
     }
 }

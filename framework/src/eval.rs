@@ -81,7 +81,7 @@ pub struct ReferenceReport {
 }
 
 /// Log-probabilities of `logits` (log-softmax), in f64.
-fn log_softmax(logits: &[f32], out: &mut Vec<f64>) {
+pub(crate) fn log_softmax(logits: &[f32], out: &mut Vec<f64>) {
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
     let lse = max + logits.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
     out.clear();
@@ -89,7 +89,7 @@ fn log_softmax(logits: &[f32], out: &mut Vec<f64>) {
 }
 
 /// KL(p || q) from log-probabilities.
-fn kl_divergence(log_p: &[f64], log_q: &[f64]) -> f64 {
+pub(crate) fn kl_divergence(log_p: &[f64], log_q: &[f64]) -> f64 {
     log_p.iter().zip(log_q).map(|(&lp, &lq)| lp.exp() * (lp - lq)).sum::<f64>().max(0.0)
 }
 
@@ -119,6 +119,36 @@ impl<'e> ChunkRunner<'e> {
     }
 }
 
+/// `text` tokenized whole and cut into chunks of `ctx` tokens (at most `max_chunks`), each starting with BOS
+/// when the model adds one; the tail that does not fill a chunk is dropped.
+pub(crate) fn chunk_tokens(engine: &Engine, text: &str, ctx: usize, max_chunks: Option<usize>) -> Result<Vec<Vec<u32>>> {
+    let tokenizer = engine.tokenizer();
+    // Tokenize without the BOS the encoder may add; chunks get their own.
+    let mut tokens = tokenizer.encode(text)?;
+    if tokenizer.add_bos && tokens.first() == tokenizer.bos.as_ref() {
+        tokens.remove(0);
+    }
+    let available = tokens.len() / ctx;
+    let chunks = max_chunks.map_or(available, |m| m.min(available));
+    if chunks == 0 {
+        return Err(Error::Option {
+            name: "text",
+            detail: format!("{} tokens do not fill one chunk of {ctx}: give more text or a smaller --ctx", tokens.len()),
+        });
+    }
+    Ok(tokens
+        .chunks_exact(ctx)
+        .take(chunks)
+        .map(|c| {
+            let mut chunk = c.to_vec();
+            if let (true, Some(bos)) = (tokenizer.add_bos, tokenizer.bos) {
+                chunk[0] = bos;
+            }
+            chunk
+        })
+        .collect())
+}
+
 /// Evaluates `engine` on `text` (and compares it with `reference`, which must share its vocabulary), calling
 /// `progress(done, total)` after every chunk.
 pub fn evaluate(
@@ -144,34 +174,16 @@ pub fn evaluate(
                 detail: format!("its vocabulary has {} tokens, the model's {vocab}", r.model().config.vocab_size),
             });
         }
-    let tokenizer = engine.tokenizer();
-    // Tokenize without the BOS the encoder may add; chunks get their own.
-    let mut tokens = tokenizer.encode(text)?;
-    if tokenizer.add_bos && tokens.first() == tokenizer.bos.as_ref() {
-        tokens.remove(0);
-    }
-    let available = tokens.len() / ctx;
-    let chunks = options.max_chunks.map_or(available, |m| m.min(available));
-    if chunks == 0 {
-        return Err(Error::Option {
-            name: "text",
-            detail: format!("{} tokens do not fill one chunk of {ctx}: give more text or a smaller --ctx", tokens.len()),
-        });
-    }
+    let chunks = chunk_tokens(engine, text, ctx, options.max_chunks)?;
     let first = ctx / 2;
     let (mut nll, mut ref_nll, mut kl, mut top1) = (Moments::default(), Moments::default(), Moments::default(), Moments::default());
     let (mut lp, mut lq) = (Vec::new(), Vec::new());
     let mut runner = ChunkRunner::new(engine, ctx)?;
     let mut ref_runner = reference.map(|r| ChunkRunner::new(r, ctx)).transpose()?;
-    progress(0, chunks);
-    for c in 0..chunks {
-        let mut chunk = tokens[c * ctx..(c + 1) * ctx].to_vec();
-        if tokenizer.add_bos
-            && let Some(bos) = tokenizer.bos {
-                chunk[0] = bos;
-            }
-        let logits = runner.logits(&chunk)?;
-        let ref_logits = ref_runner.as_mut().map(|r| r.logits(&chunk)).transpose()?;
+    progress(0, chunks.len());
+    for (c, chunk) in chunks.iter().enumerate() {
+        let logits = runner.logits(chunk)?;
+        let ref_logits = ref_runner.as_mut().map(|r| r.logits(chunk)).transpose()?;
         for j in first..ctx - 1 {
             let next = chunk[j + 1] as usize;
             log_softmax(&logits[j * vocab..(j + 1) * vocab], &mut lq);
@@ -183,7 +195,7 @@ pub fn evaluate(
                 top1.push(if argmax(&lp) == argmax(&lq) { 1.0 } else { 0.0 });
             }
         }
-        progress(c + 1, chunks);
+        progress(c + 1, chunks.len());
     }
     let ppl_of = |m: &Moments| {
         let e = m.estimate();
@@ -191,7 +203,7 @@ pub fn evaluate(
         Estimate { mean: ppl, stderr: ppl * e.stderr }
     };
     Ok(EvalReport {
-        chunks,
+        chunks: chunks.len(),
         scored: nll.n as usize,
         ppl: ppl_of(&nll),
         nll: nll.estimate(),

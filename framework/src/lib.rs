@@ -16,10 +16,14 @@ mod engine;
 mod error;
 pub mod eval;
 mod generation;
+pub mod imatrix;
+pub mod quantize;
 
 pub use engine::{Engine, EngineBuilder};
 pub use eval::{evaluate, EvalOptions, EvalReport};
 pub use error::{Error, Result};
+pub use imatrix::ImportanceMatrix;
+pub use quantize::{quantize, Precision, QuantizeOptions, QuantizeReport};
 pub use generation::{FinishReason, GenerateOptions, Generation, Session, Token};
 
 pub use tern_backend_cpu as backend_cpu;

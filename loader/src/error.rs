@@ -17,6 +17,8 @@ pub enum Error {
     BadString { path: String, what: String },
     #[error("{path}: tensor {tensor:?} has tensor type {ty}, which tern does not know (it reads F32, F16, BF16, Q4_0, Q4_1, Q8_0)")]
     UnknownTensorType { path: String, tensor: String, ty: u32 },
+    #[error("{path}: tensor {tensor:?} is stored in tern format {name:?}, which this version of tern does not know (it reads T2, T3, T4, T8)")]
+    UnknownTernType { path: String, tensor: String, name: String },
     #[error("{path}: tensor {tensor:?}: {detail}")]
     BadTensor { path: String, tensor: String, detail: String },
     #[error("{path}: tensor {tensor:?} data (offset {offset}, {size} bytes) lies past the end of the file ({len} bytes)")]

@@ -1,6 +1,6 @@
 //! GGUF versions 2 and 3: header, metadata, tensor infos, aligned data section.
 
-use tern_core::TensorType;
+use tern_core::{TensorType, TernFormat};
 
 use crate::metadata::{MetaValue, Metadata};
 use crate::{Bytes, Error, Result};
@@ -13,6 +13,20 @@ const MAX_TENSORS: u64 = 1 << 20;
 const MAX_KEYS: u64 = 1 << 20;
 const MAX_ARRAY_DEPTH: usize = 2;
 const DEFAULT_ALIGNMENT: u64 = 32;
+
+/// GGUF's `ggml_type` id of `I8`, the type tern's own formats are stored under (as opaque bytes), so that GGUF
+/// readers that do not know them can still read the file and skip those tensors.
+pub const GGUF_I8: u32 = 24;
+
+/// Metadata key naming the tern format of tensor `name` (`"T4"`), present for every tensor stored in one.
+pub fn tern_type_key(name: &str) -> String {
+    format!("tern.type.{name}")
+}
+
+/// Metadata key holding the GGUF dimensions (`[cols, rows]`) of tern-format tensor `name`.
+pub fn tern_dims_key(name: &str) -> String {
+    format!("tern.dims.{name}")
+}
 
 /// One tensor's entry in the directory: its name, type, dimensions (GGUF order: `dims[0]` is the row length),
 /// and where its bytes lie in the file.
@@ -143,6 +157,31 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The type and dimensions of a tensor stored in one of tern's formats: checks the `tern.type.` and
+/// `tern.dims.` keys against the I8 byte count the directory gives.
+fn tern_tensor(metadata: &Metadata, name: &str, byte_dims: &[usize]) -> Result<(TensorType, Vec<usize>)> {
+    let path = || metadata.path.clone();
+    let bad = |detail: String| Error::BadTensor { path: path(), tensor: name.into(), detail };
+    let type_name = metadata.str(&tern_type_key(name))?;
+    let format = TernFormat::from_name(type_name).ok_or_else(|| Error::UnknownTernType { path: path(), tensor: name.into(), name: type_name.into() })?;
+    let dims = metadata
+        .array(&tern_dims_key(name))?
+        .iter()
+        .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()).filter(|&d| d > 0 && d <= 1 << 40))
+        .collect::<Option<Vec<usize>>>()
+        .filter(|d| d.len() == 2)
+        .ok_or_else(|| bad(format!("{:?} must be two positive integers [cols, rows]", tern_dims_key(name))))?;
+    let (cols, rows) = (dims[0], dims[1]);
+    if !cols.is_multiple_of(tern_core::BLOCK_LEN) {
+        return Err(bad(format!("row length {cols} is not a multiple of {format}'s block of {}", tern_core::BLOCK_LEN)));
+    }
+    let want = format.tensor_type().data_bytes(rows, cols);
+    if byte_dims.len() != 1 || Some(byte_dims[0]) != want {
+        return Err(bad(format!("{format} {rows}x{cols} takes {} bytes, but the directory gives I8 dimensions {byte_dims:?}", want.map_or("too many".into(), |w| w.to_string()))));
+    }
+    Ok((format.tensor_type(), dims))
+}
+
 impl GgufFile {
     /// Maps and parses the GGUF file at `path`.
     #[cfg(not(target_arch = "wasm32"))]
@@ -207,8 +246,15 @@ impl GgufFile {
         let mut tensors = Vec::with_capacity(infos.len());
         for (name, dims, ty_id, offset) in infos {
             let bad = |detail: String| Error::BadTensor { path: path.clone(), tensor: name.clone(), detail };
-            let ty = TensorType::from_gguf_id(ty_id)
-                .ok_or_else(|| Error::UnknownTensorType { path: path.clone(), tensor: name.clone(), ty: ty_id })?;
+            let (ty, dims) = match (ty_id, metadata.get(&tern_type_key(&name))) {
+                (GGUF_I8, Some(_)) => tern_tensor(&metadata, &name, &dims)?,
+                (_, Some(_)) => return Err(bad(format!("has a {:?} key but is stored as GGUF type {ty_id}, not I8", tern_type_key(&name)))),
+                (_, None) => {
+                    let ty = TensorType::from_gguf_id(ty_id)
+                        .ok_or_else(|| Error::UnknownTensorType { path: path.clone(), tensor: name.clone(), ty: ty_id })?;
+                    (ty, dims)
+                }
+            };
             let elements = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| bad(format!("dimensions {dims:?} overflow")))?;
             if elements == 0 {
                 return Err(bad(format!("dimensions {dims:?} hold no elements")));
@@ -216,7 +262,7 @@ impl GgufFile {
             if dims[0] % ty.block_len() != 0 {
                 return Err(bad(format!("row length {} is not a multiple of {ty}'s block of {}", dims[0], ty.block_len())));
             }
-            let size = (elements / ty.block_len()).checked_mul(ty.gguf_block_bytes()).ok_or_else(|| bad("size overflows".into()))?;
+            let size = ty.data_bytes(elements / dims[0], dims[0]).ok_or_else(|| bad("size overflows".into()))?;
             if offset % alignment as u64 != 0 {
                 return Err(bad(format!("offset {offset} is not a multiple of the alignment {alignment}")));
             }

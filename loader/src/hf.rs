@@ -121,7 +121,7 @@ impl HfModel {
                 }
                 // safetensors lists the slowest dimension first; GGUF the fastest.
                 let dims: Vec<usize> = info.shape.iter().rev().copied().collect();
-                let bytes_needed = dims.iter().try_fold(ty.gguf_block_bytes(), |a, &d| a.checked_mul(d));
+                let bytes_needed = dims.iter().try_fold(ty.gguf_block_bytes().unwrap_or(0), |a, &d| a.checked_mul(d));
                 if bytes_needed != Some(size) || dims.is_empty() || dims.len() > crate::MAX_DIMS as usize {
                     return Err(Error::BadTensor { path: name.clone(), tensor: hf_name, detail: format!("shape {:?} does not match its {size} bytes", info.shape) });
                 }

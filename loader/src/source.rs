@@ -83,10 +83,15 @@ impl ModelSource {
         self.get(name).ok_or_else(|| Error::MissingTensor { path: self.path().into(), tensor: name.into() })
     }
 
-    /// The raw `tokenizer.json` of a Hugging Face model (GGUF files carry their tokenizer in metadata).
+    /// The raw `tokenizer.json` of a Hugging Face model, or of a GGUF file that carries one under GGUF's
+    /// `tokenizer.huggingface.json` key (as tern's quantized files made from Hugging Face models do); other
+    /// GGUF files describe their tokenizer in `tokenizer.ggml.*` keys.
     pub fn tokenizer_json(&self) -> Option<&[u8]> {
         match self {
-            ModelSource::Gguf(_) => None,
+            ModelSource::Gguf(g) => match g.metadata.get("tokenizer.huggingface.json") {
+                Some(crate::MetaValue::String(s)) => Some(s.as_bytes()),
+                _ => None,
+            },
             ModelSource::HuggingFace(h) => h.tokenizer_json.as_deref(),
         }
     }

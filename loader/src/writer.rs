@@ -2,6 +2,7 @@
 
 use tern_core::TensorType;
 
+use crate::gguf::{tern_dims_key, tern_type_key, GGUF_I8};
 use crate::metadata::MetaValue;
 use crate::{Error, Result};
 
@@ -95,12 +96,19 @@ impl GgufWriter {
         if dims.is_empty() || dims.len() > crate::MAX_DIMS as usize || !dims[0].is_multiple_of(ty.block_len()) {
             return Err(bad(format!("dimensions {dims:?} do not suit {ty}")));
         }
-        let expected = elements / ty.block_len() * ty.gguf_block_bytes();
+        let expected = ty.data_bytes(elements / dims[0], dims[0]).ok_or_else(|| bad("size overflows".into()))?;
         if data.len() != expected {
             return Err(bad(format!("{} bytes given, {ty} {dims:?} takes {expected}", data.len())));
         }
         if self.tensors.iter().any(|t| t.0 == name) {
             return Err(bad("a tensor of that name was already added".into()));
+        }
+        if ty.tern_format().is_some() {
+            if dims.len() != 2 {
+                return Err(bad(format!("tern formats store matrices; dimensions {dims:?} are not [cols, rows]")));
+            }
+            self.metadata(tern_type_key(&name), MetaValue::String(ty.name().into()));
+            self.metadata(tern_dims_key(&name), MetaValue::Array(dims.iter().map(|&d| MetaValue::U64(d as u64)).collect()));
         }
         self.tensors.push((name, ty, dims.to_vec(), data));
         Ok(self)
@@ -130,12 +138,14 @@ impl GgufWriter {
         }
         let mut offset = 0usize;
         for (name, ty, dims, data) in &self.tensors {
+            // tern's formats go in as opaque I8 bytes; their type and shape are in the `tern.` keys.
+            let (id, dims) = if ty.tern_format().is_some() { (GGUF_I8, vec![data.len()]) } else { (*ty as u32, dims.clone()) };
             put_str(&mut out, name);
             out.extend_from_slice(&(dims.len() as u32).to_le_bytes());
-            for &d in dims {
+            for &d in &dims {
                 out.extend_from_slice(&(d as u64).to_le_bytes());
             }
-            out.extend_from_slice(&(*ty as u32).to_le_bytes());
+            out.extend_from_slice(&id.to_le_bytes());
             out.extend_from_slice(&(offset as u64).to_le_bytes());
             offset = (offset + data.len()).next_multiple_of(align);
         }

@@ -2,7 +2,7 @@
 
 use tern_core::{AttentionParams, Backend, RopeParams, TensorType};
 use tern_loader::{LoadProgress, ModelSource, TensorData};
-use tern_quant::{dequantize_gguf, PackedMatrix};
+use tern_quant::{dequantize_gguf, PackedMatrix, TernMatrix};
 
 use crate::{Error, KvCache, LlamaConfig, Result};
 
@@ -18,6 +18,10 @@ struct Layer<B: Backend> {
     up: B::Matrix,
     down: B::Matrix,
 }
+
+/// Sees the input of weight-matrix products during [`Llama::forward_observed`]: the names of the matrices
+/// that take it, and the activations (`tokens x cols`).
+pub type Observer<'a, B> = &'a mut dyn FnMut(&[String], &<B as Backend>::Tensor) -> Result<()>;
 
 /// A Llama-family model whose weights live on backend `B`.
 #[derive(Debug)]
@@ -93,10 +97,19 @@ impl<B: Backend> WeightLoader<'_, B> {
                 detail: format!("tensor {name:?} has dimensions {:?}, expected [{cols}, {rows}]", t.info.dims),
             });
         }
-        let packed = PackedMatrix::from_gguf(t.info.ty, rows, cols, t.bytes)
-            .map_err(|source| Error::Weights { path: self.src.path().into(), tensor: name.into(), source })?;
-        let m = self.backend.upload_matrix(packed.view())?;
-        self.bytes += packed.bytes();
+        let weights = |source| Error::Weights { path: self.src.path().into(), tensor: name.into(), source };
+        let m = match t.info.ty.tern_format() {
+            Some(format) => {
+                let tern = TernMatrix::from_bytes(format, rows, cols, t.bytes).map_err(weights)?;
+                self.bytes += tern.bytes();
+                self.backend.upload_matrix(tern.view())?
+            }
+            None => {
+                let packed = PackedMatrix::from_gguf(t.info.ty, rows, cols, t.bytes).map_err(weights)?;
+                self.bytes += packed.bytes();
+                self.backend.upload_matrix(packed.view())?
+            }
+        };
         self.report(&t);
         Ok(m)
     }
@@ -165,6 +178,29 @@ impl<B: Backend> Llama<B> {
     /// to the cache. Returns logits for the last token, or for every token when `all_logits`
     /// (`tokens.len() x vocab`, row-major).
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache<B>, s: &mut Scratch<B>, all_logits: bool) -> Result<Vec<f32>> {
+        self.forward_observed(tokens, cache, s, all_logits, None)
+    }
+
+    /// [`Llama::forward`], showing `observe` the input of every weight-matrix product together with the names
+    /// of the matrices that take it (for activation statistics: `tern imatrix`).
+    pub fn forward_observed(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache<B>,
+        s: &mut Scratch<B>,
+        all_logits: bool,
+        mut observe: Option<Observer<'_, B>>,
+    ) -> Result<Vec<f32>> {
+        let mut seen = |names: &[&str], layer: Option<usize>, x: &B::Tensor| -> Result<()> {
+            if let Some(o) = observe.as_mut() {
+                let names: Vec<String> = match layer {
+                    Some(l) => names.iter().map(|n| format!("blk.{l}.{n}.weight")).collect(),
+                    None => names.iter().map(|n| n.to_string()).collect(),
+                };
+                o(&names, x)?;
+            }
+            Ok(())
+        };
         let (be, c) = (&self.backend, &self.config);
         let n = tokens.len();
         let pos0 = cache.len();
@@ -195,17 +231,21 @@ impl<B: Backend> Llama<B> {
         be.embed(&self.embed, tokens, &mut s.x)?;
         for (l, layer) in self.layers.iter().enumerate() {
             be.rms_norm(&s.x, &layer.attn_norm, c.rms_eps, &mut s.xn)?;
+            seen(&["attn_q", "attn_k", "attn_v"], Some(l), &s.xn)?;
             be.matmul_many(&[&layer.wq, &layer.wk, &layer.wv], &s.xn, &mut [&mut s.q, &mut s.k, &mut s.v])?;
             be.rope(&mut s.q, &rope(c.n_heads))?;
             be.rope(&mut s.k, &rope(c.n_kv_heads))?;
             be.write_rows(&s.k, &mut cache.k[l], pos0)?;
             be.write_rows(&s.v, &mut cache.v[l], pos0)?;
             be.attention(&s.q, &cache.k[l], &cache.v[l], &attn, &mut s.att)?;
+            seen(&["attn_output"], Some(l), &s.att)?;
             be.matmul(&layer.wo, &s.att, &mut s.xn)?;
             be.add(&mut s.x, &s.xn)?;
             be.rms_norm(&s.x, &layer.ffn_norm, c.rms_eps, &mut s.xn)?;
+            seen(&["ffn_gate", "ffn_up"], Some(l), &s.xn)?;
             be.matmul_many(&[&layer.gate, &layer.up], &s.xn, &mut [&mut s.gate, &mut s.up])?;
             be.silu_mul(&s.gate, &s.up, &mut s.hidden)?;
+            seen(&["ffn_down"], Some(l), &s.hidden)?;
             be.matmul(&layer.down, &s.hidden, &mut s.xn)?;
             be.add(&mut s.x, &s.xn)?;
         }
@@ -217,8 +257,37 @@ impl<B: Backend> Llama<B> {
             be.slice_rows(&s.x, n - 1, 1, &mut s.last)?;
             be.rms_norm(&s.last, &self.output_norm, c.rms_eps, &mut s.xn)?;
         }
+        seen(&[self.head_name()], None, &s.xn)?;
         be.matmul(head, &s.xn, &mut s.logits)?;
         Ok(be.read(&s.logits)?)
+    }
+
+    /// The name of the LM head's matrix: `output.weight`, or `token_embd.weight` when the head is tied to the
+    /// embedding table.
+    pub fn head_name(&self) -> &'static str {
+        if self.output.is_some() { "output.weight" } else { "token_embd.weight" }
+    }
+
+    /// The weight matrix called `name` (GGUF's tensor names), for swapping one out: the quantizer measures how
+    /// much each matrix alone matters by replacing it.
+    pub fn matrix_mut(&mut self, name: &str) -> Option<&mut B::Matrix> {
+        match name {
+            "token_embd.weight" => return Some(&mut self.embed),
+            "output.weight" => return self.output.as_mut(),
+            _ => {}
+        }
+        let (layer, part) = name.strip_prefix("blk.")?.strip_suffix(".weight")?.split_once('.')?;
+        let layer = self.layers.get_mut(layer.parse::<usize>().ok()?)?;
+        Some(match part {
+            "attn_q" => &mut layer.wq,
+            "attn_k" => &mut layer.wk,
+            "attn_v" => &mut layer.wv,
+            "attn_output" => &mut layer.wo,
+            "ffn_gate" => &mut layer.gate,
+            "ffn_up" => &mut layer.up,
+            "ffn_down" => &mut layer.down,
+            _ => return None,
+        })
     }
 
     /// The types of the weight matrices, for reports.

@@ -12,6 +12,9 @@ pub enum Error {
     /// Input that a tern format cannot quantize (shape, importance, non-finite weights).
     #[error("tern format: {detail}")]
     TernShape { detail: String },
+    /// The mixed-precision planner cannot meet what it was asked.
+    #[error("mixed-precision plan: {detail}")]
+    Plan { detail: String },
     /// The operation is not defined for this type.
     #[error("{op} is not supported for {ty}")]
     Unsupported { op: &'static str, ty: TensorType },

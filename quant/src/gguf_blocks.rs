@@ -8,10 +8,11 @@ use crate::{Error, Result};
 /// Bytes that `elements` elements of `ty` take in a GGUF file.
 pub(crate) fn gguf_bytes(ty: TensorType, elements: usize) -> Result<usize> {
     let block = ty.block_len();
+    let block_bytes = ty.gguf_block_bytes().ok_or(Error::Unsupported { op: "GGUF encoding", ty })?;
     if !elements.is_multiple_of(block) {
         return Err(Error::RowLength { ty, cols: elements, block });
     }
-    Ok(elements / block * ty.gguf_block_bytes())
+    Ok(elements / block * block_bytes)
 }
 
 pub(crate) fn f16_at(b: &[u8], at: usize) -> f32 {
@@ -49,6 +50,7 @@ pub fn dequantize_gguf(ty: TensorType, bytes: &[u8], out: &mut [f32]) -> Result<
                 }
             }
         }
+        TensorType::T2 | TensorType::T3 | TensorType::T4 | TensorType::T8 => unreachable!("gguf_bytes rejects tern formats"),
         TensorType::Q4_1 => {
             for (o, b) in out.chunks_exact_mut(32).zip(bytes.chunks_exact(20)) {
                 let (d, m) = (f16_at(b, 0), f16_at(b, 2));

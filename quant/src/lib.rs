@@ -12,6 +12,7 @@
 mod error;
 mod gguf_blocks;
 mod packed;
+pub mod plan;
 mod quantize;
 mod tern_formats;
 
@@ -19,5 +20,6 @@ pub use error::{Error, Result};
 pub use gguf_blocks::dequantize_gguf;
 pub use packed::{dequantize_row, PackedMatrix};
 pub use quantize::quantize_gguf;
-pub use tern_formats::{TernFormat, TernMatrix, TernRow};
+pub use tern_formats::{TernMatrix, TernRow};
+pub use tern_core::TernFormat;
 pub use tern_core::TensorType;

@@ -47,7 +47,7 @@ impl PackedMatrix {
         let (quant_bytes, scale_halves, min_halves): (Vec<u8>, Vec<u16>, Vec<u16>) = match ty {
             TensorType::F32 | TensorType::F16 | TensorType::Bf16 => (bytes.to_vec(), vec![], vec![]),
             TensorType::Q4_0 | TensorType::Q8_0 => {
-                let bb = ty.gguf_block_bytes();
+                let bb = if ty == TensorType::Q4_0 { 18 } else { 34 };
                 let mut q = Vec::with_capacity(elements / 32 * (bb - 2));
                 let mut s = Vec::with_capacity(elements / 32);
                 for b in bytes.chunks_exact(bb) {
@@ -55,6 +55,9 @@ impl PackedMatrix {
                     q.extend_from_slice(&b[2..]);
                 }
                 (q, s, vec![])
+            }
+            TensorType::T2 | TensorType::T3 | TensorType::T4 | TensorType::T8 => {
+                return Err(Error::Unsupported { op: "GGUF block repacking (tern formats load as TernMatrix)", ty });
             }
             TensorType::Q4_1 => {
                 let mut q = Vec::with_capacity(elements / 2);
@@ -93,6 +96,7 @@ impl PackedMatrix {
             quants: &self.quants,
             scales: &self.scales,
             mins: &self.mins,
+            row_scales: &[],
         }
     }
 
@@ -123,6 +127,18 @@ pub fn dequantize_row(m: &MatrixView<'_>, r: usize, out: &mut [f32]) {
                 let h = (row[c / 2] >> (16 * (c % 2))) as u16;
                 *o = if m.ty == TensorType::F16 { f16::from_bits(h).to_f32() } else { bf16::from_bits(h).to_f32() };
             }
+        }
+        TensorType::T2 | TensorType::T3 | TensorType::T4 | TensorType::T8 => {
+            let format = m.ty.tern_format().expect("a tern type");
+            let cw = format.code_words(cols);
+            let tern = crate::TernRow {
+                format,
+                quants: row,
+                codes: &m.scales[r * cw..(r + 1) * cw],
+                d: f32::from_bits(m.row_scales[2 * r]),
+                m: f32::from_bits(m.row_scales[2 * r + 1]),
+            };
+            tern.dequantize(out);
         }
         TensorType::Q4_0 | TensorType::Q4_1 | TensorType::Q8_0 => {
             let nb = cols / BLOCK_LEN;

@@ -34,6 +34,7 @@ pub fn quantize_gguf(ty: TensorType, data: &[f32]) -> Result<Vec<u8>> {
                 out.extend((0..16).map(|j| q(x[j]) | q(x[j + 16]) << 4));
             }
         }
+        TensorType::T2 | TensorType::T3 | TensorType::T4 | TensorType::T8 => unreachable!("gguf_bytes rejects tern formats"),
         TensorType::Q4_1 => {
             for x in data.chunks_exact(32) {
                 let min = x.iter().copied().fold(f32::INFINITY, f32::min);

@@ -8,78 +8,16 @@
 //! largest, and the quants are chosen again against the coded values.
 
 use crate::{Error, Result};
-use tern_core::BLOCK_LEN;
+use tern_core::{MatrixView, TernFormat, BLOCK_LEN};
 
-/// One of tern's formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TernFormat {
-    /// 2-bit unsigned quants, 4-bit block scale and minimum codes: 2.25 bits per weight, plus per row 64 bits
-    /// of row scales and the padding of its codes to a word ([`TernFormat::bits_per_weight`] is exact).
-    T2,
-    /// 3-bit unsigned quants (a 2-bit plane and a 1-bit plane), 8-bit scale and minimum codes: 3.5 + per row.
-    T3,
-    /// 4-bit unsigned quants, 8-bit scale and minimum codes: 4.5 + per row.
-    T4,
-    /// 8-bit signed quants, 8-bit scale code, no minimum: 8.25 + per row.
-    T8,
+/// Largest scale (and minimum) code of `format`.
+fn code_max(format: TernFormat) -> u32 {
+    if format == TernFormat::T2 { 15 } else { 255 }
 }
 
-impl TernFormat {
-    /// Every format, smallest first.
-    pub const ALL: [TernFormat; 4] = [TernFormat::T2, TernFormat::T3, TernFormat::T4, TernFormat::T8];
-
-    /// Bits of each quant.
-    pub fn quant_bits(self) -> usize {
-        match self {
-            TernFormat::T2 => 2,
-            TernFormat::T3 => 3,
-            TernFormat::T4 => 4,
-            TernFormat::T8 => 8,
-        }
-    }
-
-    /// u32 words of quants per block of 32.
-    pub fn quant_words(self) -> usize {
-        self.quant_bits()
-    }
-
-    /// Bits of block scale and minimum codes per block (T2: a byte of two nibbles; T8: one scale byte).
-    pub fn code_bits(self) -> usize {
-        match self {
-            TernFormat::T2 | TernFormat::T8 => 8,
-            TernFormat::T3 | TernFormat::T4 => 16,
-        }
-    }
-
-    /// Largest scale (and minimum) code.
-    fn code_max(self) -> u32 {
-        if self == TernFormat::T2 { 15 } else { 255 }
-    }
-
-    fn symmetric(self) -> bool {
-        self == TernFormat::T8
-    }
-
-    /// u32 words of codes per row of `cols` weights (each row's codes start on a word).
-    pub fn code_words(self, cols: usize) -> usize {
-        (cols / BLOCK_LEN * self.code_bits()).div_ceil(32)
-    }
-
-    /// Exact bits per weight of a matrix with rows of `cols` weights: the quants, the row's code words (padding
-    /// included) and the two f32 row scales.
-    pub fn bits_per_weight(self, cols: usize) -> f64 {
-        (self.quant_bits() * cols + 32 * self.code_words(cols) + 64) as f64 / cols as f64
-    }
-
-    /// A short name for reports ("T4").
-    pub fn name(self) -> &'static str {
-        match self {
-            TernFormat::T2 => "T2",
-            TernFormat::T3 => "T3",
-            TernFormat::T4 => "T4",
-            TernFormat::T8 => "T8",
-        }
-    }
+/// Whether `format` has signed quants and no minimum.
+fn symmetric(format: TernFormat) -> bool {
+    format == TernFormat::T8
 }
 
 /// A matrix in one of tern's formats, structure of arrays: `quants` (u32 words, `quant_words` per block, blocks
@@ -299,8 +237,8 @@ impl TernMatrix {
             codes: vec![0; rows * code_words],
             row_scales: vec![0; rows * 2],
         };
-        let nmax = if format.symmetric() { 127.0 } else { ((1u32 << format.quant_bits()) - 1) as f32 };
-        let cmax = format.code_max() as f32;
+        let nmax = if symmetric(format) { 127.0 } else { ((1u32 << format.quant_bits()) - 1) as f32 };
+        let cmax = code_max(format) as f32;
         let mut weights = vec![0f32; cols];
         let mut fits = vec![(0f32, 0f32); nb];
         for r in 0..rows {
@@ -309,7 +247,7 @@ impl TernMatrix {
             element_weights(x, importance, sigma2, &mut weights);
             for (b, fit) in fits.iter_mut().enumerate() {
                 let (xb, wb) = (&x[b * 32..(b + 1) * 32], &weights[b * 32..(b + 1) * 32]);
-                *fit = if format.symmetric() { (fit_symmetric(xb, wb, nmax), 0.0) } else { fit_asymmetric(xb, wb, nmax) };
+                *fit = if symmetric(format) { (fit_symmetric(xb, wb, nmax), 0.0) } else { fit_asymmetric(xb, wb, nmax) };
             }
             // Row units: the largest block scale (offset) is the largest code.
             let d = fits.iter().fold(0f32, |a, f| a.max(f.0)) / cmax;
@@ -330,7 +268,7 @@ impl TernMatrix {
                 let qw = &mut quants[b * format.quant_words()..(b + 1) * format.quant_words()];
                 for (i, &v) in x[b * 32..(b + 1) * 32].iter().enumerate() {
                     let q = if scale > 0.0 {
-                        if format.symmetric() {
+                        if symmetric(format) {
                             ((v / scale).round().clamp(-nmax, nmax) as i32) as u32 & 0xff
                         } else {
                             ((v + offset) / scale).round().clamp(0.0, nmax) as u32
@@ -397,5 +335,69 @@ impl TernMatrix {
     /// Bytes of the three arrays.
     pub fn bytes(&self) -> usize {
         4 * (self.quants.len() + self.codes.len() + self.row_scales.len())
+    }
+
+    /// The matrix as a [`MatrixView`] (codes as `scales`, row units as `row_scales`).
+    pub fn view(&self) -> MatrixView<'_> {
+        MatrixView {
+            ty: self.format.tensor_type(),
+            rows: self.rows,
+            cols: self.cols,
+            quants: &self.quants,
+            scales: &self.codes,
+            mins: &[],
+            row_scales: &self.row_scales,
+        }
+    }
+
+    /// A copy of a validated view of one of tern's formats.
+    pub fn from_view(v: &MatrixView<'_>) -> Result<Self> {
+        let format = v.ty.tern_format().ok_or(Error::Unsupported { op: "TernMatrix::from_view", ty: v.ty })?;
+        v.validate().map_err(|e| Error::TernShape { detail: e.to_string() })?;
+        Ok(TernMatrix {
+            format,
+            rows: v.rows,
+            cols: v.cols,
+            quants: v.quants.to_vec(),
+            codes: v.scales.to_vec(),
+            row_scales: v.row_scales.to_vec(),
+        })
+    }
+
+    /// The matrix as stored in a file: the quant words, then the code words, then the row units, each
+    /// little-endian (`docs/FORMATS.md`).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.bytes());
+        for w in self.quants.iter().chain(&self.codes).chain(&self.row_scales) {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+        out
+    }
+
+    /// Reads a matrix stored by [`TernMatrix::to_bytes`], checking its length and that every row unit is a
+    /// finite, non-negative f32.
+    pub fn from_bytes(format: TernFormat, rows: usize, cols: usize, bytes: &[u8]) -> Result<Self> {
+        let ty = format.tensor_type();
+        if cols == 0 || !cols.is_multiple_of(BLOCK_LEN) {
+            return Err(Error::RowLength { ty, cols, block: BLOCK_LEN });
+        }
+        let expected = ty.data_bytes(rows, cols).ok_or(Error::TernShape { detail: format!("{rows}x{cols} overflows") })?;
+        if bytes.len() != expected {
+            return Err(Error::Length { ty, elements: rows * cols, expected, actual: bytes.len() });
+        }
+        let mut words = bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+        let mut take = |n: usize| words.by_ref().take(n).collect::<Vec<u32>>();
+        let m = TernMatrix {
+            format,
+            rows,
+            cols,
+            quants: take(rows * cols / BLOCK_LEN * format.quant_words()),
+            codes: take(rows * format.code_words(cols)),
+            row_scales: take(2 * rows),
+        };
+        if let Some(i) = m.row_scales.iter().position(|&w| !f32::from_bits(w).is_finite() || f32::from_bits(w) < 0.0) {
+            return Err(Error::TernShape { detail: format!("row {} has row unit {} (must be finite and non-negative)", i / 2, f32::from_bits(m.row_scales[i])) });
+        }
+        Ok(m)
     }
 }

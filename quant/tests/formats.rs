@@ -22,6 +22,7 @@ fn bound(ty: TensorType) -> f32 {
         TensorType::Q8_0 => 0.01,
         TensorType::Q4_0 => 0.15,
         TensorType::Q4_1 => 0.12,
+        other => unreachable!("{other} is not a GGUF type"),
     }
 }
 
@@ -88,9 +89,9 @@ fn wrong_lengths_are_errors() {
 
 #[test]
 fn bits_per_weight_are_exact() {
-    assert_eq!(TensorType::Q4_0.bits_per_weight(), 4.5);
-    assert_eq!(TensorType::Q4_1.bits_per_weight(), 5.0);
-    assert_eq!(TensorType::Q8_0.bits_per_weight(), 8.5);
+    assert_eq!(TensorType::Q4_0.bits_per_weight(576), 4.5);
+    assert_eq!(TensorType::Q4_1.bits_per_weight(576), 5.0);
+    assert_eq!(TensorType::Q8_0.bits_per_weight(576), 8.5);
     let m = PackedMatrix::from_f32(TensorType::Q4_1, 2, 64, &[0.5; 128]).unwrap();
     assert_eq!(m.bytes() * 8, 2 * 64 * 5);
 }

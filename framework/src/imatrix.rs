@@ -1,0 +1,111 @@
+//! Activation statistics for importance-weighted quantization (`tern imatrix`): for every weight matrix, the
+//! mean of `x^2` over calibration tokens for each of its input columns. A column whose activations are large
+//! contributes more to the product's error, so the quantizer weights its error more.
+//!
+//! The statistics are gathered by running tern itself over calibration text in chunks of `ctx` tokens (each from
+//! an empty context, BOS first, as in evaluation), observing the input of every matrix product. They are saved as
+//! a GGUF file: one F32 tensor of `cols` values per matrix, under the matrix's name, plus
+//! `tern.imatrix.tokens` and `tern.imatrix.chunks`.
+
+use std::collections::BTreeMap;
+
+use tern_core::{Backend, TensorType};
+use tern_loader::{GgufFile, GgufWriter, MetaValue};
+
+use crate::{Engine, Error, Result};
+
+/// Mean `x^2` per input column, per weight matrix.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImportanceMatrix {
+    /// Calibration tokens the means are over.
+    pub tokens: usize,
+    /// Chunks run.
+    pub chunks: usize,
+    /// Matrix name to one mean per input column.
+    pub columns: BTreeMap<String, Vec<f32>>,
+}
+
+impl ImportanceMatrix {
+    /// Runs `engine` over `text` in chunks of `ctx` tokens (at most `max_chunks`), calling `progress(done, total)`
+    /// after every chunk.
+    pub fn collect(
+        engine: &Engine,
+        text: &str,
+        ctx: usize,
+        max_chunks: Option<usize>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
+        let model = engine.model();
+        let chunks = crate::eval::chunk_tokens(engine, text, ctx, max_chunks)?;
+        let mut sums: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        let mut cache = model.new_cache(ctx)?;
+        let mut scratch = tern_model::Scratch::new(model.backend())?;
+        let backend = model.backend();
+        progress(0, chunks.len());
+        for (c, chunk) in chunks.iter().enumerate() {
+            cache.truncate(0);
+            let mut observe = |names: &[String], x: &<tern_backend_cpu::CpuBackend as Backend>::Tensor| -> tern_model::Result<()> {
+                let (rows, cols) = backend.shape(x);
+                let values = backend.read(x)?;
+                let first = sums.entry(names[0].clone()).or_insert_with(|| vec![0.0; cols]);
+                for row in values.chunks_exact(cols).take(rows) {
+                    for (s, &v) in first.iter_mut().zip(row) {
+                        *s += f64::from(v) * f64::from(v);
+                    }
+                }
+                let first = first.clone();
+                for name in &names[1..] {
+                    sums.insert(name.clone(), first.clone());
+                }
+                Ok(())
+            };
+            backend.install(|| model.forward_observed(chunk, &mut cache, &mut scratch, true, Some(&mut observe)))?;
+            progress(c + 1, chunks.len());
+        }
+        let tokens = chunks.len() * ctx;
+        let columns = sums.into_iter().map(|(k, v)| (k, v.iter().map(|s| (s / tokens as f64) as f32).collect())).collect();
+        Ok(ImportanceMatrix { tokens, chunks: chunks.len(), columns })
+    }
+
+    /// The means for matrix `name`, if it was observed.
+    pub fn get(&self, name: &str) -> Option<&[f32]> {
+        self.columns.get(name).map(Vec::as_slice)
+    }
+
+    /// Saves the statistics as a GGUF file.
+    pub fn save(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        let mut w = GgufWriter::new();
+        w.metadata("general.type", MetaValue::String("imatrix".into()));
+        w.metadata("tern.imatrix.tokens", MetaValue::U64(self.tokens as u64));
+        w.metadata("tern.imatrix.chunks", MetaValue::U64(self.chunks as u64));
+        for (name, v) in &self.columns {
+            let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            w.tensor(name.clone(), TensorType::F32, &[v.len()], bytes)?;
+        }
+        Ok(w.write(path)?)
+    }
+
+    /// Reads statistics saved by [`ImportanceMatrix::save`], checking that every value is finite and
+    /// non-negative.
+    pub fn load(path: impl AsRef<std::path::Path>) -> Result<Self> {
+        let file = GgufFile::open(path.as_ref())?;
+        let bad = |detail: String| Error::Option { name: "imatrix", detail: format!("{}: {detail}", file.path) };
+        if file.metadata.get("tern.imatrix.tokens").is_none() {
+            return Err(bad("not an importance matrix (no tern.imatrix.tokens key; make one with `tern imatrix`)".into()));
+        }
+        let tokens = file.metadata.usize("tern.imatrix.tokens")?;
+        let chunks = file.metadata.usize("tern.imatrix.chunks")?;
+        let mut columns = BTreeMap::new();
+        for t in &file.tensors {
+            if t.ty != TensorType::F32 || t.dims.len() != 1 {
+                return Err(bad(format!("tensor {:?} is {} {:?}, expected one F32 row", t.name, t.ty, t.dims)));
+            }
+            let v: Vec<f32> = file.data(t).chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            if let Some(x) = v.iter().find(|x| !x.is_finite() || **x < 0.0) {
+                return Err(bad(format!("tensor {:?} holds {x}; means of squares are finite and non-negative", t.name)));
+            }
+            columns.insert(t.name.clone(), v);
+        }
+        Ok(ImportanceMatrix { tokens, chunks, columns })
+    }
+}

@@ -1,0 +1,570 @@
+//! `tern quantize`: a GGUF or safetensors model in, a tern model file out.
+//!
+//! Every weight matrix (2-D, rows a multiple of 32, not a norm) goes into one of tern's formats; everything else
+//! (norm vectors) is copied as it is. The format of each matrix comes from, in order of precedence: an override
+//! whose pattern matches its name, then either `--bits` (one format for all) or the mixed-precision planner.
+//!
+//! The planner measures how much each matrix matters: with the model loaded, it replaces that matrix alone by
+//! its quantized form and measures the KL-divergence of the model's next-token distributions from the
+//! unquantized model's over calibration tokens. It measures every candidate format except T8, whose rise it
+//! predicts from the largest measured format's by the ratio of their importance-weighted squared errors (T8's
+//! error is about 1/100 of T4's, so its rise is near zero either way). Then it picks formats to meet the target
+//! bits per weight at the least summed rise ([`tern_quant::plan`]).
+//!
+//! The output is a GGUF file (`docs/FORMATS.md`): the source's metadata (less `general.file_type`), tern's
+//! tensors as I8 byte tensors with `tern.type.<name>` and `tern.dims.<name>` keys, the plan's summary under
+//! `tern.quantize.*`, and for Hugging Face sources the tokenizer under `tokenizer.huggingface.json`.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use tern_core::{Backend, TensorType, TernFormat};
+use tern_loader::{GgufWriter, MetaValue, ModelSource, TensorInfo};
+use tern_quant::plan::{plan, Choice, PlanTensor};
+use tern_quant::{dequantize_gguf, TernMatrix};
+
+use crate::eval::{kl_divergence, log_softmax};
+use crate::{Engine, Error, ImportanceMatrix, Result};
+
+/// How precise the output should be.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Precision {
+    /// One format for every matrix.
+    Bits(TernFormat),
+    /// Mixed formats chosen by measured sensitivity to meet this many bits per weight over the whole model.
+    TargetBpw(f64),
+}
+
+/// A format forced on every matrix whose name matches `pattern` (`*` matches any run of characters, `?` one).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Override {
+    pub pattern: String,
+    pub format: TernFormat,
+}
+
+impl Override {
+    /// Parses an overrides file: one `pattern = format` per line (`blk.*.ffn_down.weight = T4`), `#` comments.
+    pub fn parse(text: &str, origin: &str) -> Result<Vec<Override>> {
+        let mut out = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let bad = |detail: String| Error::Option { name: "overrides", detail: format!("{origin} line {}: {detail}", i + 1) };
+            let (pattern, format) = line.split_once('=').ok_or_else(|| bad(format!("{line:?} is not `pattern = format`")))?;
+            let (pattern, format) = (pattern.trim(), format.trim());
+            if pattern.is_empty() {
+                return Err(bad("the pattern is empty".into()));
+            }
+            let format = TernFormat::from_name(format).ok_or_else(|| bad(format!("{format:?} is not a tern format (T2, T3, T4, T8)")))?;
+            out.push(Override { pattern: pattern.into(), format });
+        }
+        Ok(out)
+    }
+
+    /// Whether `name` matches the pattern.
+    pub fn matches(&self, name: &str) -> bool {
+        wildcard(self.pattern.as_bytes(), name.as_bytes())
+    }
+}
+
+/// `*`/`?` wildcard matching, iterative with one backtrack point.
+fn wildcard(p: &[u8], s: &[u8]) -> bool {
+    let (mut pi, mut si, mut star, mut mark) = (0, 0, None, 0);
+    while si < s.len() {
+        if pi < p.len() && (p[pi] == b'?' || p[pi] == s[si]) {
+            pi += 1;
+            si += 1;
+        } else if pi < p.len() && p[pi] == b'*' {
+            star = Some(pi);
+            pi += 1;
+            mark = si;
+        } else if let Some(sp) = star {
+            pi = sp + 1;
+            mark += 1;
+            si = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+/// What to make.
+#[derive(Debug, Clone)]
+pub struct QuantizeOptions {
+    pub precision: Precision,
+    /// Activation statistics to weight each matrix's error by (see [`ImportanceMatrix`]).
+    pub importance: Option<ImportanceMatrix>,
+    /// Text to gather activation statistics from when `importance` is not given, and to measure sensitivities
+    /// on for [`Precision::TargetBpw`] (which needs it).
+    pub calibration: Option<String>,
+    /// Calibration chunk length for activation statistics.
+    pub calibration_ctx: usize,
+    /// At most this many chunks of calibration text for activation statistics.
+    pub calibration_chunks: Option<usize>,
+    /// Tokens the sensitivity of each matrix is measured over.
+    pub sensitivity_tokens: usize,
+    /// A JSON file of measured sensitivities: read when it exists and matches, written after measuring.
+    pub sensitivity_cache: Option<std::path::PathBuf>,
+    /// Formats the planner may choose from.
+    pub formats: Vec<TernFormat>,
+    pub overrides: Vec<Override>,
+    /// Worker threads (0: one per core).
+    pub threads: usize,
+}
+
+impl QuantizeOptions {
+    /// Options for `precision` with the defaults for everything else.
+    pub fn new(precision: Precision) -> Self {
+        QuantizeOptions {
+            precision,
+            importance: None,
+            calibration: None,
+            calibration_ctx: 512,
+            calibration_chunks: None,
+            sensitivity_tokens: 256,
+            sensitivity_cache: None,
+            formats: TernFormat::ALL.to_vec(),
+            overrides: Vec::new(),
+            threads: 0,
+        }
+    }
+}
+
+/// The long steps of quantization, for progress bars.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Gathering activation statistics (units: chunks).
+    Importance,
+    /// Quantizing matrices (units: matrices).
+    Quantize,
+    /// Measuring each matrix's sensitivity (units: measurements).
+    Sensitivity,
+    /// Writing the file (units: tensors).
+    Write,
+}
+
+/// How far quantization has come.
+#[derive(Debug, Clone)]
+pub struct QuantizeProgress<'a> {
+    pub stage: Stage,
+    pub done: usize,
+    pub total: usize,
+    /// The tensor being worked on, where there is one.
+    pub tensor: &'a str,
+}
+
+/// Why a tensor has its type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Not a weight matrix: copied as it was.
+    Kept,
+    /// An override matched.
+    Override,
+    /// `--bits`.
+    Uniform,
+    /// The mixed-precision planner chose it.
+    Planned,
+}
+
+/// One tensor of the output.
+#[derive(Debug, Clone)]
+pub struct TensorPlan {
+    pub name: String,
+    pub ty: TensorType,
+    pub params: u64,
+    /// Exact size in bits.
+    pub bits: u64,
+    pub reason: Reason,
+    /// The measured (or, for T8, predicted) KL-divergence rise of this tensor alone in its format, when the
+    /// planner measured it.
+    pub kl: Option<f64>,
+}
+
+/// What was written.
+#[derive(Debug, Clone)]
+pub struct QuantizeReport {
+    pub tensors: Vec<TensorPlan>,
+    /// Bytes of the whole file.
+    pub file_bytes: u64,
+}
+
+impl QuantizeReport {
+    /// Parameters in all tensors.
+    pub fn params(&self) -> u64 {
+        self.tensors.iter().map(|t| t.params).sum()
+    }
+
+    /// Bits per weight over every tensor (tensor data only, as llama.cpp counts it).
+    pub fn bpw(&self) -> f64 {
+        self.tensors.iter().map(|t| t.bits).sum::<u64>() as f64 / self.params() as f64
+    }
+
+    /// Parameters and bits per type, largest share first.
+    pub fn by_type(&self) -> Vec<(TensorType, u64, u64)> {
+        let mut out: Vec<(TensorType, u64, u64)> = Vec::new();
+        for t in &self.tensors {
+            match out.iter_mut().find(|(ty, ..)| *ty == t.ty) {
+                Some((_, p, b)) => {
+                    *p += t.params;
+                    *b += t.bits;
+                }
+                None => out.push((t.ty, t.params, t.bits)),
+            }
+        }
+        out.sort_by(|a, b| b.1.cmp(&a.1));
+        out
+    }
+}
+
+/// Whether tensor `t` is a weight matrix tern quantizes.
+fn is_matrix(t: &TensorInfo) -> bool {
+    t.dims.len() == 2 && t.dims[0].is_multiple_of(tern_core::BLOCK_LEN) && !t.name.contains("norm")
+}
+
+/// The tensor's values as f32, row-major.
+fn dequantized(src: &ModelSource, t: &TensorInfo) -> Result<Vec<f32>> {
+    let bytes = src.tensor(&t.name)?.bytes;
+    let weights = |source| tern_model::Error::Weights { path: src.path().into(), tensor: t.name.clone(), source };
+    match t.ty.tern_format() {
+        Some(f) => {
+            let (rows, cols) = t.matrix_shape();
+            Ok(TernMatrix::from_bytes(f, rows, cols, bytes).map_err(weights)?.dequantize())
+        }
+        None => {
+            let mut out = vec![0f32; t.elements()];
+            dequantize_gguf(t.ty, bytes, &mut out).map_err(weights)?;
+            Ok(out)
+        }
+    }
+}
+
+/// Quantizes rows in parallel (rows are independent in every tern format), in the current rayon pool.
+fn quantize_rows(format: TernFormat, rows: usize, cols: usize, data: &[f32], importance: Option<&[f32]>) -> Result<TernMatrix> {
+    use rayon::prelude::*;
+    const ROWS_PER_TASK: usize = 64;
+    let parts = data
+        .par_chunks(ROWS_PER_TASK * cols)
+        .map(|part| TernMatrix::quantize(format, part.len() / cols, cols, part, importance))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::Option { name: "model", detail: e.to_string() })?;
+    let mut m = TernMatrix { format, rows, cols, quants: Vec::new(), codes: Vec::new(), row_scales: Vec::new() };
+    for p in parts {
+        m.quants.extend(p.quants);
+        m.codes.extend(p.codes);
+        m.row_scales.extend(p.row_scales);
+    }
+    Ok(m)
+}
+
+/// Importance-weighted squared error of `q` against `w`.
+fn weighted_error(q: &TernMatrix, w: &[f32], importance: Option<&[f32]>) -> f64 {
+    let mut row = vec![0f32; q.cols];
+    let mut sum = 0f64;
+    for (r, wr) in w.chunks_exact(q.cols).enumerate() {
+        q.dequantize_row(r, &mut row);
+        for (j, (a, b)) in row.iter().zip(wr).enumerate() {
+            let imp = importance.map_or(1.0, |m| m[j]) as f64;
+            sum += imp * f64::from(a - b).powi(2);
+        }
+    }
+    sum
+}
+
+/// Measured sensitivities, as saved in the cache file.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct SensitivityCache {
+    /// Identifies what was measured: source file, its size, tokens, importance tokens.
+    key: String,
+    /// `tensor name -> format name -> KL rise`.
+    kl: HashMap<String, HashMap<String, f64>>,
+}
+
+/// One matrix to quantize, with its float values and its quantized forms as they are made.
+struct Matrix {
+    info: TensorInfo,
+    rows: usize,
+    cols: usize,
+    forced: Option<(TernFormat, Reason)>,
+    quantized: HashMap<TernFormat, TernMatrix>,
+    /// Importance-weighted squared error per format (for the planner's prediction of T8).
+    errors: HashMap<TernFormat, f64>,
+    kl: HashMap<TernFormat, f64>,
+}
+
+/// Quantizes the model at `input` into a tern file at `output`.
+pub fn quantize(input: &Path, output: &Path, options: &QuantizeOptions, progress: &mut dyn FnMut(&QuantizeProgress<'_>)) -> Result<QuantizeReport> {
+    if let Precision::TargetBpw(x) = options.precision
+        && (!x.is_finite() || x <= 0.0) {
+            return Err(Error::Option { name: "target-bpw", detail: format!("{x} is not a positive number of bits") });
+        }
+    if options.formats.is_empty() {
+        return Err(Error::Option { name: "formats", detail: "the planner needs at least one format".into() });
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(options.threads)
+        .build()
+        .map_err(|e| Error::Option { name: "threads", detail: e.to_string() })?;
+    let source = ModelSource::open(input)?;
+    let mut matrices: Vec<Matrix> = source
+        .tensors()
+        .iter()
+        .filter(|t| is_matrix(t))
+        .map(|t| {
+            let (rows, cols) = t.matrix_shape();
+            let forced = match (options.overrides.iter().find(|o| o.matches(&t.name)), options.precision) {
+                (Some(o), _) => Some((o.format, Reason::Override)),
+                (None, Precision::Bits(f)) => Some((f, Reason::Uniform)),
+                (None, Precision::TargetBpw(_)) => None,
+            };
+            Matrix { info: t.clone(), rows, cols, forced, quantized: HashMap::new(), errors: HashMap::new(), kl: HashMap::new() }
+        })
+        .collect();
+    if matrices.is_empty() {
+        return Err(Error::Option { name: "model", detail: format!("{} has no weight matrices to quantize", source.path()) });
+    }
+
+    // The model itself runs for activation statistics and for sensitivities.
+    let needs_sensitivity = matrices.iter().any(|m| m.forced.is_none());
+    let needs_importance = options.importance.is_none() && options.calibration.is_some();
+    let mut engine = if needs_sensitivity || needs_importance {
+        Some(Engine::builder(input).threads(options.threads).context(options.calibration_ctx.max(options.sensitivity_tokens)).build()?)
+    } else {
+        None
+    };
+    let collected;
+    let importance = match (&options.importance, &options.calibration, &engine) {
+        (Some(i), ..) => Some(i),
+        (None, Some(text), Some(engine)) => {
+            collected = ImportanceMatrix::collect(engine, text, options.calibration_ctx, options.calibration_chunks, &mut |done, total| {
+                progress(&QuantizeProgress { stage: Stage::Importance, done, total, tensor: "" })
+            })?;
+            Some(&collected)
+        }
+        _ => None,
+    };
+    let imp = |m: &Matrix| importance.and_then(|i| i.get(&m.info.name)).filter(|v| v.len() == m.cols);
+
+    // Quantize every matrix to every format it may take.
+    let total = matrices.len();
+    for (i, m) in matrices.iter_mut().enumerate() {
+        progress(&QuantizeProgress { stage: Stage::Quantize, done: i, total, tensor: &m.info.name });
+        let w = dequantized(&source, &m.info)?;
+        let formats: Vec<TernFormat> = match m.forced {
+            Some((f, _)) => vec![f],
+            None => options.formats.clone(),
+        };
+        let importance = imp(m);
+        for f in formats {
+            let q = pool.install(|| quantize_rows(f, m.rows, m.cols, &w, importance))?;
+            m.quantized.insert(f, q);
+        }
+        if m.forced.is_none() {
+            for (f, q) in &m.quantized {
+                m.errors.insert(*f, weighted_error(q, &w, importance));
+            }
+        }
+    }
+    progress(&QuantizeProgress { stage: Stage::Quantize, done: total, total, tensor: "" });
+
+    if needs_sensitivity {
+        let engine = engine.as_mut().expect("loaded when sensitivities are needed");
+        let text = options.calibration.as_deref().ok_or_else(|| Error::Option {
+            name: "calibration",
+            detail: "--target-bpw measures each matrix's sensitivity on calibration text: give --calibration FILE".into(),
+        })?;
+        measure_sensitivities(engine, input, text, importance, options, &mut matrices, progress)?;
+    }
+
+    // The plan.
+    let kept: Vec<&TensorInfo> = source.tensors().iter().filter(|t| !is_matrix(t)).collect();
+    let kept_bits: u64 = kept.iter().map(|t| 8 * t.size as u64).sum();
+    let params: u64 = source.tensors().iter().map(|t| t.elements() as u64).sum();
+    let bits_of = |m: &Matrix, f: TernFormat| 8 * f.tensor_type().data_bytes(m.rows, m.cols).unwrap_or(usize::MAX) as u64;
+    let mut chosen: Vec<(TernFormat, Reason)> = matrices.iter().map(|m| m.forced.unwrap_or((TernFormat::T8, Reason::Planned))).collect();
+    if let Precision::TargetBpw(target) = options.precision {
+        let forced_bits: u64 = matrices.iter().filter_map(|m| m.forced.map(|(f, _)| bits_of(m, f))).sum();
+        let budget = (target * params as f64).floor() as u64;
+        let free: Vec<usize> = (0..matrices.len()).filter(|&i| matrices[i].forced.is_none()).collect();
+        let tensors: Vec<PlanTensor<TernFormat>> = free
+            .iter()
+            .map(|&i| {
+                let m = &matrices[i];
+                let choices = options.formats.iter().map(|&f| Choice { format: f, bits: bits_of(m, f), cost: m.kl[&f] }).collect();
+                PlanTensor { name: m.info.name.clone(), choices }
+            })
+            .collect();
+        let fixed = kept_bits + forced_bits;
+        let smallest: u64 = tensors.iter().map(|t| t.choices.iter().map(|c| c.bits).min().unwrap_or(0)).sum();
+        if budget < fixed + smallest {
+            return Err(Error::Option {
+                name: "target-bpw",
+                detail: format!(
+                    "{target} bits per weight is below the smallest this model can take with these formats and overrides ({:.3})",
+                    (fixed + smallest) as f64 / params as f64
+                ),
+            });
+        }
+        let picks = plan(&tensors, budget - fixed).map_err(|e| Error::Option { name: "target-bpw", detail: e.to_string() })?;
+        for (&i, (&c, t)) in free.iter().zip(picks.iter().zip(&tensors)) {
+            chosen[i] = (t.choices[c].format, Reason::Planned);
+        }
+    }
+
+    // The file.
+    let mut w = GgufWriter::new();
+    for (k, v) in source.metadata().iter() {
+        if k == "general.file_type" || k.starts_with("tern.") {
+            continue;
+        }
+        w.metadata(k, v.clone());
+    }
+    if let Some(json) = source.tokenizer_json()
+        && source.metadata().get("tokenizer.huggingface.json").is_none() {
+            let json = std::str::from_utf8(json).map_err(|_| Error::Option { name: "model", detail: "tokenizer.json is not UTF-8".into() })?;
+            w.metadata("tokenizer.huggingface.json", MetaValue::String(json.into()));
+        }
+    let mut report = Vec::new();
+    let by_name: HashMap<String, usize> = matrices.iter().enumerate().map(|(i, m)| (m.info.name.clone(), i)).collect();
+    let n = source.tensors().len();
+    for (i, t) in source.tensors().iter().enumerate() {
+        progress(&QuantizeProgress { stage: Stage::Write, done: i, total: n, tensor: &t.name });
+        match by_name.get(&t.name) {
+            Some(&mi) => {
+                let m = &mut matrices[mi];
+                let (f, reason) = chosen[mi];
+                let q = m.quantized.remove(&f).expect("every chosen format was quantized");
+                let bytes = q.to_bytes();
+                report.push(TensorPlan {
+                    name: t.name.clone(),
+                    ty: f.tensor_type(),
+                    params: t.elements() as u64,
+                    bits: 8 * bytes.len() as u64,
+                    reason,
+                    kl: m.kl.get(&f).copied(),
+                });
+                w.tensor(t.name.clone(), f.tensor_type(), &[m.cols, m.rows], bytes)?;
+            }
+            None => {
+                let bytes = source.tensor(&t.name)?.bytes.to_vec();
+                report.push(TensorPlan { name: t.name.clone(), ty: t.ty, params: t.elements() as u64, bits: 8 * bytes.len() as u64, reason: Reason::Kept, kl: None });
+                w.tensor(t.name.clone(), t.ty, &t.dims, bytes)?;
+            }
+        }
+    }
+    let report_so_far = QuantizeReport { tensors: report, file_bytes: 0 };
+    w.metadata("tern.quantize.bpw", MetaValue::F64(report_so_far.bpw()));
+    match options.precision {
+        Precision::Bits(f) => w.metadata("tern.quantize.bits", MetaValue::U32(f.quant_bits() as u32)),
+        Precision::TargetBpw(x) => w.metadata("tern.quantize.target_bpw", MetaValue::F64(x)),
+    };
+    if let Some(i) = importance {
+        w.metadata("tern.quantize.imatrix_tokens", MetaValue::U64(i.tokens as u64));
+    }
+    let bytes = w.to_bytes()?;
+    let tmp = output.with_extension("partial");
+    let io = |source| Error::Load(tern_loader::Error::Io { path: output.display().to_string(), source });
+    std::fs::write(&tmp, &bytes).map_err(io)?;
+    std::fs::rename(&tmp, output).map_err(io)?;
+    progress(&QuantizeProgress { stage: Stage::Write, done: n, total: n, tensor: "" });
+    Ok(QuantizeReport { file_bytes: bytes.len() as u64, ..report_so_far })
+}
+
+/// Fills `m.kl` of every unforced matrix with its KL rise per format: measured for every format but T8, which
+/// is predicted (see the module docs). Reads and writes the cache file when there is one.
+fn measure_sensitivities(
+    engine: &mut Engine,
+    input: &Path,
+    text: &str,
+    importance: Option<&ImportanceMatrix>,
+    options: &QuantizeOptions,
+    matrices: &mut [Matrix],
+    progress: &mut dyn FnMut(&QuantizeProgress<'_>),
+) -> Result<()> {
+    let tokens = crate::eval::chunk_tokens(engine, text, options.sensitivity_tokens, Some(1))?.remove(0);
+    let file_len = std::fs::metadata(input).map(|m| m.len()).unwrap_or(0);
+    let key = format!(
+        "{} ({file_len} bytes), {} tokens, importance over {} tokens",
+        input.display(),
+        tokens.len(),
+        importance.map_or(0, |i| i.tokens)
+    );
+    let mut cache: SensitivityCache = options
+        .sensitivity_cache
+        .as_ref()
+        .and_then(|p| std::fs::read(p).ok())
+        .and_then(|b| serde_json::from_slice::<SensitivityCache>(&b).ok())
+        .filter(|c| c.key == key)
+        .unwrap_or(SensitivityCache { key, kl: HashMap::new() });
+
+    let vocab = engine.model().config.vocab_size;
+    let run = |engine: &Engine| -> Result<Vec<f32>> {
+        let model = engine.model();
+        let mut cache = model.new_cache(tokens.len())?;
+        let mut scratch = tern_model::Scratch::new(model.backend())?;
+        Ok(model.backend().install(|| model.forward(&tokens, &mut cache, &mut scratch, true))?)
+    };
+    let reference: Vec<Vec<f64>> = run(engine)?
+        .chunks_exact(vocab)
+        .map(|l| {
+            let mut lp = Vec::new();
+            log_softmax(l, &mut lp);
+            lp
+        })
+        .collect();
+    let measured: Vec<TernFormat> = options.formats.iter().copied().filter(|&f| f != TernFormat::T8).collect();
+    let todo: Vec<(usize, TernFormat)> = matrices
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.forced.is_none())
+        .flat_map(|(i, _)| measured.iter().map(move |&f| (i, f)))
+        .collect();
+    let mut lq = Vec::new();
+    for (done, &(i, f)) in todo.iter().enumerate() {
+        let m = &mut matrices[i];
+        progress(&QuantizeProgress { stage: Stage::Sensitivity, done, total: todo.len(), tensor: &m.info.name });
+        let cached = cache.kl.get(&m.info.name).and_then(|k| k.get(f.name())).copied();
+        let kl = match cached {
+            Some(kl) => kl,
+            None => {
+                let q = engine.model.backend().upload_matrix(m.quantized[&f].view())?;
+                let slot = engine.model.matrix_mut(&m.info.name).ok_or_else(|| Error::Option {
+                    name: "model",
+                    detail: format!("the model has no matrix {:?} to measure", m.info.name),
+                })?;
+                let original = std::mem::replace(slot, q);
+                let logits = run(engine);
+                *engine.model.matrix_mut(&m.info.name).expect("just found") = original;
+                let mut sum = 0f64;
+                for (l, lp) in logits?.chunks_exact(vocab).zip(&reference) {
+                    log_softmax(l, &mut lq);
+                    sum += kl_divergence(lp, &lq);
+                }
+                let kl = sum / reference.len() as f64;
+                cache.kl.entry(m.info.name.clone()).or_default().insert(f.name().into(), kl);
+                kl
+            }
+        };
+        m.kl.insert(f, kl);
+    }
+    progress(&QuantizeProgress { stage: Stage::Sensitivity, done: todo.len(), total: todo.len(), tensor: "" });
+    // T8 from the largest measured format, by the ratio of their errors (with T8 alone: its error stands in).
+    let base = measured.iter().copied().max_by_key(|f| f.quant_bits());
+    for m in matrices.iter_mut().filter(|m| m.forced.is_none()) {
+        for f in options.formats.iter().filter(|f| !measured.contains(f)) {
+            let predicted = match base {
+                Some(b) if m.errors[&b] > 0.0 => m.kl[&b] * m.errors[f] / m.errors[&b],
+                Some(_) => 0.0,
+                None => m.errors[f],
+            };
+            m.kl.insert(*f, predicted);
+        }
+    }
+    if let Some(p) = &options.sensitivity_cache {
+        let json = serde_json::to_vec_pretty(&cache).map_err(|e| Error::Option { name: "sensitivity-cache", detail: e.to_string() })?;
+        std::fs::write(p, json).map_err(|source| Error::Load(tern_loader::Error::Io { path: p.display().to_string(), source }))?;
+    }
+    Ok(())
+}
