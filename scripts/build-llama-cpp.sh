@@ -20,11 +20,11 @@ if [ ! -d "$src" ]; then
   tar -xzf "$sdist" -C "$src" --strip-components=1
 fi
 
-if [ ! -x "$root/build/bin/llama-bench" ]; then
+if [ ! -x "$root/build/bin/llama-imatrix" ]; then
   cmake -S "$src/vendor/llama.cpp" -B "$root/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
     -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=OFF
-  cmake --build "$root/build" -j"$(nproc)" --target llama-bench llama-perplexity llama-quantize
+  cmake --build "$root/build" -j"$(nproc)" --target llama-bench llama-perplexity llama-quantize llama-imatrix
 fi
 echo "llama.cpp tools in $root/build/bin" >&2
 

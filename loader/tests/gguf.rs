@@ -302,3 +302,105 @@ proptest! {
         }
     }
 }
+
+/// tern's own formats: stored as I8 byte tensors with `tern.type.*` / `tern.dims.*` keys.
+mod tern_tensors {
+    use super::*;
+    use tern_core::TernFormat;
+
+    /// A T4 matrix of 2 rows of 64 and a T2 one of 3 rows of 32 (their bytes are arbitrary but sized right).
+    fn tern_file() -> (GgufWriter, Vec<u8>, Vec<u8>) {
+        let t4: Vec<u8> = (0..TensorType::T4.data_bytes(2, 64).unwrap()).map(|i| i as u8).collect();
+        let t2: Vec<u8> = (0..TensorType::T2.data_bytes(3, 32).unwrap()).map(|i| (i * 5) as u8).collect();
+        let mut w = GgufWriter::new();
+        w.metadata("general.architecture", MetaValue::String("llama".into()));
+        w.tensor("m4", TensorType::T4, &[64, 2], t4.clone()).unwrap();
+        w.tensor("norm", TensorType::F32, &[32], vec![0; 128]).unwrap();
+        w.tensor("m2", TensorType::T2, &[32, 3], t2.clone()).unwrap();
+        (w, t4, t2)
+    }
+
+    #[test]
+    fn round_trip_with_types_and_shapes() {
+        let (w, t4, t2) = tern_file();
+        let f = parse(w.to_bytes().unwrap()).unwrap();
+        let m4 = f.tensor("m4").unwrap();
+        assert_eq!((m4.ty, m4.dims.clone(), m4.size), (TensorType::T4, vec![64, 2], t4.len()));
+        assert_eq!(f.data(m4), &t4[..]);
+        let m2 = f.tensor("m2").unwrap();
+        assert_eq!((m2.ty, m2.dims.clone()), (TensorType::T2, vec![32, 3]));
+        assert_eq!(f.data(m2), &t2[..]);
+        assert_eq!(f.metadata.str("tern.type.m4").unwrap(), "T4");
+        assert_eq!(f.tensor("norm").unwrap().ty, TensorType::F32);
+    }
+
+    #[test]
+    fn other_readers_see_i8_byte_tensors() {
+        // What a GGUF reader that does not know tern sees: type I8 (24), one dimension of the byte count.
+        let (w, t4, _) = tern_file();
+        let bytes = w.to_bytes().unwrap();
+        let mut needle = 2u64.to_le_bytes().to_vec();
+        needle.extend_from_slice(b"m4");
+        let at = find(&bytes, &needle) + 8 + 2;
+        assert_eq!(u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()), 1, "one dimension");
+        assert_eq!(u64::from_le_bytes(bytes[at + 4..at + 12].try_into().unwrap()), t4.len() as u64);
+        assert_eq!(u32::from_le_bytes(bytes[at + 12..at + 16].try_into().unwrap()), tern_loader::GGUF_I8);
+    }
+
+    #[test]
+    fn exact_bits_per_weight() {
+        assert_eq!(TensorType::T4.bits_per_weight(576), TernFormat::T4.bits_per_weight(576));
+        assert_eq!(8 * TensorType::T3.data_bytes(7, 576).unwrap(), (TernFormat::T3.bits_per_weight(576) * 7.0 * 576.0).round() as usize);
+    }
+
+    fn with_key(key: &str, value: MetaValue) -> Result<GgufFile, Error> {
+        let (mut w, ..) = tern_file();
+        w.metadata(key, value);
+        parse(w.to_bytes().unwrap())
+    }
+
+    #[test]
+    fn unknown_tern_type_is_named() {
+        let e = with_key("tern.type.m4", MetaValue::String("T5".into())).unwrap_err();
+        assert!(matches!(&e, Error::UnknownTernType { tensor, name, .. } if tensor == "m4" && name == "T5"), "{e}");
+        assert!(e.to_string().contains("T2, T3, T4, T8"), "{e}");
+    }
+
+    #[test]
+    fn shape_that_does_not_match_the_bytes() {
+        let e = message(with_key("tern.dims.m4", MetaValue::Array(vec![MetaValue::U64(64), MetaValue::U64(3)])).unwrap_err());
+        assert!(e.contains("T4 3x64 takes") && e.contains("I8 dimensions"), "{e}");
+        let e = message(with_key("tern.dims.m4", MetaValue::Array(vec![MetaValue::U64(48), MetaValue::U64(2)])).unwrap_err());
+        assert!(e.contains("not a multiple of T4's block of 32"), "{e}");
+        let e = message(with_key("tern.dims.m4", MetaValue::Array(vec![MetaValue::U64(64)])).unwrap_err());
+        assert!(e.contains("two positive integers"), "{e}");
+        let e = message(with_key("tern.dims.m4", MetaValue::String("64x2".into())).unwrap_err());
+        assert!(e.contains("tern.dims.m4") && e.contains("array"), "{e}");
+    }
+
+    #[test]
+    fn tern_key_on_a_tensor_of_another_type() {
+        let e = message(with_key("tern.type.norm", MetaValue::String("T4".into())).unwrap_err());
+        assert!(e.contains("\"norm\"") && e.contains("not I8"), "{e}");
+    }
+
+    #[test]
+    fn i8_tensor_without_tern_keys_is_unknown() {
+        let (w, ..) = tern_file();
+        let mut bytes = w.to_bytes().unwrap();
+        // Rename the key of m4 so the I8 tensor loses its description.
+        let at = find(&bytes, b"tern.type.m4");
+        bytes[at + 11] = b'x';
+        let e = parse(bytes).unwrap_err();
+        assert!(matches!(&e, Error::UnknownTensorType { tensor, ty: 24, .. } if tensor == "m4"), "{e}");
+    }
+
+    #[test]
+    fn writer_checks_tern_sizes() {
+        let mut w = GgufWriter::new();
+        let e = w.tensor("m", TensorType::T3, &[64, 2], vec![0; 10]).unwrap_err().to_string();
+        assert!(e.contains("10 bytes given"), "{e}");
+        let e = w.tensor("m", TensorType::T3, &[64], vec![0; TensorType::T3.data_bytes(1, 64).unwrap()]).unwrap_err().to_string();
+        assert!(e.contains("not [cols, rows]"), "{e}");
+    }
+}

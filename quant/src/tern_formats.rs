@@ -151,6 +151,44 @@ fn fit_asymmetric(x: &[f32], w: &[f32], nmax: f32) -> (f32, f32) {
     best
 }
 
+/// The block's scale and minimum codes: the neighbours of the rounded fit `(s, o)` in units `(d, mu)`, the one
+/// with the least weighted error once the quants are chosen again against the coded values. Rounding each code
+/// alone ignores that the two errors interact; with 4-bit codes (T2) the choice matters most.
+fn best_codes(x: &[f32], w: &[f32], (s, o): (f32, f32), (d, mu): (f32, f32), cmax: f32, nmax: f32, symmetric: bool) -> (u32, u32) {
+    let round = |v: f32, unit: f32| if unit > 0.0 { (v / unit).round().clamp(0.0, cmax) } else { 0.0 };
+    let (sc0, mn0) = (round(s, d), round(o, mu));
+    let error = |sc: f32, mn: f32| -> f32 {
+        let (scale, offset) = (d * sc, mu * mn);
+        x.iter()
+            .zip(w)
+            .map(|(&v, &wi)| {
+                let q = match (scale > 0.0, symmetric) {
+                    (false, _) => 0.0,
+                    (true, true) => (v / scale).round().clamp(-nmax, nmax),
+                    (true, false) => ((v + offset) / scale).round().clamp(0.0, nmax),
+                };
+                let e = scale * q - offset - v;
+                wi * e * e
+            })
+            .sum()
+    };
+    let mut best = (sc0, mn0, error(sc0, mn0));
+    let mn_steps: &[f32] = if symmetric { &[0.0] } else { &[-1.0, 0.0, 1.0] };
+    for dsc in [-1.0f32, 0.0, 1.0] {
+        for &dmn in mn_steps {
+            let (sc, mn) = (sc0 + dsc, mn0 + dmn);
+            if (dsc == 0.0 && dmn == 0.0) || !(0.0..=cmax).contains(&sc) || !(0.0..=cmax).contains(&mn) || (mu == 0.0 && mn > 0.0) {
+                continue;
+            }
+            let e = error(sc, mn);
+            if e < best.2 {
+                best = (sc, mn, e);
+            }
+        }
+    }
+    (best.0 as u32, best.1 as u32)
+}
+
 /// Best scale for signed quants in `[-nmax, nmax]`: `x ~ scale * q`.
 fn fit_symmetric(x: &[f32], w: &[f32], nmax: f32) -> f32 {
     let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
@@ -257,8 +295,8 @@ impl TernMatrix {
             let codes = &mut m.codes[r * code_words..(r + 1) * code_words];
             let quants = &mut m.quants[r * nb * format.quant_words()..(r + 1) * nb * format.quant_words()];
             for (b, &(s, o)) in fits.iter().enumerate() {
-                let sc = if d > 0.0 { (s / d).round().clamp(0.0, cmax) as u32 } else { 0 };
-                let mn = if mu > 0.0 { (o / mu).round().clamp(0.0, cmax) as u32 } else { 0 };
+                let (xb, wb) = (&x[b * 32..(b + 1) * 32], &weights[b * 32..(b + 1) * 32]);
+                let (sc, mn) = best_codes(xb, wb, (s, o), (d, mu), cmax, nmax, symmetric(format));
                 match format {
                     TernFormat::T2 => put_bits(codes, b * 8, 8, sc | mn << 4),
                     TernFormat::T3 | TernFormat::T4 => put_bits(codes, b * 16, 16, sc | mn << 8),

@@ -1,0 +1,162 @@
+//! `tern::quantize` and `tern::ImportanceMatrix` end to end on SmolLM2-135M: files that load and run, the
+//! plan's bits within the target, and clear errors for impossible requests.
+
+use std::path::{Path, PathBuf};
+
+use tern::core::{TensorType, TernFormat};
+use tern::quantize::{Override, Reason};
+use tern::{evaluate, quantize, Engine, EvalOptions, ImportanceMatrix, Precision, QuantizeOptions};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn model() -> PathBuf {
+    root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+/// The first half of the corpus's Python tutorial: calibration text, as the quality reports use it.
+fn calibration() -> String {
+    let path = root().join("../shared/corpus/python-tutorial.txt");
+    let t = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mid = t.char_indices().map(|(i, _)| i).find(|&i| i >= t.len() / 2).unwrap();
+    t[..mid].to_string()
+}
+
+/// Second-half text for scoring.
+fn eval_text() -> String {
+    let path = root().join("../shared/corpus/python-tutorial.txt");
+    let t = std::fs::read_to_string(&path).unwrap();
+    let mid = t.char_indices().map(|(i, _)| i).find(|&i| i >= t.len() / 2).unwrap();
+    t[mid..].to_string()
+}
+
+fn out(name: &str) -> PathBuf {
+    let dir = root().join("target/test-quantize");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn engine(path: &Path) -> Engine {
+    Engine::builder(path).threads(2).build().unwrap()
+}
+
+/// KL-divergence and top-1 agreement of `path` against the source model over one chunk of 128 tokens.
+fn against_source(path: &Path) -> (f64, f64) {
+    let (q, reference) = (engine(path), engine(&model()));
+    let r = evaluate(&q, Some(&reference), &eval_text(), EvalOptions { ctx: 128, max_chunks: Some(1) }, &mut |_, _| {}).unwrap();
+    let c = r.reference.unwrap();
+    (c.kl.mean, c.top1.mean)
+}
+
+#[test]
+fn uniform_t8_file_loads_and_matches_the_source() {
+    let path = out("t8.gguf");
+    let report = quantize(&model(), &path, &QuantizeOptions::new(Precision::Bits(TernFormat::T8)), &mut |_| {}).unwrap();
+    let matrices: Vec<_> = report.tensors.iter().filter(|t| t.reason != Reason::Kept).collect();
+    assert_eq!(matrices.len(), 30 * 7 + 1, "every layer's seven matrices and the (tied) embedding");
+    assert!(matrices.iter().all(|t| t.ty == TensorType::T8 && t.reason == Reason::Uniform));
+    assert!(report.tensors.iter().filter(|t| t.reason == Reason::Kept).all(|t| t.ty == TensorType::F32 && t.name.contains("norm")));
+    let matrix_bits: u64 = matrices.iter().map(|t| t.bits).sum();
+    let matrix_params: u64 = matrices.iter().map(|t| t.params).sum();
+    // 8.389 bits per weight on rows of 576, 8.375 on ffn_down's rows of 1536.
+    let bpw = matrix_bits as f64 / matrix_params as f64;
+    assert!((TernFormat::T8.bits_per_weight(1536)..TernFormat::T8.bits_per_weight(576)).contains(&bpw), "{bpw}");
+    assert_eq!(report.file_bytes, std::fs::metadata(&path).unwrap().len());
+
+    // 8 bits from a 4-bit source: all but identical.
+    let (kl, top1) = against_source(&path);
+    assert!(kl < 0.005 && top1 > 0.95, "KL {kl}, top-1 {top1}");
+    let text = engine(&path).generate("The capital of France is", &tern::GenerateOptions::greedy(8)).unwrap();
+    assert!(text.contains("Paris"), "{text:?}");
+}
+
+#[test]
+fn importance_matrix_round_trip() {
+    let e = engine(&model());
+    let mut calls = 0;
+    let m = ImportanceMatrix::collect(&e, &calibration(), 64, Some(2), &mut |_, _| calls += 1).unwrap();
+    assert_eq!((m.tokens, m.chunks, calls), (128, 2, 3));
+    assert_eq!(m.columns.len(), 30 * 7 + 1);
+    assert_eq!(m.get("blk.0.attn_q.weight"), m.get("blk.0.attn_v.weight"), "q, k and v share their input");
+    assert_eq!(m.get("blk.3.ffn_down.weight").unwrap().len(), 1536);
+    assert_eq!(m.get("token_embd.weight").unwrap().len(), 576, "the tied head's input");
+    assert!(m.columns.values().flatten().all(|v| v.is_finite() && *v >= 0.0));
+    assert!(m.get("blk.3.ffn_up.weight").unwrap().iter().any(|&v| v > 0.0));
+    let path = out("imatrix.gguf");
+    m.save(&path).unwrap();
+    assert_eq!(ImportanceMatrix::load(&path).unwrap(), m);
+    // A model file is not an importance matrix.
+    let e = ImportanceMatrix::load(model()).unwrap_err().to_string();
+    assert!(e.contains("not an importance matrix"), "{e}");
+}
+
+/// Layers 1 to 29 forced to T4 by overrides; the planner spends what is left on layer 0 and the embedding.
+fn mixed_options(target: f64, cache: &Path) -> QuantizeOptions {
+    let mut o = QuantizeOptions::new(Precision::TargetBpw(target));
+    let lines: String = (1..=9).map(|d| format!("blk.{d}*.weight = T4 # layers {d}, {d}x\n")).collect();
+    o.overrides = Override::parse(&lines, "test").unwrap();
+    o.calibration = Some(calibration());
+    o.calibration_ctx = 64;
+    o.calibration_chunks = Some(2);
+    o.sensitivity_tokens = 32;
+    o.sensitivity_cache = Some(cache.to_path_buf());
+    o
+}
+
+#[test]
+fn mixed_precision_meets_its_target_by_measured_sensitivity() {
+    let (path, cache) = (out("mixed.gguf"), out("mixed.sensitivity.json"));
+    let _ = std::fs::remove_file(&cache);
+    let report = quantize(&model(), &path, &mixed_options(4.2, &cache), &mut |_| {}).unwrap();
+    assert!(report.bpw() <= 4.2, "{} bpw", report.bpw());
+    assert!(report.bpw() > 4.1, "{} bpw leaves bits unspent", report.bpw());
+    let planned: Vec<_> = report.tensors.iter().filter(|t| t.reason == Reason::Planned).collect();
+    assert_eq!(planned.len(), 8, "layer 0's seven matrices and the embedding");
+    assert!(planned.iter().all(|t| t.kl.is_some_and(|k| k >= 0.0)));
+    let mut formats: Vec<TensorType> = planned.iter().map(|t| t.ty).collect();
+    formats.dedup();
+    assert!(formats.len() >= 2, "a budget between T2 and T4 mixes formats: {formats:?}");
+    assert!(report.tensors.iter().filter(|t| t.name.starts_with("blk.1")).all(|t| t.reason == Reason::Override || t.reason == Reason::Kept));
+    let (kl, _) = against_source(&path);
+    assert!(kl < 0.5, "KL {kl}");
+
+    // The second run reads the measurements back and makes the same plan.
+    assert!(std::fs::metadata(&cache).unwrap().len() > 0);
+    let again = quantize(&model(), &out("mixed2.gguf"), &mixed_options(4.2, &cache), &mut |_| {}).unwrap();
+    let types = |r: &tern::QuantizeReport| r.tensors.iter().map(|t| t.ty).collect::<Vec<_>>();
+    assert_eq!(types(&again), types(&report));
+
+    let e = quantize(&model(), &out("never.gguf"), &mixed_options(3.0, &cache), &mut |_| {}).unwrap_err().to_string();
+    assert!(e.contains("below the smallest this model can take"), "{e}");
+}
+
+#[test]
+fn impossible_requests_are_clear_errors() {
+    let mut o = QuantizeOptions::new(Precision::TargetBpw(3.0));
+    let e = quantize(&model(), &out("x.gguf"), &o, &mut |_| {}).unwrap_err().to_string();
+    assert!(e.contains("give --calibration"), "{e}");
+    o.precision = Precision::TargetBpw(-1.0);
+    let e = quantize(&model(), &out("x.gguf"), &o, &mut |_| {}).unwrap_err().to_string();
+    assert!(e.contains("not a positive number"), "{e}");
+    let e = Override::parse("blk.* T4", "f").unwrap_err().to_string();
+    assert!(e.contains("f line 1") && e.contains("pattern = format"), "{e}");
+    let e = Override::parse("# fine\nblk.* = Q4_K", "f").unwrap_err().to_string();
+    assert!(e.contains("f line 2") && e.contains("\"Q4_K\" is not a tern format"), "{e}");
+    let e = quantize(Path::new("/nonexistent.gguf"), &out("x.gguf"), &QuantizeOptions::new(Precision::Bits(TernFormat::T4)), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("/nonexistent.gguf"), "{e}");
+}
+
+#[test]
+fn override_patterns() {
+    let o = |p: &str| Override { pattern: p.into(), format: TernFormat::T4 };
+    assert!(o("blk.*.ffn_down.weight").matches("blk.12.ffn_down.weight"));
+    assert!(!o("blk.*.ffn_down.weight").matches("blk.12.ffn_up.weight"));
+    assert!(o("token_embd.weight").matches("token_embd.weight"));
+    assert!(o("blk.?.attn_*").matches("blk.3.attn_q.weight"));
+    assert!(!o("blk.?.attn_*").matches("blk.13.attn_q.weight"));
+    assert!(o("*").matches("anything"));
+    assert!(!o("blk.1*").matches("blk.0.attn_q.weight"));
+}
