@@ -114,9 +114,11 @@ if [ "$which" = all ] || [ "$which" = tern ]; then
       --calibration "$out/calibration.txt" --sensitivity-cache "$out/tern.sensitivity.json" --verbose > "$out/tern-mix$target.quantize.log"
     models+=("$out/tern-mix$target.gguf")
   done
+  # The f32 model's log-probabilities once (about 2 GB for 40 chunks), then every model against them.
+  [ -f "$out/f32.tern.logits" ] || $tern eval -m "$f32" --text "$out/eval.txt" --chunks "$chunks" --save-logits "$out/f32.tern.logits" > "$out/f32.tern.eval.log" 2>&1
   for m in "${models[@]}"; do
     log=${m%.gguf}.eval.log
-    $tern eval -m "$m" --text "$out/eval.txt" --chunks "$chunks" --reference "$f32" > "$log" 2>&1
+    $tern eval -m "$m" --text "$out/eval.txt" --chunks "$chunks" --reference-logits "$out/f32.tern.logits" > "$log" 2>&1
     ppl=$(grep "^PPL = " "$log" | sed 's/PPL = //')
     kl=$(grep "^KL-divergence = " "$log" | sed 's/KL-divergence = //')
     top1=$(grep "^top-1 agreement = " "$log" | sed 's/top-1 agreement = //')

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use tern::{EvalOptions, EvalReport};
+use tern::{EvalOptions, EvalReport, Reference};
 
 use crate::ModelArgs;
 
@@ -23,8 +23,14 @@ pub struct EvalArgs {
     #[arg(long)]
     chunks: Option<usize>,
     /// A reference model (same vocabulary, e.g. the unquantized one) for KL-divergence and top-1 agreement.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "reference_logits")]
     reference: Option<PathBuf>,
+    /// A reference's log-probabilities saved by `tern eval --save-logits` on the same text, ctx and chunks.
+    #[arg(long)]
+    reference_logits: Option<PathBuf>,
+    /// Save this model's log-probabilities at the scored positions, to serve later as --reference-logits.
+    #[arg(long)]
+    save_logits: Option<PathBuf>,
 }
 
 pub fn run(args: &EvalArgs) -> Result<(), tern::Error> {
@@ -44,8 +50,13 @@ pub fn run(args: &EvalArgs) -> Result<(), tern::Error> {
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
-    let options = EvalOptions { ctx: args.ctx, max_chunks: args.chunks };
-    let report = tern::evaluate(&engine, reference.as_ref(), &text, options, &mut |done, total| {
+    let options = EvalOptions { ctx: args.ctx, max_chunks: args.chunks, save_logits: args.save_logits.clone() };
+    let reference = match (&reference, &args.reference_logits) {
+        (Some(engine), _) => Some(Reference::Model(engine)),
+        (None, Some(path)) => Some(Reference::Saved(path)),
+        (None, None) => None,
+    };
+    let report = tern::evaluate(&engine, reference, &text, &options, &mut |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     });

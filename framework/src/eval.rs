@@ -9,20 +9,142 @@
 //!   scored positions of `KL(reference || model)` over the whole vocabulary, with its standard error, and top-1
 //!   agreement the share of positions where both models' most likely tokens are the same.
 
+use std::path::{Path, PathBuf};
+
 use crate::{Engine, Error, Result};
 
 /// What to evaluate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EvalOptions {
     /// Tokens per chunk (llama.cpp's `-c`; it defaults to 512 for perplexity).
     pub ctx: usize,
     /// At most this many chunks (`None`: all the text allows).
     pub max_chunks: Option<usize>,
+    /// Save the model's log-probabilities at the scored positions here, to serve later as a
+    /// [`Reference::Saved`] (f32, so about 50 MB per chunk of 512 for a vocabulary of 49152).
+    pub save_logits: Option<PathBuf>,
 }
 
 impl Default for EvalOptions {
     fn default() -> Self {
-        EvalOptions { ctx: 512, max_chunks: None }
+        EvalOptions { ctx: 512, max_chunks: None, save_logits: None }
+    }
+}
+
+/// What the model is compared with.
+#[derive(Debug, Clone, Copy)]
+pub enum Reference<'a> {
+    /// Another model (same vocabulary), run on the same chunks.
+    Model(&'a Engine),
+    /// Log-probabilities saved by an earlier evaluation with [`EvalOptions::save_logits`] on the same text and
+    /// chunk length.
+    Saved(&'a Path),
+}
+
+const LOGITS_MAGIC: &[u8; 8] = b"TERNLOGP";
+const LOGITS_VERSION: u32 = 1;
+
+/// Writes scored positions' log-probabilities: a header (magic, version, ctx, vocab, chunks: u32), then per
+/// chunk its `ctx` token ids (u32) and `ctx - 1 - ctx/2` rows of `vocab` f32 log-probabilities, little-endian.
+struct LogitsWriter {
+    out: std::io::BufWriter<std::fs::File>,
+    path: PathBuf,
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> Error {
+    Error::Load(tern_loader::Error::Io { path: path.display().to_string(), source: e })
+}
+
+impl LogitsWriter {
+    fn create(path: &Path, ctx: usize, vocab: usize, chunks: usize) -> Result<Self> {
+        let file = std::fs::File::create(path).map_err(|e| io_error(path, e))?;
+        let mut w = LogitsWriter { out: std::io::BufWriter::new(file), path: path.to_path_buf() };
+        w.bytes(LOGITS_MAGIC)?;
+        for v in [LOGITS_VERSION, ctx as u32, vocab as u32, chunks as u32] {
+            w.bytes(&v.to_le_bytes())?;
+        }
+        Ok(w)
+    }
+
+    fn bytes(&mut self, b: &[u8]) -> Result<()> {
+        use std::io::Write;
+        self.out.write_all(b).map_err(|e| io_error(&self.path, e))
+    }
+
+    fn chunk(&mut self, tokens: &[u32]) -> Result<()> {
+        for t in tokens {
+            self.bytes(&t.to_le_bytes())?;
+        }
+        Ok(())
+    }
+
+    fn row(&mut self, log_probs: &[f64]) -> Result<()> {
+        let b: Vec<u8> = log_probs.iter().flat_map(|&v| (v as f32).to_le_bytes()).collect();
+        self.bytes(&b)
+    }
+
+    fn finish(mut self) -> Result<()> {
+        use std::io::Write;
+        self.out.flush().map_err(|e| io_error(&self.path, e))
+    }
+}
+
+/// Reads what [`LogitsWriter`] wrote, checking it against the chunks being evaluated.
+struct LogitsReader {
+    input: std::io::BufReader<std::fs::File>,
+    path: PathBuf,
+    vocab: usize,
+    buf: Vec<u8>,
+}
+
+impl LogitsReader {
+    fn open(path: &Path, ctx: usize, vocab: usize, chunks: usize) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(|e| io_error(path, e))?;
+        let mut r = LogitsReader { input: std::io::BufReader::new(file), path: path.to_path_buf(), vocab, buf: Vec::new() };
+        let bad = |detail: String| Error::Option { name: "reference", detail: format!("{}: {detail}", path.display()) };
+        let magic = r.read(8)?.to_vec();
+        if magic != LOGITS_MAGIC {
+            return Err(bad("not a saved-logits file from `tern eval --save-logits`".into()));
+        }
+        let mut header = [0u32; 4];
+        for h in &mut header {
+            *h = u32::from_le_bytes(r.read(4)?.try_into().expect("4 bytes"));
+        }
+        let [version, saved_ctx, saved_vocab, saved_chunks] = header;
+        if version != LOGITS_VERSION {
+            return Err(bad(format!("version {version}; this tern reads version {LOGITS_VERSION}")));
+        }
+        if saved_ctx as usize != ctx || saved_vocab as usize != vocab {
+            return Err(bad(format!("saved with ctx {saved_ctx} and a vocabulary of {saved_vocab}, evaluating with ctx {ctx} and {vocab}")));
+        }
+        if (saved_chunks as usize) < chunks {
+            return Err(bad(format!("holds {saved_chunks} chunks, {chunks} are to be scored")));
+        }
+        Ok(r)
+    }
+
+    fn read(&mut self, n: usize) -> Result<&[u8]> {
+        use std::io::Read;
+        self.buf.resize(n, 0);
+        let path = &self.path;
+        self.input.read_exact(&mut self.buf).map_err(|e| Error::Option { name: "reference", detail: format!("{}: truncated ({e})", path.display()) })?;
+        Ok(&self.buf)
+    }
+
+    fn chunk(&mut self, tokens: &[u32]) -> Result<()> {
+        let same = self.read(4 * tokens.len())?.chunks_exact(4).zip(tokens).all(|(b, &t)| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) == t);
+        if !same {
+            return Err(Error::Option { name: "reference", detail: format!("{}: saved for different text (its tokens differ)", self.path.display()) });
+        }
+        Ok(())
+    }
+
+    fn row(&mut self, out: &mut Vec<f64>) -> Result<()> {
+        let vocab = self.vocab;
+        let b = self.read(4 * vocab)?;
+        out.clear();
+        out.extend(b.chunks_exact(4).map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))));
+        Ok(())
     }
 }
 
@@ -153,9 +275,9 @@ pub(crate) fn chunk_tokens(engine: &Engine, text: &str, ctx: usize, max_chunks: 
 /// `progress(done, total)` after every chunk.
 pub fn evaluate(
     engine: &Engine,
-    reference: Option<&Engine>,
+    reference: Option<Reference<'_>>,
     text: &str,
-    options: EvalOptions,
+    options: &EvalOptions,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<EvalReport> {
     let ctx = options.ctx;
@@ -167,7 +289,7 @@ pub fn evaluate(
         return Err(Error::Option { name: "ctx", detail: format!("{ctx} tokens exceed the model's context of {context_length}") });
     }
     let vocab = engine.model().config.vocab_size;
-    if let Some(r) = reference
+    if let Some(Reference::Model(r)) = reference
         && r.model().config.vocab_size != vocab {
             return Err(Error::Option {
                 name: "reference",
@@ -179,17 +301,41 @@ pub fn evaluate(
     let (mut nll, mut ref_nll, mut kl, mut top1) = (Moments::default(), Moments::default(), Moments::default(), Moments::default());
     let (mut lp, mut lq) = (Vec::new(), Vec::new());
     let mut runner = ChunkRunner::new(engine, ctx)?;
-    let mut ref_runner = reference.map(|r| ChunkRunner::new(r, ctx)).transpose()?;
+    let (mut ref_runner, mut saved) = match reference {
+        Some(Reference::Model(r)) => (Some(ChunkRunner::new(r, ctx)?), None),
+        Some(Reference::Saved(path)) => (None, Some(LogitsReader::open(path, ctx, vocab, chunks.len())?)),
+        None => (None, None),
+    };
+    let mut save = options.save_logits.as_deref().map(|p| LogitsWriter::create(p, ctx, vocab, chunks.len())).transpose()?;
     progress(0, chunks.len());
     for (c, chunk) in chunks.iter().enumerate() {
         let logits = runner.logits(chunk)?;
         let ref_logits = ref_runner.as_mut().map(|r| r.logits(chunk)).transpose()?;
+        if let Some(s) = saved.as_mut() {
+            s.chunk(chunk)?;
+        }
+        if let Some(w) = save.as_mut() {
+            w.chunk(chunk)?;
+        }
         for j in first..ctx - 1 {
             let next = chunk[j + 1] as usize;
             log_softmax(&logits[j * vocab..(j + 1) * vocab], &mut lq);
             nll.push(-lq[next]);
-            if let Some(rl) = &ref_logits {
-                log_softmax(&rl[j * vocab..(j + 1) * vocab], &mut lp);
+            if let Some(w) = save.as_mut() {
+                w.row(&lq)?;
+            }
+            let have_reference = match (&ref_logits, saved.as_mut()) {
+                (Some(rl), _) => {
+                    log_softmax(&rl[j * vocab..(j + 1) * vocab], &mut lp);
+                    true
+                }
+                (None, Some(s)) => {
+                    s.row(&mut lp)?;
+                    true
+                }
+                (None, None) => false,
+            };
+            if have_reference {
                 ref_nll.push(-lp[next]);
                 kl.push(kl_divergence(&lp, &lq));
                 top1.push(if argmax(&lp) == argmax(&lq) { 1.0 } else { 0.0 });
@@ -197,6 +343,7 @@ pub fn evaluate(
         }
         progress(c + 1, chunks.len());
     }
+    save.map(LogitsWriter::finish).transpose()?;
     let ppl_of = |m: &Moments| {
         let e = m.estimate();
         let ppl = e.mean.exp();

@@ -20,7 +20,7 @@ pub mod imatrix;
 pub mod quantize;
 
 pub use engine::{Engine, EngineBuilder};
-pub use eval::{evaluate, EvalOptions, EvalReport};
+pub use eval::{evaluate, EvalOptions, EvalReport, Reference};
 pub use error::{Error, Result};
 pub use imatrix::ImportanceMatrix;
 pub use quantize::{quantize, Precision, QuantizeOptions, QuantizeReport};

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use tern::{evaluate, Engine, EvalOptions};
+use tern::{evaluate, Engine, EvalOptions, Reference};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -32,7 +32,7 @@ const RELATIVE_TOLERANCE: f64 = 0.015;
 fn perplexity_matches_llama_cpp() {
     let engine = Engine::builder(root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf")).threads(2).build().unwrap();
     let mut calls = Vec::new();
-    let report = evaluate(&engine, Some(&engine), &text(), EvalOptions { ctx: 512, max_chunks: Some(2) }, &mut |d, t| calls.push((d, t)))
+    let report = evaluate(&engine, Some(Reference::Model(&engine)), &text(), &EvalOptions { ctx: 512, max_chunks: Some(2), ..Default::default() }, &mut |d, t| calls.push((d, t)))
         .unwrap();
     assert_eq!((report.chunks, report.scored), (2, 2 * 255));
     assert_eq!(calls, vec![(0, 2), (1, 2), (2, 2)]);
@@ -46,8 +46,39 @@ fn perplexity_matches_llama_cpp() {
     assert_eq!(same.top1.mean, 1.0);
 
     // Too little text, or a chunk too short, is a clear error.
-    let e = evaluate(&engine, None, "too short", EvalOptions::default(), &mut |_, _| {}).unwrap_err().to_string();
+    let e = evaluate(&engine, None, "too short", &EvalOptions::default(), &mut |_, _| {}).unwrap_err().to_string();
     assert!(e.contains("do not fill one chunk"), "{e}");
-    assert!(evaluate(&engine, None, &text(), EvalOptions { ctx: 2, max_chunks: None }, &mut |_, _| {}).is_err());
-    assert!(evaluate(&engine, None, &text(), EvalOptions { ctx: 1 << 20, max_chunks: None }, &mut |_, _| {}).is_err());
+    assert!(evaluate(&engine, None, &text(), &EvalOptions { ctx: 2, ..Default::default() }, &mut |_, _| {}).is_err());
+    assert!(evaluate(&engine, None, &text(), &EvalOptions { ctx: 1 << 20, ..Default::default() }, &mut |_, _| {}).is_err());
+}
+
+#[test]
+fn saved_logits_serve_as_the_reference() {
+    let engine = Engine::builder(root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf")).threads(2).build().unwrap();
+    let dir = root().join("target/test-eval");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("reference.logits");
+    let options = EvalOptions { ctx: 64, max_chunks: Some(2), save_logits: Some(path.clone()) };
+    let saved = evaluate(&engine, None, &text(), &options, &mut |_, _| {}).unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 8 + 16 + 2 * (64 * 4 + 31 * 49152 * 4));
+
+    // Against its own saved log-probabilities: the same perplexity, no divergence.
+    let options = EvalOptions { ctx: 64, max_chunks: Some(2), save_logits: None };
+    let r = evaluate(&engine, Some(Reference::Saved(&path)), &text(), &options, &mut |_, _| {}).unwrap();
+    let c = r.reference.unwrap();
+    assert!((c.ppl.mean / saved.ppl.mean - 1.0).abs() < 1e-5, "{} vs {}", c.ppl.mean, saved.ppl.mean);
+    assert!(c.kl.mean.abs() < 1e-6 && c.top1.mean == 1.0, "{c:?}");
+
+    // Different text, chunk length or count, or a file that is not one: clear errors.
+    let e = evaluate(&engine, Some(Reference::Saved(&path)), &text()[1000..], &options, &mut |_, _| {}).unwrap_err().to_string();
+    assert!(e.contains("saved for different text"), "{e}");
+    let longer = EvalOptions { ctx: 128, ..options.clone() };
+    let e = evaluate(&engine, Some(Reference::Saved(&path)), &text(), &longer, &mut |_, _| {}).unwrap_err().to_string();
+    assert!(e.contains("saved with ctx 64"), "{e}");
+    let more = EvalOptions { max_chunks: Some(3), ..options.clone() };
+    let e = evaluate(&engine, Some(Reference::Saved(&path)), &text(), &more, &mut |_, _| {}).unwrap_err().to_string();
+    assert!(e.contains("holds 2 chunks, 3 are to be scored"), "{e}");
+    let model = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let e = evaluate(&engine, Some(Reference::Saved(&model)), &text(), &options, &mut |_, _| {}).unwrap_err().to_string();
+    assert!(e.contains("not a saved-logits file"), "{e}");
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use tern::core::{TensorType, TernFormat};
 use tern::quantize::{Override, Reason};
-use tern::{evaluate, quantize, Engine, EvalOptions, ImportanceMatrix, Precision, QuantizeOptions};
+use tern::{evaluate, quantize, Engine, EvalOptions, Reference, ImportanceMatrix, Precision, QuantizeOptions};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -44,7 +44,7 @@ fn engine(path: &Path) -> Engine {
 /// KL-divergence and top-1 agreement of `path` against the source model over one chunk of 128 tokens.
 fn against_source(path: &Path) -> (f64, f64) {
     let (q, reference) = (engine(path), engine(&model()));
-    let r = evaluate(&q, Some(&reference), &eval_text(), EvalOptions { ctx: 128, max_chunks: Some(1) }, &mut |_, _| {}).unwrap();
+    let r = evaluate(&q, Some(Reference::Model(&reference)), &eval_text(), &EvalOptions { ctx: 128, max_chunks: Some(1), ..Default::default() }, &mut |_, _| {}).unwrap();
     let c = r.reference.unwrap();
     (c.kl.mean, c.top1.mean)
 }
