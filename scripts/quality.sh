@@ -40,7 +40,7 @@ bpw() {
   python3 - "$1" <<'PY'
 import struct, sys
 # Block sizes and bytes per block of the ggml types these files use (ggml.c's type traits).
-traits = {0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 8: (32, 34), 10: (256, 84), 11: (256, 110),
+traits = {0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24), 8: (32, 34), 10: (256, 84), 11: (256, 110),
           12: (256, 144), 13: (256, 176), 14: (256, 210), 16: (256, 66), 17: (256, 74), 18: (256, 98),
           19: (256, 50), 20: (32, 18), 21: (256, 110), 22: (256, 82), 23: (256, 136), 24: (1, 1), 29: (256, 56), 30: (1, 2)}
 f = open(sys.argv[1], "rb")
@@ -111,7 +111,7 @@ if [ "$which" = all ] || [ "$which" = tern ]; then
   done
   for target in 2.5 3.0 3.5 4.0; do
     $tern quantize -m "$f32" -o "$out/tern-mix$target.gguf" --target-bpw "$target" --imatrix "$out/tern.imatrix.gguf" \
-      --calibration "$out/calibration.txt" --sensitivity-cache "$out/tern.sensitivity.json" --verbose > "$out/tern-mix$target.quantize.log"
+      --calibration "$out/calibration.txt" --sensitivity-tokens 128 --sensitivity-cache "$out/tern.sensitivity.json" --verbose > "$out/tern-mix$target.quantize.log"
     models+=("$out/tern-mix$target.gguf")
   done
   # The f32 model's log-probabilities once (about 2 GB for 40 chunks), then every model against them.

@@ -5,11 +5,12 @@
 //! whose pattern matches its name, then either `--bits` (one format for all) or the mixed-precision planner.
 //!
 //! The planner measures how much each matrix matters: with the model loaded, it replaces that matrix alone by
-//! its quantized form and measures the KL-divergence of the model's next-token distributions from the
-//! unquantized model's over calibration tokens. It measures every candidate format except T8, whose rise it
-//! predicts from the largest measured format's by the ratio of their importance-weighted squared errors (T8's
-//! error is about 1/100 of T4's, so its rise is near zero either way). Then it picks formats to meet the target
-//! bits per weight at the least summed rise ([`tern_quant::plan`]).
+//! its quantized form and measures the KL-divergence of the model's next-token distributions from the baseline
+//! model's over calibration tokens. The baseline model has every matrix in T8 (all but lossless, and fast to
+//! run) or in its fixed format; T8's own rise is predicted from the largest measured format's by the ratio of
+//! their importance-weighted squared errors (T8's error is about 1/100 of T4's, so its rise is near zero either
+//! way). Then it picks formats to meet the target bits per weight at the least summed rise
+//! ([`tern_quant::plan`]).
 //!
 //! The output is a GGUF file (`docs/FORMATS.md`): the source's metadata (less `general.file_type`), tern's
 //! tensors as I8 byte tensors with `tern.type.<name>` and `tern.dims.<name>` keys, the plan's summary under
@@ -352,9 +353,16 @@ pub fn quantize(input: &Path, output: &Path, options: &QuantizeOptions, progress
     for (i, m) in matrices.iter_mut().enumerate() {
         progress(&QuantizeProgress { stage: Stage::Quantize, done: i, total, tensor: &m.info.name });
         let w = dequantized(&source, &m.info)?;
+        // Free matrices also get T8: the planner's baseline model (see `measure_sensitivities`).
         let formats: Vec<TernFormat> = match m.forced {
             Some((f, _)) => vec![f],
-            None => options.formats.clone(),
+            None => {
+                let mut all = options.formats.clone();
+                if !all.contains(&TernFormat::T8) {
+                    all.push(TernFormat::T8);
+                }
+                all
+            }
         };
         let importance = imp(m);
         for f in formats {
@@ -499,6 +507,18 @@ fn measure_sensitivities(
         .filter(|c| c.key == key)
         .unwrap_or(SensitivityCache { key, kl: HashMap::new() });
 
+    // The baseline: every matrix in its final format where that is fixed, in T8 (all but lossless) where the
+    // planner chooses. Products in tern's formats run on int8 activations, several times faster than the
+    // source's float matrices, and each measurement changes one matrix of this model.
+    for m in matrices.iter() {
+        let f = m.forced.map_or(TernFormat::T8, |(f, _)| f);
+        let q = engine.model.backend().upload_matrix(m.quantized[&f].view())?;
+        let slot = engine.model.matrix_mut(&m.info.name).ok_or_else(|| Error::Option {
+            name: "model",
+            detail: format!("the model has no matrix {:?} to measure", m.info.name),
+        })?;
+        *slot = q;
+    }
     let vocab = engine.model().config.vocab_size;
     let run = |engine: &Engine| -> Result<Vec<f32>> {
         let model = engine.model();
@@ -530,10 +550,7 @@ fn measure_sensitivities(
             Some(kl) => kl,
             None => {
                 let q = engine.model.backend().upload_matrix(m.quantized[&f].view())?;
-                let slot = engine.model.matrix_mut(&m.info.name).ok_or_else(|| Error::Option {
-                    name: "model",
-                    detail: format!("the model has no matrix {:?} to measure", m.info.name),
-                })?;
+                let slot = engine.model.matrix_mut(&m.info.name).expect("swapped in above");
                 let original = std::mem::replace(slot, q);
                 let logits = run(engine);
                 *engine.model.matrix_mut(&m.info.name).expect("just found") = original;
@@ -550,17 +567,16 @@ fn measure_sensitivities(
         m.kl.insert(f, kl);
     }
     progress(&QuantizeProgress { stage: Stage::Sensitivity, done: todo.len(), total: todo.len(), tensor: "" });
-    // T8 from the largest measured format, by the ratio of their errors (with T8 alone: its error stands in).
+    // T8 is the baseline, so its own rise cannot be measured: predict it from the largest measured format's by
+    // the ratio of their errors.
     let base = measured.iter().copied().max_by_key(|f| f.quant_bits());
     for m in matrices.iter_mut().filter(|m| m.forced.is_none()) {
-        for f in options.formats.iter().filter(|f| !measured.contains(f)) {
-            let predicted = match base {
-                Some(b) if m.errors[&b] > 0.0 => m.kl[&b] * m.errors[f] / m.errors[&b],
-                Some(_) => 0.0,
-                None => m.errors[f],
-            };
-            m.kl.insert(*f, predicted);
-        }
+        let t8 = m.errors[&TernFormat::T8];
+        let predicted = match base {
+            Some(b) if m.errors[&b] > 0.0 => m.kl[&b] * t8 / m.errors[&b],
+            _ => 0.0,
+        };
+        m.kl.insert(TernFormat::T8, predicted);
     }
     if let Some(p) = &options.sensitivity_cache {
         let json = serde_json::to_vec_pretty(&cache).map_err(|e| Error::Option { name: "sensitivity-cache", detail: e.to_string() })?;
