@@ -327,8 +327,33 @@ pub fn quantize(input: &Path, output: &Path, options: &QuantizeOptions, progress
         return Err(Error::Option { name: "model", detail: format!("{} has no weight matrices to quantize", source.path()) });
     }
 
-    // The model itself runs for activation statistics and for sensitivities.
+    // What the plan must fit, checked before any long work.
+    let kept_bits: u64 = source.tensors().iter().filter(|t| !is_matrix(t)).map(|t| 8 * t.size as u64).sum();
+    let params: u64 = source.tensors().iter().map(|t| t.elements() as u64).sum();
+    let bits_of = |m: &Matrix, f: TernFormat| 8 * f.tensor_type().data_bytes(m.rows, m.cols).unwrap_or(usize::MAX) as u64;
+    let fixed_bits = kept_bits + matrices.iter().filter_map(|m| m.forced.map(|(f, _)| bits_of(m, f))).sum::<u64>();
     let needs_sensitivity = matrices.iter().any(|m| m.forced.is_none());
+    if let Precision::TargetBpw(target) = options.precision {
+        let smallest = fixed_bits
+            + matrices.iter().filter(|m| m.forced.is_none()).map(|m| options.formats.iter().map(|&f| bits_of(m, f)).min().unwrap_or(0)).sum::<u64>();
+        if (target * params as f64) < smallest as f64 {
+            return Err(Error::Option {
+                name: "target-bpw",
+                detail: format!(
+                    "{target} bits per weight is below the smallest this model can take with these formats and overrides ({:.3})",
+                    smallest as f64 / params as f64
+                ),
+            });
+        }
+        if needs_sensitivity && options.calibration.is_none() {
+            return Err(Error::Option {
+                name: "calibration",
+                detail: "--target-bpw measures each matrix's sensitivity on calibration text: give --calibration FILE".into(),
+            });
+        }
+    }
+
+    // The model itself runs for activation statistics and for sensitivities.
     let needs_importance = options.importance.is_none() && options.calibration.is_some();
     let mut engine = if needs_sensitivity || needs_importance {
         Some(Engine::builder(input).threads(options.threads).context(options.calibration_ctx.max(options.sensitivity_tokens)).build()?)
@@ -379,21 +404,13 @@ pub fn quantize(input: &Path, output: &Path, options: &QuantizeOptions, progress
 
     if needs_sensitivity {
         let engine = engine.as_mut().expect("loaded when sensitivities are needed");
-        let text = options.calibration.as_deref().ok_or_else(|| Error::Option {
-            name: "calibration",
-            detail: "--target-bpw measures each matrix's sensitivity on calibration text: give --calibration FILE".into(),
-        })?;
+        let text = options.calibration.as_deref().expect("checked above");
         measure_sensitivities(engine, input, text, importance, options, &mut matrices, progress)?;
     }
 
     // The plan.
-    let kept: Vec<&TensorInfo> = source.tensors().iter().filter(|t| !is_matrix(t)).collect();
-    let kept_bits: u64 = kept.iter().map(|t| 8 * t.size as u64).sum();
-    let params: u64 = source.tensors().iter().map(|t| t.elements() as u64).sum();
-    let bits_of = |m: &Matrix, f: TernFormat| 8 * f.tensor_type().data_bytes(m.rows, m.cols).unwrap_or(usize::MAX) as u64;
     let mut chosen: Vec<(TernFormat, Reason)> = matrices.iter().map(|m| m.forced.unwrap_or((TernFormat::T8, Reason::Planned))).collect();
     if let Precision::TargetBpw(target) = options.precision {
-        let forced_bits: u64 = matrices.iter().filter_map(|m| m.forced.map(|(f, _)| bits_of(m, f))).sum();
         let budget = (target * params as f64).floor() as u64;
         let free: Vec<usize> = (0..matrices.len()).filter(|&i| matrices[i].forced.is_none()).collect();
         let tensors: Vec<PlanTensor<TernFormat>> = free
@@ -404,18 +421,7 @@ pub fn quantize(input: &Path, output: &Path, options: &QuantizeOptions, progress
                 PlanTensor { name: m.info.name.clone(), choices }
             })
             .collect();
-        let fixed = kept_bits + forced_bits;
-        let smallest: u64 = tensors.iter().map(|t| t.choices.iter().map(|c| c.bits).min().unwrap_or(0)).sum();
-        if budget < fixed + smallest {
-            return Err(Error::Option {
-                name: "target-bpw",
-                detail: format!(
-                    "{target} bits per weight is below the smallest this model can take with these formats and overrides ({:.3})",
-                    (fixed + smallest) as f64 / params as f64
-                ),
-            });
-        }
-        let picks = plan(&tensors, budget - fixed).map_err(|e| Error::Option { name: "target-bpw", detail: e.to_string() })?;
+        let picks = plan(&tensors, budget.saturating_sub(fixed_bits)).map_err(|e| Error::Option { name: "target-bpw", detail: e.to_string() })?;
         for (&i, (&c, t)) in free.iter().zip(picks.iter().zip(&tensors)) {
             chosen[i] = (t.choices[c].format, Reason::Planned);
         }
@@ -424,7 +430,8 @@ pub fn quantize(input: &Path, output: &Path, options: &QuantizeOptions, progress
     // The file.
     let mut w = GgufWriter::new();
     for (k, v) in source.metadata().iter() {
-        if k == "general.file_type" || k.starts_with("tern.") {
+        // What describes the source's storage goes; what describes the model (`tern.rope.style`) stays.
+        if k == "general.file_type" || ["tern.type.", "tern.dims.", "tern.quantize."].iter().any(|p| k.starts_with(p)) {
             continue;
         }
         w.metadata(k, v.clone());

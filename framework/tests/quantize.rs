@@ -100,6 +100,7 @@ fn mixed_options(target: f64, cache: &Path) -> QuantizeOptions {
     o.calibration_ctx = 64;
     o.calibration_chunks = Some(2);
     o.sensitivity_tokens = 32;
+    o.formats = vec![TernFormat::T2, TernFormat::T4];
     o.sensitivity_cache = Some(cache.to_path_buf());
     o
 }
@@ -159,4 +160,30 @@ fn override_patterns() {
     assert!(!o("blk.?.attn_*").matches("blk.13.attn_q.weight"));
     assert!(o("*").matches("anything"));
     assert!(!o("blk.1*").matches("blk.0.attn_q.weight"));
+}
+
+#[path = "../../model/tests/support/hf_dir.rs"]
+mod hf_dir;
+
+#[test]
+fn hugging_face_directory_quantizes_to_a_self_contained_file() {
+    let dir = out("hf-model");
+    hf_dir::write_hf_dir(&dir, hf_dir::Dtype::Bf16);
+    let path = out("hf-T8.gguf");
+    let report = quantize(&dir, &path, &QuantizeOptions::new(Precision::Bits(TernFormat::T8)), &mut |_| {}).unwrap();
+    assert_eq!(report.tensors.iter().filter(|t| t.ty == TensorType::T8).count(), 2 * 7 + 1);
+    assert!(report.tensors.iter().filter(|t| t.reason == Reason::Kept).all(|t| t.ty == TensorType::Bf16));
+
+    // The file alone carries what the directory's side files said: tokenizer, chat template, RoPE pairing.
+    let file = tern::loader::GgufFile::open(&path).unwrap();
+    assert!(file.metadata.str("tokenizer.huggingface.json").unwrap().contains("<|im_end|>"));
+    assert_eq!(file.metadata.str("tern.rope.style").unwrap(), "halves");
+    assert!(file.metadata.get("tokenizer.chat_template").is_some());
+
+    let (q, reference) = (engine(&path), engine(&dir));
+    let text = "The quick brown fox jumps over the lazy dog; pack my box with five dozen liquor jugs. ".repeat(2);
+    let options = EvalOptions { ctx: 32, max_chunks: Some(2), ..Default::default() };
+    let r = evaluate(&q, Some(Reference::Model(&reference)), &text, &options, &mut |_, _| {}).unwrap();
+    let c = r.reference.unwrap();
+    assert!(c.kl.mean < 1e-3 && c.top1.mean > 0.95, "KL {} top-1 {}", c.kl.mean, c.top1.mean);
 }
