@@ -39,6 +39,12 @@ pub struct QuantizeArgs {
     /// A file to keep measured sensitivities in and reuse when the model and calibration match.
     #[arg(long)]
     sensitivity_cache: Option<PathBuf>,
+    /// Round with error feedback (GPTQ) through second moments of activations on the calibration text.
+    #[arg(long, requires = "calibration")]
+    error_feedback: bool,
+    /// Chunks of 512 calibration tokens the second moments for --error-feedback are gathered over.
+    #[arg(long, default_value_t = 8)]
+    feedback_chunks: usize,
     /// Formats the planner may choose (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "T2,T3,T4,T8")]
     formats: Vec<String>,
@@ -113,6 +119,8 @@ pub fn run(args: &QuantizeArgs) -> Result<(), tern::Error> {
     options.sensitivity_tokens = args.sensitivity_tokens;
     options.sensitivity_cache = args.sensitivity_cache.clone();
     options.calibration_chunks = args.calibration_chunks;
+    options.error_feedback = args.error_feedback;
+    options.feedback_chunks = args.feedback_chunks;
     options.formats = args
         .formats
         .iter()
@@ -138,6 +146,7 @@ pub fn run(args: &QuantizeArgs) -> Result<(), tern::Error> {
             bar.reset();
             bar.set_message(match p.stage {
                 Stage::Importance => "calibrating",
+                Stage::SecondMoments => "moments",
                 Stage::Quantize => "quantizing",
                 Stage::Sensitivity => "sensitivity",
                 Stage::Write => "writing",

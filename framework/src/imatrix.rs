@@ -109,3 +109,80 @@ impl ImportanceMatrix {
         Ok(ImportanceMatrix { tokens, chunks, columns })
     }
 }
+
+/// Second moments `sum x x^T` of the input of every matrix product, for error feedback
+/// ([`tern_quant::FeedbackFactor`]): one `cols x cols` matrix per input (q, k and v share one), over `tokens`.
+#[derive(Debug, Clone, Default)]
+pub struct SecondMoments {
+    pub tokens: usize,
+    /// Matrix name to an index into `grams`.
+    pub site_of: BTreeMap<String, usize>,
+    /// `(cols, row-major cols x cols sums)` per input.
+    pub grams: Vec<(usize, Vec<f64>)>,
+}
+
+/// Adds `x^T x` of `rows x cols` activations into `gram` (f64), tiled so each tile of the result stays in cache,
+/// in parallel over tiles.
+fn add_gram(x: &[f32], rows: usize, cols: usize, gram: &mut [f64]) {
+    use rayon::prelude::*;
+    const TILE: usize = 32;
+    gram.par_chunks_mut(TILE * cols).enumerate().for_each(|(tile, g)| {
+        let i0 = tile * TILE;
+        let mut acc = vec![0f32; g.len()];
+        for t in 0..rows {
+            let xt = &x[t * cols..(t + 1) * cols];
+            for (di, row) in acc.chunks_exact_mut(cols).enumerate() {
+                let xi = xt[i0 + di];
+                for (a, &xj) in row.iter_mut().zip(xt) {
+                    *a += xi * xj;
+                }
+            }
+        }
+        for (o, a) in g.iter_mut().zip(&acc) {
+            *o += f64::from(*a);
+        }
+    });
+}
+
+impl SecondMoments {
+    /// Runs `engine` over `text` in chunks of `ctx` tokens (at most `max_chunks`), like
+    /// [`ImportanceMatrix::collect`].
+    pub fn collect(
+        engine: &Engine,
+        text: &str,
+        ctx: usize,
+        max_chunks: Option<usize>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
+        let model = engine.model();
+        let chunks = crate::eval::chunk_tokens(engine, text, ctx, max_chunks)?;
+        let mut m = SecondMoments::default();
+        let mut cache = model.new_cache(ctx)?;
+        let mut scratch = tern_model::Scratch::new(model.backend())?;
+        let backend = model.backend();
+        progress(0, chunks.len());
+        for (c, chunk) in chunks.iter().enumerate() {
+            cache.truncate(0);
+            let mut observe = |names: &[String], x: &<tern_backend_cpu::CpuBackend as Backend>::Tensor| -> tern_model::Result<()> {
+                let (rows, cols) = backend.shape(x);
+                let values = backend.read(x)?;
+                let site = match m.site_of.get(&names[0]) {
+                    Some(&s) => s,
+                    None => {
+                        m.grams.push((cols, vec![0.0; cols * cols]));
+                        m.grams.len() - 1
+                    }
+                };
+                for name in names {
+                    m.site_of.insert(name.clone(), site);
+                }
+                add_gram(&values, rows, cols, &mut m.grams[site].1);
+                Ok(())
+            };
+            backend.install(|| model.forward_observed(chunk, &mut cache, &mut scratch, true, Some(&mut observe)))?;
+            progress(c + 1, chunks.len());
+        }
+        m.tokens = chunks.len() * ctx;
+        Ok(m)
+    }
+}

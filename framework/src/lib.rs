@@ -22,7 +22,7 @@ pub mod quantize;
 pub use engine::{Engine, EngineBuilder};
 pub use eval::{evaluate, EvalOptions, EvalReport, Reference};
 pub use error::{Error, Result};
-pub use imatrix::ImportanceMatrix;
+pub use imatrix::{ImportanceMatrix, SecondMoments};
 pub use quantize::{quantize, Precision, QuantizeOptions, QuantizeReport};
 pub use generation::{FinishReason, GenerateOptions, Generation, Session, Token};
 

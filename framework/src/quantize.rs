@@ -12,6 +12,9 @@
 //! way). Then it picks formats to meet the target bits per weight at the least summed rise
 //! ([`tern_quant::plan`]).
 //!
+//! With error feedback (`--error-feedback`), each matrix is rounded by the GPTQ method through the second
+//! moments of its input over calibration text ([`tern_quant::FeedbackFactor`]).
+//!
 //! The output is a GGUF file (`docs/FORMATS.md`): the source's metadata (less `general.file_type`), tern's
 //! tensors as I8 byte tensors with `tern.type.<name>` and `tern.dims.<name>` keys, the plan's summary under
 //! `tern.quantize.*`, and for Hugging Face sources the tokenizer under `tokenizer.huggingface.json`.
@@ -22,10 +25,10 @@ use std::path::Path;
 use tern_core::{Backend, TensorType, TernFormat};
 use tern_loader::{GgufWriter, MetaValue, ModelSource, TensorInfo};
 use tern_quant::plan::{plan, Choice, PlanTensor};
-use tern_quant::{dequantize_gguf, TernMatrix};
+use tern_quant::{dequantize_gguf, FeedbackFactor, TernMatrix};
 
 use crate::eval::{kl_divergence, log_softmax};
-use crate::{Engine, Error, ImportanceMatrix, Result};
+use crate::{Engine, Error, ImportanceMatrix, Result, SecondMoments};
 
 /// How precise the output should be.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -109,6 +112,10 @@ pub struct QuantizeOptions {
     pub sensitivity_tokens: usize,
     /// A JSON file of measured sensitivities: read when it exists and matches, written after measuring.
     pub sensitivity_cache: Option<std::path::PathBuf>,
+    /// Round with error feedback (GPTQ) through second moments gathered from the calibration text.
+    pub error_feedback: bool,
+    /// Chunks of calibration text the second moments are gathered over.
+    pub feedback_chunks: usize,
     /// Formats the planner may choose from.
     pub formats: Vec<TernFormat>,
     pub overrides: Vec<Override>,
@@ -127,6 +134,8 @@ impl QuantizeOptions {
             calibration_chunks: None,
             sensitivity_tokens: 256,
             sensitivity_cache: None,
+            error_feedback: false,
+            feedback_chunks: 8,
             formats: TernFormat::ALL.to_vec(),
             overrides: Vec::new(),
             threads: 0,
@@ -139,6 +148,8 @@ impl QuantizeOptions {
 pub enum Stage {
     /// Gathering activation statistics (units: chunks).
     Importance,
+    /// Gathering second moments for error feedback (units: chunks).
+    SecondMoments,
     /// Quantizing matrices (units: matrices).
     Quantize,
     /// Measuring each matrix's sensitivity (units: measurements).
@@ -243,12 +254,16 @@ fn dequantized(src: &ModelSource, t: &TensorInfo) -> Result<Vec<f32>> {
 }
 
 /// Quantizes rows in parallel (rows are independent in every tern format), in the current rayon pool.
-fn quantize_rows(format: TernFormat, rows: usize, cols: usize, data: &[f32], importance: Option<&[f32]>) -> Result<TernMatrix> {
+/// With `feedback`, rows are rounded with error feedback through it (and its importance).
+fn quantize_rows(format: TernFormat, rows: usize, cols: usize, data: &[f32], importance: Option<&[f32]>, feedback: Option<&FeedbackFactor>) -> Result<TernMatrix> {
     use rayon::prelude::*;
     const ROWS_PER_TASK: usize = 64;
     let parts = data
         .par_chunks(ROWS_PER_TASK * cols)
-        .map(|part| TernMatrix::quantize(format, part.len() / cols, cols, part, importance))
+        .map(|part| match feedback {
+            Some(f) => TernMatrix::quantize_with_feedback(format, part.len() / cols, cols, part, f),
+            None => TernMatrix::quantize(format, part.len() / cols, cols, part, importance),
+        })
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| Error::Option { name: "model", detail: e.to_string() })?;
     let mut m = TernMatrix { format, rows, cols, quants: Vec::new(), codes: Vec::new(), row_scales: Vec::new() };
@@ -353,9 +368,16 @@ pub fn quantize(input: &Path, output: &Path, options: &QuantizeOptions, progress
         }
     }
 
+    if options.error_feedback && options.calibration.is_none() {
+        return Err(Error::Option {
+            name: "error-feedback",
+            detail: "error feedback needs the second moments of activations on calibration text: give --calibration FILE".into(),
+        });
+    }
+
     // The model itself runs for activation statistics and for sensitivities.
     let needs_importance = options.importance.is_none() && options.calibration.is_some();
-    let mut engine = if needs_sensitivity || needs_importance {
+    let mut engine = if needs_sensitivity || needs_importance || options.error_feedback {
         Some(Engine::builder(input).threads(options.threads).context(options.calibration_ctx.max(options.sensitivity_tokens)).build()?)
     } else {
         None
@@ -372,6 +394,21 @@ pub fn quantize(input: &Path, output: &Path, options: &QuantizeOptions, progress
         _ => None,
     };
     let imp = |m: &Matrix| importance.and_then(|i| i.get(&m.info.name)).filter(|v| v.len() == m.cols);
+    let (moments, factors) = match (options.error_feedback, &engine, &options.calibration) {
+        (true, Some(engine), Some(text)) => {
+            let moments = SecondMoments::collect(engine, text, options.calibration_ctx, Some(options.feedback_chunks), &mut |done, total| {
+                progress(&QuantizeProgress { stage: Stage::SecondMoments, done, total, tensor: "" })
+            })?;
+            let factors = pool.install(|| {
+                use rayon::prelude::*;
+                moments.grams.par_iter().map(|(cols, g)| FeedbackFactor::new(g, *cols, moments.tokens, 0.01)).collect::<std::result::Result<Vec<_>, _>>()
+            });
+            let factors = factors.map_err(|e| Error::Option { name: "error-feedback", detail: e.to_string() })?;
+            (Some(moments), factors)
+        }
+        _ => (None, Vec::new()),
+    };
+    let feedback = |m: &Matrix| moments.as_ref().and_then(|s| s.site_of.get(&m.info.name)).map(|&i| &factors[i]).filter(|f| f.cols == m.cols);
 
     // Quantize every matrix to every format it may take.
     let total = matrices.len();
@@ -390,8 +427,9 @@ pub fn quantize(input: &Path, output: &Path, options: &QuantizeOptions, progress
             }
         };
         let importance = imp(m);
+        let feedback = feedback(m);
         for f in formats {
-            let q = pool.install(|| quantize_rows(f, m.rows, m.cols, &w, importance))?;
+            let q = pool.install(|| quantize_rows(f, m.rows, m.cols, &w, importance, feedback))?;
             m.quantized.insert(f, q);
         }
         if m.forced.is_none() {
@@ -477,6 +515,9 @@ pub fn quantize(input: &Path, output: &Path, options: &QuantizeOptions, progress
     };
     if let Some(i) = importance {
         w.metadata("tern.quantize.imatrix_tokens", MetaValue::U64(i.tokens as u64));
+    }
+    if let Some(m) = &moments {
+        w.metadata("tern.quantize.error_feedback_tokens", MetaValue::U64(m.tokens as u64));
     }
     let bytes = w.to_bytes()?;
     let tmp = output.with_extension("partial");

@@ -187,3 +187,40 @@ fn hugging_face_directory_quantizes_to_a_self_contained_file() {
     let c = r.reference.unwrap();
     assert!(c.kl.mean < 1e-3 && c.top1.mean > 0.95, "KL {} top-1 {}", c.kl.mean, c.top1.mean);
 }
+
+#[test]
+fn error_feedback_quantizes_through_second_moments() {
+    let dir = out("hf-feedback");
+    hf_dir::write_hf_dir(&dir, hf_dir::Dtype::F32);
+    let text = "It was the best of times, it was the worst of times, it was the age of wisdom. ".repeat(8);
+    let mut o = QuantizeOptions::new(Precision::Bits(TernFormat::T3));
+    o.calibration = Some(text.clone());
+    o.calibration_ctx = 32;
+    o.error_feedback = true;
+    o.feedback_chunks = 4;
+    let mut stages = Vec::new();
+    let path = out("hf-T3-feedback.gguf");
+    quantize(&dir, &path, &o, &mut |p| stages.push(p.stage)).unwrap();
+    assert!(stages.contains(&tern::quantize::Stage::SecondMoments));
+    let file = tern::loader::GgufFile::open(&path).unwrap();
+    assert_eq!(file.metadata.u64("tern.quantize.error_feedback_tokens").unwrap(), 4 * 32);
+
+    // The same model without feedback, for comparison on the calibration text itself.
+    let plain = out("hf-T3-plain.gguf");
+    let mut p = QuantizeOptions::new(Precision::Bits(TernFormat::T3));
+    p.calibration = Some(text.clone());
+    p.calibration_ctx = 32;
+    quantize(&dir, &plain, &p, &mut |_| {}).unwrap();
+    let reference = engine(&dir);
+    let options = EvalOptions { ctx: 32, max_chunks: Some(4), ..Default::default() };
+    let kl = |path: &Path| {
+        let r = evaluate(&engine(path), Some(Reference::Model(&reference)), &text, &options, &mut |_, _| {}).unwrap();
+        r.reference.unwrap().kl.mean
+    };
+    let (with, without) = (kl(&path), kl(&plain));
+    assert!(with < without, "KL {with} with feedback, {without} without");
+
+    o.calibration = None;
+    let e = quantize(&dir, &out("never.gguf"), &o, &mut |_| {}).unwrap_err().to_string();
+    assert!(e.contains("error feedback needs") && e.contains("--calibration"), "{e}");
+}

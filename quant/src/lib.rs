@@ -10,6 +10,7 @@
 //! least-squares search; `docs/FORMATS.md` gives their layouts.
 
 mod error;
+mod feedback;
 mod gguf_blocks;
 mod packed;
 pub mod plan;
@@ -20,6 +21,7 @@ pub use error::{Error, Result};
 pub use gguf_blocks::dequantize_gguf;
 pub use packed::{dequantize_row, PackedMatrix};
 pub use quantize::quantize_gguf;
+pub use feedback::FeedbackFactor;
 pub use tern_formats::{TernMatrix, TernRow};
 pub use tern_core::TernFormat;
 pub use tern_core::TensorType;

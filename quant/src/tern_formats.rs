@@ -85,8 +85,29 @@ impl TernRow<'_> {
     }
 }
 
+/// The quant of `v` for a block of coded `scale` and `offset` (signed for T8).
+pub(crate) fn round_quant(format: TernFormat, v: f32, scale: f32, offset: f32) -> i32 {
+    if scale <= 0.0 {
+        return 0;
+    }
+    if symmetric(format) {
+        (v / scale).round().clamp(-127.0, 127.0) as i32
+    } else {
+        let nmax = ((1u32 << format.quant_bits()) - 1) as f32;
+        ((v + offset) / scale).round().clamp(0.0, nmax) as i32
+    }
+}
+
+/// The block's fit coded against row units `(d, mu)`: its scale and minimum codes.
+pub(crate) fn fit_and_code(format: TernFormat, x: &[f32], w: &[f32], (d, mu): (f32, f32)) -> (u32, u32) {
+    let nmax = if symmetric(format) { 127.0 } else { ((1u32 << format.quant_bits()) - 1) as f32 };
+    let fit = if symmetric(format) { (fit_symmetric(x, w, nmax), 0.0) } else { fit_asymmetric(x, w, nmax) };
+    let (sc, mn) = best_codes(x, w, fit, (d, mu), code_max(format) as f32, nmax, symmetric(format));
+    (sc, mn)
+}
+
 /// Element weighting of the error inside a block (ggml's: `sqrt(sigma2 + x^2)`, sigma2 the row's mean square).
-fn element_weights(x: &[f32], importance: Option<&[f32]>, sigma2: f32, out: &mut [f32]) {
+pub(crate) fn element_weights(x: &[f32], importance: Option<&[f32]>, sigma2: f32, out: &mut [f32]) {
     for (i, (w, &v)) in out.iter_mut().zip(x).enumerate() {
         let imp = importance.map_or(1.0, |m| m[i]);
         *w = imp * (sigma2 + v * v).sqrt();
@@ -292,41 +313,51 @@ impl TernMatrix {
             let mu = fits.iter().fold(0f32, |a, f| a.max(f.1)) / cmax;
             m.row_scales[2 * r] = d.to_bits();
             m.row_scales[2 * r + 1] = mu.to_bits();
-            let codes = &mut m.codes[r * code_words..(r + 1) * code_words];
-            let quants = &mut m.quants[r * nb * format.quant_words()..(r + 1) * nb * format.quant_words()];
-            for (b, &(s, o)) in fits.iter().enumerate() {
+            let mut block_codes = Vec::with_capacity(nb);
+            let mut quants = vec![0i32; cols];
+            for (b, &fit) in fits.iter().enumerate() {
                 let (xb, wb) = (&x[b * 32..(b + 1) * 32], &weights[b * 32..(b + 1) * 32]);
-                let (sc, mn) = best_codes(xb, wb, (s, o), (d, mu), cmax, nmax, symmetric(format));
-                match format {
-                    TernFormat::T2 => put_bits(codes, b * 8, 8, sc | mn << 4),
-                    TernFormat::T3 | TernFormat::T4 => put_bits(codes, b * 16, 16, sc | mn << 8),
-                    TernFormat::T8 => put_bits(codes, b * 8, 8, sc),
-                }
+                let (sc, mn) = best_codes(xb, wb, fit, (d, mu), cmax, nmax, symmetric(format));
+                block_codes.push((sc, mn));
                 let (scale, offset) = (d * sc as f32, mu * mn as f32);
-                let qw = &mut quants[b * format.quant_words()..(b + 1) * format.quant_words()];
-                for (i, &v) in x[b * 32..(b + 1) * 32].iter().enumerate() {
-                    let q = if scale > 0.0 {
-                        if symmetric(format) {
-                            ((v / scale).round().clamp(-nmax, nmax) as i32) as u32 & 0xff
-                        } else {
-                            ((v + offset) / scale).round().clamp(0.0, nmax) as u32
-                        }
-                    } else {
-                        0
-                    };
-                    match format {
-                        TernFormat::T2 => put_bits(qw, t2_bit(i), 2, q),
-                        TernFormat::T3 => {
-                            put_bits(qw, t2_bit(i), 2, q & 3);
-                            put_bits(qw, 64 + i, 1, q >> 2);
-                        }
-                        TernFormat::T4 => put_bits(qw, t4_bit(i), 4, q),
-                        TernFormat::T8 => put_bits(qw, 8 * i, 8, q),
+                for (q, &v) in quants[b * 32..(b + 1) * 32].iter_mut().zip(xb) {
+                    *q = round_quant(format, v, scale, offset);
+                }
+            }
+            m.set_row(r, &block_codes, &quants);
+        }
+        Ok(m)
+    }
+
+    /// Writes row `r`'s block codes `(scale, minimum)` and its quants (signed for T8), replacing what was there.
+    pub(crate) fn set_row(&mut self, r: usize, block_codes: &[(u32, u32)], quants: &[i32]) {
+        let (format, nb) = (self.format, self.row_blocks());
+        let (cw, qw) = (format.code_words(self.cols), format.quant_words());
+        let codes = &mut self.codes[r * cw..(r + 1) * cw];
+        codes.fill(0);
+        for (b, &(sc, mn)) in block_codes.iter().enumerate() {
+            match format {
+                TernFormat::T2 => put_bits(codes, b * 8, 8, sc | mn << 4),
+                TernFormat::T3 | TernFormat::T4 => put_bits(codes, b * 16, 16, sc | mn << 8),
+                TernFormat::T8 => put_bits(codes, b * 8, 8, sc),
+            }
+        }
+        let row = &mut self.quants[r * nb * qw..(r + 1) * nb * qw];
+        row.fill(0);
+        for (b, qw_block) in row.chunks_exact_mut(qw).enumerate() {
+            for (i, &q) in quants[b * 32..(b + 1) * 32].iter().enumerate() {
+                let q = q as u32;
+                match format {
+                    TernFormat::T2 => put_bits(qw_block, t2_bit(i), 2, q),
+                    TernFormat::T3 => {
+                        put_bits(qw_block, t2_bit(i), 2, q & 3);
+                        put_bits(qw_block, 64 + i, 1, q >> 2);
                     }
+                    TernFormat::T4 => put_bits(qw_block, t4_bit(i), 4, q),
+                    TernFormat::T8 => put_bits(qw_block, 8 * i, 8, q & 0xff),
                 }
             }
         }
-        Ok(m)
     }
 
     /// Blocks per row.

@@ -140,3 +140,54 @@ proptest! {
         prop_assert!(relative_rmse(&x, &y) < 0.6, "{f:?}: {}", relative_rmse(&x, &y));
     }
 }
+
+/// Error feedback lowers the error that matters, the product's over the calibration activations, when the
+/// activations' columns are correlated (as a model's are).
+#[test]
+fn error_feedback_lowers_the_output_error() {
+    use tern_quant::FeedbackFactor;
+    let (rows, cols, tokens) = (16, 128, 512);
+    let w = weights(rows * cols, 7);
+    // Activations x = A z: correlated columns with unequal scales.
+    let a = weights(cols * cols, 8);
+    let z = weights(tokens * cols, 9);
+    let mut x = vec![0f32; tokens * cols];
+    for t in 0..tokens {
+        for i in 0..cols {
+            x[t * cols + i] = (0..cols).map(|k| a[i * cols + k] * z[t * cols + k]).sum::<f32>() * (1.0 + (i % 7) as f32);
+        }
+    }
+    let mut gram = vec![0f64; cols * cols];
+    for t in 0..tokens {
+        let xt = &x[t * cols..(t + 1) * cols];
+        for i in 0..cols {
+            for j in 0..cols {
+                gram[i * cols + j] += f64::from(xt[i]) * f64::from(xt[j]);
+            }
+        }
+    }
+    let factor = FeedbackFactor::new(&gram, cols, tokens, 0.01).unwrap();
+    let output_error = |m: &TernMatrix| -> f64 {
+        let wq = m.dequantize();
+        let mut sum = 0f64;
+        for r in 0..rows {
+            for t in 0..tokens {
+                let e: f64 = (0..cols).map(|c| f64::from(w[r * cols + c] - wq[r * cols + c]) * f64::from(x[t * cols + c])).sum();
+                sum += e * e;
+            }
+        }
+        sum
+    };
+    for f in [TernFormat::T2, TernFormat::T3, TernFormat::T4] {
+        let plain = TernMatrix::quantize(f, rows, cols, &w, Some(&factor.importance)).unwrap();
+        let fed = TernMatrix::quantize_with_feedback(f, rows, cols, &w, &factor).unwrap();
+        let (e0, e1) = (output_error(&plain), output_error(&fed));
+        eprintln!("{f}: output error {e0:.4e} plain, {e1:.4e} with feedback ({:.0}%)", 100.0 * e1 / e0);
+        assert!(e1 < 0.9 * e0, "{f}: {e1} vs {e0}");
+        // Still a valid matrix of the format: quants and codes in range, dequantization the documented formula.
+        let mut row = vec![0f32; cols];
+        fed.dequantize_row(0, &mut row);
+        assert!(row.iter().all(|v| v.is_finite()));
+    }
+    assert!(TernMatrix::quantize_with_feedback(TernFormat::T4, rows, 64, &w[..rows * 64], &factor).is_err());
+}
