@@ -542,10 +542,11 @@ fn measure_sensitivities(
     let tokens = crate::eval::chunk_tokens(engine, text, options.sensitivity_tokens, Some(1))?.remove(0);
     let file_len = std::fs::metadata(input).map(|m| m.len()).unwrap_or(0);
     let key = format!(
-        "{} ({file_len} bytes), {} tokens, importance over {} tokens",
+        "{} ({file_len} bytes), {} tokens, importance over {} tokens{}",
         input.display(),
         tokens.len(),
-        importance.map_or(0, |i| i.tokens)
+        importance.map_or(0, |i| i.tokens),
+        if options.error_feedback { format!(", error feedback over {} chunks", options.feedback_chunks) } else { String::new() }
     );
     let mut cache: SensitivityCache = options
         .sensitivity_cache
