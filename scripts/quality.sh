@@ -5,6 +5,8 @@
 #
 #   ./scripts/quality.sh [CHUNKS] [tern|llama|all]
 #
+# Files already made are reused (the f32 model, importance matrices, quantized files, reference log-probabilities,
+# finished evaluations); delete .cache/quality/ to start over.
 # Writes its files under .cache/quality/ and prints one markdown row per model to .cache/quality/rows-*.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -90,7 +92,8 @@ if [ "$which" = all ] || [ "$which" = llama ]; then
     file=$out/llama-$ty.gguf
     [ -f "$file" ] || "$bin/llama-quantize" --imatrix "$out/llama.imatrix" "$f32" "$file" "$ty" "$threads" > "$out/llama-$ty.quantize.log" 2>&1 || { echo "llama-quantize $ty failed" >&2; continue; }
     log=$out/llama-$ty.log
-    "$bin/llama-perplexity" -m "$file" -f "$out/eval.txt" -c 512 --chunks "$chunks" -t "$threads" --kl-divergence-base "$out/f32.kld" --kl-divergence > "$log" 2>&1
+    grep -q "Mean    KLD" "$log" 2>/dev/null ||
+      "$bin/llama-perplexity" -m "$file" -f "$out/eval.txt" -c 512 --chunks "$chunks" -t "$threads" --kl-divergence-base "$out/f32.kld" --kl-divergence > "$log" 2>&1
     ppl=$(grep -o "Mean PPL(Q) *: *[0-9.]* *± *[0-9.]*" "$log" | sed 's/Mean PPL(Q) *: *//')
     kl=$(grep -o "Mean    KLD: *[0-9.-]* *± *[0-9.]*" "$log" | sed 's/Mean    KLD: *//')
     top1=$(grep -o "Same top p: *[0-9.]* *± *[0-9.]* %" "$log" | sed 's/Same top p: *//')
@@ -105,20 +108,29 @@ if [ "$which" = all ] || [ "$which" = tern ]; then
   : > "$rows"
   [ -f "$out/tern.imatrix.gguf" ] || $tern imatrix -m "$f32" --text "$out/calibration.txt" --chunks "$chunks" -o "$out/tern.imatrix.gguf" >/dev/null
   models=()
+  # Quantize unless the file is there already (delete .cache/quality/tern-* to redo).
+  quantize() { # name, args...
+    local name=$1; shift
+    [ -f "$out/tern-$name.gguf" ] || $tern quantize -m "$f32" -o "$out/tern-$name.gguf" --imatrix "$out/tern.imatrix.gguf" "$@" \
+      > "$out/tern-$name.quantize.log"
+    models+=("$out/tern-$name.gguf")
+  }
   for bits in 2 3 4 8; do
-    $tern quantize -m "$f32" -o "$out/tern-T$bits.gguf" --bits "$bits" --imatrix "$out/tern.imatrix.gguf" > "$out/tern-T$bits.quantize.log"
-    models+=("$out/tern-T$bits.gguf")
+    quantize "T$bits" --bits "$bits"
   done
-  for target in 2.5 3.0 3.5 4.0; do
-    $tern quantize -m "$f32" -o "$out/tern-mix$target.gguf" --target-bpw "$target" --imatrix "$out/tern.imatrix.gguf" \
-      --calibration "$out/calibration.txt" --sensitivity-tokens 128 --sensitivity-cache "$out/tern.sensitivity.json" --verbose > "$out/tern-mix$target.quantize.log"
-    models+=("$out/tern-mix$target.gguf")
+  for bits in 3 4; do
+    quantize "T$bits+feedback" --bits "$bits" --calibration "$out/calibration.txt" --error-feedback
+  done
+  for target in 2.5 3.0 3.5 4.0 4.5 5.0 6.0; do
+    quantize "mix$target" --target-bpw "$target" --calibration "$out/calibration.txt" --sensitivity-tokens 256 \
+      --sensitivity-cache "$out/tern.sensitivity.json" --verbose
   done
   # The f32 model's log-probabilities once (about 2 GB for 40 chunks), then every model against them.
   [ -f "$out/f32.tern.logits" ] || $tern eval -m "$f32" --text "$out/eval.txt" --chunks "$chunks" --save-logits "$out/f32.tern.logits" > "$out/f32.tern.eval.log" 2>&1
   for m in "${models[@]}"; do
     log=${m%.gguf}.eval.log
-    $tern eval -m "$m" --text "$out/eval.txt" --chunks "$chunks" --reference-logits "$out/f32.tern.logits" > "$log" 2>&1
+    grep -q "^PPL = " "$log" 2>/dev/null ||
+      $tern eval -m "$m" --text "$out/eval.txt" --chunks "$chunks" --reference-logits "$out/f32.tern.logits" > "$log" 2>&1
     ppl=$(grep "^PPL = " "$log" | sed 's/PPL = //')
     kl=$(grep "^KL-divergence = " "$log" | sed 's/KL-divergence = //')
     top1=$(grep "^top-1 agreement = " "$log" | sed 's/top-1 agreement = //')

@@ -33,7 +33,7 @@ pub struct QuantizeArgs {
     /// At most this many chunks of 512 calibration tokens for activation statistics.
     #[arg(long)]
     calibration_chunks: Option<usize>,
-    /// Calibration tokens each matrix's sensitivity is measured over.
+    /// Length of the calibration chunk each matrix's sensitivity is measured on (its second half is scored).
     #[arg(long, default_value_t = 256)]
     sensitivity_tokens: usize,
     /// A file to keep measured sensitivities in and reuse when the model and calibration match.

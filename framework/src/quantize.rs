@@ -6,7 +6,7 @@
 //!
 //! The planner measures how much each matrix matters: with the model loaded, it replaces that matrix alone by
 //! its quantized form and measures the KL-divergence of the model's next-token distributions from the baseline
-//! model's over calibration tokens. The baseline model has every matrix in T8 (all but lossless, and fast to
+//! model's over calibration tokens (one chunk from the middle of the text, its second half scored). The baseline model has every matrix in T8 (all but lossless, and fast to
 //! run) or in its fixed format; T8's own rise is predicted from the largest measured format's by the ratio of
 //! their importance-weighted squared errors (T8's error is about 1/100 of T4's, so its rise is near zero either
 //! way). Then it picks formats to meet the target bits per weight at the least summed rise
@@ -108,7 +108,7 @@ pub struct QuantizeOptions {
     pub calibration_ctx: usize,
     /// At most this many chunks of calibration text for activation statistics.
     pub calibration_chunks: Option<usize>,
-    /// Tokens the sensitivity of each matrix is measured over.
+    /// Length of the calibration chunk each matrix's sensitivity is measured on (its second half is scored).
     pub sensitivity_tokens: usize,
     /// A JSON file of measured sensitivities: read when it exists and matches, written after measuring.
     pub sensitivity_cache: Option<std::path::PathBuf>,
@@ -539,10 +539,15 @@ fn measure_sensitivities(
     matrices: &mut [Matrix],
     progress: &mut dyn FnMut(&QuantizeProgress<'_>),
 ) -> Result<()> {
-    let tokens = crate::eval::chunk_tokens(engine, text, options.sensitivity_tokens, Some(1))?.remove(0);
+    // One chunk from the middle of the text (a file's opening is often a title page, not prose), scored like
+    // an evaluation: only its second half, where every position has context.
+    let mut chunks = crate::eval::chunk_tokens(engine, text, options.sensitivity_tokens, None)?;
+    let middle = chunks.len() / 2;
+    let tokens = chunks.swap_remove(middle);
+    let first_scored = tokens.len() / 2;
     let file_len = std::fs::metadata(input).map(|m| m.len()).unwrap_or(0);
     let key = format!(
-        "{} ({file_len} bytes), {} tokens, importance over {} tokens{}",
+        "{} ({file_len} bytes), {} tokens from the middle, second half scored, importance over {} tokens{}",
         input.display(),
         tokens.len(),
         importance.map_or(0, |i| i.tokens),
@@ -577,6 +582,7 @@ fn measure_sensitivities(
     };
     let reference: Vec<Vec<f64>> = run(engine)?
         .chunks_exact(vocab)
+        .skip(first_scored)
         .map(|l| {
             let mut lp = Vec::new();
             log_softmax(l, &mut lp);
@@ -604,7 +610,7 @@ fn measure_sensitivities(
                 let logits = run(engine);
                 *engine.model.matrix_mut(&m.info.name).expect("just found") = original;
                 let mut sum = 0f64;
-                for (l, lp) in logits?.chunks_exact(vocab).zip(&reference) {
+                for (l, lp) in logits?.chunks_exact(vocab).skip(first_scored).zip(&reference) {
                     log_softmax(l, &mut lq);
                     sum += kl_divergence(lp, &lq);
                 }
