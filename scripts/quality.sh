@@ -121,8 +121,8 @@ if [ "$which" = all ] || [ "$which" = tern ]; then
   for bits in 3 4; do
     quantize "T$bits+feedback" --bits "$bits" --calibration "$out/calibration.txt" --error-feedback
   done
-  for target in 2.5 3.0 3.5 4.0 4.5 5.0 6.0; do
-    quantize "mix$target" --target-bpw "$target" --calibration "$out/calibration.txt" --sensitivity-tokens 256 \
+  for target in 2.5 3.0 3.5 4.5 5.0; do
+    quantize "mix$target" --target-bpw "$target" --calibration "$out/calibration.txt" --sensitivity-tokens 128 \
       --sensitivity-cache "$out/tern.sensitivity.json" --verbose
   done
   # The f32 model's log-probabilities once (about 2 GB for 40 chunks), then every model against them.

@@ -33,8 +33,14 @@ pub fn run(args: &InfoArgs) -> Result<(), tern::Error> {
         println!("format: Hugging Face safetensors");
     }
     println!("\nmetadata ({} keys):", src.metadata().len());
-    for (k, v) in src.metadata().iter() {
+    // tern's per-tensor type and shape keys are summarized by the tensor table below.
+    let per_tensor = |k: &str| k.starts_with("tern.type.") || k.starts_with("tern.dims.");
+    for (k, v) in src.metadata().iter().filter(|(k, _)| !per_tensor(k)) {
         println!("  {k} = {v}");
+    }
+    let hidden = src.metadata().iter().filter(|(k, _)| per_tensor(k)).count();
+    if hidden > 0 {
+        println!("  ({hidden} tern.type.* / tern.dims.* keys: the format and shape of each tern tensor)");
     }
     let mut by_type: Vec<(String, usize, usize, usize)> = Vec::new();
     for t in src.tensors() {

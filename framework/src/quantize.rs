@@ -5,12 +5,11 @@
 //! whose pattern matches its name, then either `--bits` (one format for all) or the mixed-precision planner.
 //!
 //! The planner measures how much each matrix matters: with the model loaded, it replaces that matrix alone by
-//! its quantized form and measures the KL-divergence of the model's next-token distributions from the baseline
-//! model's over calibration tokens (one chunk from the middle of the text, its second half scored). The baseline model has every matrix in T8 (all but lossless, and fast to
-//! run) or in its fixed format; T8's own rise is predicted from the largest measured format's by the ratio of
-//! their importance-weighted squared errors (T8's error is about 1/100 of T4's, so its rise is near zero either
-//! way). Then it picks formats to meet the target bits per weight at the least summed rise
-//! ([`tern_quant::plan`]).
+//! its quantized form and measures the KL-divergence of the model's next-token distributions from the
+//! source model's over calibration tokens (one chunk from the middle of the text, its second half scored).
+//! T8's rise is not measured but read off a line `KL = floor + slope * error` through the two largest measured
+//! formats (importance-weighted squared errors; T8's error is about 1/100 of T4's). Then it picks formats to
+//! meet the target bits per weight at the least summed rise ([`tern_quant::plan`]).
 //!
 //! With error feedback (`--error-feedback`), each matrix is rounded by the GPTQ method through the second
 //! moments of its input over calibration text ([`tern_quant::FeedbackFactor`]).
@@ -415,7 +414,7 @@ pub fn quantize(input: &Path, output: &Path, options: &QuantizeOptions, progress
     for (i, m) in matrices.iter_mut().enumerate() {
         progress(&QuantizeProgress { stage: Stage::Quantize, done: i, total, tensor: &m.info.name });
         let w = dequantized(&source, &m.info)?;
-        // Free matrices also get T8: the planner's baseline model (see `measure_sensitivities`).
+        // Free matrices always get T8 (for its error, which predicts its rise: see `measure_sensitivities`).
         let formats: Vec<TernFormat> = match m.forced {
             Some((f, _)) => vec![f],
             None => {
@@ -561,18 +560,10 @@ fn measure_sensitivities(
         .filter(|c| c.key == key)
         .unwrap_or(SensitivityCache { key, kl: HashMap::new() });
 
-    // The baseline: every matrix in its final format where that is fixed, in T8 (all but lossless) where the
-    // planner chooses. Products in tern's formats run on int8 activations, several times faster than the
-    // source's float matrices, and each measurement changes one matrix of this model.
-    for m in matrices.iter() {
-        let f = m.forced.map_or(TernFormat::T8, |(f, _)| f);
-        let q = engine.model.backend().upload_matrix(m.quantized[&f].view())?;
-        let slot = engine.model.matrix_mut(&m.info.name).ok_or_else(|| Error::Option {
-            name: "model",
-            detail: format!("the model has no matrix {:?} to measure", m.info.name),
-        })?;
-        *slot = q;
-    }
+    // The baseline is the source model itself, with float matrices and so float activations: every
+    // measurement then changes exactly one product. (A baseline of tern matrices would not do: their int8
+    // activations round differently whenever anything upstream changes, a noise that swamps the rise of one
+    // small matrix.)
     let vocab = engine.model().config.vocab_size;
     let run = |engine: &Engine| -> Result<Vec<f32>> {
         let model = engine.model();
@@ -605,7 +596,10 @@ fn measure_sensitivities(
             Some(kl) => kl,
             None => {
                 let q = engine.model.backend().upload_matrix(m.quantized[&f].view())?;
-                let slot = engine.model.matrix_mut(&m.info.name).expect("swapped in above");
+                let slot = engine.model.matrix_mut(&m.info.name).ok_or_else(|| Error::Option {
+                    name: "model",
+                    detail: format!("the model has no matrix {:?} to measure", m.info.name),
+                })?;
                 let original = std::mem::replace(slot, q);
                 let logits = run(engine);
                 *engine.model.matrix_mut(&m.info.name).expect("just found") = original;
@@ -622,13 +616,19 @@ fn measure_sensitivities(
         m.kl.insert(f, kl);
     }
     progress(&QuantizeProgress { stage: Stage::Sensitivity, done: todo.len(), total: todo.len(), tensor: "" });
-    // T8 is the baseline, so its own rise cannot be measured: predict it from the largest measured format's by
-    // the ratio of their errors.
-    let base = measured.iter().copied().max_by_key(|f| f.quant_bits());
+    // T8 is not measured (its rise is near the int8 rounding of one product's input, whatever its weights):
+    // fit `KL = floor + slope * error` through the two largest measured formats and read T8 off the line.
+    let mut by_bits = measured.clone();
+    by_bits.sort_by_key(|f| std::cmp::Reverse(f.quant_bits()));
     for m in matrices.iter_mut().filter(|m| m.forced.is_none()) {
-        let t8 = m.errors[&TernFormat::T8];
-        let predicted = match base {
-            Some(b) if m.errors[&b] > 0.0 => m.kl[&b] * t8 / m.errors[&b],
+        let e8 = m.errors[&TernFormat::T8];
+        let predicted = match by_bits.as_slice() {
+            [a, b, ..] if m.errors[b] > m.errors[a] => {
+                let slope = ((m.kl[b] - m.kl[a]) / (m.errors[b] - m.errors[a])).max(0.0);
+                let floor = (m.kl[a] - slope * m.errors[a]).max(0.0);
+                (floor + slope * e8).min(m.kl[a])
+            }
+            [a, ..] if m.errors[a] > 0.0 => m.kl[a] * e8 / m.errors[a],
             _ => 0.0,
         };
         m.kl.insert(TernFormat::T8, predicted);
