@@ -25,6 +25,36 @@ pub struct ImportanceMatrix {
     pub columns: BTreeMap<String, Vec<f32>>,
 }
 
+/// Runs `engine` over `text` in chunks of `ctx` tokens (at most `max_chunks`), showing `observe` the input of
+/// every matrix product (the names of the matrices that take it, `rows x cols`, the values) and calling
+/// `progress(done, total)` after every chunk. Returns the number of chunks run.
+fn observe_chunks(
+    engine: &Engine,
+    text: &str,
+    ctx: usize,
+    max_chunks: Option<usize>,
+    progress: &mut dyn FnMut(usize, usize),
+    observe: &mut (dyn FnMut(&[String], usize, usize, &[f32]) + Send),
+) -> Result<usize> {
+    let model = engine.model();
+    let backend = model.backend();
+    let chunks = crate::eval::chunk_tokens(engine, text, ctx, max_chunks)?;
+    let mut cache = model.new_cache(ctx)?;
+    let mut scratch = tern_model::Scratch::new(backend)?;
+    progress(0, chunks.len());
+    for (c, chunk) in chunks.iter().enumerate() {
+        cache.truncate(0);
+        let mut seen = |names: &[String], x: &<tern_backend_cpu::CpuBackend as Backend>::Tensor| -> tern_model::Result<()> {
+            let (rows, cols) = backend.shape(x);
+            observe(names, rows, cols, &backend.read(x)?);
+            Ok(())
+        };
+        backend.install(|| model.forward_observed(chunk, &mut cache, &mut scratch, true, Some(&mut seen)))?;
+        progress(c + 1, chunks.len());
+    }
+    Ok(chunks.len())
+}
+
 impl ImportanceMatrix {
     /// Runs `engine` over `text` in chunks of `ctx` tokens (at most `max_chunks`), calling `progress(done, total)`
     /// after every chunk.
@@ -35,36 +65,22 @@ impl ImportanceMatrix {
         max_chunks: Option<usize>,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
-        let model = engine.model();
-        let chunks = crate::eval::chunk_tokens(engine, text, ctx, max_chunks)?;
         let mut sums: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-        let mut cache = model.new_cache(ctx)?;
-        let mut scratch = tern_model::Scratch::new(model.backend())?;
-        let backend = model.backend();
-        progress(0, chunks.len());
-        for (c, chunk) in chunks.iter().enumerate() {
-            cache.truncate(0);
-            let mut observe = |names: &[String], x: &<tern_backend_cpu::CpuBackend as Backend>::Tensor| -> tern_model::Result<()> {
-                let (rows, cols) = backend.shape(x);
-                let values = backend.read(x)?;
-                let first = sums.entry(names[0].clone()).or_insert_with(|| vec![0.0; cols]);
-                for row in values.chunks_exact(cols).take(rows) {
-                    for (s, &v) in first.iter_mut().zip(row) {
-                        *s += f64::from(v) * f64::from(v);
-                    }
+        let chunks = observe_chunks(engine, text, ctx, max_chunks, progress, &mut |names, rows, cols, values| {
+            let first = sums.entry(names[0].clone()).or_insert_with(|| vec![0.0; cols]);
+            for row in values.chunks_exact(cols).take(rows) {
+                for (s, &v) in first.iter_mut().zip(row) {
+                    *s += f64::from(v) * f64::from(v);
                 }
-                let first = first.clone();
-                for name in &names[1..] {
-                    sums.insert(name.clone(), first.clone());
-                }
-                Ok(())
-            };
-            backend.install(|| model.forward_observed(chunk, &mut cache, &mut scratch, true, Some(&mut observe)))?;
-            progress(c + 1, chunks.len());
-        }
-        let tokens = chunks.len() * ctx;
+            }
+            let first = first.clone();
+            for name in &names[1..] {
+                sums.insert(name.clone(), first.clone());
+            }
+        })?;
+        let tokens = chunks * ctx;
         let columns = sums.into_iter().map(|(k, v)| (k, v.iter().map(|s| (s / tokens as f64) as f32).collect())).collect();
-        Ok(ImportanceMatrix { tokens, chunks: chunks.len(), columns })
+        Ok(ImportanceMatrix { tokens, chunks, columns })
     }
 
     /// The means for matrix `name`, if it was observed.
@@ -154,35 +170,21 @@ impl SecondMoments {
         max_chunks: Option<usize>,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
-        let model = engine.model();
-        let chunks = crate::eval::chunk_tokens(engine, text, ctx, max_chunks)?;
         let mut m = SecondMoments::default();
-        let mut cache = model.new_cache(ctx)?;
-        let mut scratch = tern_model::Scratch::new(model.backend())?;
-        let backend = model.backend();
-        progress(0, chunks.len());
-        for (c, chunk) in chunks.iter().enumerate() {
-            cache.truncate(0);
-            let mut observe = |names: &[String], x: &<tern_backend_cpu::CpuBackend as Backend>::Tensor| -> tern_model::Result<()> {
-                let (rows, cols) = backend.shape(x);
-                let values = backend.read(x)?;
-                let site = match m.site_of.get(&names[0]) {
-                    Some(&s) => s,
-                    None => {
-                        m.grams.push((cols, vec![0.0; cols * cols]));
-                        m.grams.len() - 1
-                    }
-                };
-                for name in names {
-                    m.site_of.insert(name.clone(), site);
+        let chunks = observe_chunks(engine, text, ctx, max_chunks, progress, &mut |names, rows, cols, values| {
+            let site = match m.site_of.get(&names[0]) {
+                Some(&s) => s,
+                None => {
+                    m.grams.push((cols, vec![0.0; cols * cols]));
+                    m.grams.len() - 1
                 }
-                add_gram(&values, rows, cols, &mut m.grams[site].1);
-                Ok(())
             };
-            backend.install(|| model.forward_observed(chunk, &mut cache, &mut scratch, true, Some(&mut observe)))?;
-            progress(c + 1, chunks.len());
-        }
-        m.tokens = chunks.len() * ctx;
+            for name in names {
+                m.site_of.insert(name.clone(), site);
+            }
+            add_gram(values, rows, cols, &mut m.grams[site].1);
+        })?;
+        m.tokens = chunks * ctx;
         Ok(m)
     }
 }
