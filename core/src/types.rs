@@ -90,10 +90,9 @@ impl TensorType {
     /// Bytes a tensor of `rows` rows of `cols` elements takes in a file (`cols` a multiple of the block length),
     /// or `None` when that overflows.
     pub fn data_bytes(self, rows: usize, cols: usize) -> Option<usize> {
-        match (self.gguf_block_bytes(), self.tern_format()) {
-            (Some(bb), _) => (cols / self.block_len()).checked_mul(bb)?.checked_mul(rows),
-            (None, Some(f)) => f.row_words(cols).checked_mul(4)?.checked_mul(rows),
-            (None, None) => unreachable!("every type is a GGUF type or a tern format"),
+        match self.tern_format() {
+            Some(f) => f.row_words(cols).checked_mul(4)?.checked_mul(rows),
+            None => (cols / self.block_len()).checked_mul(self.gguf_block_bytes()?)?.checked_mul(rows),
         }
     }
 
@@ -121,13 +120,10 @@ impl TensorType {
         }
     }
 
-    /// Exact storage in bits per weight for rows of `cols` elements, scales, minimums and row overhead included.
+    /// Exact storage in bits per weight for rows of `cols` elements (a multiple of the block length), scales,
+    /// minimums and row overhead included.
     pub fn bits_per_weight(self, cols: usize) -> f64 {
-        match (self.gguf_block_bytes(), self.tern_format()) {
-            (Some(bb), _) => (bb * 8) as f64 / self.block_len() as f64,
-            (None, Some(f)) => f.bits_per_weight(cols),
-            (None, None) => unreachable!("every type is a GGUF type or a tern format"),
-        }
+        self.data_bytes(1, cols).map_or(f64::NAN, |bytes| (8 * bytes) as f64 / cols as f64)
     }
 }
 

@@ -49,6 +49,8 @@ const LOGITS_VERSION: u32 = 1;
 struct LogitsWriter {
     out: std::io::BufWriter<std::fs::File>,
     path: PathBuf,
+    /// One row's bytes, reused.
+    row: Vec<u8>,
 }
 
 fn io_error(path: &Path, e: std::io::Error) -> Error {
@@ -58,7 +60,7 @@ fn io_error(path: &Path, e: std::io::Error) -> Error {
 impl LogitsWriter {
     fn create(path: &Path, ctx: usize, vocab: usize, chunks: usize) -> Result<Self> {
         let file = std::fs::File::create(path).map_err(|e| io_error(path, e))?;
-        let mut w = LogitsWriter { out: std::io::BufWriter::new(file), path: path.to_path_buf() };
+        let mut w = LogitsWriter { out: std::io::BufWriter::new(file), path: path.to_path_buf(), row: Vec::new() };
         w.bytes(LOGITS_MAGIC)?;
         for v in [LOGITS_VERSION, ctx as u32, vocab as u32, chunks as u32] {
             w.bytes(&v.to_le_bytes())?;
@@ -79,8 +81,10 @@ impl LogitsWriter {
     }
 
     fn row(&mut self, log_probs: &[f64]) -> Result<()> {
-        let b: Vec<u8> = log_probs.iter().flat_map(|&v| (v as f32).to_le_bytes()).collect();
-        self.bytes(&b)
+        use std::io::Write;
+        self.row.clear();
+        self.row.extend(log_probs.iter().flat_map(|&v| (v as f32).to_le_bytes()));
+        self.out.write_all(&self.row).map_err(|e| io_error(&self.path, e))
     }
 
     fn finish(mut self) -> Result<()> {
@@ -108,7 +112,8 @@ impl LogitsReader {
         }
         let mut header = [0u32; 4];
         for h in &mut header {
-            *h = u32::from_le_bytes(r.read(4)?.try_into().expect("4 bytes"));
+            let b = r.read(4)?;
+            *h = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
         }
         let [version, saved_ctx, saved_vocab, saved_chunks] = header;
         if version != LOGITS_VERSION {

@@ -440,8 +440,10 @@ pub fn quantize(input: &Path, output: &Path, options: &QuantizeOptions, progress
     progress(&QuantizeProgress { stage: Stage::Quantize, done: total, total, tensor: "" });
 
     if needs_sensitivity {
-        let engine = engine.as_mut().expect("loaded when sensitivities are needed");
-        let text = options.calibration.as_deref().expect("checked above");
+        // Both were checked for above; this only keeps a broken invariant from being a panic.
+        let (Some(engine), Some(text)) = (engine.as_mut(), options.calibration.as_deref()) else {
+            return Err(Error::Option { name: "calibration", detail: "measuring sensitivities needs the model and calibration text".into() });
+        };
         measure_sensitivities(engine, input, text, importance, options, &mut matrices, progress)?;
     }
 
@@ -487,7 +489,10 @@ pub fn quantize(input: &Path, output: &Path, options: &QuantizeOptions, progress
             Some(&mi) => {
                 let m = &mut matrices[mi];
                 let (f, reason) = chosen[mi];
-                let q = m.quantized.remove(&f).expect("every chosen format was quantized");
+                let q = m.quantized.remove(&f).ok_or_else(|| Error::Option {
+                    name: "formats",
+                    detail: format!("{} was planned in {f}, which was not made for it", t.name),
+                })?;
                 let bytes = q.to_bytes();
                 report.push(TensorPlan {
                     name: t.name.clone(),
@@ -525,6 +530,15 @@ pub fn quantize(input: &Path, output: &Path, options: &QuantizeOptions, progress
     std::fs::rename(&tmp, output).map_err(io)?;
     progress(&QuantizeProgress { stage: Stage::Write, done: n, total: n, tensor: "" });
     Ok(QuantizeReport { file_bytes: bytes.len() as u64, ..report_so_far })
+}
+
+/// Puts `m` in place of the model's matrix `name`, returning the one it replaces.
+fn swap_matrix(engine: &mut Engine, name: &str, m: tern_backend_cpu::CpuMatrix) -> Result<tern_backend_cpu::CpuMatrix> {
+    let slot = engine
+        .model
+        .matrix_mut(name)
+        .ok_or_else(|| Error::Option { name: "model", detail: format!("the model has no matrix {name:?} to measure") })?;
+    Ok(std::mem::replace(slot, m))
 }
 
 /// Fills `m.kl` of every unforced matrix with its KL rise per format: measured for every format but T8, which
@@ -596,13 +610,9 @@ fn measure_sensitivities(
             Some(kl) => kl,
             None => {
                 let q = engine.model.backend().upload_matrix(m.quantized[&f].view())?;
-                let slot = engine.model.matrix_mut(&m.info.name).ok_or_else(|| Error::Option {
-                    name: "model",
-                    detail: format!("the model has no matrix {:?} to measure", m.info.name),
-                })?;
-                let original = std::mem::replace(slot, q);
+                let original = swap_matrix(engine, &m.info.name, q)?;
                 let logits = run(engine);
-                *engine.model.matrix_mut(&m.info.name).expect("just found") = original;
+                swap_matrix(engine, &m.info.name, original)?;
                 let mut sum = 0f64;
                 for (l, lp) in logits?.chunks_exact(vocab).skip(first_scored).zip(&reference) {
                     log_softmax(l, &mut lq);

@@ -50,7 +50,9 @@ pub fn dequantize_gguf(ty: TensorType, bytes: &[u8], out: &mut [f32]) -> Result<
                 }
             }
         }
-        TensorType::T2 | TensorType::T3 | TensorType::T4 | TensorType::T8 => unreachable!("gguf_bytes rejects tern formats"),
+        TensorType::T2 | TensorType::T3 | TensorType::T4 | TensorType::T8 => {
+            return Err(Error::Unsupported { op: "GGUF decoding (tern formats load as TernMatrix)", ty });
+        }
         TensorType::Q4_1 => {
             for (o, b) in out.chunks_exact_mut(32).zip(bytes.chunks_exact(20)) {
                 let (d, m) = (f16_at(b, 0), f16_at(b, 2));

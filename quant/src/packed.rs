@@ -116,6 +116,18 @@ pub fn dequantize_row(m: &MatrixView<'_>, r: usize, out: &mut [f32]) {
     let cols = m.cols;
     let row = &m.quants[r * m.row_words()..(r + 1) * m.row_words()];
     let byte = |i: usize| (row[i / 4] >> (8 * (i % 4))) as u8;
+    if let Some(format) = m.ty.tern_format() {
+        let cw = format.code_words(cols);
+        let tern = crate::TernRow {
+            format,
+            quants: row,
+            codes: &m.scales[r * cw..(r + 1) * cw],
+            d: f32::from_bits(m.row_scales[2 * r]),
+            m: f32::from_bits(m.row_scales[2 * r + 1]),
+        };
+        tern.dequantize(out);
+        return;
+    }
     match m.ty {
         TensorType::F32 => {
             for (o, w) in out.iter_mut().zip(row) {
@@ -128,18 +140,8 @@ pub fn dequantize_row(m: &MatrixView<'_>, r: usize, out: &mut [f32]) {
                 *o = if m.ty == TensorType::F16 { f16::from_bits(h).to_f32() } else { bf16::from_bits(h).to_f32() };
             }
         }
-        TensorType::T2 | TensorType::T3 | TensorType::T4 | TensorType::T8 => {
-            let format = m.ty.tern_format().expect("a tern type");
-            let cw = format.code_words(cols);
-            let tern = crate::TernRow {
-                format,
-                quants: row,
-                codes: &m.scales[r * cw..(r + 1) * cw],
-                d: f32::from_bits(m.row_scales[2 * r]),
-                m: f32::from_bits(m.row_scales[2 * r + 1]),
-            };
-            tern.dequantize(out);
-        }
+        // Dequantized above.
+        TensorType::T2 | TensorType::T3 | TensorType::T4 | TensorType::T8 => {}
         TensorType::Q4_0 | TensorType::Q4_1 | TensorType::Q8_0 => {
             let nb = cols / BLOCK_LEN;
             for b in 0..nb {

@@ -5,7 +5,7 @@ use half::{bf16, f16};
 use tern_core::TensorType;
 
 use crate::gguf_blocks::gguf_bytes;
-use crate::Result;
+use crate::{Error, Result};
 
 /// Encodes `data` as `ty` in GGUF's byte layout.
 pub fn quantize_gguf(ty: TensorType, data: &[f32]) -> Result<Vec<u8>> {
@@ -34,7 +34,9 @@ pub fn quantize_gguf(ty: TensorType, data: &[f32]) -> Result<Vec<u8>> {
                 out.extend((0..16).map(|j| q(x[j]) | q(x[j + 16]) << 4));
             }
         }
-        TensorType::T2 | TensorType::T3 | TensorType::T4 | TensorType::T8 => unreachable!("gguf_bytes rejects tern formats"),
+        TensorType::T2 | TensorType::T3 | TensorType::T4 | TensorType::T8 => {
+            return Err(Error::Unsupported { op: "GGUF encoding (tern formats quantize through TernMatrix)", ty });
+        }
         TensorType::Q4_1 => {
             for x in data.chunks_exact(32) {
                 let min = x.iter().copied().fold(f32::INFINITY, f32::min);
