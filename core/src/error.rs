@@ -15,6 +15,18 @@ pub enum Error {
     /// The device could not provide memory for a buffer.
     #[error("out of memory: {reason}")]
     OutOfMemory { reason: String },
+    /// No device of the kind asked for could be had, or it could not be set up.
+    #[error("no usable GPU: {detail}")]
+    NoDevice { detail: String },
+    /// The device reported a failure: a validation or internal error, or the device was lost.
+    #[error("GPU device error: {detail}")]
+    Device { detail: String },
+    /// A tensor or weight part needs a larger buffer than the device allows in one binding.
+    #[error(
+        "{what} needs a buffer of {bytes} bytes, past this device's limit of {limit} bytes per storage binding; \
+         use a smaller model or format, or the CPU backend (--backend cpu)"
+    )]
+    BufferLimit { what: String, bytes: u64, limit: u64 },
     /// A sequence went past the space its KV cache was sized for.
     #[error("context full: position {pos} is past the KV cache's {capacity} positions")]
     ContextFull { pos: usize, capacity: usize },

@@ -1,0 +1,325 @@
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tern_core::{AttentionParams, Backend, Error, MatrixView, Result, RopeParams, RopeStyle, TensorType};
+use tern_shaders::{Kernel, MATMUL_TOKENS, MAX_HEAD_DIM, WORKGROUP};
+use wgpu::util::DeviceExt;
+
+use crate::device::{AdapterChoice, AdapterReport, Gpu};
+use crate::recorder::{Grid, Recorder};
+
+/// An f32 activation matrix in a GPU storage buffer, row-major. The buffer may be larger than the shape (it is
+/// reused as ops resize their outputs).
+#[derive(Debug)]
+pub struct GpuTensor {
+    buf: wgpu::Buffer,
+    rows: usize,
+    cols: usize,
+}
+
+impl GpuTensor {
+    fn len(&self) -> usize {
+        self.rows * self.cols
+    }
+}
+
+/// A packed weight matrix: its four word arrays in GPU storage buffers (a shared empty one for absent parts).
+#[derive(Debug)]
+pub struct GpuMatrix {
+    ty: TensorType,
+    rows: usize,
+    cols: usize,
+    /// quants, scales (tern: block codes), mins, row units.
+    parts: [wgpu::Buffer; 4],
+}
+
+/// tern's [`Backend`] on wgpu: every op is a WGSL kernel (`tern-shaders`), recorded into one command encoder
+/// that is submitted when a result is read.
+pub struct WebGpuBackend {
+    gpu: Gpu,
+    recorder: Recorder,
+    /// Bound where a matrix has no such part.
+    empty: wgpu::Buffer,
+    /// RoPE inverse frequencies per (base bits, rotated dims), computed once on the CPU as the CPU backend does.
+    inv_freq: Mutex<HashMap<(u32, usize), wgpu::Buffer>>,
+    /// Matmul workgroup shape: invocations per row.
+    lanes: u32,
+}
+
+impl std::fmt::Debug for WebGpuBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebGpuBackend").field("adapter", &self.gpu.report.name).field("api", &self.gpu.report.api).finish()
+    }
+}
+
+/// Bytes a tensor of `len` f32 takes: at least 16, a multiple of 16 (kernels read some as `vec4`).
+fn tensor_bytes(len: usize) -> u64 {
+    ((len as u64) * 4).max(16).next_multiple_of(16)
+}
+
+impl WebGpuBackend {
+    /// A backend on the best adapter `choice` allows.
+    pub fn new(choice: AdapterChoice) -> Result<Self> {
+        let gpu = Gpu::new(choice)?;
+        let recorder = Recorder::new(&gpu);
+        let empty = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("tern empty part"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        Ok(WebGpuBackend { gpu, recorder, empty, inv_freq: Mutex::new(HashMap::new()), lanes: 32 })
+    }
+
+    /// The adapter this backend runs on.
+    pub fn adapter(&self) -> &AdapterReport {
+        &self.gpu.report
+    }
+
+    fn check_binding(&self, what: impl FnOnce() -> String, bytes: u64) -> Result<()> {
+        let limit = (self.gpu.limits.max_storage_buffer_binding_size as u64).min(self.gpu.limits.max_buffer_size);
+        if bytes > limit {
+            return Err(Error::BufferLimit { what: what(), bytes, limit });
+        }
+        Ok(())
+    }
+
+    fn storage(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    fn storage_with(&self, label: &str, contents: &[u8]) -> wgpu::Buffer {
+        self.gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        })
+    }
+
+    /// Gives `t` the shape `rows x cols`, with a larger buffer if its own is too small.
+    fn resize(&self, op: &'static str, t: &mut GpuTensor, rows: usize, cols: usize) -> Result<()> {
+        let bytes = tensor_bytes(rows * cols);
+        if t.buf.size() < bytes {
+            self.check_binding(|| format!("{op} output of {rows}x{cols}"), bytes)?;
+            t.buf = self.storage("tern tensor", bytes);
+        }
+        t.rows = rows;
+        t.cols = cols;
+        Ok(())
+    }
+
+    fn max_groups(&self) -> u32 {
+        self.gpu.limits.max_compute_workgroups_per_dimension
+    }
+
+    fn inv_freq(&self, base: f32, rot_dim: usize) -> Result<wgpu::Buffer> {
+        let mut cache = self.inv_freq.lock().map_err(|_| Error::Device { detail: "a thread panicked during rope".into() })?;
+        let key = (base.to_bits(), rot_dim);
+        if let Some(b) = cache.get(&key) {
+            return Ok(b.clone());
+        }
+        let freqs: Vec<u8> = (0..rot_dim / 2)
+            .flat_map(|i| base.powf(-2.0 * i as f32 / rot_dim as f32).to_le_bytes())
+            .chain([0u8; 16])
+            .collect();
+        let buf = self.storage_with("tern rope frequencies", &freqs);
+        cache.insert(key, buf.clone());
+        Ok(buf)
+    }
+
+    fn same_shape(op: &'static str, a: &GpuTensor, b: &GpuTensor) -> Result<()> {
+        if (a.rows, a.cols) != (b.rows, b.cols) {
+            return Err(Error::shape(op, format!("{}x{} and {}x{}", a.rows, a.cols, b.rows, b.cols)));
+        }
+        Ok(())
+    }
+
+    fn elementwise(&self, kernel: Kernel, len: usize, buffers: &[&wgpu::Buffer]) -> Result<()> {
+        let (grid, groups_x) = Grid::folded((len as u64).div_ceil(256), self.max_groups());
+        self.recorder.dispatch(&self.gpu, kernel, [len as u32, groups_x, 0, 0, 0, 0, 0, 0], buffers, grid)
+    }
+}
+
+impl Backend for WebGpuBackend {
+    type Tensor = GpuTensor;
+    type Matrix = GpuMatrix;
+
+    fn name(&self) -> &'static str {
+        "webgpu"
+    }
+
+    fn zeros(&self, rows: usize, cols: usize) -> Result<GpuTensor> {
+        let bytes = tensor_bytes(rows * cols);
+        self.check_binding(|| format!("a {rows}x{cols} tensor"), bytes)?;
+        Ok(GpuTensor { buf: self.storage("tern tensor", bytes), rows, cols })
+    }
+
+    fn upload(&self, data: &[f32], rows: usize, cols: usize) -> Result<GpuTensor> {
+        if data.len() != rows * cols {
+            return Err(Error::shape("upload", format!("{} values for {rows}x{cols}", data.len())));
+        }
+        let bytes = tensor_bytes(data.len());
+        self.check_binding(|| format!("a {rows}x{cols} tensor"), bytes)?;
+        let mut contents: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        contents.resize(bytes as usize, 0);
+        Ok(GpuTensor { buf: self.storage_with("tern tensor", &contents), rows, cols })
+    }
+
+    fn read(&self, t: &GpuTensor) -> Result<Vec<f32>> {
+        let bytes = self.recorder.read(&self.gpu, &t.buf, t.len() as u64 * 4)?;
+        Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    }
+
+    fn shape(&self, t: &GpuTensor) -> (usize, usize) {
+        (t.rows, t.cols)
+    }
+
+    fn upload_matrix(&self, m: MatrixView<'_>) -> Result<GpuMatrix> {
+        m.validate()?;
+        if !tern_shaders::FORMATS.contains(&m.ty) {
+            return Err(Error::Unsupported { op: "upload_matrix", ty: m.ty, backend: "webgpu" });
+        }
+        let names = ["quants", "scales", "mins", "row units"];
+        let words = [m.quants, m.scales, m.mins, m.row_scales];
+        let mut parts = Vec::with_capacity(4);
+        for (name, w) in names.iter().zip(words) {
+            if w.is_empty() {
+                parts.push(self.empty.clone());
+                continue;
+            }
+            let bytes = w.len() as u64 * 4;
+            self.check_binding(|| format!("the {name} of a {} {}x{} matrix", m.ty, m.rows, m.cols), bytes)?;
+            let contents: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+            parts.push(self.storage_with(&format!("tern matrix {name}"), &contents));
+        }
+        let parts: [wgpu::Buffer; 4] = parts.try_into().map_err(|_| Error::Device { detail: "matrix parts".into() })?;
+        self.gpu.check()?;
+        Ok(GpuMatrix { ty: m.ty, rows: m.rows, cols: m.cols, parts })
+    }
+
+    fn matrix_shape(&self, m: &GpuMatrix) -> (usize, usize) {
+        (m.rows, m.cols)
+    }
+
+    fn embed(&self, table: &GpuMatrix, ids: &[u32], out: &mut GpuTensor) -> Result<()> {
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= table.rows) {
+            return Err(Error::shape("embed", format!("token id {bad} is past the table's {} rows", table.rows)));
+        }
+        self.resize("embed", out, ids.len(), table.cols)?;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let id_bytes: Vec<u8> = ids.iter().flat_map(|i| i.to_le_bytes()).collect();
+        let id_buf = self.storage_with("tern token ids", &id_bytes);
+        let chunks = (ids.len() * table.cols / 8) as u64;
+        let (grid, groups_x) = Grid::folded(chunks.div_ceil(WORKGROUP as u64), self.max_groups());
+        let [q, s, mn, u] = &table.parts;
+        let params = [table.cols as u32, ids.len() as u32, groups_x, 0, 0, 0, 0, 0];
+        self.recorder.dispatch(&self.gpu, Kernel::Embed { ty: table.ty }, params, &[q, s, mn, u, &id_buf, &out.buf], grid)
+    }
+
+    fn matmul(&self, w: &GpuMatrix, x: &GpuTensor, out: &mut GpuTensor) -> Result<()> {
+        if x.cols != w.cols {
+            return Err(Error::shape("matmul", format!("{}x{} matrix by activations of width {}", w.rows, w.cols, x.cols)));
+        }
+        self.resize("matmul", out, x.rows, w.rows)?;
+        let kernel = Kernel::Matmul { ty: w.ty, workgroup: WORKGROUP, lanes: self.lanes, tokens: MATMUL_TOKENS };
+        let rows_per_group = (WORKGROUP / self.lanes) as u64;
+        let row_groups = (w.rows as u64).div_ceil(rows_per_group);
+        let max = self.max_groups();
+        let x_groups = row_groups.min(max as u64).max(1) as u32;
+        let z_groups = row_groups.div_ceil(x_groups as u64) as u32;
+        let token_groups = (x.rows as u64).div_ceil(MATMUL_TOKENS as u64) as u32;
+        let grid = Grid { dims: (if row_groups == 0 { 0 } else { x_groups }, token_groups, z_groups.max(1)) };
+        let [q, s, mn, u] = &w.parts;
+        let params = [w.rows as u32, w.cols as u32, x.rows as u32, x_groups, 0, 0, 0, 0];
+        self.recorder.dispatch(&self.gpu, kernel, params, &[q, s, mn, u, &x.buf, &out.buf], grid)
+    }
+
+    fn rms_norm(&self, x: &GpuTensor, weight: &GpuTensor, eps: f32, out: &mut GpuTensor) -> Result<()> {
+        if weight.len() != x.cols {
+            return Err(Error::shape("rms_norm", format!("weight of {} for rows of {}", weight.len(), x.cols)));
+        }
+        self.resize("rms_norm", out, x.rows, x.cols)?;
+        let (grid, groups_x) = Grid::folded(x.rows as u64, self.max_groups());
+        let params = [x.rows as u32, x.cols as u32, eps.to_bits(), groups_x, 0, 0, 0, 0];
+        self.recorder.dispatch(&self.gpu, Kernel::RmsNorm, params, &[&x.buf, &weight.buf, &out.buf], grid)
+    }
+
+    fn rope(&self, x: &mut GpuTensor, p: &RopeParams) -> Result<()> {
+        if x.cols != p.n_heads * p.head_dim || p.rot_dim > p.head_dim || !p.rot_dim.is_multiple_of(2) {
+            return Err(Error::shape(
+                "rope",
+                format!("{} columns for {} heads of {} (rotating {})", x.cols, p.n_heads, p.head_dim, p.rot_dim),
+            ));
+        }
+        let freqs = self.inv_freq(p.freq_base, p.rot_dim)?;
+        let pairs = (x.rows * p.n_heads * p.rot_dim / 2) as u64;
+        let (grid, groups_x) = Grid::folded(pairs.div_ceil(WORKGROUP as u64), self.max_groups());
+        let interleaved = u32::from(p.style == RopeStyle::Interleaved);
+        let params =
+            [x.rows as u32, p.n_heads as u32, p.head_dim as u32, p.rot_dim as u32, interleaved, p.pos0 as u32, groups_x, 0];
+        self.recorder.dispatch(&self.gpu, Kernel::Rope, params, &[&freqs, &x.buf], grid)
+    }
+
+    fn write_rows(&self, src: &GpuTensor, dst: &mut GpuTensor, row: usize) -> Result<()> {
+        if src.cols != dst.cols || row + src.rows > dst.rows {
+            return Err(Error::shape(
+                "write_rows",
+                format!("{}x{} at row {row} of {}x{}", src.rows, src.cols, dst.rows, dst.cols),
+            ));
+        }
+        let row_bytes = dst.cols as u64 * 4;
+        self.recorder.copy(&self.gpu, &src.buf, 0, &dst.buf, row as u64 * row_bytes, src.rows as u64 * row_bytes)
+    }
+
+    fn slice_rows(&self, src: &GpuTensor, first: usize, count: usize, out: &mut GpuTensor) -> Result<()> {
+        if first + count > src.rows {
+            return Err(Error::shape("slice_rows", format!("rows {first}..{} of {}", first + count, src.rows)));
+        }
+        self.resize("slice_rows", out, count, src.cols)?;
+        let row_bytes = src.cols as u64 * 4;
+        self.recorder.copy(&self.gpu, &src.buf, first as u64 * row_bytes, &out.buf, 0, count as u64 * row_bytes)
+    }
+
+    fn attention(&self, q: &GpuTensor, k: &GpuTensor, v: &GpuTensor, p: &AttentionParams, out: &mut GpuTensor) -> Result<()> {
+        let hd = p.head_dim;
+        let kv_cols = p.n_kv_heads * hd;
+        if p.n_kv_heads == 0 || !p.n_heads.is_multiple_of(p.n_kv_heads) {
+            return Err(Error::shape("attention", format!("{} heads cannot share {} KV heads", p.n_heads, p.n_kv_heads)));
+        }
+        if q.cols != p.n_heads * hd || k.cols != kv_cols || v.cols != kv_cols {
+            return Err(Error::shape(
+                "attention",
+                format!("q {} / k {} / v {} columns for {} heads, {} KV heads of {hd}", q.cols, k.cols, v.cols, p.n_heads, p.n_kv_heads),
+            ));
+        }
+        if hd > MAX_HEAD_DIM as usize {
+            return Err(Error::shape("attention", format!("heads of {hd} are past the WebGPU kernel's {MAX_HEAD_DIM}")));
+        }
+        let len = p.pos0 + q.rows;
+        if len > k.rows || len > v.rows {
+            return Err(Error::ContextFull { pos: len - 1, capacity: k.rows.min(v.rows) });
+        }
+        self.resize("attention", out, q.rows, q.cols)?;
+        let grid = Grid { dims: (p.n_heads as u32, q.rows as u32, 1) };
+        let params = [q.rows as u32, p.n_heads as u32, p.n_kv_heads as u32, hd as u32, p.pos0 as u32, p.scale.to_bits(), 0, 0];
+        self.recorder.dispatch(&self.gpu, Kernel::Attention, params, &[&q.buf, &k.buf, &v.buf, &out.buf], grid)
+    }
+
+    fn silu_mul(&self, gate: &GpuTensor, up: &GpuTensor, out: &mut GpuTensor) -> Result<()> {
+        Self::same_shape("silu_mul", gate, up)?;
+        self.resize("silu_mul", out, gate.rows, gate.cols)?;
+        self.elementwise(Kernel::SiluMul, gate.len(), &[&gate.buf, &up.buf, &out.buf])
+    }
+
+    fn add(&self, x: &mut GpuTensor, y: &GpuTensor) -> Result<()> {
+        Self::same_shape("add", x, y)?;
+        self.elementwise(Kernel::Add, x.len(), &[&y.buf, &x.buf])
+    }
+}

@@ -1,0 +1,271 @@
+//! Recording: every op appends its dispatches to one command encoder, and nothing is submitted until a result is
+//! read. A model's whole forward step therefore goes to the GPU as one command buffer in one submit.
+//!
+//! Each dispatch's 32 bytes of parameters go to the next 256-byte slot of a uniform ring buffer through
+//! `Queue::write_buffer`. Queue writes land before the next submit runs, so a slot only has to stay untouched
+//! until its submit: the ring restarts at every submit, and a step that runs out of slots submits early.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tern_core::{Error, Result};
+use tern_shaders::{Binding, Kernel};
+
+use crate::device::Gpu;
+
+/// Bytes of parameters per dispatch.
+const PARAM_BYTES: u64 = 32;
+/// Dispatches one submit can hold before the ring wraps.
+const RING_SLOTS: u64 = 2048;
+
+/// A compiled kernel and the layout of its bind group.
+#[derive(Clone)]
+struct Pipeline {
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+}
+
+/// Commands not yet submitted.
+struct Pending {
+    encoder: Option<wgpu::CommandEncoder>,
+    /// The open compute pass of `encoder` (closed before a copy or a submit).
+    pass: Option<wgpu::ComputePass<'static>>,
+    next_slot: u64,
+    /// Where `read` copies results to map them (grown as needed).
+    staging: Option<wgpu::Buffer>,
+}
+
+pub(crate) struct Recorder {
+    pipelines: Mutex<HashMap<Kernel, Pipeline>>,
+    pending: Mutex<Pending>,
+    ring: wgpu::Buffer,
+    slot_bytes: u64,
+}
+
+fn lock_failed() -> Error {
+    Error::Device { detail: "a thread panicked while recording GPU work; the backend cannot be used any more".into() }
+}
+
+impl Recorder {
+    pub(crate) fn new(gpu: &Gpu) -> Recorder {
+        let slot_bytes = (gpu.limits.min_uniform_buffer_offset_alignment as u64).max(PARAM_BYTES);
+        let ring = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("tern kernel parameters"),
+            size: slot_bytes * RING_SLOTS,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        Recorder {
+            pipelines: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Pending { encoder: None, pass: None, next_slot: 0, staging: None }),
+            ring,
+            slot_bytes,
+        }
+    }
+
+    /// The pipeline for `kernel`, compiled on first use. A kernel the device rejects is an error naming it.
+    fn pipeline(&self, gpu: &Gpu, kernel: Kernel) -> Result<Pipeline> {
+        let mut cache = self.pipelines.lock().map_err(|_| lock_failed())?;
+        if let Some(p) = cache.get(&kernel) {
+            return Ok(p.clone());
+        }
+        let label = kernel.label();
+        let size = kernel.workgroup_size();
+        if size > gpu.limits.max_compute_invocations_per_workgroup || size > gpu.limits.max_compute_workgroup_size_x {
+            return Err(Error::Device {
+                detail: format!("kernel {label} needs workgroups of {size}, past this adapter's limit"),
+            });
+        }
+        let device = &gpu.device;
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = kernel
+            .bindings()
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupLayoutEntry {
+                binding: i as u32,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: match b {
+                        Binding::Params => wgpu::BufferBindingType::Uniform,
+                        Binding::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                        Binding::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
+                    },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            })
+            .collect();
+        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(&label), entries: &entries });
+        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(&label),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(&label),
+            source: wgpu::ShaderSource::Wgsl(kernel.wgsl().into()),
+        });
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(&label),
+            layout: Some(&pipeline_layout),
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Device { detail: format!("kernel {label} does not compile on {}: {e}", gpu.report.name) });
+        }
+        let p = Pipeline { pipeline, layout };
+        cache.insert(kernel, p.clone());
+        Ok(p)
+    }
+
+    /// Records one dispatch of `kernel` with parameter words `params` over `buffers` (bindings 1, 2, ...) in
+    /// `grid` workgroups.
+    pub(crate) fn dispatch(
+        &self,
+        gpu: &Gpu,
+        kernel: Kernel,
+        params: [u32; 8],
+        buffers: &[&wgpu::Buffer],
+        grid: Grid,
+    ) -> Result<()> {
+        let pipeline = self.pipeline(gpu, kernel)?;
+        let (x, y, z) = grid.dims;
+        if x == 0 || y == 0 || z == 0 {
+            return Ok(());
+        }
+        let max = gpu.limits.max_compute_workgroups_per_dimension;
+        if x > max || y > max || z > max {
+            return Err(Error::Device { detail: format!("{} needs {x}x{y}x{z} workgroups, past this adapter's {max} per dimension", kernel.label()) });
+        }
+        let mut pending = self.pending.lock().map_err(|_| lock_failed())?;
+        if pending.next_slot == RING_SLOTS {
+            self.submit(gpu, &mut pending);
+        }
+        let offset = pending.next_slot * self.slot_bytes;
+        pending.next_slot += 1;
+        let bytes: Vec<u8> = params.iter().flat_map(|w| w.to_le_bytes()).collect();
+        gpu.queue.write_buffer(&self.ring, offset, &bytes);
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &self.ring,
+                offset,
+                size: wgpu::BufferSize::new(PARAM_BYTES),
+            }),
+        }];
+        entries.extend(buffers.iter().enumerate().map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.as_entire_binding() }));
+        let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("tern dispatch"),
+            layout: &pipeline.layout,
+            entries: &entries,
+        });
+        let pass = self.pass(gpu, &mut pending);
+        pass.set_pipeline(&pipeline.pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(x, y, z);
+        Ok(())
+    }
+
+    /// The open compute pass, opened (with the encoder) if there is none.
+    fn pass<'p>(&self, gpu: &Gpu, pending: &'p mut Pending) -> &'p mut wgpu::ComputePass<'static> {
+        let pass = match pending.pass.take() {
+            Some(pass) => pass,
+            None => {
+                let encoder = pending.encoder.get_or_insert_with(|| {
+                    gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("tern step") })
+                });
+                encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("tern ops"), timestamp_writes: None }).forget_lifetime()
+            }
+        };
+        pending.pass.insert(pass)
+    }
+
+    /// Records a buffer-to-buffer copy (between compute passes).
+    pub(crate) fn copy(&self, gpu: &Gpu, src: &wgpu::Buffer, src_offset: u64, dst: &wgpu::Buffer, dst_offset: u64, bytes: u64) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        let mut pending = self.pending.lock().map_err(|_| lock_failed())?;
+        pending.pass = None;
+        let encoder = pending.encoder.get_or_insert_with(|| {
+            gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("tern step") })
+        });
+        encoder.copy_buffer_to_buffer(src, src_offset, dst, dst_offset, bytes);
+        Ok(())
+    }
+
+    /// Submits what is recorded.
+    fn submit(&self, gpu: &Gpu, pending: &mut Pending) {
+        pending.pass = None;
+        if let Some(encoder) = pending.encoder.take() {
+            gpu.queue.submit([encoder.finish()]);
+        }
+        pending.next_slot = 0;
+    }
+
+    /// Submits everything recorded and waits for `bytes` bytes of `src` to come back.
+    pub(crate) fn read(&self, gpu: &Gpu, src: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+        let mut pending = self.pending.lock().map_err(|_| lock_failed())?;
+        pending.pass = None;
+        let too_small = pending.staging.as_ref().is_none_or(|s| s.size() < bytes.max(4));
+        if too_small {
+            pending.staging = Some(gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("tern readback"),
+                size: bytes.max(4).next_power_of_two(),
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }));
+        }
+        let Some(staging) = pending.staging.clone() else { return Err(lock_failed()) };
+        if bytes > 0 {
+            let encoder = pending.encoder.get_or_insert_with(|| {
+                gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("tern step") })
+            });
+            encoder.copy_buffer_to_buffer(src, 0, &staging, 0, bytes);
+        }
+        self.submit(gpu, &mut pending);
+        if bytes == 0 {
+            gpu.check()?;
+            return Ok(Vec::new());
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, ..bytes, move |r| {
+            let _ = tx.send(r);
+        });
+        gpu.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Device { detail: format!("waiting for the GPU failed: {e}") })?;
+        gpu.check()?;
+        match rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Error::Device { detail: format!("reading a result back failed: {e}") }),
+            Err(_) => return Err(Error::Device { detail: "the GPU never finished reading a result back".into() }),
+        }
+        let data = staging
+            .get_mapped_range(..bytes)
+            .map_err(|e| Error::Device { detail: format!("reading a result back failed: {e}") })?
+            .to_vec();
+        staging.unmap();
+        Ok(data)
+    }
+}
+
+/// Workgroup counts of a dispatch.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Grid {
+    pub dims: (u32, u32, u32),
+}
+
+impl Grid {
+    /// `groups` workgroups in x, folded into `y` past `max` per dimension; `groups_x` is what the kernel is told.
+    pub(crate) fn folded(groups: u64, max: u32) -> (Grid, u32) {
+        let x = groups.min(max as u64).max(1) as u32;
+        let y = groups.div_ceil(x as u64) as u32;
+        (Grid { dims: if groups == 0 { (0, 1, 1) } else { (x, y, 1) } }, x)
+    }
+}

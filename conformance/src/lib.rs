@@ -1,0 +1,427 @@
+//! One set of op tests for every tern backend. Each check runs an op on a backend and compares it with a plain
+//! scalar f64 reference written here, with shapes that hit the tails of kernels' tiling (rows not a multiple of
+//! the workgroup's, token counts not a multiple of the tile).
+//!
+//! A backend's test file instantiates the whole suite with [`conformance_suite!`], given a function that
+//! returns the backends to test, each with a label for messages:
+//!
+//! ```ignore
+//! fn backends() -> Vec<(String, Arc<CpuBackend>)> { ... }
+//! tern_conformance::conformance_suite!(backends);
+//! ```
+
+use tern_core::{AttentionParams, Backend, Error, RopeParams, RopeStyle, TensorType};
+use tern_quant::{PackedMatrix, TernFormat, TernMatrix};
+
+pub use proptest;
+
+/// The GGUF types every backend multiplies.
+pub const TYPES: [TensorType; 6] =
+    [TensorType::F32, TensorType::F16, TensorType::Bf16, TensorType::Q4_0, TensorType::Q4_1, TensorType::Q8_0];
+
+/// Deterministic pseudo-random values in `[-scale, scale)`.
+pub fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+pub fn dequantized(m: &PackedMatrix) -> Vec<f32> {
+    let mut out = vec![0f32; m.rows * m.cols];
+    for r in 0..m.rows {
+        m.dequantize_row(r, &mut out[r * m.cols..(r + 1) * m.cols]);
+    }
+    out
+}
+
+pub fn assert_close(got: &[f32], want: &[f64], tol: impl Fn(usize) -> f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!((g as f64 - w).abs() <= tol(i), "{what}: element {i} is {g}, reference {w} (tolerance {})", tol(i));
+    }
+}
+
+/// The f64 products `wf · x` (`rows x cols` weights, `tokens` activation rows), and per product the tolerance:
+/// f32 accumulation slack, plus, for quantized weights, the rounding bound of int8 activations.
+///
+/// A backend may round activations to int8 per block of 32 with scale `d = max|x| / 127`: each element then
+/// moves by at most `d / 2` and the product by at most `sum_b d_b / 2 * sum_{c in b} |w_rc|`. That bound is the
+/// tolerance, so the test holds any correct int8 scheme to its promise (and an f32 one passes easily).
+pub fn reference(wf: &[f32], x: &[f32], rows: usize, cols: usize, int8: bool) -> (Vec<f64>, Vec<f64>) {
+    let tokens = x.len() / cols;
+    let mut want = vec![0f64; tokens * rows];
+    let mut bound = vec![0f64; tokens * rows];
+    for t in 0..tokens {
+        let xt = &x[t * cols..(t + 1) * cols];
+        for r in 0..rows {
+            let wr = &wf[r * cols..(r + 1) * cols];
+            want[t * rows + r] = wr.iter().zip(xt).map(|(&a, &b)| a as f64 * b as f64).sum();
+            let magnitude: f64 = wr.iter().zip(xt).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
+            let rounding: f64 = if int8 {
+                (0..cols / 32)
+                    .map(|b| {
+                        let d = xt[b * 32..(b + 1) * 32].iter().fold(0f32, |m, v| m.max(v.abs())) as f64 / 127.0;
+                        d / 2.0 * wr[b * 32..(b + 1) * 32].iter().map(|v| v.abs() as f64).sum::<f64>()
+                    })
+                    .sum()
+            } else {
+                0.0
+            };
+            bound[t * rows + r] = rounding + 1e-5 * magnitude + 1e-5;
+        }
+    }
+    (want, bound)
+}
+
+/// Runs `x` (`tokens` rows) through `w` and reads the product back.
+pub fn product<B: Backend>(be: &B, w: &B::Matrix, x: &[f32], tokens: usize, cols: usize) -> Vec<f32> {
+    let mut out = be.zeros(0, 0).unwrap();
+    be.matmul(w, &be.upload(x, tokens, cols).unwrap(), &mut out).unwrap();
+    be.read(&out).unwrap()
+}
+
+pub fn check_matmul<B: Backend>(be: &B, label: &str, ty: TensorType, rows: usize, cols: usize, tokens: usize, seed: u64) {
+    let w = PackedMatrix::from_f32(ty, rows, cols, &values(rows * cols, seed, 1.0)).unwrap();
+    let x = values(tokens * cols, seed + 1, 3.0);
+    let (want, bound) = reference(&dequantized(&w), &x, rows, cols, ty.is_quantized());
+    let m = be.upload_matrix(w.view()).unwrap();
+    assert_eq!(be.matrix_shape(&m), (rows, cols));
+    let xt = be.upload(&x, tokens, cols).unwrap();
+    let mut out = be.zeros(0, 0).unwrap();
+    be.matmul(&m, &xt, &mut out).unwrap();
+    assert_eq!(be.shape(&out), (tokens, rows));
+    let what = format!("matmul {ty:?} {rows}x{cols} by {tokens} tokens on {label}");
+    assert_close(&be.read(&out).unwrap(), &want, |i| bound[i], &what);
+}
+
+pub fn matmul_model_sized_shapes<B: Backend>(be: &B, label: &str) {
+    for ty in TYPES {
+        check_matmul(be, label, ty, 67, 576, 13, 5);
+    }
+    check_matmul(be, label, TensorType::Q4_1, 576, 1536, 5, 9);
+}
+
+pub fn matmul_rejects_wrong_width<B: Backend>(be: &B, _label: &str) {
+    let w = PackedMatrix::from_f32(TensorType::Q4_1, 4, 64, &values(256, 1, 1.0)).unwrap();
+    let m = be.upload_matrix(w.view()).unwrap();
+    let x = be.upload(&values(96, 2, 1.0), 1, 96).unwrap();
+    let mut out = be.zeros(0, 0).unwrap();
+    assert!(matches!(be.matmul(&m, &x, &mut out), Err(Error::Shape { .. })));
+}
+
+/// Dequantized rows, to within one f32 rounding of the reference (a GPU may fuse `d * q + m`).
+pub fn embed_gathers_dequantized_rows<B: Backend>(be: &B, label: &str) {
+    for ty in TYPES {
+        let (rows, cols) = (11, 64);
+        let w = PackedMatrix::from_f32(ty, rows, cols, &values(rows * cols, 3, 1.0)).unwrap();
+        let wf = dequantized(&w);
+        let ids = [3u32, 0, 10, 3];
+        let want: Vec<f64> =
+            ids.iter().flat_map(|&i| wf[i as usize * cols..(i as usize + 1) * cols].iter().map(|&v| v as f64)).collect();
+        let m = be.upload_matrix(w.view()).unwrap();
+        let mut out = be.zeros(0, 0).unwrap();
+        be.embed(&m, &ids, &mut out).unwrap();
+        assert_close(&be.read(&out).unwrap(), &want, |i| 1.2e-7 * want[i].abs(), &format!("embed {ty:?} on {label}"));
+        assert!(be.embed(&m, &[11], &mut out).is_err(), "an id past the table is an error");
+    }
+}
+
+pub fn rms_norm_matches_reference<B: Backend>(be: &B, label: &str) {
+    let (rows, cols, eps) = (3, 96, 1e-5f32);
+    let x = values(rows * cols, 4, 4.0);
+    let weight = values(cols, 5, 2.0);
+    let mut want = Vec::new();
+    for row in x.chunks(cols) {
+        let ms = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / cols as f64;
+        let inv = 1.0 / (ms + eps as f64).sqrt();
+        want.extend(row.iter().zip(&weight).map(|(&v, &g)| v as f64 * inv * g as f64));
+    }
+    let mut out = be.zeros(0, 0).unwrap();
+    be.rms_norm(&be.upload(&x, rows, cols).unwrap(), &be.upload(&weight, 1, cols).unwrap(), eps, &mut out).unwrap();
+    assert_close(&be.read(&out).unwrap(), &want, |i| 1e-5 * want[i].abs().max(1.0), &format!("rms_norm on {label}"));
+    let short = be.upload(&weight[..32], 1, 32).unwrap();
+    assert!(be.rms_norm(&be.upload(&x, rows, cols).unwrap(), &short, eps, &mut out).is_err());
+}
+
+fn rope_reference(x: &[f32], rows: usize, p: &RopeParams) -> Vec<f64> {
+    let mut out: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+    let width = p.n_heads * p.head_dim;
+    for t in 0..rows {
+        let pos = (p.pos0 + t) as f64;
+        for h in 0..p.n_heads {
+            let base = t * width + h * p.head_dim;
+            for i in 0..p.rot_dim / 2 {
+                let theta = pos * (p.freq_base as f64).powf(-2.0 * i as f64 / p.rot_dim as f64);
+                let (a, b) = match p.style {
+                    RopeStyle::Interleaved => (base + 2 * i, base + 2 * i + 1),
+                    RopeStyle::Halves => (base + i, base + i + p.rot_dim / 2),
+                };
+                let (x0, x1) = (x[a] as f64, x[b] as f64);
+                out[a] = x0 * theta.cos() - x1 * theta.sin();
+                out[b] = x0 * theta.sin() + x1 * theta.cos();
+            }
+        }
+    }
+    out
+}
+
+pub fn rope_matches_reference<B: Backend>(be: &B, label: &str) {
+    for style in [RopeStyle::Interleaved, RopeStyle::Halves] {
+        for (rot_dim, pos0) in [(64, 0), (64, 37), (32, 1000)] {
+            let p = RopeParams { n_heads: 3, head_dim: 64, rot_dim, freq_base: 10000.0, style, pos0 };
+            let rows = 5;
+            let x = values(rows * 3 * 64, 6, 1.0);
+            let want = rope_reference(&x, rows, &p);
+            let mut t = be.upload(&x, rows, 3 * 64).unwrap();
+            be.rope(&mut t, &p).unwrap();
+            // Angles up to ~1000 radians lose ~1e-4 in f32.
+            let what = format!("rope {style:?} rot {rot_dim} pos {pos0} on {label}");
+            assert_close(&be.read(&t).unwrap(), &want, |_| 2e-4, &what);
+        }
+    }
+}
+
+fn attention_reference(q: &[f32], k: &[f32], v: &[f32], rows: usize, p: &AttentionParams) -> Vec<f64> {
+    let (hd, kv_width) = (p.head_dim, p.n_kv_heads * p.head_dim);
+    let group = p.n_heads / p.n_kv_heads;
+    let mut out = vec![0f64; rows * p.n_heads * hd];
+    for t in 0..rows {
+        let visible = p.pos0 + t + 1;
+        for h in 0..p.n_heads {
+            let kvh = h / group;
+            let qh = &q[(t * p.n_heads + h) * hd..][..hd];
+            let scores: Vec<f64> = (0..visible)
+                .map(|j| {
+                    let kj = &k[j * kv_width + kvh * hd..][..hd];
+                    qh.iter().zip(kj).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() * p.scale as f64
+                })
+                .collect();
+            let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+            let total: f64 = weights.iter().sum();
+            for (j, w) in weights.iter().enumerate() {
+                for d in 0..hd {
+                    out[(t * p.n_heads + h) * hd + d] += w / total * v[j * kv_width + kvh * hd + d] as f64;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Grouped-query (3 query heads per KV head), multi-head and multi-query attention, for a prefill from
+/// position 0, continuations after cached positions, and a context longer than one 64-position tile.
+pub fn attention_matches_reference<B: Backend>(be: &B, label: &str) {
+    for (n_heads, n_kv_heads, hd) in [(6, 2, 32), (4, 4, 32), (4, 1, 32), (2, 1, 128)] {
+        for (pos0, rows) in [(0, 7), (9, 3), (20, 1), (130, 2)] {
+            let p = AttentionParams { n_heads, n_kv_heads, head_dim: hd, pos0, scale: 1.0 / (hd as f32).sqrt() };
+            let len = pos0 + rows;
+            let cache_rows = len + 4; // capacity past the used length must be ignored
+            let q = values(rows * n_heads * hd, 7, 2.0);
+            let k = values(cache_rows * n_kv_heads * hd, 8, 2.0);
+            let v = values(cache_rows * n_kv_heads * hd, 9, 1.0);
+            let want = attention_reference(&q, &k, &v, rows, &p);
+            let (qt, kt, vt) = (
+                be.upload(&q, rows, n_heads * hd).unwrap(),
+                be.upload(&k, cache_rows, n_kv_heads * hd).unwrap(),
+                be.upload(&v, cache_rows, n_kv_heads * hd).unwrap(),
+            );
+            let mut out = be.zeros(0, 0).unwrap();
+            be.attention(&qt, &kt, &vt, &p, &mut out).unwrap();
+            let what = format!("attention {n_heads}/{n_kv_heads} heads of {hd}, pos0 {pos0}, {rows} rows on {label}");
+            assert_close(&be.read(&out).unwrap(), &want, |_| 1e-5, &what);
+        }
+    }
+}
+
+pub fn attention_rejects_positions_past_the_cache<B: Backend>(be: &B, _label: &str) {
+    let p = AttentionParams { n_heads: 2, n_kv_heads: 1, head_dim: 32, pos0: 5, scale: 0.1 };
+    let q = be.upload(&values(2 * 64, 1, 1.0), 2, 64).unwrap();
+    let kv = be.upload(&values(6 * 32, 2, 1.0), 6, 32).unwrap();
+    let mut out = be.zeros(0, 0).unwrap();
+    assert!(be.attention(&q, &kv, &kv, &p, &mut out).is_err(), "positions 5..7 need 7 cached rows");
+}
+
+pub fn elementwise_ops_match_reference<B: Backend>(be: &B, label: &str) {
+    let (rows, cols) = (3, 40);
+    let a = values(rows * cols, 10, 6.0);
+    let b = values(rows * cols, 11, 3.0);
+    let silu: Vec<f64> = a.iter().zip(&b).map(|(&g, &u)| g as f64 / (1.0 + (-g as f64).exp()) * u as f64).collect();
+    let sum: Vec<f64> = a.iter().zip(&b).map(|(&x, &y)| x as f64 + y as f64).collect();
+    let (at, bt) = (be.upload(&a, rows, cols).unwrap(), be.upload(&b, rows, cols).unwrap());
+    let mut out = be.zeros(0, 0).unwrap();
+    be.silu_mul(&at, &bt, &mut out).unwrap();
+    assert_close(&be.read(&out).unwrap(), &silu, |i| 1e-5 * silu[i].abs().max(1.0), &format!("silu_mul on {label}"));
+    let mut x = be.upload(&a, rows, cols).unwrap();
+    be.add(&mut x, &bt).unwrap();
+    assert_close(&be.read(&x).unwrap(), &sum, |i| 1e-6 * sum[i].abs().max(1.0), &format!("add on {label}"));
+    let wrong = be.upload(&b[..cols], 1, cols).unwrap();
+    assert!(be.add(&mut x, &wrong).is_err());
+    assert!(be.silu_mul(&at, &wrong, &mut out).is_err());
+}
+
+pub fn row_copies<B: Backend>(be: &B, _label: &str) {
+    let src = values(2 * 8, 12, 1.0);
+    let mut cache = be.zeros(5, 8).unwrap();
+    be.write_rows(&be.upload(&src, 2, 8).unwrap(), &mut cache, 3).unwrap();
+    let got = be.read(&cache).unwrap();
+    assert!(got[..24].iter().all(|&v| v == 0.0));
+    assert_eq!(&got[24..], &src[..]);
+    assert!(be.write_rows(&be.upload(&src, 2, 8).unwrap(), &mut cache, 4).is_err(), "rows 4..6 overflow 5");
+    let mut out = be.zeros(0, 0).unwrap();
+    be.slice_rows(&cache, 4, 1, &mut out).unwrap();
+    assert_eq!(be.shape(&out), (1, 8));
+    assert_eq!(be.read(&out).unwrap(), &src[8..]);
+    assert!(be.slice_rows(&cache, 4, 2, &mut out).is_err());
+}
+
+pub fn matmul_many_equals_separate_products<B: Backend>(be: &B, label: &str) {
+    let cols = 96;
+    let x = values(5 * cols, 3, 2.0);
+    let mats: Vec<PackedMatrix> = [(TensorType::Q4_1, 40), (TensorType::Q4_0, 7), (TensorType::Q8_0, 33), (TensorType::F16, 9)]
+        .iter()
+        .enumerate()
+        .map(|(i, &(ty, rows))| PackedMatrix::from_f32(ty, rows, cols, &values(rows * cols, 20 + i as u64, 1.0)).unwrap())
+        .collect();
+    let ms: Vec<_> = mats.iter().map(|m| be.upload_matrix(m.view()).unwrap()).collect();
+    let xt = be.upload(&x, 5, cols).unwrap();
+    // All quantized (one fused pass on backends that fuse), then with a float matrix among them.
+    for n in [3, 4] {
+        let refs: Vec<_> = ms[..n].iter().collect();
+        let mut outs: Vec<_> = (0..n).map(|_| be.zeros(0, 0).unwrap()).collect();
+        let mut out_refs: Vec<&mut _> = outs.iter_mut().collect();
+        be.matmul_many(&refs, &xt, &mut out_refs).unwrap();
+        for (m, got) in ms[..n].iter().zip(&outs) {
+            let mut want = be.zeros(0, 0).unwrap();
+            be.matmul(m, &xt, &mut want).unwrap();
+            assert_eq!(be.read(got).unwrap(), be.read(&want).unwrap(), "{n} products on {label}");
+        }
+    }
+    let mut one = be.zeros(0, 0).unwrap();
+    assert!(be.matmul_many(&[&ms[0], &ms[1]], &xt, &mut [&mut one]).is_err());
+}
+
+/// A token's products do not depend on the batch it was computed in (prefill tiles, decode, tails): a session
+/// that reuses its KV cache gives exactly what a fresh prefill of the same tokens gives.
+pub fn matmul_is_batch_invariant<B: Backend>(be: &B, label: &str) {
+    for ty in [TensorType::Q4_0, TensorType::Q4_1, TensorType::Q8_0] {
+        let (rows, cols, tokens) = (37, 320, 11);
+        let w = PackedMatrix::from_f32(ty, rows, cols, &values(rows * cols, 4, 1.0)).unwrap();
+        let x = values(tokens * cols, 5, 2.0);
+        let m = be.upload_matrix(w.view()).unwrap();
+        let all = product(be, &m, &x, tokens, cols);
+        for t in 0..tokens {
+            let one = product(be, &m, &x[t * cols..(t + 1) * cols], 1, cols);
+            assert_eq!(one, &all[t * rows..(t + 1) * rows], "{ty:?} token {t} on {label}");
+        }
+    }
+}
+
+/// tern-format products against the f64 product of the reference dequantization and the exact activations,
+/// within the int8 activation rounding bound of [`reference`]. Returns the products.
+pub fn check_tern<B: Backend>(be: &B, label: &str, f: TernFormat, rows: usize, cols: usize, tokens: usize, seed: u64) -> Vec<f32> {
+    let t = TernMatrix::quantize(f, rows, cols, &values(rows * cols, seed, 1.0), None).unwrap();
+    let x = values(tokens * cols, seed + 1, 3.0);
+    let (want, bound) = reference(&t.dequantize(), &x, rows, cols, true);
+    let m = be.upload_matrix(t.view()).unwrap();
+    let got = product(be, &m, &x, tokens, cols);
+    assert_close(&got, &want, |i| bound[i], &format!("{f:?} {rows}x{cols} by {tokens} on {label}"));
+    got
+}
+
+pub fn tern_model_shapes_embedding_and_batch_invariance<B: Backend>(be: &B, label: &str) {
+    for f in TernFormat::ALL {
+        check_tern(be, label, f, 40, 576, 6, 3);
+        let t = TernMatrix::quantize(f, 9, 96, &values(9 * 96, 5, 1.0), None).unwrap();
+        let x = values(7 * 96, 6, 2.0);
+        let m = be.upload_matrix(t.view()).unwrap();
+        let mut out = be.zeros(0, 0).unwrap();
+        be.embed(&m, &[8, 0], &mut out).unwrap();
+        let mut row = vec![0f32; 96];
+        t.dequantize_row(8, &mut row);
+        let want: Vec<f64> = row.iter().map(|&v| v as f64).collect();
+        assert_close(&be.read(&out).unwrap()[..96], &want, |i| 1.2e-7 * want[i].abs(), &format!("{f:?} embed on {label}"));
+        let all = product(be, &m, &x, 7, 96);
+        for tk in 0..7 {
+            let one = product(be, &m, &x[tk * 96..(tk + 1) * 96], 1, 96);
+            assert_eq!(one, &all[tk * 9..(tk + 1) * 9], "{f:?} token {tk} on {label}");
+        }
+    }
+}
+
+pub fn inconsistent_tern_matrices_are_refused<B: Backend>(be: &B, _label: &str) {
+    let mut t = TernMatrix::quantize(TernFormat::T4, 2, 64, &values(128, 1, 1.0), None).unwrap();
+    t.codes.pop();
+    let err = be.upload_matrix(t.view()).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("scales hold 1 words, expected 2"), "{err}");
+}
+
+/// Instantiates every conformance test for the backends `$backends()` returns (`Vec<(String, Arc<B>)>`: a
+/// label for messages and the backend, shared so that a backend that is slow to set up can be made once).
+#[macro_export]
+macro_rules! conformance_suite {
+    ($backends:ident) => {
+        mod conformance {
+            use $crate::proptest::prelude::*;
+
+            $crate::__conformance_each!(super::$backends;
+                matmul_model_sized_shapes,
+                matmul_rejects_wrong_width,
+                embed_gathers_dequantized_rows,
+                rms_norm_matches_reference,
+                rope_matches_reference,
+                attention_matches_reference,
+                attention_rejects_positions_past_the_cache,
+                elementwise_ops_match_reference,
+                row_copies,
+                matmul_many_equals_separate_products,
+                matmul_is_batch_invariant,
+                tern_model_shapes_embedding_and_batch_invariance,
+                inconsistent_tern_matrices_are_refused,
+            );
+
+            proptest! {
+                #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+                #[test]
+                fn matmul_matches_reference(ty in 0..$crate::TYPES.len(), rows in 1usize..40, blocks in 1usize..6, tokens in 1usize..10, seed in any::<u64>()) {
+                    for (label, be) in super::$backends() {
+                        $crate::check_matmul(&*be, &label, $crate::TYPES[ty], rows, blocks * 32, tokens, seed);
+                    }
+                }
+
+                #[test]
+                fn tern_products_match_reference(f in 0usize..4, rows in 1usize..20, blocks in 1usize..20, tokens in 1usize..10, seed in any::<u64>()) {
+                    for (label, be) in super::$backends() {
+                        $crate::check_tern(&*be, &label, $crate::proptest_tern_format(f), rows, blocks * 32, tokens, seed);
+                    }
+                }
+            }
+        }
+    };
+}
+
+/// One `#[test]` per check, each running it on every backend.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_each {
+    ($backends:path; $($check:ident),* $(,)?) => {$(
+        #[test]
+        fn $check() {
+            for (label, be) in $backends() {
+                $crate::$check(&*be, &label);
+            }
+        }
+    )*};
+}
+
+/// Format `i` of [`TernFormat::ALL`], for the suite's property tests.
+pub fn proptest_tern_format(i: usize) -> TernFormat {
+    TernFormat::ALL[i % TernFormat::ALL.len()]
+}

@@ -1,0 +1,292 @@
+//! The kernel sources. Each one's bindings and parameter words are listed in [`crate::Kernel`].
+
+use tern_core::TensorType;
+
+use crate::{formats, ATTENTION_TILE, MAX_HEAD_DIM, WORKGROUP};
+
+/// Products of a matrix with activation rows, `workgroup / lanes` rows by up to `tokens` tokens per workgroup.
+///
+/// Each of a row's `lanes` invocations walks every `lanes`-th chunk of 8 weights, dequantizes it once and
+/// multiplies it with up to `tokens` activation rows; the lanes' partial sums meet in a tree in workgroup
+/// memory. A token's sum is taken in the same order whatever the batch, so products are batch invariant.
+pub(crate) fn matmul(ty: TensorType, workgroup: u32, lanes: u32, tokens: u32) -> String {
+    let reader = formats::reader(ty);
+    let partial = workgroup * tokens;
+    format!(
+        r#"struct Params {{ rows: u32, cols: u32, tokens: u32, groups_x: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(5) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> out: array<f32>;
+{reader}
+const WG: u32 = {workgroup}u;
+const LANES: u32 = {lanes}u;
+const ROWS: u32 = WG / LANES;
+const TOKENS: u32 = {tokens}u;
+var<workgroup> partial: array<f32, {partial}>;
+
+@compute @workgroup_size({workgroup})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
+    let lane = li % LANES;
+    let r = (wid.x + wid.z * p.groups_x) * ROWS + li / LANES;
+    let t0 = wid.y * TOKENS;
+    let nt = min(TOKENS, p.tokens - t0);
+    let cols4 = p.cols / 4u;
+    let chunks = p.cols / 8u;
+    var acc: array<f32, TOKENS>;
+    if (r < p.rows) {{
+        for (var c = lane; c < chunks; c += LANES) {{
+            let ch = load_chunk(r, c);
+            for (var t = 0u; t < nt; t++) {{
+                let xb = (t0 + t) * cols4;
+                acc[t] += dot(ch.a, x[xb + ch.ia]) + dot(ch.b, x[xb + ch.ib]);
+            }}
+        }}
+    }}
+    for (var t = 0u; t < nt; t++) {{
+        partial[t * WG + li] = acc[t];
+    }}
+    workgroupBarrier();
+    for (var s = LANES / 2u; s > 0u; s >>= 1u) {{
+        if (lane < s) {{
+            for (var t = 0u; t < nt; t++) {{
+                partial[t * WG + li] += partial[t * WG + li + s];
+            }}
+        }}
+        workgroupBarrier();
+    }}
+    if (lane == 0u && r < p.rows) {{
+        for (var t = 0u; t < nt; t++) {{
+            out[(t0 + t) * p.rows + r] = partial[t * WG + li];
+        }}
+    }}
+}}
+"#
+    )
+}
+
+/// One invocation per chunk of 8 output elements: the table's rows for `ids`, dequantized.
+pub(crate) fn embed(ty: TensorType) -> String {
+    let reader = formats::reader(ty);
+    format!(
+        r#"struct Params {{ cols: u32, tokens: u32, groups_x: u32, _p3: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(5) var<storage, read> ids: array<u32>;
+@group(0) @binding(6) var<storage, read_write> out: array<vec4<f32>>;
+{reader}
+@compute @workgroup_size({WORKGROUP})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
+    let i = (wid.x + wid.y * p.groups_x) * {WORKGROUP}u + li;
+    let chunks = p.cols / 8u;
+    let t = i / chunks;
+    if (t >= p.tokens) {{
+        return;
+    }}
+    let ch = load_chunk(ids[t], i % chunks);
+    let base = t * (p.cols / 4u);
+    out[base + ch.ia] = ch.a;
+    out[base + ch.ib] = ch.b;
+}}
+"#
+    )
+}
+
+/// One workgroup per row: the mean square in a tree, then the scaled row.
+pub(crate) fn rms_norm() -> String {
+    format!(
+        r#"struct Params {{ rows: u32, cols: u32, eps: f32, groups_x: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> weight: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+var<workgroup> sums: array<f32, {WORKGROUP}>;
+
+@compute @workgroup_size({WORKGROUP})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
+    let row = wid.x + wid.y * p.groups_x;
+    if (row >= p.rows) {{
+        return;
+    }}
+    let base = row * p.cols;
+    var s = 0.0;
+    for (var c = li; c < p.cols; c += {WORKGROUP}u) {{
+        let v = x[base + c];
+        s += v * v;
+    }}
+    sums[li] = s;
+    workgroupBarrier();
+    for (var h = {WORKGROUP}u / 2u; h > 0u; h >>= 1u) {{
+        if (li < h) {{
+            sums[li] += sums[li + h];
+        }}
+        workgroupBarrier();
+    }}
+    let inv = inverseSqrt(sums[0] / f32(p.cols) + p.eps);
+    for (var c = li; c < p.cols; c += {WORKGROUP}u) {{
+        out[base + c] = x[base + c] * inv * weight[c];
+    }}
+}}
+"#
+    )
+}
+
+/// One invocation per rotated pair. The angles are `pos * inv_freq[i]` in f32, as on the CPU, reduced to
+/// `[-pi, pi]` (Cody-Waite, two-part 2 pi) before `sin`/`cos`, whose precision GPUs only promise there.
+pub(crate) fn rope() -> String {
+    format!(
+        r#"struct Params {{ rows: u32, n_heads: u32, head_dim: u32, rot_dim: u32, interleaved: u32, pos0: u32, groups_x: u32, _p7: u32 }}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> inv_freq: array<f32>;
+@group(0) @binding(2) var<storage, read_write> x: array<f32>;
+
+@compute @workgroup_size({WORKGROUP})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
+    let g = (wid.x + wid.y * p.groups_x) * {WORKGROUP}u + li;
+    let half_rot = p.rot_dim / 2u;
+    let per_row = p.n_heads * half_rot;
+    let t = g / per_row;
+    if (t >= p.rows) {{
+        return;
+    }}
+    let h = (g % per_row) / half_rot;
+    let i = g % half_rot;
+    let angle = f32(p.pos0 + t) * inv_freq[i];
+    let k = round(angle * 0.15915494309189535);
+    let reduced = (angle - k * 6.28125) - k * 0.0019353071795864769;
+    let c = cos(reduced);
+    let s = sin(reduced);
+    let base = (t * p.n_heads + h) * p.head_dim;
+    var a = base + i;
+    var b = base + i + half_rot;
+    if (p.interleaved == 1u) {{
+        a = base + 2u * i;
+        b = a + 1u;
+    }}
+    let x0 = x[a];
+    let x1 = x[b];
+    x[a] = x0 * c - x1 * s;
+    x[b] = x0 * s + x1 * c;
+}}
+"#
+    )
+}
+
+/// One workgroup per (query row, head). Each tile of positions: every invocation scores one position, the
+/// tile's maximum rescales the running sums (online softmax), and each invocation accumulates its own output
+/// dimensions over the tile.
+pub(crate) fn attention() -> String {
+    let dims = MAX_HEAD_DIM / WORKGROUP;
+    let tile = ATTENTION_TILE;
+    format!(
+        r#"struct Params {{ rows: u32, n_heads: u32, n_kv_heads: u32, head_dim: u32, pos0: u32, scale: f32, _p6: u32, _p7: u32 }}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> q: array<f32>;
+@group(0) @binding(2) var<storage, read> k: array<f32>;
+@group(0) @binding(3) var<storage, read> v: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+var<workgroup> weights: array<f32, {tile}>;
+var<workgroup> qs: array<f32, {MAX_HEAD_DIM}>;
+const NONE: f32 = -3.0e38;
+
+@compute @workgroup_size({tile})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
+    let h = wid.x;
+    let t = wid.y;
+    let hd = p.head_dim;
+    let kvh = h / (p.n_heads / p.n_kv_heads);
+    let kv_cols = p.n_kv_heads * hd;
+    let visible = p.pos0 + t + 1u;
+    let qbase = (t * p.n_heads + h) * hd;
+    for (var d = li; d < hd; d += {tile}u) {{
+        qs[d] = q[qbase + d];
+    }}
+    workgroupBarrier();
+    var m = NONE;
+    var l = 0.0;
+    var acc: array<f32, {dims}>;
+    for (var j0 = 0u; j0 < visible; j0 += {tile}u) {{
+        let j = j0 + li;
+        var s = NONE;
+        if (j < visible) {{
+            let kb = j * kv_cols + kvh * hd;
+            var dotp = 0.0;
+            for (var d = 0u; d < hd; d++) {{
+                dotp += qs[d] * k[kb + d];
+            }}
+            s = dotp * p.scale;
+        }}
+        weights[li] = s;
+        workgroupBarrier();
+        var tile_max = NONE;
+        for (var i = 0u; i < {tile}u; i++) {{
+            tile_max = max(tile_max, weights[i]);
+        }}
+        workgroupBarrier();
+        let m_new = max(m, tile_max);
+        let correction = exp(m - m_new);
+        weights[li] = select(0.0, exp(s - m_new), j < visible);
+        workgroupBarrier();
+        var tile_sum = 0.0;
+        for (var i = 0u; i < {tile}u; i++) {{
+            tile_sum += weights[i];
+        }}
+        l = l * correction + tile_sum;
+        let n = min({tile}u, visible - j0);
+        for (var e = 0u; e < {dims}u; e++) {{
+            let d = li + e * {tile}u;
+            if (d < hd) {{
+                var a = acc[e] * correction;
+                for (var i = 0u; i < n; i++) {{
+                    a += weights[i] * v[(j0 + i) * kv_cols + kvh * hd + d];
+                }}
+                acc[e] = a;
+            }}
+        }}
+        m = m_new;
+        workgroupBarrier();
+    }}
+    for (var e = 0u; e < {dims}u; e++) {{
+        let d = li + e * {tile}u;
+        if (d < hd) {{
+            out[qbase + d] = acc[e] / l;
+        }}
+    }}
+}}
+"#
+    )
+}
+
+/// A 1-D elementwise kernel over `p.len` elements, 256 per workgroup, with `body` run for index `i`.
+fn elementwise(bindings: &str, body: &str) -> String {
+    format!(
+        r#"struct Params {{ len: u32, groups_x: u32, _p2: u32, _p3: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}
+@group(0) @binding(0) var<uniform> p: Params;
+{bindings}
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
+    let i = (wid.x + wid.y * p.groups_x) * 256u + li;
+    if (i >= p.len) {{
+        return;
+    }}
+    {body}
+}}
+"#
+    )
+}
+
+pub(crate) fn silu_mul() -> String {
+    elementwise(
+        "@group(0) @binding(1) var<storage, read> gate: array<f32>;
+@group(0) @binding(2) var<storage, read> up: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;",
+        "let g = gate[i];
+    out[i] = g / (1.0 + exp(-g)) * up[i];",
+    )
+}
+
+pub(crate) fn add() -> String {
+    elementwise(
+        "@group(0) @binding(1) var<storage, read> y: array<f32>;
+@group(0) @binding(2) var<storage, read_write> x: array<f32>;",
+        "x[i] += y[i];",
+    )
+}

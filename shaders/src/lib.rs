@@ -1,0 +1,152 @@
+//! tern's WGSL kernels, generated per weight format and specialization.
+//!
+//! A [`Kernel`] is the typed key of one compiled pipeline: the op, the weight format it reads and its
+//! specialization constants. [`Kernel::wgsl`] gives its source and [`Kernel::bindings`] the layout of its bind
+//! group, which is always: binding 0 a 32-byte uniform block of parameters ([`Kernel::params`] names its eight
+//! words), then the storage buffers in order, read-only ones first.
+//!
+//! Every kernel sizes its dispatch from the parameters alone, and folds workgroup counts past the per-dimension
+//! limit into a second dimension (`groups_x` is the first dimension's count).
+
+mod formats;
+mod kernels;
+
+use tern_core::TensorType;
+
+/// Invocations per workgroup of the kernels that do not take a specialized size.
+pub const WORKGROUP: u32 = 64;
+
+/// Positions per tile of the attention kernel (one invocation scores one position of the tile).
+pub const ATTENTION_TILE: u32 = 64;
+
+/// The largest head the attention kernel takes: each invocation owns `head_dim / 64` output dimensions.
+pub const MAX_HEAD_DIM: u32 = 256;
+
+/// Tokens one matmul workgroup multiplies each weight it reads by.
+pub const MATMUL_TOKENS: u32 = 8;
+
+/// One compiled pipeline: an op and everything its source is specialized on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// `out[t, r] = w[r] · x[t]` for a matrix of type `ty`. `lanes` invocations share a row (a power of two
+    /// dividing `workgroup`); each workgroup takes `workgroup / lanes` rows by up to `tokens` tokens, so every
+    /// weight it reads serves `tokens` products.
+    Matmul { ty: TensorType, workgroup: u32, lanes: u32, tokens: u32 },
+    /// `out[t] = table[ids[t]]`, dequantized.
+    Embed { ty: TensorType },
+    /// `out[t] = x[t] / rms(x[t]) * weight`.
+    RmsNorm,
+    /// Rotary position embedding, in place.
+    Rope,
+    /// Causal grouped-query attention, one workgroup per (query row, head), online softmax over tiles of
+    /// [`ATTENTION_TILE`] positions.
+    Attention,
+    /// `out = silu(gate) * up`.
+    SiluMul,
+    /// `x += y`.
+    Add,
+}
+
+/// What a binding holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binding {
+    /// The 32-byte parameter block.
+    Params,
+    /// A storage buffer the kernel only reads.
+    Read,
+    /// A storage buffer the kernel writes.
+    ReadWrite,
+}
+
+impl Kernel {
+    /// Every variant the backend builds for `ty`'s products and lookups, for validation in tests.
+    pub fn all_for(ty: TensorType) -> Vec<Kernel> {
+        let mut v = vec![Kernel::Embed { ty }];
+        for lanes in [8, 16, 32, 64] {
+            v.push(Kernel::Matmul { ty, workgroup: 64, lanes, tokens: MATMUL_TOKENS });
+        }
+        v.push(Kernel::Matmul { ty, workgroup: 256, lanes: 32, tokens: 1 });
+        v
+    }
+
+    /// Every kernel that does not depend on a weight format.
+    pub const ELEMENTWISE: [Kernel; 5] = [Kernel::RmsNorm, Kernel::Rope, Kernel::Attention, Kernel::SiluMul, Kernel::Add];
+
+    /// A short label for the pipeline and error messages.
+    pub fn label(&self) -> String {
+        match self {
+            Kernel::Matmul { ty, workgroup, lanes, tokens } => format!("matmul {ty} wg{workgroup} lanes{lanes} tokens{tokens}"),
+            Kernel::Embed { ty } => format!("embed {ty}"),
+            other => format!("{other:?}").to_lowercase(),
+        }
+    }
+
+    /// The bind group layout, binding 0 first.
+    pub fn bindings(&self) -> &'static [Binding] {
+        use Binding::*;
+        match self {
+            // quants, scales, mins, row units, x | out
+            Kernel::Matmul { .. } => &[Params, Read, Read, Read, Read, Read, ReadWrite],
+            // quants, scales, mins, row units, ids | out
+            Kernel::Embed { .. } => &[Params, Read, Read, Read, Read, Read, ReadWrite],
+            // x, weight | out
+            Kernel::RmsNorm => &[Params, Read, Read, ReadWrite],
+            // inverse frequencies | x
+            Kernel::Rope => &[Params, Read, ReadWrite],
+            // q, k, v | out
+            Kernel::Attention => &[Params, Read, Read, Read, ReadWrite],
+            // gate, up | out
+            Kernel::SiluMul => &[Params, Read, Read, ReadWrite],
+            // y | x
+            Kernel::Add => &[Params, Read, ReadWrite],
+        }
+    }
+
+    /// The names of the eight parameter words, in order (unused words are `_`).
+    pub fn params(&self) -> [&'static str; 8] {
+        match self {
+            Kernel::Matmul { .. } => ["rows", "cols", "tokens", "groups_x", "_", "_", "_", "_"],
+            Kernel::Embed { .. } => ["cols", "tokens", "groups_x", "_", "_", "_", "_", "_"],
+            Kernel::RmsNorm => ["rows", "cols", "eps (f32)", "groups_x", "_", "_", "_", "_"],
+            Kernel::Rope => ["rows", "n_heads", "head_dim", "rot_dim", "interleaved (0/1)", "pos0", "groups_x", "_"],
+            Kernel::Attention => ["rows", "n_heads", "n_kv_heads", "head_dim", "pos0", "scale (f32)", "_", "_"],
+            Kernel::SiluMul | Kernel::Add => ["len", "groups_x", "_", "_", "_", "_", "_", "_"],
+        }
+    }
+
+    /// The kernel's WGSL source; its entry point is `main`.
+    pub fn wgsl(&self) -> String {
+        match *self {
+            Kernel::Matmul { ty, workgroup, lanes, tokens } => kernels::matmul(ty, workgroup, lanes, tokens),
+            Kernel::Embed { ty } => kernels::embed(ty),
+            Kernel::RmsNorm => kernels::rms_norm(),
+            Kernel::Rope => kernels::rope(),
+            Kernel::Attention => kernels::attention(),
+            Kernel::SiluMul => kernels::silu_mul(),
+            Kernel::Add => kernels::add(),
+        }
+    }
+
+    /// The workgroup size the source declares.
+    pub fn workgroup_size(&self) -> u32 {
+        match *self {
+            Kernel::Matmul { workgroup, .. } => workgroup,
+            Kernel::SiluMul | Kernel::Add => 256,
+            _ => WORKGROUP,
+        }
+    }
+}
+
+/// Every weight format the kernels read.
+pub const FORMATS: [TensorType; 10] = [
+    TensorType::F32,
+    TensorType::F16,
+    TensorType::Bf16,
+    TensorType::Q4_0,
+    TensorType::Q4_1,
+    TensorType::Q8_0,
+    TensorType::T2,
+    TensorType::T3,
+    TensorType::T4,
+    TensorType::T8,
+];
