@@ -68,7 +68,11 @@ impl WebGpuBackend {
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
-        Ok(WebGpuBackend { gpu, recorder, empty, inv_freq: Mutex::new(HashMap::new()), lanes: 32 })
+        // A GPU runs a row's chunks on 32 lanes that meet in a tree. A CPU rasterizer (lavapipe) runs the
+        // invocations of a workgroup one after another and pays dearly for every barrier: there each invocation
+        // takes a whole row.
+        let lanes = if gpu.report.is_gpu { 32 } else { 1 };
+        Ok(WebGpuBackend { gpu, recorder, empty, inv_freq: Mutex::new(HashMap::new()), lanes })
     }
 
     /// The adapter this backend runs on.
@@ -228,13 +232,15 @@ impl Backend for WebGpuBackend {
             return Err(Error::shape("matmul", format!("{}x{} matrix by activations of width {}", w.rows, w.cols, x.cols)));
         }
         self.resize("matmul", out, x.rows, w.rows)?;
-        let kernel = Kernel::Matmul { ty: w.ty, workgroup: WORKGROUP, lanes: self.lanes, tokens: MATMUL_TOKENS };
+        // Decode takes a kernel of its own: no batch to share the weights with.
+        let tokens = if x.rows == 1 { 1 } else { MATMUL_TOKENS };
+        let kernel = Kernel::Matmul { ty: w.ty, workgroup: WORKGROUP, lanes: self.lanes, tokens };
         let rows_per_group = (WORKGROUP / self.lanes) as u64;
         let row_groups = (w.rows as u64).div_ceil(rows_per_group);
         let max = self.max_groups();
         let x_groups = row_groups.min(max as u64).max(1) as u32;
         let z_groups = row_groups.div_ceil(x_groups as u64) as u32;
-        let token_groups = (x.rows as u64).div_ceil(MATMUL_TOKENS as u64) as u32;
+        let token_groups = (x.rows as u64).div_ceil(tokens as u64) as u32;
         let grid = Grid { dims: (if row_groups == 0 { 0 } else { x_groups }, token_groups, z_groups.max(1)) };
         let [q, s, mn, u] = &w.parts;
         let params = [w.rows as u32, w.cols as u32, x.rows as u32, x_groups, 0, 0, 0, 0];

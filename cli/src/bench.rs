@@ -66,11 +66,11 @@ pub fn run(args: &BenchArgs) -> Result<(), tern::Error> {
     println!("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |");
     let row = |test: String, s: Stats| {
         println!(
-            "| {name} | {:.2} MiB | {:.2} M | cpu ({}) | {} | {test} | {:.2} | {:.2} - {:.2} |",
+            "| {name} | {:.2} MiB | {:.2} M | {} | {} | {test} | {:.2} | {:.2} - {:.2} |",
             model.weight_bytes as f64 / (1 << 20) as f64,
             params / 1e6,
-            be.level().name(),
-            be.threads(),
+            be.describe(),
+            args.model.threads,
             s.median,
             s.min,
             s.max

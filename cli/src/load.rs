@@ -12,6 +12,7 @@ pub fn engine(args: &ModelArgs) -> Result<Engine, tern::Error> {
     );
     let b = bar.clone();
     let engine = Engine::builder(&args.model)
+        .backend(args.backend)
         .threads(args.threads)
         .context(args.context)
         .on_progress(move |p| {

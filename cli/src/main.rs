@@ -15,7 +15,7 @@ use clap::{Args, Parser, Subcommand};
 use tern::{GenerateOptions, SamplingParams};
 
 #[derive(Parser, Debug)]
-#[command(name = "tern", version, about = "Run quantized language models on the CPU (and soon any GPU)")]
+#[command(name = "tern", version, about = "Run quantized language models on any GPU through WebGPU, or on the CPU")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -45,6 +45,10 @@ pub struct ModelArgs {
     /// A GGUF file or a Hugging Face model directory (config.json + *.safetensors + tokenizer.json).
     #[arg(long, short)]
     model: PathBuf,
+    /// Where to run: webgpu (the best adapter, CPU rasterizers included), cpu, or auto (a hardware GPU if
+    /// there is one, else the CPU).
+    #[arg(long, default_value = "auto")]
+    backend: tern::BackendChoice,
     /// CPU threads (0: one per core).
     #[arg(long, short, default_value_t = 0)]
     threads: usize,

@@ -1,16 +1,16 @@
 use std::path::PathBuf;
 
-use tern_backend_cpu::CpuBackend;
 use tern_loader::{LoadProgress, ModelSource};
 use tern_model::{ChatMessage, ChatTemplate, Llama, SamplingParams, Tokenizer};
 
-use crate::{Error, Result, Session};
+use crate::{AnyBackend, BackendChoice, Error, Result, Session};
 
 type ProgressFn = Box<dyn FnMut(LoadProgress)>;
 
 /// Configures and loads an [`Engine`].
 pub struct EngineBuilder {
     path: PathBuf,
+    backend: BackendChoice,
     threads: usize,
     context: usize,
     sampling: SamplingParams,
@@ -21,6 +21,7 @@ impl std::fmt::Debug for EngineBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EngineBuilder")
             .field("path", &self.path)
+            .field("backend", &self.backend)
             .field("threads", &self.threads)
             .field("context", &self.context)
             .field("sampling", &self.sampling)
@@ -32,6 +33,12 @@ impl std::fmt::Debug for EngineBuilder {
 pub const DEFAULT_CONTEXT: usize = 2048;
 
 impl EngineBuilder {
+    /// The backend to run on (default: [`BackendChoice::Auto`], a hardware GPU if there is one, else the CPU).
+    pub fn backend(mut self, choice: BackendChoice) -> Self {
+        self.backend = choice;
+        self
+    }
+
     /// CPU threads (0, the default: one per core).
     pub fn threads(mut self, n: usize) -> Self {
         self.threads = n;
@@ -71,7 +78,7 @@ impl EngineBuilder {
             }
             None => None,
         };
-        let backend = CpuBackend::new(self.threads)?;
+        let backend = AnyBackend::new(self.backend, self.threads)?;
         let mut progress = self.progress.take();
         let model = Llama::load(&source, backend, &mut |p| {
             if let Some(f) = progress.as_mut() {
@@ -86,7 +93,7 @@ impl EngineBuilder {
 /// A loaded model, ready to generate. Each [`Session`] holds one conversation's KV cache.
 #[derive(Debug)]
 pub struct Engine {
-    pub(crate) model: Llama<CpuBackend>,
+    pub(crate) model: Llama<AnyBackend>,
     pub(crate) tokenizer: Tokenizer,
     template: Option<ChatTemplate>,
     pub(crate) sampling: SamplingParams,
@@ -97,7 +104,7 @@ pub struct Engine {
 impl Engine {
     /// A builder for the model at `path` (a GGUF file or a Hugging Face model directory).
     pub fn builder(path: impl Into<PathBuf>) -> EngineBuilder {
-        EngineBuilder { path: path.into(), threads: 0, context: DEFAULT_CONTEXT, sampling: SamplingParams::default(), progress: None }
+        EngineBuilder { path: path.into(), backend: BackendChoice::default(), threads: 0, context: DEFAULT_CONTEXT, sampling: SamplingParams::default(), progress: None }
     }
 
     /// A new conversation with an empty KV cache.
@@ -122,7 +129,7 @@ impl Engine {
     }
 
     /// The model.
-    pub fn model(&self) -> &Llama<CpuBackend> {
+    pub fn model(&self) -> &Llama<AnyBackend> {
         &self.model
     }
 

@@ -227,8 +227,8 @@ fn argmax(v: &[f64]) -> usize {
 /// One engine's KV cache and scratch for chunks of `ctx` tokens, reused from chunk to chunk.
 struct ChunkRunner<'e> {
     engine: &'e Engine,
-    cache: tern_model::KvCache<tern_backend_cpu::CpuBackend>,
-    scratch: tern_model::Scratch<tern_backend_cpu::CpuBackend>,
+    cache: tern_model::KvCache<crate::AnyBackend>,
+    scratch: tern_model::Scratch<crate::AnyBackend>,
 }
 
 impl<'e> ChunkRunner<'e> {

@@ -1,4 +1,4 @@
-use tern_backend_cpu::CpuBackend;
+use crate::AnyBackend;
 use tern_model::{KvCache, Sampler, SamplingParams, Scratch, StopStrings, TextStream};
 
 use crate::{Engine, Error, Result};
@@ -57,8 +57,8 @@ pub enum FinishReason {
 #[derive(Debug)]
 pub struct Session<'e> {
     engine: &'e Engine,
-    cache: KvCache<CpuBackend>,
-    scratch: Scratch<CpuBackend>,
+    cache: KvCache<AnyBackend>,
+    scratch: Scratch<AnyBackend>,
     tokens: Vec<u32>,
 }
 

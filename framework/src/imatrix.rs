@@ -44,7 +44,7 @@ fn observe_chunks(
     progress(0, chunks.len());
     for (c, chunk) in chunks.iter().enumerate() {
         cache.truncate(0);
-        let mut seen = |names: &[String], x: &<tern_backend_cpu::CpuBackend as Backend>::Tensor| -> tern_model::Result<()> {
+        let mut seen = |names: &[String], x: &crate::AnyTensor| -> tern_model::Result<()> {
             let (rows, cols) = backend.shape(x);
             observe(names, rows, cols, &backend.read(x)?);
             Ok(())

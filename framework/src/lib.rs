@@ -1,4 +1,4 @@
-//! tern: quantized language models on the CPU (and, as backends land, any GPU), embedded in one crate.
+//! tern: quantized language models on any GPU through WebGPU, or a fast multi-threaded CPU, embedded in one crate.
 //!
 //! ```no_run
 //! use tern::{Engine, GenerateOptions};
@@ -12,6 +12,7 @@
 //!
 //! The crates underneath are re-exported for users who need one layer only.
 
+mod backend;
 mod engine;
 mod error;
 pub mod eval;
@@ -19,6 +20,7 @@ mod generation;
 pub mod imatrix;
 pub mod quantize;
 
+pub use backend::{AnyBackend, AnyMatrix, AnyTensor, BackendChoice};
 pub use engine::{Engine, EngineBuilder};
 pub use eval::{evaluate, EvalOptions, EvalReport, Reference};
 pub use error::{Error, Result};
@@ -27,6 +29,8 @@ pub use quantize::{quantize, Precision, QuantizeOptions, QuantizeReport};
 pub use generation::{FinishReason, GenerateOptions, Generation, Session, Token};
 
 pub use tern_backend_cpu as backend_cpu;
+#[cfg(feature = "webgpu")]
+pub use tern_backend_webgpu as backend_webgpu;
 pub use tern_core as core;
 pub use tern_loader as loader;
 pub use tern_model as model;

@@ -377,7 +377,7 @@ pub fn quantize(input: &Path, output: &Path, options: &QuantizeOptions, progress
     // The model itself runs for activation statistics and for sensitivities.
     let needs_importance = options.importance.is_none() && options.calibration.is_some();
     let mut engine = if needs_sensitivity || needs_importance || options.error_feedback {
-        Some(Engine::builder(input).threads(options.threads).context(options.calibration_ctx.max(options.sensitivity_tokens)).build()?)
+        Some(Engine::builder(input).backend(crate::BackendChoice::Cpu).threads(options.threads).context(options.calibration_ctx.max(options.sensitivity_tokens)).build()?)
     } else {
         None
     };
@@ -533,7 +533,7 @@ pub fn quantize(input: &Path, output: &Path, options: &QuantizeOptions, progress
 }
 
 /// Puts `m` in place of the model's matrix `name`, returning the one it replaces.
-fn swap_matrix(engine: &mut Engine, name: &str, m: tern_backend_cpu::CpuMatrix) -> Result<tern_backend_cpu::CpuMatrix> {
+fn swap_matrix(engine: &mut Engine, name: &str, m: crate::AnyMatrix) -> Result<crate::AnyMatrix> {
     let slot = engine
         .model
         .matrix_mut(name)

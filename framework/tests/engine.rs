@@ -12,7 +12,7 @@ fn model_path() -> PathBuf {
 
 fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| Engine::builder(model_path()).threads(2).context(256).build().unwrap())
+    ENGINE.get_or_init(|| Engine::builder(model_path()).backend(tern::BackendChoice::Cpu).threads(2).context(256).build().unwrap())
 }
 
 /// llama.cpp's greedy continuation of the first golden prompt, up to its first near-tie (where its top-2

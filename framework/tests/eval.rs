@@ -30,7 +30,7 @@ const RELATIVE_TOLERANCE: f64 = 0.015;
 
 #[test]
 fn perplexity_matches_llama_cpp() {
-    let engine = Engine::builder(root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf")).threads(2).build().unwrap();
+    let engine = Engine::builder(root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf")).backend(tern::BackendChoice::Cpu).threads(2).build().unwrap();
     let mut calls = Vec::new();
     let report = evaluate(&engine, Some(Reference::Model(&engine)), &text(), &EvalOptions { ctx: 512, max_chunks: Some(2), ..Default::default() }, &mut |d, t| calls.push((d, t)))
         .unwrap();
@@ -54,7 +54,7 @@ fn perplexity_matches_llama_cpp() {
 
 #[test]
 fn saved_logits_serve_as_the_reference() {
-    let engine = Engine::builder(root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf")).threads(2).build().unwrap();
+    let engine = Engine::builder(root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf")).backend(tern::BackendChoice::Cpu).threads(2).build().unwrap();
     let dir = root().join("target/test-eval");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("reference.logits");

@@ -38,7 +38,7 @@ fn out(name: &str) -> PathBuf {
 }
 
 fn engine(path: &Path) -> Engine {
-    Engine::builder(path).threads(2).build().unwrap()
+    Engine::builder(path).backend(tern::BackendChoice::Cpu).threads(2).build().unwrap()
 }
 
 /// KL-divergence and top-1 agreement of `path` against the source model over one chunk of 128 tokens.

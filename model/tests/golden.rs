@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 use tern_backend_cpu::CpuBackend;
+use tern_backend_webgpu::{AdapterChoice, WebGpuBackend};
+use tern_core::Backend;
 use tern_loader::ModelSource;
 use tern_model::{Llama, Scratch, Tokenizer};
 
@@ -65,8 +67,20 @@ const RMS_TOLERANCE: f64 = 0.35;
 /// within `LOGIT_TOLERANCE` of its own; everywhere else the tokens must be the same.
 #[test]
 fn greedy_tokens_and_logits_match_llama_cpp() {
+    check_against_llama_cpp(CpuBackend::new(0).unwrap());
+}
+
+/// The same on the WebGPU backend (lavapipe in CI), whose products use f32 activations.
+#[test]
+fn webgpu_greedy_tokens_and_logits_match_llama_cpp() {
+    let backend = WebGpuBackend::new(AdapterChoice::Any)
+        .unwrap_or_else(|e| panic!("the WebGPU tests need a Vulkan adapter (scripts/test.sh installs lavapipe): {e}"));
+    check_against_llama_cpp(backend);
+}
+
+fn check_against_llama_cpp<B: Backend>(backend: B) {
     let src = source();
-    let model = Llama::load(&src, CpuBackend::new(0).unwrap(), &mut |_| {}).unwrap();
+    let model = Llama::load(&src, backend, &mut |_| {}).unwrap();
     let mut scratch = Scratch::new(model.backend()).unwrap();
     let (mut worst, mut squares, mut compared) = (0f32, 0f64, 0usize);
     let (mut positions, mut same, mut ties) = (0usize, 0usize, 0usize);
@@ -112,7 +126,8 @@ fn greedy_tokens_and_logits_match_llama_cpp() {
     }
     let rms = (squares / compared as f64).sqrt();
     eprintln!(
-        "{same}/{positions} greedy tokens equal, {ties} near-ties swapped; logits: largest difference {worst}, RMS {rms}"
+        "{}: {same}/{positions} greedy tokens equal, {ties} near-ties swapped; logits: largest difference {worst}, RMS {rms}",
+        model.backend().name()
     );
     assert!(rms <= RMS_TOLERANCE, "logits differ from llama.cpp by {rms} RMS");
 }

@@ -32,31 +32,41 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     let nt = min(TOKENS, p.tokens - t0);
     let cols4 = p.cols / 4u;
     let chunks = p.cols / 8u;
+    // Loops run to the constant TOKENS (guarded by `nt`) so that compilers unroll them and keep `acc` in registers.
     var acc: array<f32, TOKENS>;
     if (r < p.rows) {{
         for (var c = lane; c < chunks; c += LANES) {{
             let ch = load_chunk(r, c);
-            for (var t = 0u; t < nt; t++) {{
-                let xb = (t0 + t) * cols4;
-                acc[t] += dot(ch.a, x[xb + ch.ia]) + dot(ch.b, x[xb + ch.ib]);
+            for (var t = 0u; t < TOKENS; t++) {{
+                if (t < nt) {{
+                    let xb = (t0 + t) * cols4;
+                    acc[t] += dot(ch.a, x[xb + ch.ia]) + dot(ch.b, x[xb + ch.ib]);
+                }}
             }}
         }}
     }}
-    for (var t = 0u; t < nt; t++) {{
-        partial[t * WG + li] = acc[t];
-    }}
-    workgroupBarrier();
-    for (var s = LANES / 2u; s > 0u; s >>= 1u) {{
-        if (lane < s) {{
-            for (var t = 0u; t < nt; t++) {{
-                partial[t * WG + li] += partial[t * WG + li + s];
-            }}
+    if (LANES > 1u) {{
+        for (var t = 0u; t < TOKENS; t++) {{
+            partial[t * WG + li] = acc[t];
         }}
         workgroupBarrier();
+        for (var s = LANES / 2u; s > 0u; s >>= 1u) {{
+            if (lane < s) {{
+                for (var t = 0u; t < TOKENS; t++) {{
+                    partial[t * WG + li] += partial[t * WG + li + s];
+                }}
+            }}
+            workgroupBarrier();
+        }}
+        for (var t = 0u; t < TOKENS; t++) {{
+            acc[t] = partial[t * WG + li];
+        }}
     }}
     if (lane == 0u && r < p.rows) {{
-        for (var t = 0u; t < nt; t++) {{
-            out[(t0 + t) * p.rows + r] = partial[t * WG + li];
+        for (var t = 0u; t < TOKENS; t++) {{
+            if (t < nt) {{
+                out[(t0 + t) * p.rows + r] = acc[t];
+            }}
         }}
     }}
 }}

@@ -29,7 +29,7 @@ pub const MATMUL_TOKENS: u32 = 8;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kernel {
     /// `out[t, r] = w[r] · x[t]` for a matrix of type `ty`. `lanes` invocations share a row (a power of two
-    /// dividing `workgroup`); each workgroup takes `workgroup / lanes` rows by up to `tokens` tokens, so every
+    /// dividing `workgroup`; 1 when each invocation takes a whole row); each workgroup takes `workgroup / lanes` rows by up to `tokens` tokens, so every
     /// weight it reads serves `tokens` products.
     Matmul { ty: TensorType, workgroup: u32, lanes: u32, tokens: u32 },
     /// `out[t] = table[ids[t]]`, dequantized.
@@ -62,8 +62,10 @@ impl Kernel {
     /// Every variant the backend builds for `ty`'s products and lookups, for validation in tests.
     pub fn all_for(ty: TensorType) -> Vec<Kernel> {
         let mut v = vec![Kernel::Embed { ty }];
-        for lanes in [8, 16, 32, 64] {
-            v.push(Kernel::Matmul { ty, workgroup: 64, lanes, tokens: MATMUL_TOKENS });
+        for lanes in [1, 8, 16, 32, 64] {
+            for tokens in [1, MATMUL_TOKENS] {
+                v.push(Kernel::Matmul { ty, workgroup: 64, lanes, tokens });
+            }
         }
         v.push(Kernel::Matmul { ty, workgroup: 256, lanes: 32, tokens: 1 });
         v

@@ -1,0 +1,68 @@
+//! Times each op of a SmolLM2-sized decode step on the WebGPU backend (one op per submit, read back):
+//! `cargo run --release -p tern-backend-webgpu --example op_speed [REPEATS]`.
+
+use std::time::Instant;
+
+use tern_backend_webgpu::{AdapterChoice, WebGpuBackend};
+use tern_core::{AttentionParams, Backend, RopeParams, RopeStyle, TensorType};
+use tern_quant::PackedMatrix;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let repeats: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(20);
+    let be = WebGpuBackend::new(AdapterChoice::Any)?;
+    println!("adapter: {} ({})", be.adapter().name, be.adapter().api);
+    let time = |name: &str, f: &mut dyn FnMut() -> tern_core::Result<()>| -> tern_core::Result<()> {
+        f()?;
+        let t = Instant::now();
+        for _ in 0..repeats {
+            f()?;
+        }
+        println!("{name:<32} {:>10.1} us", t.elapsed().as_secs_f64() * 1e6 / repeats as f64);
+        Ok(())
+    };
+    let x = be.upload(&vec![0.5f32; 576], 1, 576)?;
+    let mut out = be.zeros(0, 0)?;
+    time("empty read", &mut || be.read(&x).map(|_| ()))?;
+    for (rows, cols) in [(576, 576), (1536, 576), (576, 1536), (49152, 576)] {
+        let w = PackedMatrix::from_f32(TensorType::Q4_1, rows, cols, &vec![0.25f32; rows * cols]).unwrap();
+        let m = be.upload_matrix(w.view())?;
+        let xin = be.upload(&vec![0.5f32; cols], 1, cols)?;
+        time(&format!("matmul q4_1 {rows}x{cols}"), &mut || {
+            be.matmul(&m, &xin, &mut out)?;
+            be.read(&out).map(|_| ())
+        })?;
+    }
+    let weight = be.upload(&vec![1.0f32; 576], 1, 576)?;
+    time("rms_norm 576", &mut || {
+        be.rms_norm(&x, &weight, 1e-5, &mut out)?;
+        be.read(&out).map(|_| ())
+    })?;
+    let mut q = be.upload(&vec![0.5f32; 576], 1, 576)?;
+    let p = RopeParams { n_heads: 9, head_dim: 64, rot_dim: 64, freq_base: 10000.0, style: RopeStyle::Interleaved, pos0: 10 };
+    time("rope 9x64", &mut || {
+        be.rope(&mut q, &p)?;
+        be.read(&q).map(|_| ())
+    })?;
+    let kv = be.upload(&vec![0.1f32; 256 * 192], 256, 192)?;
+    for pos0 in [10, 200] {
+        let a = AttentionParams { n_heads: 9, n_kv_heads: 3, head_dim: 64, pos0, scale: 0.125 };
+        time(&format!("attention at {pos0}"), &mut || {
+            be.attention(&q, &kv, &kv, &a, &mut out)?;
+            be.read(&out).map(|_| ())
+        })?;
+    }
+    let g = be.upload(&vec![0.5f32; 1536], 1, 1536)?;
+    time("silu_mul 1536", &mut || {
+        be.silu_mul(&g, &g, &mut out)?;
+        be.read(&out).map(|_| ())
+    })?;
+    let w = PackedMatrix::from_f32(TensorType::Q4_1, 576, 576, &vec![0.25f32; 576 * 576]).unwrap();
+    let m = be.upload_matrix(w.view())?;
+    time("100 matmuls 576x576, one read", &mut || {
+        for _ in 0..100 {
+            be.matmul(&m, &x, &mut out)?;
+        }
+        be.read(&out).map(|_| ())
+    })?;
+    Ok(())
+}
