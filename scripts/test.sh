@@ -8,6 +8,14 @@ step() { printf '\n== %s\n' "$*" >&2; }
 step "model"
 ./scripts/fetch-model.sh
 
+step "Vulkan on the CPU (Mesa's lavapipe) for the WebGPU tests"
+if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || ! ldconfig -p | grep -q libvulkan.so.1; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null
+fi
+
 step "wasm32 target"
 if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
   rustup target add wasm32-unknown-unknown

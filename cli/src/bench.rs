@@ -1,17 +1,34 @@
 //! `tern bench`: prompt processing of `-p` tokens in one batch and generation of `-n` tokens one at a time,
 //! each from an empty context, repeated; medians and spread in tokens per second, as llama-bench reports them.
+//! Generation rows also give the bytes a decode step reads (weights and KV cache) times its rate.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
-use tern::model::Scratch;
+use tern::core::{TensorType, TernFormat};
+use tern::model::{Llama, LlamaConfig, Scratch};
+use tern::{AnyBackend, BackendChoice};
 
 use crate::ModelArgs;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    #[command(flatten)]
-    model: ModelArgs,
+    /// A GGUF file or a Hugging Face model directory.
+    #[arg(long, short, required_unless_present = "synthetic", conflicts_with = "synthetic")]
+    model: Option<PathBuf>,
+    /// Random weights in a named Llama shape instead of a model: 135m, 1b or 7b.
+    #[arg(long)]
+    synthetic: Option<String>,
+    /// The weight type of --synthetic: Q4_0, Q4_1, Q8_0, T2, T3, T4 or T8.
+    #[arg(long, default_value = "T4")]
+    weights: String,
+    /// Where to run: webgpu, cpu or auto.
+    #[arg(long, default_value = "auto")]
+    backend: BackendChoice,
+    /// CPU threads (0: one per core).
+    #[arg(long, short, default_value_t = 0)]
+    threads: usize,
     /// Prompt tokens per prompt-processing test (0 skips it).
     #[arg(long, short = 'p', default_value_t = 512)]
     prompt_tokens: usize,
@@ -36,14 +53,44 @@ fn stats(mut v: Vec<f64>) -> Stats {
     Stats { median, min: v[0], max: v[n - 1] }
 }
 
+fn weight_type(name: &str) -> Result<TensorType, tern::Error> {
+    let gguf = [TensorType::Q4_0, TensorType::Q4_1, TensorType::Q8_0].into_iter().find(|t| t.name().eq_ignore_ascii_case(name));
+    gguf.or_else(|| TernFormat::from_name(&name.to_ascii_uppercase()).map(|f| f.tensor_type())).ok_or_else(|| tern::Error::Option {
+        name: "weights",
+        detail: format!("unknown weight type {name:?}: expected Q4_0, Q4_1, Q8_0, T2, T3, T4 or T8"),
+    })
+}
+
 pub fn run(args: &BenchArgs) -> Result<(), tern::Error> {
     if args.repetitions == 0 {
         return Err(tern::Error::Option { name: "repetitions", detail: "must be at least 1".into() });
     }
     let need = args.prompt_tokens.max(args.gen_tokens) + 1;
-    let model_args = ModelArgs { context: args.model.context.max(need), ..args.model.clone() };
-    let engine = crate::load::engine(&model_args)?;
-    let model = engine.model();
+    match (&args.model, &args.synthetic) {
+        (_, Some(shape)) => {
+            let mut config = LlamaConfig::preset(shape).ok_or_else(|| tern::Error::Option {
+                name: "synthetic",
+                detail: format!("unknown shape {shape:?}: expected one of {}", LlamaConfig::PRESETS.join(", ")),
+            })?;
+            config.context_length = config.context_length.max(need);
+            let ty = weight_type(&args.weights)?;
+            let backend = AnyBackend::new(args.backend, args.threads)?;
+            eprintln!("building a {shape} model of random {ty} weights on {}", backend.describe());
+            let model = Llama::synthetic(config, ty, backend, 7).map_err(tern::Error::from)?;
+            measure(args, &format!("synthetic {shape} {ty}"), &model)
+        }
+        (Some(path), None) => {
+            let model_args = ModelArgs { model: path.clone(), backend: args.backend, threads: args.threads, context: need };
+            let engine = crate::load::engine(&model_args)?;
+            let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into());
+            measure(args, &name, engine.model())
+        }
+        (None, None) => Err(tern::Error::Option { name: "model", detail: "give --model FILE or --synthetic SHAPE".into() }),
+    }
+}
+
+fn measure(args: &BenchArgs, name: &str, model: &Llama<AnyBackend>) -> Result<(), tern::Error> {
+    let need = args.prompt_tokens.max(args.gen_tokens) + 1;
     let be = model.backend();
     let vocab = model.config.vocab_size as u64;
     let mut cache = model.new_cache(need)?;
@@ -59,18 +106,18 @@ pub fn run(args: &BenchArgs) -> Result<(), tern::Error> {
         state ^= state << 17;
         (state % vocab) as u32
     };
-    let name = engine.path().file_name().map_or_else(|| engine.path().display().to_string(), |n| n.to_string_lossy().into());
     let params: f64 = model.config.n_layers as f64 * (model.config.dim as f64 * (model.config.dim as f64 * 2.0 + model.config.kv_dim() as f64 * 2.0 + model.config.ffn_dim as f64 * 3.0))
         + (model.config.vocab_size * model.config.dim) as f64;
-    println!("| model | size | params | backend | threads | test | t/s (median) | spread (min - max) |");
-    println!("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |");
-    let row = |test: String, s: Stats| {
+    println!("| model | size | params | backend | threads | test | t/s (median) | spread (min - max) | read GB/s |");
+    println!("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |");
+    let row = |test: String, s: Stats, bytes_per_token: Option<usize>| {
+        let read = bytes_per_token.map_or_else(|| "-".to_string(), |b| format!("{:.1}", b as f64 * s.median / 1e9));
         println!(
-            "| {name} | {:.2} MiB | {:.2} M | {} | {} | {test} | {:.2} | {:.2} - {:.2} |",
+            "| {name} | {:.2} MiB | {:.2} M | {} | {} | {test} | {:.2} | {:.2} - {:.2} | {read} |",
             model.weight_bytes as f64 / (1 << 20) as f64,
             params / 1e6,
             be.describe(),
-            args.model.threads,
+            args.threads,
             s.median,
             s.min,
             s.max
@@ -87,7 +134,7 @@ pub fn run(args: &BenchArgs) -> Result<(), tern::Error> {
                 rates.push(args.prompt_tokens as f64 / t.elapsed().as_secs_f64());
             }
         }
-        row(format!("pp{}", args.prompt_tokens), stats(rates));
+        row(format!("pp{}", args.prompt_tokens), stats(rates), None);
     }
     if args.gen_tokens > 0 {
         let tokens: Vec<u32> = (0..args.gen_tokens).map(|_| next_id()).collect();
@@ -105,7 +152,8 @@ pub fn run(args: &BenchArgs) -> Result<(), tern::Error> {
                 rates.push(args.gen_tokens as f64 / t.elapsed().as_secs_f64());
             }
         }
-        row(format!("tg{}", args.gen_tokens), stats(rates));
+        // Generation reads the KV cache of positions 0..n: on average that of the middle one.
+        row(format!("tg{}", args.gen_tokens), stats(rates), Some(model.decode_bytes(args.gen_tokens / 2)));
     }
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! `tern info`: what a model file holds and what running it takes.
+//! `tern info`: what a model file holds and what running it takes, and what this machine offers (CPU kernels,
+//! WebGPU adapters with their limits and features).
 
 use std::path::PathBuf;
 
@@ -9,9 +10,9 @@ use tern::model::LlamaConfig;
 
 #[derive(Args, Debug)]
 pub struct InfoArgs {
-    /// A GGUF file or a Hugging Face model directory.
+    /// A GGUF file or a Hugging Face model directory (without one, only the machine is described).
     #[arg(long, short)]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// Tokens of context to size the KV cache for.
     #[arg(long, default_value_t = 2048)]
     context: usize,
@@ -25,7 +26,43 @@ fn mib(bytes: usize) -> String {
 }
 
 pub fn run(args: &InfoArgs) -> Result<(), tern::Error> {
-    let src = ModelSource::open(&args.model)?;
+    if let Some(model) = &args.model {
+        describe_model(args, model)?;
+        println!();
+    }
+    describe_machine();
+    Ok(())
+}
+
+fn describe_machine() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("cpu: {} cores, kernels: {}", cores, SimdLevel::detect().name());
+    let adapters = tern::backend_webgpu::adapters();
+    if adapters.is_empty() {
+        println!("webgpu: no adapter (no Vulkan, Metal or DX12 driver found); --backend auto runs on the CPU");
+    }
+    for a in &adapters {
+        println!("webgpu adapter: {} ({}, {}{})", a.name, a.api, a.kind, if a.is_gpu { "" } else { ": not a GPU, --backend auto skips it" });
+        if !a.driver.is_empty() {
+            println!("  driver: {}", a.driver);
+        }
+        println!(
+            "  limits: storage binding {}, buffer {}, workgroup {} invocations, {} KiB workgroup memory",
+            mib(a.max_storage_binding_bytes as usize),
+            mib(a.max_buffer_bytes as usize),
+            a.max_workgroup_invocations,
+            a.max_workgroup_storage_bytes / 1024
+        );
+        println!("  features: shader-f16 {}, subgroups {}", yes(a.shader_f16), yes(a.subgroups));
+    }
+}
+
+fn yes(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+fn describe_model(args: &InfoArgs, model: &std::path::Path) -> Result<(), tern::Error> {
+    let src = ModelSource::open(model)?;
     println!("model: {}", src.path());
     if let ModelSource::Gguf(g) = &src {
         println!("format: GGUF v{}, {} bytes, alignment {}", g.version, g.file_len(), g.alignment);
@@ -72,7 +109,5 @@ pub fn run(args: &InfoArgs) -> Result<(), tern::Error> {
         }
         Err(e) => println!("\narchitecture: not runnable by tern: {e}"),
     }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("cpu: {} cores, kernels: {}", cores, SimdLevel::detect().name());
     Ok(())
 }

@@ -14,6 +14,7 @@ mod kv_cache;
 mod llama;
 mod sampler;
 mod stop;
+mod synthetic;
 mod template;
 mod tokenizer;
 

@@ -7,16 +7,16 @@ use tern_quant::{dequantize_gguf, PackedMatrix, TernMatrix};
 use crate::{Error, KvCache, LlamaConfig, Result};
 
 #[derive(Debug)]
-struct Layer<B: Backend> {
-    attn_norm: B::Tensor,
-    wq: B::Matrix,
-    wk: B::Matrix,
-    wv: B::Matrix,
-    wo: B::Matrix,
-    ffn_norm: B::Tensor,
-    gate: B::Matrix,
-    up: B::Matrix,
-    down: B::Matrix,
+pub(crate) struct Layer<B: Backend> {
+    pub(crate) attn_norm: B::Tensor,
+    pub(crate) wq: B::Matrix,
+    pub(crate) wk: B::Matrix,
+    pub(crate) wv: B::Matrix,
+    pub(crate) wo: B::Matrix,
+    pub(crate) ffn_norm: B::Tensor,
+    pub(crate) gate: B::Matrix,
+    pub(crate) up: B::Matrix,
+    pub(crate) down: B::Matrix,
 }
 
 /// Sees the input of weight-matrix products during [`Llama::forward_observed`]: the names of the matrices
@@ -35,6 +35,8 @@ pub struct Llama<B: Backend> {
     layers: Vec<Layer<B>>,
     /// Bytes of weights held on the backend.
     pub weight_bytes: usize,
+    /// Bytes of the embedding table (of which a decode step reads one row, unless it is also the head).
+    pub(crate) embed_bytes: usize,
 }
 
 /// Reusable activation buffers for forward passes, so that decode steps allocate nothing.
@@ -140,6 +142,7 @@ impl<B: Backend> Llama<B> {
         let total = src.tensors().iter().map(|t| t.size as u64).sum();
         let mut w = WeightLoader { src, backend: &backend, progress, done: 0, total, bytes: 0 };
         let embed = w.matrix("token_embd.weight", c.vocab_size, c.dim)?;
+        let embed_bytes = w.bytes;
         let output = match src.get("output.weight") {
             Some(_) => Some(w.matrix("output.weight", c.vocab_size, c.dim)?),
             None => None,
@@ -161,7 +164,29 @@ impl<B: Backend> Llama<B> {
             });
         }
         let weight_bytes = w.bytes;
-        Ok(Llama { config, backend, embed, output, output_norm, layers, weight_bytes })
+        Ok(Llama { config, backend, embed, output, output_norm, layers, weight_bytes, embed_bytes })
+    }
+
+    /// Builds a model from its parts (see `synthetic.rs`).
+    pub(crate) fn from_parts(
+        config: LlamaConfig,
+        backend: B,
+        embed: B::Matrix,
+        output: Option<B::Matrix>,
+        output_norm: B::Tensor,
+        layers: Vec<Layer<B>>,
+        sizes: (usize, usize),
+    ) -> Self {
+        let (weight_bytes, embed_bytes) = sizes;
+        Llama { config, backend, embed, output, output_norm, layers, weight_bytes, embed_bytes }
+    }
+
+    /// Bytes one decode step at `position` reads: every weight matrix (one row of the embedding table, unless
+    /// it is the head too), the norms, and the f32 KV cache of the positions it attends to.
+    pub fn decode_bytes(&self, position: usize) -> usize {
+        let embed_read =
+            if self.output.is_some() { self.embed_bytes / self.config.vocab_size.max(1) } else { self.embed_bytes };
+        self.weight_bytes - self.embed_bytes + embed_read + self.config.kv_cache_bytes(position + 1)
     }
 
     /// The backend the weights live on.
