@@ -56,6 +56,42 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         be.silu_mul(&g, &g, &mut out)?;
         be.read(&out).map(|_| ())
     })?;
+    let small = be.upload(&[1.0f32; 16], 1, 16)?;
+    let mut acc = be.upload(&[0.0f32; 16], 1, 16)?;
+    time("1000 adds of 16, one read", &mut || {
+        for _ in 0..1000 {
+            be.add(&mut acc, &small)?;
+        }
+        be.read(&acc).map(|_| ())
+    })?;
+    let t = Instant::now();
+    for _ in 0..1000 {
+        be.add(&mut acc, &small)?;
+    }
+    let recorded = t.elapsed();
+    be.read(&acc)?;
+    println!("{:<32} {:>10.1} us (recording only: {:.1} us per op)", "1000 adds", t.elapsed().as_secs_f64() * 1e6, recorded.as_secs_f64() * 1e3);
+    for (rows, cols) in [(4096, 4096), (11008, 4096), (4096, 11008)] {
+        for ty in [TensorType::Q4_0, TensorType::Q8_0] {
+            let w = PackedMatrix::from_f32(ty, rows, cols, &vec![0.25f32; rows * cols]).unwrap();
+            let m = be.upload_matrix(w.view())?;
+            let xin = be.upload(&vec![0.5f32; cols], 1, cols)?;
+            let n = 20;
+            time(&format!("{n} matmuls {ty} {rows}x{cols}"), &mut || {
+                for _ in 0..n {
+                    be.matmul(&m, &xin, &mut out)?;
+                }
+                be.read(&out).map(|_| ())
+            })?;
+            let bytes = w.bytes() as f64 * n as f64;
+            let t = Instant::now();
+            for _ in 0..n {
+                be.matmul(&m, &xin, &mut out)?;
+            }
+            be.read(&out)?;
+            println!("{:<32} {:>10.1} GB/s", "  weights read", bytes / t.elapsed().as_secs_f64() / 1e9);
+        }
+    }
     let w = PackedMatrix::from_f32(TensorType::Q4_1, 576, 576, &vec![0.25f32; 576 * 576]).unwrap();
     let m = be.upload_matrix(w.view())?;
     time("100 matmuls 576x576, one read", &mut || {

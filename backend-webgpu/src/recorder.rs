@@ -1,9 +1,14 @@
 //! Recording: every op appends its dispatches to one command encoder, and nothing is submitted until a result is
 //! read. A model's whole forward step therefore goes to the GPU as one command buffer in one submit.
 //!
-//! Each dispatch's 32 bytes of parameters go to the next 256-byte slot of a uniform ring buffer through
-//! `Queue::write_buffer`. Queue writes land before the next submit runs, so a slot only has to stay untouched
-//! until its submit: the ring restarts at every submit, and a step that runs out of slots submits early.
+//! Each dispatch's 32 bytes of parameters take the next 256-byte slot of a uniform ring buffer, bound with a
+//! dynamic offset. The slots are gathered on the CPU and written with one `Queue::write_buffer` just before the
+//! submit (queue writes land before the submitted commands run); the ring restarts at every submit, and a step
+//! that runs out of slots submits early.
+//!
+//! Bind groups are cached per kernel and buffers, so a decode step, which binds the same buffers every time,
+//! creates none. An entry not used by the last two submits is dropped, so buffers freed by their owner (a
+//! finished session's KV cache, say) do not stay alive in the cache.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -30,9 +35,15 @@ struct Pending {
     encoder: Option<wgpu::CommandEncoder>,
     /// The open compute pass of `encoder` (closed before a copy or a submit).
     pass: Option<wgpu::ComputePass<'static>>,
+    /// The parameter slots of the recorded dispatches, in ring order.
+    params: Vec<u8>,
     next_slot: u64,
     /// Where `read` copies results to map them (grown as needed).
     staging: Option<wgpu::Buffer>,
+    /// Bind groups by kernel and buffers, with the submit that last used them.
+    bind_groups: HashMap<(Kernel, Vec<wgpu::Buffer>), (wgpu::BindGroup, u64)>,
+    /// Submits so far.
+    submits: u64,
 }
 
 pub(crate) struct Recorder {
@@ -57,7 +68,15 @@ impl Recorder {
         });
         Recorder {
             pipelines: Mutex::new(HashMap::new()),
-            pending: Mutex::new(Pending { encoder: None, pass: None, next_slot: 0, staging: None }),
+            pending: Mutex::new(Pending {
+                encoder: None,
+                pass: None,
+                params: Vec::new(),
+                next_slot: 0,
+                staging: None,
+                bind_groups: HashMap::new(),
+                submits: 0,
+            }),
             ring,
             slot_bytes,
         }
@@ -91,7 +110,7 @@ impl Recorder {
                         Binding::Read => wgpu::BufferBindingType::Storage { read_only: true },
                         Binding::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
                     },
-                    has_dynamic_offset: false,
+                    has_dynamic_offset: *b == Binding::Params,
                     min_binding_size: None,
                 },
                 count: None,
@@ -148,25 +167,39 @@ impl Recorder {
         }
         let offset = pending.next_slot * self.slot_bytes;
         pending.next_slot += 1;
-        let bytes: Vec<u8> = params.iter().flat_map(|w| w.to_le_bytes()).collect();
-        gpu.queue.write_buffer(&self.ring, offset, &bytes);
-        let mut entries = vec![wgpu::BindGroupEntry {
-            binding: 0,
-            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                buffer: &self.ring,
-                offset,
-                size: wgpu::BufferSize::new(PARAM_BYTES),
-            }),
-        }];
-        entries.extend(buffers.iter().enumerate().map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.as_entire_binding() }));
-        let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("tern dispatch"),
-            layout: &pipeline.layout,
-            entries: &entries,
-        });
+        pending.params.resize(offset as usize, 0);
+        pending.params.extend(params.iter().flat_map(|w| w.to_le_bytes()));
+        let submits = pending.submits;
+        let key = (kernel, buffers.iter().map(|&b| b.clone()).collect::<Vec<_>>());
+        let bind_group = match pending.bind_groups.get_mut(&key) {
+            Some((group, used)) => {
+                *used = submits;
+                group.clone()
+            }
+            None => {
+                let mut entries = vec![wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: &self.ring,
+                        offset: 0,
+                        size: wgpu::BufferSize::new(PARAM_BYTES),
+                    }),
+                }];
+                entries.extend(
+                    buffers.iter().enumerate().map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.as_entire_binding() }),
+                );
+                let group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some("tern dispatch"),
+                    layout: &pipeline.layout,
+                    entries: &entries,
+                });
+                pending.bind_groups.insert(key, (group.clone(), submits));
+                group
+            }
+        };
         let pass = self.pass(gpu, &mut pending);
         pass.set_pipeline(&pipeline.pipeline);
-        pass.set_bind_group(0, &bind_group, &[]);
+        pass.set_bind_group(0, &bind_group, &[offset as u32]);
         pass.dispatch_workgroups(x, y, z);
         Ok(())
     }
@@ -199,13 +232,20 @@ impl Recorder {
         Ok(())
     }
 
-    /// Submits what is recorded.
+    /// Submits what is recorded, with its parameters written first.
     fn submit(&self, gpu: &Gpu, pending: &mut Pending) {
         pending.pass = None;
+        if !pending.params.is_empty() {
+            gpu.queue.write_buffer(&self.ring, 0, &pending.params);
+            pending.params.clear();
+        }
         if let Some(encoder) = pending.encoder.take() {
             gpu.queue.submit([encoder.finish()]);
         }
         pending.next_slot = 0;
+        pending.submits += 1;
+        let recent = pending.submits.saturating_sub(2);
+        pending.bind_groups.retain(|_, (_, used)| *used >= recent);
     }
 
     /// Submits everything recorded and waits for `bytes` bytes of `src` to come back.

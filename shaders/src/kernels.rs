@@ -6,8 +6,8 @@ use crate::{formats, ATTENTION_TILE, MAX_HEAD_DIM, WORKGROUP};
 
 /// Products of a matrix with activation rows, `workgroup / lanes` rows by up to `tokens` tokens per workgroup.
 ///
-/// Each of a row's `lanes` invocations walks every `lanes`-th chunk of 8 weights, dequantizes it once and
-/// multiplies it with up to `tokens` activation rows; the lanes' partial sums meet in a tree in workgroup
+/// Each of a row's `lanes` invocations walks every `lanes`-th block of 32 weights, dequantizes each of its
+/// chunks of 8 once and multiplies it with up to `tokens` activation rows; the lanes' partial sums meet in a tree in workgroup
 /// memory. A token's sum is taken in the same order whatever the batch, so products are batch invariant.
 pub(crate) fn matmul(ty: TensorType, workgroup: u32, lanes: u32, tokens: u32) -> String {
     let reader = formats::reader(ty);
@@ -31,16 +31,19 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     let t0 = wid.y * TOKENS;
     let nt = min(TOKENS, p.tokens - t0);
     let cols4 = p.cols / 4u;
-    let chunks = p.cols / 8u;
+    let blocks = p.cols / 32u;
     // Loops run to the constant TOKENS (guarded by `nt`) so that compilers unroll them and keep `acc` in registers.
     var acc: array<f32, TOKENS>;
     if (r < p.rows) {{
-        for (var c = lane; c < chunks; c += LANES) {{
-            let ch = load_chunk(r, c);
-            for (var t = 0u; t < TOKENS; t++) {{
-                if (t < nt) {{
-                    let xb = (t0 + t) * cols4;
-                    acc[t] += dot(ch.a, x[xb + ch.ia]) + dot(ch.b, x[xb + ch.ib]);
+        // A lane takes whole blocks: its four chunks' loads are independent and go out together.
+        for (var blk = lane; blk < blocks; blk += LANES) {{
+            for (var k = 0u; k < 4u; k++) {{
+                let ch = load_chunk(r, 4u * blk + k);
+                for (var t = 0u; t < TOKENS; t++) {{
+                    if (t < nt) {{
+                        let xb = (t0 + t) * cols4;
+                        acc[t] += dot(ch.a, x[xb + ch.ia]) + dot(ch.b, x[xb + ch.ib]);
+                    }}
                 }}
             }}
         }}
