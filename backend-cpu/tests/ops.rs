@@ -53,6 +53,27 @@ proptest! {
     }
 }
 
+/// A token's products are exactly the same in any batch (prefill tiles, decode, tails): a session that reuses
+/// its KV cache gives exactly what a fresh prefill of the same tokens gives.
+#[test]
+fn matmul_is_exactly_batch_invariant() {
+    let (rows, cols, tokens) = (37, 320, 11);
+    let x = values(tokens * cols, 5, 2.0);
+    let tern: Vec<TernMatrix> = TernFormat::ALL.iter().map(|&f| TernMatrix::quantize(f, rows, cols, &values(rows * cols, 4, 1.0), None).unwrap()).collect();
+    let gguf: Vec<PackedMatrix> = QUANTIZED.iter().map(|&ty| PackedMatrix::from_f32(ty, rows, cols, &values(rows * cols, 4, 1.0)).unwrap()).collect();
+    let views = tern.iter().map(|t| t.view()).chain(gguf.iter().map(|m| m.view()));
+    for view in views {
+        for (label, be) in backends() {
+            let m = be.upload_matrix(view).unwrap();
+            let all = tern_conformance::product(&*be, &m, &x, tokens, cols);
+            for t in 0..tokens {
+                let one = tern_conformance::product(&*be, &m, &x[t * cols..(t + 1) * cols], 1, cols);
+                assert_eq!(one, &all[t * rows..(t + 1) * rows], "{:?} token {t} on {label}", view.ty);
+            }
+        }
+    }
+}
+
 /// Requests from several threads share one backend (as sessions of one engine do) without blocking each other.
 #[test]
 fn concurrent_callers_share_a_backend() {

@@ -2,7 +2,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use tern_core::{AttentionParams, Backend, Error, MatrixView, Result, RopeParams, RopeStyle, TensorType};
-use tern_shaders::{Kernel, MATMUL_TOKENS, MAX_HEAD_DIM, WORKGROUP};
+use tern_shaders::{Kernel, MATMUL_TOKENS, MAX_HEAD_DIM, TILED_TOKENS, WORKGROUP};
 use wgpu::util::DeviceExt;
 
 use crate::device::{AdapterChoice, AdapterReport, Gpu};
@@ -44,6 +44,27 @@ pub struct WebGpuBackend {
     inv_freq: Mutex<HashMap<(u32, usize), wgpu::Buffer>>,
     /// Matmul workgroup shape: invocations per row.
     lanes: u32,
+    /// Whether products of several tokens take the tiled kernel.
+    tiled: bool,
+}
+
+/// Which matmul kernels a [`WebGpuBackend`] uses; [`KernelChoice::for_adapter`] picks them by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelChoice {
+    /// Invocations sharing a row in decode products (a power of two up to 64).
+    pub lanes: u32,
+    /// Products of several tokens take the tiled kernel (fast on GPUs; on a CPU rasterizer its barriers cost
+    /// more than they save). With it, a token's products in a batch and alone may differ by float rounding.
+    pub tiled: bool,
+}
+
+impl KernelChoice {
+    /// A GPU runs a row's blocks on 32 lanes that meet in a tree, and prefill tiled. A CPU rasterizer
+    /// (lavapipe) runs the invocations of a workgroup one after another and pays dearly for every barrier:
+    /// there each invocation takes a whole row.
+    pub fn for_adapter(report: &AdapterReport) -> Self {
+        if report.is_gpu { KernelChoice { lanes: 32, tiled: true } } else { KernelChoice { lanes: 1, tiled: false } }
+    }
 }
 
 impl std::fmt::Debug for WebGpuBackend {
@@ -58,8 +79,13 @@ fn tensor_bytes(len: usize) -> u64 {
 }
 
 impl WebGpuBackend {
-    /// A backend on the best adapter `choice` allows.
+    /// A backend on the best adapter `choice` allows, with the kernels that suit it.
     pub fn new(choice: AdapterChoice) -> Result<Self> {
+        Self::with_kernels(choice, None)
+    }
+
+    /// A backend with the given kernels (`None`: [`KernelChoice::for_adapter`]).
+    pub fn with_kernels(choice: AdapterChoice, kernels: Option<KernelChoice>) -> Result<Self> {
         let gpu = Gpu::new(choice)?;
         let recorder = Recorder::new(&gpu);
         let empty = gpu.device.create_buffer(&wgpu::BufferDescriptor {
@@ -68,11 +94,11 @@ impl WebGpuBackend {
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
-        // A GPU runs a row's chunks on 32 lanes that meet in a tree. A CPU rasterizer (lavapipe) runs the
-        // invocations of a workgroup one after another and pays dearly for every barrier: there each invocation
-        // takes a whole row.
-        let lanes = if gpu.report.is_gpu { 32 } else { 1 };
-        Ok(WebGpuBackend { gpu, recorder, empty, inv_freq: Mutex::new(HashMap::new()), lanes })
+        let k = kernels.unwrap_or_else(|| KernelChoice::for_adapter(&gpu.report));
+        if !k.lanes.is_power_of_two() || k.lanes > WORKGROUP {
+            return Err(Error::Device { detail: format!("{} lanes per row: expected a power of two up to {WORKGROUP}", k.lanes) });
+        }
+        Ok(WebGpuBackend { gpu, recorder, empty, inv_freq: Mutex::new(HashMap::new()), lanes: k.lanes, tiled: k.tiled })
     }
 
     /// The adapter this backend runs on.
@@ -198,7 +224,9 @@ impl Backend for WebGpuBackend {
             }
             let bytes = w.len() as u64 * 4;
             self.check_binding(|| format!("the {name} of a {} {}x{} matrix", m.ty, m.rows, m.cols), bytes)?;
-            let contents: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+            // Padded to 16 bytes: kernels read quants as vec4<u32>.
+            let mut contents: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+            contents.resize(contents.len().next_multiple_of(16), 0);
             parts.push(self.storage_with(&format!("tern matrix {name}"), &contents));
         }
         let parts: [wgpu::Buffer; 4] = parts.try_into().map_err(|_| Error::Device { detail: "matrix parts".into() })?;
@@ -220,8 +248,8 @@ impl Backend for WebGpuBackend {
         }
         let id_bytes: Vec<u8> = ids.iter().flat_map(|i| i.to_le_bytes()).collect();
         let id_buf = self.storage_with("tern token ids", &id_bytes);
-        let chunks = (ids.len() * table.cols / 8) as u64;
-        let (grid, groups_x) = Grid::folded(chunks.div_ceil(WORKGROUP as u64), self.max_groups());
+        let blocks = (ids.len() * table.cols / 32) as u64;
+        let (grid, groups_x) = Grid::folded(blocks.div_ceil(WORKGROUP as u64), self.max_groups());
         let [q, s, mn, u] = &table.parts;
         let params = [table.cols as u32, ids.len() as u32, groups_x, 0, 0, 0, 0, 0];
         self.recorder.dispatch(&self.gpu, Kernel::Embed { ty: table.ty }, params, &[q, s, mn, u, &id_buf, &out.buf], grid)
@@ -233,10 +261,13 @@ impl Backend for WebGpuBackend {
         }
         self.resize("matmul", out, x.rows, w.rows)?;
         // Decode takes a kernel of its own: no batch to share the weights with.
-        let tokens = if x.rows == 1 { 1 } else { MATMUL_TOKENS };
-        let kernel = Kernel::Matmul { ty: w.ty, workgroup: WORKGROUP, lanes: self.lanes, tokens };
-        let rows_per_group = (WORKGROUP / self.lanes) as u64;
-        let row_groups = (w.rows as u64).div_ceil(rows_per_group);
+        let (kernel, rows_per_group, tokens) = if x.rows > 1 && self.tiled {
+            (Kernel::MatmulTiled { ty: w.ty, tokens: TILED_TOKENS }, WORKGROUP, TILED_TOKENS)
+        } else {
+            let tokens = if x.rows == 1 { 1 } else { MATMUL_TOKENS };
+            (Kernel::Matmul { ty: w.ty, workgroup: WORKGROUP, lanes: self.lanes, tokens }, WORKGROUP / self.lanes, tokens)
+        };
+        let row_groups = (w.rows as u64).div_ceil(rows_per_group as u64);
         let max = self.max_groups();
         let x_groups = row_groups.min(max as u64).max(1) as u32;
         let z_groups = row_groups.div_ceil(x_groups as u64) as u32;

@@ -12,5 +12,5 @@ mod backend;
 mod device;
 mod recorder;
 
-pub use backend::{GpuMatrix, GpuTensor, WebGpuBackend};
+pub use backend::{GpuMatrix, GpuTensor, KernelChoice, WebGpuBackend};
 pub use device::{adapters, AdapterChoice, AdapterReport};

@@ -115,7 +115,7 @@ pub fn matmul_rejects_wrong_width<B: Backend>(be: &B, _label: &str) {
     assert!(matches!(be.matmul(&m, &x, &mut out), Err(Error::Shape { .. })));
 }
 
-/// Dequantized rows, to within one f32 rounding of the reference (a GPU may fuse `d * q + m`).
+/// Dequantized rows, to within f32 rounding of the table's largest weight (a GPU may fuse `d * q + m`).
 pub fn embed_gathers_dequantized_rows<B: Backend>(be: &B, label: &str) {
     for ty in TYPES {
         let (rows, cols) = (11, 64);
@@ -127,7 +127,8 @@ pub fn embed_gathers_dequantized_rows<B: Backend>(be: &B, label: &str) {
         let m = be.upload_matrix(w.view()).unwrap();
         let mut out = be.zeros(0, 0).unwrap();
         be.embed(&m, &ids, &mut out).unwrap();
-        assert_close(&be.read(&out).unwrap(), &want, |i| 1.2e-7 * want[i].abs(), &format!("embed {ty:?} on {label}"));
+        let tol = 2.4e-7 * wf.iter().fold(0f64, |m, &v| m.max(v.abs() as f64));
+        assert_close(&be.read(&out).unwrap(), &want, |_| tol, &format!("embed {ty:?} on {label}"));
         assert!(be.embed(&m, &[11], &mut out).is_err(), "an id past the table is an error");
     }
 }
@@ -307,8 +308,8 @@ pub fn matmul_many_equals_separate_products<B: Backend>(be: &B, label: &str) {
     assert!(be.matmul_many(&[&ms[0], &ms[1]], &xt, &mut [&mut one]).is_err());
 }
 
-/// A token's products do not depend on the batch it was computed in (prefill tiles, decode, tails): a session
-/// that reuses its KV cache gives exactly what a fresh prefill of the same tokens gives.
+/// A token's products do not depend on the batch it was computed in (prefill tiles, decode, tails) beyond f32
+/// rounding (the CPU backend promises exact equality and tests it on its own).
 pub fn matmul_is_batch_invariant<B: Backend>(be: &B, label: &str) {
     for ty in [TensorType::Q4_0, TensorType::Q4_1, TensorType::Q8_0] {
         let (rows, cols, tokens) = (37, 320, 11);
@@ -318,7 +319,8 @@ pub fn matmul_is_batch_invariant<B: Backend>(be: &B, label: &str) {
         let all = product(be, &m, &x, tokens, cols);
         for t in 0..tokens {
             let one = product(be, &m, &x[t * cols..(t + 1) * cols], 1, cols);
-            assert_eq!(one, &all[t * rows..(t + 1) * rows], "{ty:?} token {t} on {label}");
+            let want: Vec<f64> = all[t * rows..(t + 1) * rows].iter().map(|&v| v as f64).collect();
+            assert_close(&one, &want, |i| 1e-5 * want[i].abs().max(1.0), &format!("{ty:?} token {t} on {label}"));
         }
     }
 }
@@ -346,11 +348,13 @@ pub fn tern_model_shapes_embedding_and_batch_invariance<B: Backend>(be: &B, labe
         let mut row = vec![0f32; 96];
         t.dequantize_row(8, &mut row);
         let want: Vec<f64> = row.iter().map(|&v| v as f64).collect();
-        assert_close(&be.read(&out).unwrap()[..96], &want, |i| 1.2e-7 * want[i].abs(), &format!("{f:?} embed on {label}"));
+        let tol = 2.4e-7 * want.iter().fold(0f64, |m, v| m.max(v.abs()));
+        assert_close(&be.read(&out).unwrap()[..96], &want, |_| tol, &format!("{f:?} embed on {label}"));
         let all = product(be, &m, &x, 7, 96);
         for tk in 0..7 {
             let one = product(be, &m, &x[tk * 96..(tk + 1) * 96], 1, 96);
-            assert_eq!(one, &all[tk * 9..(tk + 1) * 9], "{f:?} token {tk} on {label}");
+            let want: Vec<f64> = all[tk * 9..(tk + 1) * 9].iter().map(|&v| v as f64).collect();
+            assert_close(&one, &want, |i| 1e-5 * want[i].abs().max(1.0), &format!("{f:?} token {tk} on {label}"));
         }
     }
 }

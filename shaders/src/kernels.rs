@@ -6,8 +6,8 @@ use crate::{formats, ATTENTION_TILE, MAX_HEAD_DIM, WORKGROUP};
 
 /// Products of a matrix with activation rows, `workgroup / lanes` rows by up to `tokens` tokens per workgroup.
 ///
-/// Each of a row's `lanes` invocations walks every `lanes`-th block of 32 weights, dequantizes each of its
-/// chunks of 8 once and multiplies it with up to `tokens` activation rows; the lanes' partial sums meet in a tree in workgroup
+/// Each of a row's `lanes` invocations walks every `lanes`-th block of 32 weights, dequantizes it once and
+/// multiplies it with up to `tokens` activation rows; the lanes' partial sums meet in a tree in workgroup
 /// memory. A token's sum is taken in the same order whatever the batch, so products are batch invariant.
 pub(crate) fn matmul(ty: TensorType, workgroup: u32, lanes: u32, tokens: u32) -> String {
     let reader = formats::reader(ty);
@@ -35,15 +35,17 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     // Loops run to the constant TOKENS (guarded by `nt`) so that compilers unroll them and keep `acc` in registers.
     var acc: array<f32, TOKENS>;
     if (r < p.rows) {{
-        // A lane takes whole blocks: its four chunks' loads are independent and go out together.
+        // A lane takes whole blocks; each is dequantized once for all the tokens.
         for (var blk = lane; blk < blocks; blk += LANES) {{
-            for (var k = 0u; k < 4u; k++) {{
-                let ch = load_chunk(r, 4u * blk + k);
-                for (var t = 0u; t < TOKENS; t++) {{
-                    if (t < nt) {{
-                        let xb = (t0 + t) * cols4;
-                        acc[t] += dot(ch.a, x[xb + ch.ia]) + dot(ch.b, x[xb + ch.ib]);
+            let w = load_block(r, blk);
+            for (var t = 0u; t < TOKENS; t++) {{
+                if (t < nt) {{
+                    let xb = (t0 + t) * cols4 + 8u * blk;
+                    var s = 0.0;
+                    for (var i = 0u; i < 8u; i++) {{
+                        s += dot(w[i], x[xb + i]);
                     }}
+                    acc[t] += s;
                 }}
             }}
         }}
@@ -77,7 +79,62 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     )
 }
 
-/// One invocation per chunk of 8 output elements: the table's rows for `ids`, dequantized.
+/// Prefill products: each of the workgroup's invocations owns one row and `tokens` sums. Block by block, the
+/// workgroup stages the tokens' 32 activations in workgroup memory, and every invocation dequantizes its row's
+/// block once and multiplies it with all of them: weights are read once per `tokens` tokens and activations
+/// once per workgroup of rows.
+pub(crate) fn matmul_tiled(ty: TensorType, tokens: u32) -> String {
+    let reader = formats::reader(ty);
+    let staged = tokens * 8;
+    format!(
+        r#"struct Params {{ rows: u32, cols: u32, tokens: u32, groups_x: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(5) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> out: array<f32>;
+{reader}
+const WG: u32 = {WORKGROUP}u;
+const TOKENS: u32 = {tokens}u;
+var<workgroup> xs: array<vec4<f32>, {staged}>;
+
+@compute @workgroup_size({WORKGROUP})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
+    let r = (wid.x + wid.z * p.groups_x) * WG + li;
+    let t0 = wid.y * TOKENS;
+    let nt = min(TOKENS, p.tokens - t0);
+    let cols4 = p.cols / 4u;
+    let blocks = p.cols / 32u;
+    var acc: array<f32, TOKENS>;
+    for (var blk = 0u; blk < blocks; blk++) {{
+        for (var j = li; j < TOKENS * 8u; j += WG) {{
+            let t = j / 8u;
+            xs[j] = select(vec4<f32>(0.0), x[(t0 + t) * cols4 + 8u * blk + j % 8u], t < nt);
+        }}
+        workgroupBarrier();
+        if (r < p.rows) {{
+            let w = load_block(r, blk);
+            for (var t = 0u; t < TOKENS; t++) {{
+                var s = 0.0;
+                for (var i = 0u; i < 8u; i++) {{
+                    s += dot(w[i], xs[t * 8u + i]);
+                }}
+                acc[t] += s;
+            }}
+        }}
+        workgroupBarrier();
+    }}
+    if (r < p.rows) {{
+        for (var t = 0u; t < TOKENS; t++) {{
+            if (t < nt) {{
+                out[(t0 + t) * p.rows + r] = acc[t];
+            }}
+        }}
+    }}
+}}
+"#
+    )
+}
+
+/// One invocation per block of 32 output elements: the table's rows for `ids`, dequantized.
 pub(crate) fn embed(ty: TensorType) -> String {
     let reader = formats::reader(ty);
     format!(
@@ -89,15 +146,17 @@ pub(crate) fn embed(ty: TensorType) -> String {
 @compute @workgroup_size({WORKGROUP})
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
     let i = (wid.x + wid.y * p.groups_x) * {WORKGROUP}u + li;
-    let chunks = p.cols / 8u;
-    let t = i / chunks;
+    let blocks = p.cols / 32u;
+    let t = i / blocks;
     if (t >= p.tokens) {{
         return;
     }}
-    let ch = load_chunk(ids[t], i % chunks);
-    let base = t * (p.cols / 4u);
-    out[base + ch.ia] = ch.a;
-    out[base + ch.ib] = ch.b;
+    let b = i % blocks;
+    let w = load_block(ids[t], b);
+    let base = t * (p.cols / 4u) + 8u * b;
+    for (var k = 0u; k < 8u; k++) {{
+        out[base + k] = w[k];
+    }}
 }}
 "#
     )

@@ -25,6 +25,9 @@ pub const MAX_HEAD_DIM: u32 = 256;
 /// Tokens one matmul workgroup multiplies each weight it reads by.
 pub const MATMUL_TOKENS: u32 = 8;
 
+/// Tokens per workgroup of the tiled prefill matmul.
+pub const TILED_TOKENS: u32 = 16;
+
 /// One compiled pipeline: an op and everything its source is specialized on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kernel {
@@ -32,6 +35,9 @@ pub enum Kernel {
     /// dividing `workgroup`; 1 when each invocation takes a whole row); each workgroup takes `workgroup / lanes` rows by up to `tokens` tokens, so every
     /// weight it reads serves `tokens` products.
     Matmul { ty: TensorType, workgroup: u32, lanes: u32, tokens: u32 },
+    /// Prefill products on a GPU: one row per invocation, `tokens` tokens per workgroup, the activations staged
+    /// in workgroup memory a block at a time.
+    MatmulTiled { ty: TensorType, tokens: u32 },
     /// `out[t] = table[ids[t]]`, dequantized.
     Embed { ty: TensorType },
     /// `out[t] = x[t] / rms(x[t]) * weight`.
@@ -68,6 +74,7 @@ impl Kernel {
             }
         }
         v.push(Kernel::Matmul { ty, workgroup: 256, lanes: 32, tokens: 1 });
+        v.push(Kernel::MatmulTiled { ty, tokens: TILED_TOKENS });
         v
     }
 
@@ -78,6 +85,7 @@ impl Kernel {
     pub fn label(&self) -> String {
         match self {
             Kernel::Matmul { ty, workgroup, lanes, tokens } => format!("matmul {ty} wg{workgroup} lanes{lanes} tokens{tokens}"),
+            Kernel::MatmulTiled { ty, tokens } => format!("matmul tiled {ty} tokens{tokens}"),
             Kernel::Embed { ty } => format!("embed {ty}"),
             other => format!("{other:?}").to_lowercase(),
         }
@@ -88,7 +96,7 @@ impl Kernel {
         use Binding::*;
         match self {
             // quants, scales, mins, row units, x | out
-            Kernel::Matmul { .. } => &[Params, Read, Read, Read, Read, Read, ReadWrite],
+            Kernel::Matmul { .. } | Kernel::MatmulTiled { .. } => &[Params, Read, Read, Read, Read, Read, ReadWrite],
             // quants, scales, mins, row units, ids | out
             Kernel::Embed { .. } => &[Params, Read, Read, Read, Read, Read, ReadWrite],
             // x, weight | out
@@ -107,7 +115,7 @@ impl Kernel {
     /// The names of the eight parameter words, in order (unused words are `_`).
     pub fn params(&self) -> [&'static str; 8] {
         match self {
-            Kernel::Matmul { .. } => ["rows", "cols", "tokens", "groups_x", "_", "_", "_", "_"],
+            Kernel::Matmul { .. } | Kernel::MatmulTiled { .. } => ["rows", "cols", "tokens", "groups_x", "_", "_", "_", "_"],
             Kernel::Embed { .. } => ["cols", "tokens", "groups_x", "_", "_", "_", "_", "_"],
             Kernel::RmsNorm => ["rows", "cols", "eps (f32)", "groups_x", "_", "_", "_", "_"],
             Kernel::Rope => ["rows", "n_heads", "head_dim", "rot_dim", "interleaved (0/1)", "pos0", "groups_x", "_"],
@@ -120,6 +128,7 @@ impl Kernel {
     pub fn wgsl(&self) -> String {
         match *self {
             Kernel::Matmul { ty, workgroup, lanes, tokens } => kernels::matmul(ty, workgroup, lanes, tokens),
+            Kernel::MatmulTiled { ty, tokens } => kernels::matmul_tiled(ty, tokens),
             Kernel::Embed { ty } => kernels::embed(ty),
             Kernel::RmsNorm => kernels::rms_norm(),
             Kernel::Rope => kernels::rope(),
