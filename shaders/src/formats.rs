@@ -1,5 +1,8 @@
 //! WGSL that reads one weight format: `load_block(row, block)` gives the 32 weights of a block, dequantized,
-//! as 8 `vec4<f32>` in element order (`w[i]` holds elements `4i..4i+3`).
+//! as a `Block` of 8 `vec4<f32>` in element order (`w{i}` holds elements `4i..4i+3`).
+//!
+//! The code is generated fully unrolled, with no arrays indexed at run time: GPU compilers keep such arrays in
+//! slow per-thread memory.
 //!
 //! A kernel multiplies a block with the activations' `vec4`s `8 * block .. 8 * block + 8` of a row. The matrix is
 //! bound as four arrays, in `tern-core::MatrixView`'s layout: `quants` (binding 1, read as `vec4<u32>` so a
@@ -15,6 +18,11 @@ const COMMON: &str = r#"
 @group(0) @binding(2) var<storage, read> scales: array<u32>;
 @group(0) @binding(3) var<storage, read> mins: array<u32>;
 @group(0) @binding(4) var<storage, read> row_units: array<f32>;
+
+struct Block {
+    w0: vec4<f32>, w1: vec4<f32>, w2: vec4<f32>, w3: vec4<f32>,
+    w4: vec4<f32>, w5: vec4<f32>, w6: vec4<f32>, w7: vec4<f32>,
+}
 
 // Word `i` of the quants.
 fn word(i: u32) -> u32 {
@@ -43,61 +51,74 @@ fn signed_bytes(w: u32) -> vec4<f32> {
 }
 "#;
 
+/// The components of a `vec4`, by index.
+pub(crate) const LANE: [&str; 4] = ["x", "y", "z", "w"];
+
 /// `load_block` for `ty`. `p.cols` is the row length and `g = r * nb + b` the block's index in the matrix.
 fn load_block(ty: TensorType) -> String {
-    let body = match ty {
-        TensorType::F32 => "    for (var i = 0u; i < 8u; i++) {\n        w[i] = bitcast<vec4<f32>>(quants[g * 8u + i]);\n    }".to_string(),
-        TensorType::F16 => "    for (var k = 0u; k < 4u; k++) {
-        let q = quants[g * 4u + k];
-        w[2u * k] = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
-        w[2u * k + 1u] = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
-    }"
-        .to_string(),
-        TensorType::Bf16 => "    for (var k = 0u; k < 4u; k++) {
-        let q = quants[g * 4u + k];
-        let lo = bitcast<vec4<f32>>(q << vec4<u32>(16u));
-        let hi = bitcast<vec4<f32>>(q & vec4<u32>(0xffff0000u));
-        w[2u * k] = vec4<f32>(lo.x, hi.x, lo.y, hi.y);
-        w[2u * k + 1u] = vec4<f32>(lo.z, hi.z, lo.w, hi.w);
-    }"
-        .to_string(),
-        // Elements 0..15 are the low nibbles of the block's 16 bytes, 16..31 the high ones.
-        TensorType::Q4_0 | TensorType::Q4_1 => {
-            // Q4_0's `d * (q - 8)` exactly as the reference computes it.
-            let (lo, hi) = if ty == TensorType::Q4_0 {
-                ("d * (fields(q[i], 0u, 15u) - 8.0)", "d * (fields(q[i], 4u, 15u) - 8.0)")
-            } else {
-                ("d * fields(q[i], 0u, 15u) + m", "d * fields(q[i], 4u, 15u) + m")
-            };
-            let m = if ty == TensorType::Q4_1 { "\n    let m = min_at(g);" } else { "" };
-            format!(
-                "    let q = quants[g];
-    let d = scale_at(g);{m}
-    for (var i = 0u; i < 4u; i++) {{
-        w[i] = {lo};
-        w[i + 4u] = {hi};
-    }}"
-            )
+    let mut body = String::new();
+    let mut line = |l: String| {
+        body.push_str("    ");
+        body.push_str(&l);
+        body.push('\n');
+    };
+    match ty {
+        TensorType::F32 => {
+            for i in 0..8 {
+                line(format!("o.w{i} = bitcast<vec4<f32>>(quants[g * 8u + {i}u]);"));
+            }
         }
-        TensorType::Q8_0 => "    let d = scale_at(g);
-    let q0 = quants[2u * g];
-    let q1 = quants[2u * g + 1u];
-    for (var i = 0u; i < 4u; i++) {
-        w[i] = d * signed_bytes(q0[i]);
-        w[i + 4u] = d * signed_bytes(q1[i]);
-    }"
-        .to_string(),
+        TensorType::F16 => {
+            for k in 0..4 {
+                line(format!("let q{k} = quants[g * 4u + {k}u];"));
+                line(format!("o.w{} = vec4<f32>(unpack2x16float(q{k}.x), unpack2x16float(q{k}.y));", 2 * k));
+                line(format!("o.w{} = vec4<f32>(unpack2x16float(q{k}.z), unpack2x16float(q{k}.w));", 2 * k + 1));
+            }
+        }
+        TensorType::Bf16 => {
+            for k in 0..4 {
+                line(format!("let q{k} = quants[g * 4u + {k}u];"));
+                line(format!("let lo{k} = bitcast<vec4<f32>>(q{k} << vec4<u32>(16u));"));
+                line(format!("let hi{k} = bitcast<vec4<f32>>(q{k} & vec4<u32>(0xffff0000u));"));
+                line(format!("o.w{} = vec4<f32>(lo{k}.x, hi{k}.x, lo{k}.y, hi{k}.y);", 2 * k));
+                line(format!("o.w{} = vec4<f32>(lo{k}.z, hi{k}.z, lo{k}.w, hi{k}.w);", 2 * k + 1));
+            }
+        }
+        // Elements 0..15 are the low nibbles of the block's 16 bytes, 16..31 the high ones. Q4_0 is computed
+        // as `d * (q - 8)`, exactly as the reference does.
+        TensorType::Q4_0 | TensorType::Q4_1 => {
+            line("let q = quants[g];".into());
+            line("let d = scale_at(g);".into());
+            if ty == TensorType::Q4_1 {
+                line("let m = min_at(g);".into());
+            }
+            for (i, c) in LANE.iter().enumerate() {
+                for (half, shift) in [(0, 0), (4, 4)] {
+                    let f = format!("fields(q.{c}, {shift}u, 15u)");
+                    let v = if ty == TensorType::Q4_0 { format!("d * ({f} - 8.0)") } else { format!("d * {f} + m") };
+                    line(format!("o.w{} = {v};", i + half));
+                }
+            }
+        }
+        TensorType::Q8_0 => {
+            line("let d = scale_at(g);".into());
+            line("let q0 = quants[2u * g];".into());
+            line("let q1 = quants[2u * g + 1u];".into());
+            for (i, c) in LANE.iter().enumerate() {
+                line(format!("o.w{i} = d * signed_bytes(q0.{c});"));
+                line(format!("o.w{} = d * signed_bytes(q1.{c});", i + 4));
+            }
+        }
         TensorType::T2 | TensorType::T3 | TensorType::T4 | TensorType::T8 => {
             let f = ty.tern_format().unwrap_or(TernFormat::T4);
             return tern_block(f);
         }
-    };
+    }
     format!(
-        "fn load_block(r: u32, b: u32) -> array<vec4<f32>, 8> {{
+        "fn load_block(r: u32, b: u32) -> Block {{
     let g = r * (p.cols / 32u) + b;
-    var w: array<vec4<f32>, 8>;
-{body}
-    return w;
+    var o: Block;
+{body}    return o;
 }}
 "
     )
@@ -106,64 +127,86 @@ fn load_block(ty: TensorType) -> String {
 /// `load_block` for a tern format: `x = D * sc * q - M * mn` (docs/FORMATS.md).
 fn tern_block(f: TernFormat) -> String {
     let code_bits = f.code_bits();
+    let mut body = String::new();
+    let mut line = |l: String| {
+        body.push_str("    ");
+        body.push_str(&l);
+        body.push('\n');
+    };
     // The block's scale and minimum codes.
-    let codes = match f {
-        TernFormat::T2 => "let sc = f32(code & 15u); let mn = f32((code >> 4u) & 15u);",
-        TernFormat::T3 | TernFormat::T4 => "let sc = f32(code & 255u); let mn = f32((code >> 8u) & 255u);",
-        TernFormat::T8 => "let sc = f32(code & 255u); let mn = 0.0;",
-    };
-    // The quants, in element order, from the block's words.
-    let quants = match f {
-        // Elements 8k..8k+7 are bit plane k of the block's 8 bytes (words 0 and 1).
-        TernFormat::T2 => "    let w0 = word(2u * g);
-    let w1 = word(2u * g + 1u);
-    for (var k = 0u; k < 4u; k++) {
-        w[2u * k] = scale * fields(w0, 2u * k, 3u) - offset;
-        w[2u * k + 1u] = scale * fields(w1, 2u * k, 3u) - offset;
-    }",
-        // T2's planes, plus bit i of word 2 as element i's high bit.
-        TernFormat::T3 => "    let w0 = word(3u * g);
-    let w1 = word(3u * g + 1u);
-    let hi = word(3u * g + 2u);
-    for (var k = 0u; k < 4u; k++) {
-        let h = hi >> (8u * k);
-        let ha = vec4<f32>(vec4<u32>(h, h >> 1u, h >> 2u, h >> 3u) & vec4<u32>(1u));
-        let hb = vec4<f32>(vec4<u32>(h >> 4u, h >> 5u, h >> 6u, h >> 7u) & vec4<u32>(1u));
-        w[2u * k] = scale * (fields(w0, 2u * k, 3u) + 4.0 * ha) - offset;
-        w[2u * k + 1u] = scale * (fields(w1, 2u * k, 3u) + 4.0 * hb) - offset;
-    }",
+    match f {
+        TernFormat::T2 => line("let sc = f32(code & 15u); let mn = f32((code >> 4u) & 15u);".into()),
+        TernFormat::T3 | TernFormat::T4 => line("let sc = f32(code & 255u); let mn = f32((code >> 8u) & 255u);".into()),
+        TernFormat::T8 => line("let sc = f32(code & 255u);".into()),
+    }
+    line("let scale = row_units[2u * r] * sc;".into());
+    if f != TernFormat::T8 {
+        line("let offset = row_units[2u * r + 1u] * mn;".into());
+    }
+    match f {
+        // Elements 8k..8k+7 are bit plane k of the block's 8 bytes (words 0 and 1); T3 adds bit i of word 2
+        // as element i's high bit.
+        TernFormat::T2 | TernFormat::T3 => {
+            let qw = f.quant_words();
+            line(format!("let a = word({qw}u * g);"));
+            line(format!("let b1 = word({qw}u * g + 1u);"));
+            if f == TernFormat::T3 {
+                line("let hi = word(3u * g + 2u);".into());
+            }
+            for k in 0..4 {
+                for (part, src) in [(0, "a"), (1, "b1")] {
+                    let mut q = format!("fields({src}, {}u, 3u)", 2 * k);
+                    if f == TernFormat::T3 {
+                        let s0 = 8 * k + 4 * part;
+                        q = format!(
+                            "({q} + 4.0 * vec4<f32>(vec4<u32>(hi >> {}u, hi >> {}u, hi >> {}u, hi >> {}u) & vec4<u32>(1u)))",
+                            s0,
+                            s0 + 1,
+                            s0 + 2,
+                            s0 + 3
+                        );
+                    }
+                    line(format!("o.w{} = scale * {q} - offset;", 2 * k + part));
+                }
+            }
+        }
         // As Q4_0: low nibbles of the 16 bytes, then the high ones.
-        TernFormat::T4 => "    let q = quants[g];
-    for (var i = 0u; i < 4u; i++) {
-        w[i] = scale * fields(q[i], 0u, 15u) - offset;
-        w[i + 4u] = scale * fields(q[i], 4u, 15u) - offset;
-    }",
-        TernFormat::T8 => "    let q0 = quants[2u * g];
-    let q1 = quants[2u * g + 1u];
-    for (var i = 0u; i < 4u; i++) {
-        w[i] = scale * signed_bytes(q0[i]);
-        w[i + 4u] = scale * signed_bytes(q1[i]);
-    }",
-    };
+        TernFormat::T4 => {
+            line("let q = quants[g];".into());
+            for (i, c) in LANE.iter().enumerate() {
+                line(format!("o.w{i} = scale * fields(q.{c}, 0u, 15u) - offset;"));
+                line(format!("o.w{} = scale * fields(q.{c}, 4u, 15u) - offset;", i + 4));
+            }
+        }
+        TernFormat::T8 => {
+            line("let q0 = quants[2u * g];".into());
+            line("let q1 = quants[2u * g + 1u];".into());
+            for (i, c) in LANE.iter().enumerate() {
+                line(format!("o.w{i} = scale * signed_bytes(q0.{c});"));
+                line(format!("o.w{} = scale * signed_bytes(q1.{c});", i + 4));
+            }
+        }
+    }
     format!(
-        r#"fn load_block(r: u32, b: u32) -> array<vec4<f32>, 8> {{
+        "fn load_block(r: u32, b: u32) -> Block {{
     let nb = p.cols / 32u;
     let g = r * nb + b;
     let code_words = (nb * {code_bits}u + 31u) / 32u;
     let bit = b * {code_bits}u;
     let code = scales[r * code_words + bit / 32u] >> (bit % 32u);
-    {codes}
-    let scale = row_units[2u * r] * sc;
-    let offset = row_units[2u * r + 1u] * mn;
-    var w: array<vec4<f32>, 8>;
-{quants}
-    return w;
+    var o: Block;
+{body}    return o;
 }}
-"#
+"
     )
 }
 
-/// The WGSL that reads `ty`: the matrix bindings and `load_block`.
+/// The WGSL that reads `ty`: the matrix bindings, `Block` and `load_block`.
 pub fn reader(ty: TensorType) -> String {
     format!("{COMMON}\n{}", load_block(ty))
+}
+
+/// `dot(block, x[base + 0..8])` as one expression summed left to right, the same in every kernel.
+pub(crate) fn block_dot(block: &str, x: impl Fn(usize) -> String) -> String {
+    (0..8).map(|i| format!("dot({block}.w{i}, {})", x(i))).collect::<Vec<_>>().join(" + ")
 }

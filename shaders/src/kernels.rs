@@ -4,14 +4,47 @@ use tern_core::TensorType;
 
 use crate::{formats, ATTENTION_TILE, MAX_HEAD_DIM, WORKGROUP};
 
+/// Lines of WGSL, one per item, each indented by `indent` spaces.
+fn lines(items: impl IntoIterator<Item = String>, indent: usize) -> String {
+    items.into_iter().map(|l| format!("{:indent$}{l}\n", "")).collect()
+}
+
 /// Products of a matrix with activation rows, `workgroup / lanes` rows by up to `tokens` tokens per workgroup.
 ///
 /// Each of a row's `lanes` invocations walks every `lanes`-th block of 32 weights, dequantizes it once and
 /// multiplies it with up to `tokens` activation rows; the lanes' partial sums meet in a tree in workgroup
 /// memory. A token's sum is taken in the same order whatever the batch, so products are batch invariant.
+/// The token loop is unrolled into one accumulator per token.
 pub(crate) fn matmul(ty: TensorType, workgroup: u32, lanes: u32, tokens: u32) -> String {
     let reader = formats::reader(ty);
     let partial = workgroup * tokens;
+    let t_all = 0..tokens as usize;
+    let accs = lines(t_all.clone().map(|t| format!("var acc{t} = 0.0;")), 4);
+    let products = lines(
+        t_all.clone().map(|t| {
+            let dot = formats::block_dot("w", |i| format!("x[xb + {t}u * cols4 + {i}u]"));
+            format!("if (nt > {t}u) {{ acc{t} += {dot}; }}")
+        }),
+        12,
+    );
+    let reduce = if lanes > 1 {
+        let store = lines(t_all.clone().map(|t| format!("partial[{t}u * WG + li] = acc{t};")), 4);
+        let add = lines(t_all.clone().map(|t| format!("partial[{t}u * WG + li] += partial[{t}u * WG + li + s];")), 12);
+        let load = lines(t_all.clone().map(|t| format!("acc{t} = partial[{t}u * WG + li];")), 4);
+        format!(
+            "{store}    workgroupBarrier();
+    for (var s = LANES / 2u; s > 0u; s >>= 1u) {{
+        if (lane < s) {{
+{add}        }}
+        workgroupBarrier();
+    }}
+{load}"
+        )
+    } else {
+        String::new()
+    };
+    let writes = lines(t_all.map(|t| format!("if (nt > {t}u) {{ out[(t0 + {t}u) * p.rows + r] = acc{t}; }}")), 8);
+    let shared = if lanes > 1 { format!("var<workgroup> partial: array<f32, {partial}>;") } else { String::new() };
     format!(
         r#"struct Params {{ rows: u32, cols: u32, tokens: u32, groups_x: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}
 @group(0) @binding(0) var<uniform> p: Params;
@@ -22,7 +55,7 @@ const WG: u32 = {workgroup}u;
 const LANES: u32 = {lanes}u;
 const ROWS: u32 = WG / LANES;
 const TOKENS: u32 = {tokens}u;
-var<workgroup> partial: array<f32, {partial}>;
+{shared}
 
 @compute @workgroup_size({workgroup})
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
@@ -32,48 +65,14 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     let nt = min(TOKENS, p.tokens - t0);
     let cols4 = p.cols / 4u;
     let blocks = p.cols / 32u;
-    // Loops run to the constant TOKENS (guarded by `nt`) so that compilers unroll them and keep `acc` in registers.
-    var acc: array<f32, TOKENS>;
-    if (r < p.rows) {{
-        // A lane takes whole blocks; each is dequantized once for all the tokens.
+{accs}    if (r < p.rows) {{
         for (var blk = lane; blk < blocks; blk += LANES) {{
             let w = load_block(r, blk);
-            for (var t = 0u; t < TOKENS; t++) {{
-                if (t < nt) {{
-                    let xb = (t0 + t) * cols4 + 8u * blk;
-                    var s = 0.0;
-                    for (var i = 0u; i < 8u; i++) {{
-                        s += dot(w[i], x[xb + i]);
-                    }}
-                    acc[t] += s;
-                }}
-            }}
-        }}
+            let xb = t0 * cols4 + 8u * blk;
+{products}        }}
     }}
-    if (LANES > 1u) {{
-        for (var t = 0u; t < TOKENS; t++) {{
-            partial[t * WG + li] = acc[t];
-        }}
-        workgroupBarrier();
-        for (var s = LANES / 2u; s > 0u; s >>= 1u) {{
-            if (lane < s) {{
-                for (var t = 0u; t < TOKENS; t++) {{
-                    partial[t * WG + li] += partial[t * WG + li + s];
-                }}
-            }}
-            workgroupBarrier();
-        }}
-        for (var t = 0u; t < TOKENS; t++) {{
-            acc[t] = partial[t * WG + li];
-        }}
-    }}
-    if (lane == 0u && r < p.rows) {{
-        for (var t = 0u; t < TOKENS; t++) {{
-            if (t < nt) {{
-                out[(t0 + t) * p.rows + r] = acc[t];
-            }}
-        }}
-    }}
+{reduce}    if (lane == 0u && r < p.rows) {{
+{writes}    }}
 }}
 "#
     )
@@ -86,6 +85,13 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
 pub(crate) fn matmul_tiled(ty: TensorType, tokens: u32) -> String {
     let reader = formats::reader(ty);
     let staged = tokens * 8;
+    let t_all = 0..tokens as usize;
+    let accs = lines(t_all.clone().map(|t| format!("var acc{t} = 0.0;")), 4);
+    let products = lines(
+        t_all.clone().map(|t| format!("acc{t} += {};", formats::block_dot("w", |i| format!("xs[{}u]", 8 * t + i)))),
+        12,
+    );
+    let writes = lines(t_all.map(|t| format!("if (nt > {t}u) {{ out[(t0 + {t}u) * p.rows + r] = acc{t}; }}")), 8);
     format!(
         r#"struct Params {{ rows: u32, cols: u32, tokens: u32, groups_x: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}
 @group(0) @binding(0) var<uniform> p: Params;
@@ -103,32 +109,23 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     let nt = min(TOKENS, p.tokens - t0);
     let cols4 = p.cols / 4u;
     let blocks = p.cols / 32u;
-    var acc: array<f32, TOKENS>;
-    for (var blk = 0u; blk < blocks; blk++) {{
+{accs}    for (var blk = 0u; blk < blocks; blk++) {{
         for (var j = li; j < TOKENS * 8u; j += WG) {{
             let t = j / 8u;
-            xs[j] = select(vec4<f32>(0.0), x[(t0 + t) * cols4 + 8u * blk + j % 8u], t < nt);
+            var v = vec4<f32>(0.0);
+            if (t < nt) {{
+                v = x[(t0 + t) * cols4 + 8u * blk + j % 8u];
+            }}
+            xs[j] = v;
         }}
         workgroupBarrier();
         if (r < p.rows) {{
             let w = load_block(r, blk);
-            for (var t = 0u; t < TOKENS; t++) {{
-                var s = 0.0;
-                for (var i = 0u; i < 8u; i++) {{
-                    s += dot(w[i], xs[t * 8u + i]);
-                }}
-                acc[t] += s;
-            }}
-        }}
+{products}        }}
         workgroupBarrier();
     }}
     if (r < p.rows) {{
-        for (var t = 0u; t < TOKENS; t++) {{
-            if (t < nt) {{
-                out[(t0 + t) * p.rows + r] = acc[t];
-            }}
-        }}
-    }}
+{writes}    }}
 }}
 "#
     )
@@ -137,6 +134,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
 /// One invocation per block of 32 output elements: the table's rows for `ids`, dequantized.
 pub(crate) fn embed(ty: TensorType) -> String {
     let reader = formats::reader(ty);
+    let writes = lines((0..8).map(|k| format!("out[base + {k}u] = w.w{k};")), 4);
     format!(
         r#"struct Params {{ cols: u32, tokens: u32, groups_x: u32, _p3: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}
 @group(0) @binding(0) var<uniform> p: Params;
@@ -154,10 +152,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     let b = i % blocks;
     let w = load_block(ids[t], b);
     let base = t * (p.cols / 4u) + 8u * b;
-    for (var k = 0u; k < 8u; k++) {{
-        out[base + k] = w[k];
-    }}
-}}
+{writes}}}
 "#
     )
 }
