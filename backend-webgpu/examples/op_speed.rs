@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use tern_backend_webgpu::{AdapterChoice, WebGpuBackend};
+use tern_backend_webgpu::{AdapterChoice, KernelChoice, WebGpuBackend};
 use tern_core::{AttentionParams, Backend, RopeParams, RopeStyle, TensorType};
 use tern_quant::PackedMatrix;
 
@@ -71,6 +71,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let recorded = t.elapsed();
     be.read(&acc)?;
     println!("{:<32} {:>10.1} us (recording only: {:.1} us per op)", "1000 adds", t.elapsed().as_secs_f64() * 1e6, recorded.as_secs_f64() * 1e3);
+    let choices = [(32, 1), (32, 2), (32, 4), (16, 2), (64, 2)];
+    let variants: Vec<WebGpuBackend> = choices
+        .iter()
+        .map(|&(lanes, rows)| WebGpuBackend::with_kernels(AdapterChoice::Any, Some(KernelChoice { lanes, rows, tiled: true })))
+        .collect::<Result<_, _>>()?;
+    for ((lanes, rows), be) in choices.iter().zip(&variants) {
+        println!("decode kernels: {lanes} lanes on {rows} rows");
+        let mut out = be.zeros(0, 0)?;
+        for (r, c) in [(4096, 4096), (11008, 4096), (4096, 11008)] {
+            let w = PackedMatrix::from_f32(TensorType::Q4_0, r, c, &vec![0.25f32; r * c]).unwrap();
+            let m = be.upload_matrix(w.view())?;
+            let xin = be.upload(&vec![0.5f32; c], 1, c)?;
+            for _ in 0..3 {
+                be.matmul(&m, &xin, &mut out)?;
+            }
+            be.read(&out)?;
+            let n = 50;
+            let t = Instant::now();
+            for _ in 0..n {
+                be.matmul(&m, &xin, &mut out)?;
+            }
+            be.read(&out)?;
+            let s = t.elapsed().as_secs_f64();
+            println!("  Q4_0 {r}x{c}: {:.1} us, {:.0} GB/s", s * 1e6 / n as f64, w.bytes() as f64 * n as f64 / s / 1e9);
+        }
+    }
     for (rows, cols) in [(4096, 4096), (11008, 4096), (4096, 11008)] {
         for ty in [TensorType::Q4_0, TensorType::Q8_0] {
             let w = PackedMatrix::from_f32(ty, rows, cols, &vec![0.25f32; rows * cols]).unwrap();

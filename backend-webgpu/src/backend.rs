@@ -42,17 +42,16 @@ pub struct WebGpuBackend {
     empty: wgpu::Buffer,
     /// RoPE inverse frequencies per (base bits, rotated dims), computed once on the CPU as the CPU backend does.
     inv_freq: Mutex<HashMap<(u32, usize), wgpu::Buffer>>,
-    /// Matmul workgroup shape: invocations per row.
-    lanes: u32,
-    /// Whether products of several tokens take the tiled kernel.
-    tiled: bool,
+    kernels: KernelChoice,
 }
 
 /// Which matmul kernels a [`WebGpuBackend`] uses; [`KernelChoice::for_adapter`] picks them by default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KernelChoice {
-    /// Invocations sharing a row in decode products (a power of two up to 64).
+    /// Invocations sharing rows in decode products (a power of two up to 64).
     pub lanes: u32,
+    /// Rows those invocations share in decode products (1 to 4): each activation loaded serves that many.
+    pub rows: u32,
     /// Products of several tokens take the tiled kernel (fast on GPUs; on a CPU rasterizer its barriers cost
     /// more than they save). With it, a token's products in a batch and alone may differ by float rounding.
     pub tiled: bool,
@@ -63,7 +62,11 @@ impl KernelChoice {
     /// (lavapipe) runs the invocations of a workgroup one after another and pays dearly for every barrier:
     /// there each invocation takes a whole row.
     pub fn for_adapter(report: &AdapterReport) -> Self {
-        if report.is_gpu { KernelChoice { lanes: 32, tiled: true } } else { KernelChoice { lanes: 1, tiled: false } }
+        if report.is_gpu {
+            KernelChoice { lanes: 32, rows: 2, tiled: true }
+        } else {
+            KernelChoice { lanes: 1, rows: 1, tiled: false }
+        }
     }
 }
 
@@ -95,10 +98,12 @@ impl WebGpuBackend {
             mapped_at_creation: false,
         });
         let k = kernels.unwrap_or_else(|| KernelChoice::for_adapter(&gpu.report));
-        if !k.lanes.is_power_of_two() || k.lanes > WORKGROUP {
-            return Err(Error::Device { detail: format!("{} lanes per row: expected a power of two up to {WORKGROUP}", k.lanes) });
+        if !k.lanes.is_power_of_two() || k.lanes > WORKGROUP || !(1..=4).contains(&k.rows) {
+            return Err(Error::Device {
+                detail: format!("{} lanes on {} rows: expected a power of two up to {WORKGROUP} on 1 to 4", k.lanes, k.rows),
+            });
         }
-        Ok(WebGpuBackend { gpu, recorder, empty, inv_freq: Mutex::new(HashMap::new()), lanes: k.lanes, tiled: k.tiled })
+        Ok(WebGpuBackend { gpu, recorder, empty, inv_freq: Mutex::new(HashMap::new()), kernels: k })
     }
 
     /// The adapter this backend runs on.
@@ -261,11 +266,13 @@ impl Backend for WebGpuBackend {
         }
         self.resize("matmul", out, x.rows, w.rows)?;
         // Decode takes a kernel of its own: no batch to share the weights with.
-        let (kernel, rows_per_group, tokens) = if x.rows > 1 && self.tiled {
+        let k = self.kernels;
+        let (kernel, rows_per_group, tokens) = if x.rows > 1 && k.tiled {
             (Kernel::MatmulTiled { ty: w.ty, tokens: TILED_TOKENS }, WORKGROUP, TILED_TOKENS)
         } else {
-            let tokens = if x.rows == 1 { 1 } else { MATMUL_TOKENS };
-            (Kernel::Matmul { ty: w.ty, workgroup: WORKGROUP, lanes: self.lanes, tokens }, WORKGROUP / self.lanes, tokens)
+            let (tokens, rows) = if x.rows == 1 { (1, k.rows) } else { (MATMUL_TOKENS, 1) };
+            let kernel = Kernel::Matmul { ty: w.ty, workgroup: WORKGROUP, lanes: k.lanes, rows, tokens };
+            (kernel, WORKGROUP / k.lanes * rows, tokens)
         };
         let row_groups = (w.rows as u64).div_ceil(rows_per_group as u64);
         let max = self.max_groups();

@@ -17,7 +17,11 @@ fn backends() -> Vec<(String, Arc<WebGpuBackend>)> {
             };
             let native = make(None);
             let own = KernelChoice::for_adapter(native.adapter());
-            let other = if own.tiled { KernelChoice { lanes: 1, tiled: false } } else { KernelChoice { lanes: 32, tiled: true } };
+            let other = if own.tiled {
+                KernelChoice { lanes: 1, rows: 1, tiled: false }
+            } else {
+                KernelChoice { lanes: 32, rows: 2, tiled: true }
+            };
             let name = native.adapter().name.clone();
             vec![(format!("webgpu on {name} ({own:?})"), native), (format!("webgpu on {name} ({other:?})"), make(Some(other)))]
         })

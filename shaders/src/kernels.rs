@@ -9,28 +9,38 @@ fn lines(items: impl IntoIterator<Item = String>, indent: usize) -> String {
     items.into_iter().map(|l| format!("{:indent$}{l}\n", "")).collect()
 }
 
-/// Products of a matrix with activation rows, `workgroup / lanes` rows by up to `tokens` tokens per workgroup.
+/// Products of a matrix with activation rows: `workgroup / lanes` groups of `lanes` invocations, each group
+/// taking `rows` rows by up to `tokens` tokens.
 ///
-/// Each of a row's `lanes` invocations walks every `lanes`-th block of 32 weights, dequantizes it once and
-/// multiplies it with up to `tokens` activation rows; the lanes' partial sums meet in a tree in workgroup
-/// memory. A token's sum is taken in the same order whatever the batch, so products are batch invariant.
-/// The token loop is unrolled into one accumulator per token.
-pub(crate) fn matmul(ty: TensorType, workgroup: u32, lanes: u32, tokens: u32) -> String {
+/// Each of a group's `lanes` invocations walks every `lanes`-th block of 32 columns: it loads the activations of
+/// the block once (for every token) and multiplies them with the block of each of its `rows` rows, dequantized
+/// once; the lanes' partial sums meet in a tree in workgroup memory. A row's sum for a token is taken in the
+/// same order whatever the batch, so products are batch invariant. Loops over rows and tokens are unrolled into
+/// one accumulator each.
+pub(crate) fn matmul(ty: TensorType, workgroup: u32, lanes: u32, rows: u32, tokens: u32) -> String {
     let reader = formats::reader(ty);
-    let partial = workgroup * tokens;
-    let t_all = 0..tokens as usize;
-    let accs = lines(t_all.clone().map(|t| format!("var acc{t} = 0.0;")), 4);
-    let products = lines(
-        t_all.clone().map(|t| {
-            let dot = formats::block_dot("w", |i| format!("x[xb + {t}u * cols4 + {i}u]"));
-            format!("if (nt > {t}u) {{ acc{t} += {dot}; }}")
+    let partial = workgroup * tokens * rows;
+    let (nr, nt) = (rows as usize, tokens as usize);
+    let pairs: Vec<(usize, usize)> = (0..nr).flat_map(|j| (0..nt).map(move |t| (j, t))).collect();
+    let accs = lines(pairs.iter().map(|(j, t)| format!("var acc{j}_{t} = 0.0;")), 4);
+    let mut products = lines(
+        (0..nt).flat_map(|t| {
+            (0..8).map(move |i| format!("var x{t}_{i} = vec4<f32>(0.0); if (nt > {t}u) {{ x{t}_{i} = x[xb + {t}u * cols4 + {i}u]; }}"))
         }),
         12,
     );
+    for j in 0..nr {
+        let sums = lines(
+            (0..nt).map(|t| format!("acc{j}_{t} += {};", formats::block_dot("w", |i| format!("x{t}_{i}")))),
+            16,
+        );
+        products.push_str(&format!("            if (r0 + {j}u < p.rows) {{\n                let w = load_block(r0 + {j}u, blk);\n{sums}            }}\n"));
+    }
+    let slot = |j: usize, t: usize| format!("{}u * WG + li", j * nt + t);
     let reduce = if lanes > 1 {
-        let store = lines(t_all.clone().map(|t| format!("partial[{t}u * WG + li] = acc{t};")), 4);
-        let add = lines(t_all.clone().map(|t| format!("partial[{t}u * WG + li] += partial[{t}u * WG + li + s];")), 12);
-        let load = lines(t_all.clone().map(|t| format!("acc{t} = partial[{t}u * WG + li];")), 4);
+        let store = lines(pairs.iter().map(|&(j, t)| format!("partial[{}] = acc{j}_{t};", slot(j, t))), 4);
+        let add = lines(pairs.iter().map(|&(j, t)| format!("partial[{0}] += partial[{0} + s];", slot(j, t))), 12);
+        let load = lines(pairs.iter().map(|&(j, t)| format!("acc{j}_{t} = partial[{}];", slot(j, t))), 4);
         format!(
             "{store}    workgroupBarrier();
     for (var s = LANES / 2u; s > 0u; s >>= 1u) {{
@@ -43,7 +53,10 @@ pub(crate) fn matmul(ty: TensorType, workgroup: u32, lanes: u32, tokens: u32) ->
     } else {
         String::new()
     };
-    let writes = lines(t_all.map(|t| format!("if (nt > {t}u) {{ out[(t0 + {t}u) * p.rows + r] = acc{t}; }}")), 8);
+    let writes = lines(
+        pairs.iter().map(|(j, t)| format!("if (nt > {t}u && r0 + {j}u < p.rows) {{ out[(t0 + {t}u) * p.rows + r0 + {j}u] = acc{j}_{t}; }}")),
+        8,
+    );
     let shared = if lanes > 1 { format!("var<workgroup> partial: array<f32, {partial}>;") } else { String::new() };
     format!(
         r#"struct Params {{ rows: u32, cols: u32, tokens: u32, groups_x: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}
@@ -53,25 +66,24 @@ pub(crate) fn matmul(ty: TensorType, workgroup: u32, lanes: u32, tokens: u32) ->
 {reader}
 const WG: u32 = {workgroup}u;
 const LANES: u32 = {lanes}u;
-const ROWS: u32 = WG / LANES;
+const GROUPS: u32 = WG / LANES;
 const TOKENS: u32 = {tokens}u;
 {shared}
 
 @compute @workgroup_size({workgroup})
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
     let lane = li % LANES;
-    let r = (wid.x + wid.z * p.groups_x) * ROWS + li / LANES;
+    let r0 = ((wid.x + wid.z * p.groups_x) * GROUPS + li / LANES) * {rows}u;
     let t0 = wid.y * TOKENS;
     let nt = min(TOKENS, p.tokens - t0);
     let cols4 = p.cols / 4u;
     let blocks = p.cols / 32u;
-{accs}    if (r < p.rows) {{
+{accs}    if (r0 < p.rows) {{
         for (var blk = lane; blk < blocks; blk += LANES) {{
-            let w = load_block(r, blk);
             let xb = t0 * cols4 + 8u * blk;
 {products}        }}
     }}
-{reduce}    if (lane == 0u && r < p.rows) {{
+{reduce}    if (lane == 0u) {{
 {writes}    }}
 }}
 "#

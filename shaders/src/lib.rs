@@ -31,10 +31,11 @@ pub const TILED_TOKENS: u32 = 16;
 /// One compiled pipeline: an op and everything its source is specialized on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kernel {
-    /// `out[t, r] = w[r] · x[t]` for a matrix of type `ty`. `lanes` invocations share a row (a power of two
-    /// dividing `workgroup`; 1 when each invocation takes a whole row); each workgroup takes `workgroup / lanes` rows by up to `tokens` tokens, so every
-    /// weight it reads serves `tokens` products.
-    Matmul { ty: TensorType, workgroup: u32, lanes: u32, tokens: u32 },
+    /// `out[t, r] = w[r] · x[t]` for a matrix of type `ty`. `lanes` invocations (a power of two dividing
+    /// `workgroup`; 1 when each invocation takes whole rows) share `rows` rows, so every activation they load
+    /// serves `rows` rows; each workgroup takes `workgroup / lanes * rows` rows by up to `tokens` tokens, so
+    /// every weight it reads serves `tokens` products.
+    Matmul { ty: TensorType, workgroup: u32, lanes: u32, rows: u32, tokens: u32 },
     /// Prefill products on a GPU: one row per invocation, `tokens` tokens per workgroup, the activations staged
     /// in workgroup memory a block at a time.
     MatmulTiled { ty: TensorType, tokens: u32 },
@@ -70,10 +71,13 @@ impl Kernel {
         let mut v = vec![Kernel::Embed { ty }];
         for lanes in [1, 8, 16, 32, 64] {
             for tokens in [1, MATMUL_TOKENS] {
-                v.push(Kernel::Matmul { ty, workgroup: 64, lanes, tokens });
+                v.push(Kernel::Matmul { ty, workgroup: 64, lanes, rows: 1, tokens });
             }
         }
-        v.push(Kernel::Matmul { ty, workgroup: 256, lanes: 32, tokens: 1 });
+        for rows in [2, 4] {
+            v.push(Kernel::Matmul { ty, workgroup: 64, lanes: 32, rows, tokens: 1 });
+        }
+        v.push(Kernel::Matmul { ty, workgroup: 256, lanes: 32, rows: 1, tokens: 1 });
         v.push(Kernel::MatmulTiled { ty, tokens: TILED_TOKENS });
         v
     }
@@ -84,7 +88,9 @@ impl Kernel {
     /// A short label for the pipeline and error messages.
     pub fn label(&self) -> String {
         match self {
-            Kernel::Matmul { ty, workgroup, lanes, tokens } => format!("matmul {ty} wg{workgroup} lanes{lanes} tokens{tokens}"),
+            Kernel::Matmul { ty, workgroup, lanes, rows, tokens } => {
+                format!("matmul {ty} wg{workgroup} lanes{lanes} rows{rows} tokens{tokens}")
+            }
             Kernel::MatmulTiled { ty, tokens } => format!("matmul tiled {ty} tokens{tokens}"),
             Kernel::Embed { ty } => format!("embed {ty}"),
             other => format!("{other:?}").to_lowercase(),
@@ -127,7 +133,7 @@ impl Kernel {
     /// The kernel's WGSL source; its entry point is `main`.
     pub fn wgsl(&self) -> String {
         match *self {
-            Kernel::Matmul { ty, workgroup, lanes, tokens } => kernels::matmul(ty, workgroup, lanes, tokens),
+            Kernel::Matmul { ty, workgroup, lanes, rows, tokens } => kernels::matmul(ty, workgroup, lanes, rows, tokens),
             Kernel::MatmulTiled { ty, tokens } => kernels::matmul_tiled(ty, tokens),
             Kernel::Embed { ty } => kernels::embed(ty),
             Kernel::RmsNorm => kernels::rms_norm(),
