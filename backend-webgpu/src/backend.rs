@@ -52,8 +52,9 @@ pub struct KernelChoice {
     pub lanes: u32,
     /// Rows those invocations share in decode products (1 to 4): each activation loaded serves that many.
     pub rows: u32,
-    /// Products of several tokens take the tiled kernel (fast on GPUs; on a CPU rasterizer its barriers cost
-    /// more than they save). With it, a token's products in a batch and alone may differ by float rounding.
+    /// The GPU kernels: products of several tokens tiled, decode products with lanes on consecutive `vec4`s
+    /// (fast on GPUs; on a CPU rasterizer their barriers cost more than they save). With them, a token's
+    /// products in a batch and alone may differ by float rounding.
     pub tiled: bool,
 }
 
@@ -269,6 +270,8 @@ impl Backend for WebGpuBackend {
         let k = self.kernels;
         let (kernel, rows_per_group, tokens) = if x.rows > 1 && k.tiled {
             (Kernel::MatmulTiled { ty: w.ty, tokens: TILED_TOKENS }, WORKGROUP, TILED_TOKENS)
+        } else if k.tiled {
+            (Kernel::Matvec { ty: w.ty, lanes: k.lanes, rows: k.rows }, WORKGROUP / k.lanes * k.rows, 1)
         } else {
             let (tokens, rows) = if x.rows == 1 { (1, k.rows) } else { (MATMUL_TOKENS, 1) };
             let kernel = Kernel::Matmul { ty: w.ty, workgroup: WORKGROUP, lanes: k.lanes, rows, tokens };

@@ -201,9 +201,77 @@ fn tern_block(f: TernFormat) -> String {
     )
 }
 
+/// `load_quad(r, q)`: weights `4q..4q+3` of row `r`, for decode products whose lanes take consecutive `vec4`s
+/// (so that their activation loads are contiguous).
+fn load_quad(ty: TensorType) -> String {
+    let body = match ty {
+        TensorType::F32 => "return bitcast<vec4<f32>>(quants[r * (p.cols / 4u) + q]);".to_string(),
+        TensorType::F16 => "let i = (r * p.cols) / 2u + 2u * q;
+    return vec4<f32>(unpack2x16float(word(i)), unpack2x16float(word(i + 1u)));"
+            .to_string(),
+        TensorType::Bf16 => "let i = (r * p.cols) / 2u + 2u * q;
+    let a = word(i);
+    let c = word(i + 1u);
+    return bitcast<vec4<f32>>(vec4<u32>(a << 16u, a & 0xffff0000u, c << 16u, c & 0xffff0000u));"
+            .to_string(),
+        // vec4 i of a block: the low (i < 4) or high nibbles of word i % 4.
+        TensorType::Q4_0 | TensorType::Q4_1 => {
+            let v = if ty == TensorType::Q4_0 { "d * (f - 8.0)" } else { "d * f + min_at(g)" };
+            format!(
+                "let g = r * (p.cols / 32u) + q / 8u;
+    let i = q % 8u;
+    let d = scale_at(g);
+    let f = fields(quants[g][i % 4u], 4u * (i / 4u), 15u);
+    return {v};"
+            )
+        }
+        TensorType::Q8_0 => "let g = r * (p.cols / 32u) + q / 8u;
+    let i = q % 8u;
+    return scale_at(g) * signed_bytes(quants[2u * g + i / 4u][i % 4u]);"
+            .to_string(),
+        TensorType::T2 | TensorType::T3 | TensorType::T4 | TensorType::T8 => {
+            let f = ty.tern_format().unwrap_or(TernFormat::T4);
+            let code_bits = f.code_bits();
+            let codes = match f {
+                TernFormat::T2 => "let sc = f32(code & 15u); let mn = f32((code >> 4u) & 15u);",
+                TernFormat::T3 | TernFormat::T4 => "let sc = f32(code & 255u); let mn = f32((code >> 8u) & 255u);",
+                TernFormat::T8 => "let sc = f32(code & 255u); let mn = 0.0;",
+            };
+            // vec4 i of the block: elements 4i..4i+3.
+            let quants = match f {
+                // Plane i / 2 of bytes 4(i % 2)..4(i % 2)+3, that is of word i % 2.
+                TernFormat::T2 => "let v = fields(word(2u * g + i % 2u), 2u * (i / 2u), 3u);".to_string(),
+                TernFormat::T3 => "let h = word(3u * g + 2u) >> (4u * i);
+    let v = fields(word(3u * g + i % 2u), 2u * (i / 2u), 3u) + 4.0 * vec4<f32>(vec4<u32>(h, h >> 1u, h >> 2u, h >> 3u) & vec4<u32>(1u));"
+                    .to_string(),
+                TernFormat::T4 => "let v = fields(quants[g][i % 4u], 4u * (i / 4u), 15u);".to_string(),
+                TernFormat::T8 => "let v = signed_bytes(quants[2u * g + i / 4u][i % 4u]);".to_string(),
+            };
+            format!(
+                "let nb = p.cols / 32u;
+    let b = q / 8u;
+    let g = r * nb + b;
+    let i = q % 8u;
+    let code_words = (nb * {code_bits}u + 31u) / 32u;
+    let bit = b * {code_bits}u;
+    let code = scales[r * code_words + bit / 32u] >> (bit % 32u);
+    {codes}
+    {quants}
+    return row_units[2u * r] * sc * v - row_units[2u * r + 1u] * mn;"
+            )
+        }
+    };
+    format!("fn load_quad(r: u32, q: u32) -> vec4<f32> {{\n    {body}\n}}\n")
+}
+
 /// The WGSL that reads `ty`: the matrix bindings, `Block` and `load_block`.
 pub fn reader(ty: TensorType) -> String {
     format!("{COMMON}\n{}", load_block(ty))
+}
+
+/// The WGSL that reads `ty` a `vec4` at a time: the matrix bindings and `load_quad`.
+pub fn quad_reader(ty: TensorType) -> String {
+    format!("{COMMON}\n{}", load_quad(ty))
 }
 
 /// `dot(block, x[base + 0..8])` as one expression summed left to right, the same in every kernel.

@@ -90,6 +90,55 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     )
 }
 
+/// Decode products (one token): groups of `lanes` invocations take `rows` rows, and lane `l` takes the `vec4`s
+/// `l, l + lanes, ...` of the row, so that a group's activation and weight loads are contiguous; each
+/// activation `vec4` serves all `rows` rows. The lanes' sums meet in a tree in workgroup memory.
+pub(crate) fn matvec(ty: TensorType, workgroup: u32, lanes: u32, rows: u32) -> String {
+    let reader = formats::quad_reader(ty);
+    let nr = rows as usize;
+    let accs = lines((0..nr).map(|j| format!("var acc{j} = 0.0;")), 4);
+    let products = lines(
+        (0..nr).map(|j| format!("if (r0 + {j}u < p.rows) {{ acc{j} += dot(load_quad(r0 + {j}u, q), xq); }}")),
+        12,
+    );
+    let store = lines((0..nr).map(|j| format!("partial[{j}u * WG + li] = acc{j};")), 4);
+    let add = lines((0..nr).map(|j| format!("partial[{j}u * WG + li] += partial[{j}u * WG + li + s];")), 12);
+    let writes = lines((0..nr).map(|j| format!("if (r0 + {j}u < p.rows) {{ out[r0 + {j}u] = partial[{j}u * WG + li]; }}")), 8);
+    let partial = workgroup * rows;
+    format!(
+        r#"struct Params {{ rows: u32, cols: u32, tokens: u32, groups_x: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(5) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> out: array<f32>;
+{reader}
+const WG: u32 = {workgroup}u;
+const LANES: u32 = {lanes}u;
+const GROUPS: u32 = WG / LANES;
+var<workgroup> partial: array<f32, {partial}>;
+
+@compute @workgroup_size({workgroup})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
+    let lane = li % LANES;
+    let r0 = ((wid.x + wid.z * p.groups_x) * GROUPS + li / LANES) * {rows}u;
+    let quads = p.cols / 4u;
+{accs}    if (r0 < p.rows) {{
+        for (var q = lane; q < quads; q += LANES) {{
+            let xq = x[q];
+{products}        }}
+    }}
+{store}    workgroupBarrier();
+    for (var s = LANES / 2u; s > 0u; s >>= 1u) {{
+        if (lane < s) {{
+{add}        }}
+        workgroupBarrier();
+    }}
+    if (lane == 0u) {{
+{writes}    }}
+}}
+"#
+    )
+}
+
 /// Prefill products: each of the workgroup's invocations owns one row and `tokens` sums. Block by block, the
 /// workgroup stages the tokens' 32 activations in workgroup memory, and every invocation dequantizes its row's
 /// block once and multiplies it with all of them: weights are read once per `tokens` tokens and activations

@@ -36,6 +36,9 @@ pub enum Kernel {
     /// serves `rows` rows; each workgroup takes `workgroup / lanes * rows` rows by up to `tokens` tokens, so
     /// every weight it reads serves `tokens` products.
     Matmul { ty: TensorType, workgroup: u32, lanes: u32, rows: u32, tokens: u32 },
+    /// Decode products (one token) on a GPU: groups of `lanes` invocations share `rows` rows, lane `l` taking
+    /// the row's `vec4`s `l, l + lanes, ...`, so loads are contiguous across lanes.
+    Matvec { ty: TensorType, lanes: u32, rows: u32 },
     /// Prefill products on a GPU: one row per invocation, `tokens` tokens per workgroup, the activations staged
     /// in workgroup memory a block at a time.
     MatmulTiled { ty: TensorType, tokens: u32 },
@@ -79,6 +82,9 @@ impl Kernel {
         }
         v.push(Kernel::Matmul { ty, workgroup: 256, lanes: 32, rows: 1, tokens: 1 });
         v.push(Kernel::MatmulTiled { ty, tokens: TILED_TOKENS });
+        for rows in [1, 2, 4] {
+            v.push(Kernel::Matvec { ty, lanes: 32, rows });
+        }
         v
     }
 
@@ -92,6 +98,7 @@ impl Kernel {
                 format!("matmul {ty} wg{workgroup} lanes{lanes} rows{rows} tokens{tokens}")
             }
             Kernel::MatmulTiled { ty, tokens } => format!("matmul tiled {ty} tokens{tokens}"),
+            Kernel::Matvec { ty, lanes, rows } => format!("matvec {ty} lanes{lanes} rows{rows}"),
             Kernel::Embed { ty } => format!("embed {ty}"),
             other => format!("{other:?}").to_lowercase(),
         }
@@ -102,7 +109,9 @@ impl Kernel {
         use Binding::*;
         match self {
             // quants, scales, mins, row units, x | out
-            Kernel::Matmul { .. } | Kernel::MatmulTiled { .. } => &[Params, Read, Read, Read, Read, Read, ReadWrite],
+            Kernel::Matmul { .. } | Kernel::MatmulTiled { .. } | Kernel::Matvec { .. } => {
+                &[Params, Read, Read, Read, Read, Read, ReadWrite]
+            }
             // quants, scales, mins, row units, ids | out
             Kernel::Embed { .. } => &[Params, Read, Read, Read, Read, Read, ReadWrite],
             // x, weight | out
@@ -121,7 +130,9 @@ impl Kernel {
     /// The names of the eight parameter words, in order (unused words are `_`).
     pub fn params(&self) -> [&'static str; 8] {
         match self {
-            Kernel::Matmul { .. } | Kernel::MatmulTiled { .. } => ["rows", "cols", "tokens", "groups_x", "_", "_", "_", "_"],
+            Kernel::Matmul { .. } | Kernel::MatmulTiled { .. } | Kernel::Matvec { .. } => {
+                ["rows", "cols", "tokens", "groups_x", "_", "_", "_", "_"]
+            }
             Kernel::Embed { .. } => ["cols", "tokens", "groups_x", "_", "_", "_", "_", "_"],
             Kernel::RmsNorm => ["rows", "cols", "eps (f32)", "groups_x", "_", "_", "_", "_"],
             Kernel::Rope => ["rows", "n_heads", "head_dim", "rot_dim", "interleaved (0/1)", "pos0", "groups_x", "_"],
@@ -135,6 +146,7 @@ impl Kernel {
         match *self {
             Kernel::Matmul { ty, workgroup, lanes, rows, tokens } => kernels::matmul(ty, workgroup, lanes, rows, tokens),
             Kernel::MatmulTiled { ty, tokens } => kernels::matmul_tiled(ty, tokens),
+            Kernel::Matvec { ty, lanes, rows } => kernels::matvec(ty, WORKGROUP, lanes, rows),
             Kernel::Embed { ty } => kernels::embed(ty),
             Kernel::RmsNorm => kernels::rms_norm(),
             Kernel::Rope => kernels::rope(),
