@@ -64,7 +64,7 @@ impl KernelChoice {
     /// there each invocation takes a whole row.
     pub fn for_adapter(report: &AdapterReport) -> Self {
         if report.is_gpu {
-            KernelChoice { lanes: 32, rows: 2, tiled: true }
+            KernelChoice { lanes: 32, rows: 1, tiled: true }
         } else {
             KernelChoice { lanes: 1, rows: 1, tiled: false }
         }

@@ -97,10 +97,19 @@ pub(crate) fn matvec(ty: TensorType, workgroup: u32, lanes: u32, rows: u32) -> S
     let reader = formats::quad_reader(ty);
     let nr = rows as usize;
     let accs = lines((0..nr).map(|j| format!("var acc{j} = 0.0;")), 4);
-    let products = lines(
-        (0..nr).map(|j| format!("if (r0 + {j}u < p.rows) {{ acc{j} += dot(load_quad(r0 + {j}u, q), xq); }}")),
-        12,
-    );
+    // Four quads per step, loads first, so that every lane has several loads in flight.
+    let step = |indent: usize, quads: usize| {
+        let loads = lines((0..quads).map(|u| format!("let xq{u} = x[q + {u}u * LANES];")), indent);
+        let sums = lines(
+            (0..nr).map(|j| {
+                let terms: Vec<String> = (0..quads).map(|u| format!("dot(load_quad(r0 + {j}u, q + {u}u * LANES), xq{u})")).collect();
+                format!("if (r0 + {j}u < p.rows) {{ acc{j} += {}; }}", terms.join(" + "))
+            }),
+            indent,
+        );
+        loads + &sums
+    };
+    let (unrolled, single) = (step(12, 4), step(12, 1));
     let store = lines((0..nr).map(|j| format!("partial[{j}u * WG + li] = acc{j};")), 4);
     let add = lines((0..nr).map(|j| format!("partial[{j}u * WG + li] += partial[{j}u * WG + li + s];")), 12);
     let writes = lines((0..nr).map(|j| format!("if (r0 + {j}u < p.rows) {{ out[r0 + {j}u] = partial[{j}u * WG + li]; }}")), 8);
@@ -122,9 +131,11 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     let r0 = ((wid.x + wid.z * p.groups_x) * GROUPS + li / LANES) * {rows}u;
     let quads = p.cols / 4u;
 {accs}    if (r0 < p.rows) {{
-        for (var q = lane; q < quads; q += LANES) {{
-            let xq = x[q];
-{products}        }}
+        var q = lane;
+        for (; q + 3u * LANES < quads; q += 4u * LANES) {{
+{unrolled}        }}
+        for (; q < quads; q += LANES) {{
+{single}        }}
     }}
 {store}    workgroupBarrier();
     for (var s = LANES / 2u; s > 0u; s >>= 1u) {{
