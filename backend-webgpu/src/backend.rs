@@ -346,8 +346,8 @@ impl Backend for WebGpuBackend {
                 format!("q {} / k {} / v {} columns for {} heads, {} KV heads of {hd}", q.cols, k.cols, v.cols, p.n_heads, p.n_kv_heads),
             ));
         }
-        if hd > MAX_HEAD_DIM as usize {
-            return Err(Error::shape("attention", format!("heads of {hd} are past the WebGPU kernel's {MAX_HEAD_DIM}")));
+        if hd > MAX_HEAD_DIM as usize || !hd.is_multiple_of(4) {
+            return Err(Error::shape("attention", format!("heads of {hd}: the WebGPU kernel takes multiples of 4 up to {MAX_HEAD_DIM}")));
         }
         let len = p.pos0 + q.rows;
         if len > k.rows || len > v.rows {

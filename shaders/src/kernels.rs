@@ -314,16 +314,17 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
 /// dimensions over the tile.
 pub(crate) fn attention() -> String {
     let dims = MAX_HEAD_DIM / WORKGROUP;
+    let quads = MAX_HEAD_DIM / 4;
     let tile = ATTENTION_TILE;
     format!(
         r#"struct Params {{ rows: u32, n_heads: u32, n_kv_heads: u32, head_dim: u32, pos0: u32, scale: f32, _p6: u32, _p7: u32 }}
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> k: array<f32>;
+@group(0) @binding(2) var<storage, read> k: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> v: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 var<workgroup> weights: array<f32, {tile}>;
-var<workgroup> qs: array<f32, {MAX_HEAD_DIM}>;
+var<workgroup> qs: array<vec4<f32>, {quads}>;
 const NONE: f32 = -3.0e38;
 
 @compute @workgroup_size({tile})
@@ -335,8 +336,8 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     let kv_cols = p.n_kv_heads * hd;
     let visible = p.pos0 + t + 1u;
     let qbase = (t * p.n_heads + h) * hd;
-    for (var d = li; d < hd; d += {tile}u) {{
-        qs[d] = q[qbase + d];
+    for (var d = li; d < hd / 4u; d += {tile}u) {{
+        qs[d] = vec4<f32>(q[qbase + 4u * d], q[qbase + 4u * d + 1u], q[qbase + 4u * d + 2u], q[qbase + 4u * d + 3u]);
     }}
     workgroupBarrier();
     var m = NONE;
@@ -346,10 +347,10 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
         let j = j0 + li;
         var s = NONE;
         if (j < visible) {{
-            let kb = j * kv_cols + kvh * hd;
+            let kb = (j * kv_cols + kvh * hd) / 4u;
             var dotp = 0.0;
-            for (var d = 0u; d < hd; d++) {{
-                dotp += qs[d] * k[kb + d];
+            for (var d = 0u; d < hd / 4u; d++) {{
+                dotp += dot(qs[d], k[kb + d]);
             }}
             s = dotp * p.scale;
         }}
