@@ -125,6 +125,9 @@ if [ "$which" = all ] || [ "$which" = tern ]; then
     quantize "mix$target" --target-bpw "$target" --calibration "$out/calibration.txt" --sensitivity-tokens 128 \
       --sensitivity-cache "$out/tern.sensitivity.json" --verbose
   done
+  # The planner and error feedback together, aimed under 4.6 bits per weight.
+  quantize "mix4.55+feedback" --target-bpw 4.55 --calibration "$out/calibration.txt" --error-feedback \
+    --sensitivity-tokens 128 --sensitivity-cache "$out/tern.sensitivity.json" --verbose
   # The f32 model's log-probabilities once (about 2 GB for 40 chunks), then every model against them.
   [ -f "$out/f32.tern.logits" ] || $tern eval -m "$f32" --text "$out/eval.txt" --chunks "$chunks" --save-logits "$out/f32.tern.logits" > "$out/f32.tern.eval.log" 2>&1
   for m in "${models[@]}"; do
