@@ -56,6 +56,38 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         be.silu_mul(&g, &g, &mut out)?;
         be.read(&out).map(|_| ())
     })?;
+    // The small ops of one 7B decode step (Llama 2 7B: width 4096, 32 heads of 128, FFN 11008), 100 of each
+    // per submit so that the readback does not count.
+    {
+        let per = |name: &str, f: &mut dyn FnMut() -> tern_core::Result<()>| -> tern_core::Result<()> {
+            f()?;
+            be.read(&x)?;
+            let t = Instant::now();
+            for _ in 0..100 {
+                f()?;
+            }
+            be.read(&x)?;
+            println!("7b {name:<28} {:>8.1} us", t.elapsed().as_secs_f64() * 1e6 / 100.0);
+            Ok(())
+        };
+        let h = be.upload(&vec![0.5f32; 4096], 1, 4096)?;
+        let g = be.upload(&vec![1.0f32; 4096], 1, 4096)?;
+        let mut o = be.zeros(0, 0)?;
+        per("rms_norm 4096", &mut || be.rms_norm(&h, &g, 1e-5, &mut o))?;
+        let mut q = be.upload(&vec![0.5f32; 4096], 1, 4096)?;
+        let rp = RopeParams { n_heads: 32, head_dim: 128, rot_dim: 128, freq_base: 10000.0, style: RopeStyle::Interleaved, pos0: 64 };
+        per("rope 32x128", &mut || be.rope(&mut q, &rp))?;
+        let mut cache = be.zeros(512, 4096)?;
+        per("write_rows 4096", &mut || be.write_rows(&h, &mut cache, 64))?;
+        for pos0 in [64, 448] {
+            let a = AttentionParams { n_heads: 32, n_kv_heads: 32, head_dim: 128, pos0, scale: 0.088 };
+            per(&format!("attention 32x128 at {pos0}"), &mut || be.attention(&q, &cache, &cache, &a, &mut o))?;
+        }
+        let f = be.upload(&vec![0.5f32; 11008], 1, 11008)?;
+        per("silu_mul 11008", &mut || be.silu_mul(&f, &f, &mut o))?;
+        let mut acc = be.upload(&vec![0.0f32; 4096], 1, 4096)?;
+        per("add 4096", &mut || be.add(&mut acc, &h))?;
+    }
     let small = be.upload(&[1.0f32; 16], 1, 16)?;
     let mut acc = be.upload(&[0.0f32; 16], 1, 16)?;
     time("1000 adds of 16, one read", &mut || {

@@ -356,7 +356,7 @@ impl Backend for WebGpuBackend {
         self.resize("attention", out, q.rows, q.cols)?;
         let grid = Grid { dims: (p.n_heads as u32, q.rows as u32, 1) };
         let params = [q.rows as u32, p.n_heads as u32, p.n_kv_heads as u32, hd as u32, p.pos0 as u32, p.scale.to_bits(), 0, 0];
-        self.recorder.dispatch(&self.gpu, Kernel::Attention, params, &[&q.buf, &k.buf, &v.buf, &out.buf], grid)
+        self.recorder.dispatch(&self.gpu, Kernel::Attention { head_dim: hd as u32 }, params, &[&q.buf, &k.buf, &v.buf, &out.buf], grid)
     }
 
     fn silu_mul(&self, gate: &GpuTensor, up: &GpuTensor, out: &mut GpuTensor) -> Result<()> {

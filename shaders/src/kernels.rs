@@ -2,7 +2,7 @@
 
 use tern_core::TensorType;
 
-use crate::{formats, ATTENTION_TILE, MAX_HEAD_DIM, WORKGROUP};
+use crate::{formats, ATTENTION_TILE, WORKGROUP};
 
 /// Lines of WGSL, one per item, each indented by `indent` spaces.
 fn lines(items: impl IntoIterator<Item = String>, indent: usize) -> String {
@@ -229,6 +229,9 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     )
 }
 
+/// Invocations per workgroup of RMSNorm (one workgroup per row).
+const NORM: u32 = 256;
+
 /// One workgroup per row: the mean square in a tree, then the scaled row.
 pub(crate) fn rms_norm() -> String {
     format!(
@@ -237,9 +240,9 @@ pub(crate) fn rms_norm() -> String {
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> weight: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
-var<workgroup> sums: array<f32, {WORKGROUP}>;
+var<workgroup> sums: array<f32, {NORM}>;
 
-@compute @workgroup_size({WORKGROUP})
+@compute @workgroup_size({NORM})
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
     let row = wid.x + wid.y * p.groups_x;
     if (row >= p.rows) {{
@@ -247,20 +250,20 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     }}
     let base = row * p.cols;
     var s = 0.0;
-    for (var c = li; c < p.cols; c += {WORKGROUP}u) {{
+    for (var c = li; c < p.cols; c += {NORM}u) {{
         let v = x[base + c];
         s += v * v;
     }}
     sums[li] = s;
     workgroupBarrier();
-    for (var h = {WORKGROUP}u / 2u; h > 0u; h >>= 1u) {{
+    for (var h = {NORM}u / 2u; h > 0u; h >>= 1u) {{
         if (li < h) {{
             sums[li] += sums[li + h];
         }}
         workgroupBarrier();
     }}
     let inv = inverseSqrt(sums[0] / f32(p.cols) + p.eps);
-    for (var c = li; c < p.cols; c += {WORKGROUP}u) {{
+    for (var c = li; c < p.cols; c += {NORM}u) {{
         out[base + c] = x[base + c] * inv * weight[c];
     }}
 }}
@@ -312,10 +315,30 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
 /// One workgroup per (query row, head). Each tile of positions: every invocation scores one position, the
 /// tile's maximum rescales the running sums (online softmax), and each invocation accumulates its own output
 /// dimensions over the tile.
-pub(crate) fn attention() -> String {
-    let dims = MAX_HEAD_DIM / WORKGROUP;
-    let quads = MAX_HEAD_DIM / 4;
+pub(crate) fn attention(head_dim: u32) -> String {
     let tile = ATTENTION_TILE;
+    let quads = head_dim / 4;
+    // Output dimensions per invocation, unrolled: d = li + 64 e.
+    let dims = head_dim.div_ceil(tile) as usize;
+    let accs = lines((0..dims).map(|e| format!("var acc{e} = 0.0;")), 4);
+    let v_loads = |i: &str| -> String {
+        (0..dims)
+            .map(|e| {
+                let d = format!("li + {}u", e as u32 * tile);
+                format!("if ({d} < HD) {{ acc{e} += weights[{i}] * v[(j0 + {i}) * kv_cols + kvh * HD + {d}]; }}")
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let rescale = lines((0..dims).map(|e| format!("acc{e} *= correction;")), 8);
+    let (v4, v1) = (
+        lines((0..4).map(|u| v_loads(&format!("i + {u}u"))), 12),
+        lines([v_loads("i")], 12),
+    );
+    let writes = lines(
+        (0..dims).map(|e| format!("if (li + {0}u < HD) {{ out[qbase + li + {0}u] = acc{e} / l; }}", e as u32 * tile)),
+        4,
+    );
     format!(
         r#"struct Params {{ rows: u32, n_heads: u32, n_kv_heads: u32, head_dim: u32, pos0: u32, scale: f32, _p6: u32, _p7: u32 }}
 @group(0) @binding(0) var<uniform> p: Params;
@@ -323,7 +346,9 @@ pub(crate) fn attention() -> String {
 @group(0) @binding(2) var<storage, read> k: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> v: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
+const HD: u32 = {head_dim}u;
 var<workgroup> weights: array<f32, {tile}>;
+var<workgroup> red: array<f32, {tile}>;
 var<workgroup> qs: array<vec4<f32>, {quads}>;
 const NONE: f32 = -3.0e38;
 
@@ -331,66 +356,60 @@ const NONE: f32 = -3.0e38;
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
     let h = wid.x;
     let t = wid.y;
-    let hd = p.head_dim;
     let kvh = h / (p.n_heads / p.n_kv_heads);
-    let kv_cols = p.n_kv_heads * hd;
+    let kv_cols = p.n_kv_heads * HD;
     let visible = p.pos0 + t + 1u;
-    let qbase = (t * p.n_heads + h) * hd;
-    for (var d = li; d < hd / 4u; d += {tile}u) {{
+    let qbase = (t * p.n_heads + h) * HD;
+    for (var d = li; d < HD / 4u; d += {tile}u) {{
         qs[d] = vec4<f32>(q[qbase + 4u * d], q[qbase + 4u * d + 1u], q[qbase + 4u * d + 2u], q[qbase + 4u * d + 3u]);
     }}
     workgroupBarrier();
     var m = NONE;
     var l = 0.0;
-    var acc: array<f32, {dims}>;
-    for (var j0 = 0u; j0 < visible; j0 += {tile}u) {{
+{accs}    for (var j0 = 0u; j0 < visible; j0 += {tile}u) {{
         let j = j0 + li;
         var s = NONE;
         if (j < visible) {{
-            let kb = (j * kv_cols + kvh * hd) / 4u;
+            let kb = (j * kv_cols + kvh * HD) / 4u;
             var dotp = 0.0;
-            for (var d = 0u; d < hd / 4u; d++) {{
+            for (var d = 0u; d < HD / 4u; d++) {{
                 dotp += dot(qs[d], k[kb + d]);
             }}
             s = dotp * p.scale;
         }}
-        weights[li] = s;
+        // The tile's maximum and sum, each in a tree.
+        red[li] = s;
         workgroupBarrier();
-        var tile_max = NONE;
-        for (var i = 0u; i < {tile}u; i++) {{
-            tile_max = max(tile_max, weights[i]);
-        }}
-        workgroupBarrier();
-        let m_new = max(m, tile_max);
-        let correction = exp(m - m_new);
-        weights[li] = select(0.0, exp(s - m_new), j < visible);
-        workgroupBarrier();
-        var tile_sum = 0.0;
-        for (var i = 0u; i < {tile}u; i++) {{
-            tile_sum += weights[i];
-        }}
-        l = l * correction + tile_sum;
-        let n = min({tile}u, visible - j0);
-        for (var e = 0u; e < {dims}u; e++) {{
-            let d = li + e * {tile}u;
-            if (d < hd) {{
-                var a = acc[e] * correction;
-                for (var i = 0u; i < n; i++) {{
-                    a += weights[i] * v[(j0 + i) * kv_cols + kvh * hd + d];
-                }}
-                acc[e] = a;
+        for (var w = {tile}u / 2u; w > 0u; w >>= 1u) {{
+            if (li < w) {{
+                red[li] = max(red[li], red[li + w]);
             }}
+            workgroupBarrier();
         }}
+        let m_new = max(m, red[0]);
+        let correction = exp(m - m_new);
+        let e = select(0.0, exp(s - m_new), j < visible);
+        workgroupBarrier();
+        weights[li] = e;
+        red[li] = e;
+        workgroupBarrier();
+        for (var w = {tile}u / 2u; w > 0u; w >>= 1u) {{
+            if (li < w) {{
+                red[li] += red[li + w];
+            }}
+            workgroupBarrier();
+        }}
+        l = l * correction + red[0];
+{rescale}        let n = min({tile}u, visible - j0);
+        var i = 0u;
+        for (; i + 4u <= n; i += 4u) {{
+{v4}        }}
+        for (; i < n; i++) {{
+{v1}        }}
         m = m_new;
         workgroupBarrier();
     }}
-    for (var e = 0u; e < {dims}u; e++) {{
-        let d = li + e * {tile}u;
-        if (d < hd) {{
-            out[qbase + d] = acc[e] / l;
-        }}
-    }}
-}}
+{writes}}}
 "#
     )
 }

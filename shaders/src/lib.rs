@@ -48,9 +48,9 @@ pub enum Kernel {
     RmsNorm,
     /// Rotary position embedding, in place.
     Rope,
-    /// Causal grouped-query attention, one workgroup per (query row, head), online softmax over tiles of
-    /// [`ATTENTION_TILE`] positions.
-    Attention,
+    /// Causal grouped-query attention over heads of `head_dim` (a multiple of 4 up to [`MAX_HEAD_DIM`]), one
+    /// workgroup per (query row, head), online softmax over tiles of [`ATTENTION_TILE`] positions.
+    Attention { head_dim: u32 },
     /// `out = silu(gate) * up`.
     SiluMul,
     /// `x += y`.
@@ -89,7 +89,16 @@ impl Kernel {
     }
 
     /// Every kernel that does not depend on a weight format.
-    pub const ELEMENTWISE: [Kernel; 5] = [Kernel::RmsNorm, Kernel::Rope, Kernel::Attention, Kernel::SiluMul, Kernel::Add];
+    pub const ELEMENTWISE: [Kernel; 8] = [
+        Kernel::RmsNorm,
+        Kernel::Rope,
+        Kernel::Attention { head_dim: 32 },
+        Kernel::Attention { head_dim: 64 },
+        Kernel::Attention { head_dim: 128 },
+        Kernel::Attention { head_dim: 256 },
+        Kernel::SiluMul,
+        Kernel::Add,
+    ];
 
     /// A short label for the pipeline and error messages.
     pub fn label(&self) -> String {
@@ -119,7 +128,7 @@ impl Kernel {
             // inverse frequencies | x
             Kernel::Rope => &[Params, Read, ReadWrite],
             // q, k, v | out
-            Kernel::Attention => &[Params, Read, Read, Read, ReadWrite],
+            Kernel::Attention { .. } => &[Params, Read, Read, Read, ReadWrite],
             // gate, up | out
             Kernel::SiluMul => &[Params, Read, Read, ReadWrite],
             // y | x
@@ -136,7 +145,7 @@ impl Kernel {
             Kernel::Embed { .. } => ["cols", "tokens", "groups_x", "_", "_", "_", "_", "_"],
             Kernel::RmsNorm => ["rows", "cols", "eps (f32)", "groups_x", "_", "_", "_", "_"],
             Kernel::Rope => ["rows", "n_heads", "head_dim", "rot_dim", "interleaved (0/1)", "pos0", "groups_x", "_"],
-            Kernel::Attention => ["rows", "n_heads", "n_kv_heads", "head_dim", "pos0", "scale (f32)", "_", "_"],
+            Kernel::Attention { .. } => ["rows", "n_heads", "n_kv_heads", "head_dim", "pos0", "scale (f32)", "_", "_"],
             Kernel::SiluMul | Kernel::Add => ["len", "groups_x", "_", "_", "_", "_", "_", "_"],
         }
     }
@@ -150,7 +159,7 @@ impl Kernel {
             Kernel::Embed { ty } => kernels::embed(ty),
             Kernel::RmsNorm => kernels::rms_norm(),
             Kernel::Rope => kernels::rope(),
-            Kernel::Attention => kernels::attention(),
+            Kernel::Attention { head_dim } => kernels::attention(head_dim),
             Kernel::SiluMul => kernels::silu_mul(),
             Kernel::Add => kernels::add(),
         }
@@ -160,7 +169,7 @@ impl Kernel {
     pub fn workgroup_size(&self) -> u32 {
         match *self {
             Kernel::Matmul { workgroup, .. } => workgroup,
-            Kernel::SiluMul | Kernel::Add => 256,
+            Kernel::SiluMul | Kernel::Add | Kernel::RmsNorm => 256,
             _ => WORKGROUP,
         }
     }
