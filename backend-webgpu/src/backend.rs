@@ -335,23 +335,10 @@ impl Backend for WebGpuBackend {
     }
 
     fn attention(&self, q: &GpuTensor, k: &GpuTensor, v: &GpuTensor, p: &AttentionParams, out: &mut GpuTensor) -> Result<()> {
+        p.check((q.rows, q.cols), (k.rows, k.cols), (v.rows, v.cols))?;
         let hd = p.head_dim;
-        let kv_cols = p.n_kv_heads * hd;
-        if p.n_kv_heads == 0 || !p.n_heads.is_multiple_of(p.n_kv_heads) {
-            return Err(Error::shape("attention", format!("{} heads cannot share {} KV heads", p.n_heads, p.n_kv_heads)));
-        }
-        if q.cols != p.n_heads * hd || k.cols != kv_cols || v.cols != kv_cols {
-            return Err(Error::shape(
-                "attention",
-                format!("q {} / k {} / v {} columns for {} heads, {} KV heads of {hd}", q.cols, k.cols, v.cols, p.n_heads, p.n_kv_heads),
-            ));
-        }
         if hd > MAX_HEAD_DIM as usize || !hd.is_multiple_of(4) {
             return Err(Error::shape("attention", format!("heads of {hd}: the WebGPU kernel takes multiples of 4 up to {MAX_HEAD_DIM}")));
-        }
-        let len = p.pos0 + q.rows;
-        if len > k.rows || len > v.rows {
-            return Err(Error::ContextFull { pos: len - 1, capacity: k.rows.min(v.rows) });
         }
         self.resize("attention", out, q.rows, q.cols)?;
         let grid = Grid { dims: (p.n_heads as u32, q.rows as u32, 1) };

@@ -35,6 +35,28 @@ pub struct AttentionParams {
     pub scale: f32,
 }
 
+impl AttentionParams {
+    /// Checks the shapes (rows, columns) of the query rows and the K and V caches against these parameters:
+    /// heads that share KV heads evenly, widths of whole heads, and caches that hold every position attended.
+    pub fn check(&self, q: (usize, usize), k: (usize, usize), v: (usize, usize)) -> crate::Result<()> {
+        let (hd, kv_cols) = (self.head_dim, self.n_kv_heads * self.head_dim);
+        if self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
+            return Err(crate::Error::shape("attention", format!("{} heads cannot share {} KV heads", self.n_heads, self.n_kv_heads)));
+        }
+        if q.1 != self.n_heads * hd || k.1 != kv_cols || v.1 != kv_cols {
+            return Err(crate::Error::shape(
+                "attention",
+                format!("q {} / k {} / v {} columns for {} heads, {} KV heads of {hd}", q.1, k.1, v.1, self.n_heads, self.n_kv_heads),
+            ));
+        }
+        let len = self.pos0 + q.0;
+        if len > k.0 || len > v.0 {
+            return Err(crate::Error::ContextFull { pos: len - 1, capacity: k.0.min(v.0) });
+        }
+        Ok(())
+    }
+}
+
 /// The op contract every backend implements. The model code is written once against it.
 ///
 /// Tensors are row-major f32 matrices living on the backend's device: a row per token. Matrices are packed

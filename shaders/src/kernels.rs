@@ -9,6 +9,33 @@ fn lines(items: impl IntoIterator<Item = String>, indent: usize) -> String {
     items.into_iter().map(|l| format!("{:indent$}{l}\n", "")).collect()
 }
 
+/// The parameters, activation and output bindings every product kernel shares, then the format's reader.
+fn product_prelude(reader: &str) -> String {
+    format!(
+        "struct Params {{ rows: u32, cols: u32, tokens: u32, groups_x: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(5) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> out: array<f32>;
+{reader}"
+    )
+}
+
+/// The lanes' sums `accs` meeting in a tree in workgroup memory: sum `i` of invocation `li` sits at
+/// `partial[i * WG + li]`, and afterwards the group's lane 0 holds the totals there.
+fn lane_tree(accs: &[String]) -> String {
+    let store = lines(accs.iter().enumerate().map(|(i, a)| format!("partial[{i}u * WG + li] = {a};")), 4);
+    let add = lines((0..accs.len()).map(|i| format!("partial[{i}u * WG + li] += partial[{i}u * WG + li + s];")), 12);
+    format!(
+        "{store}    workgroupBarrier();
+    for (var s = LANES / 2u; s > 0u; s >>= 1u) {{
+        if (lane < s) {{
+{add}        }}
+        workgroupBarrier();
+    }}
+"
+    )
+}
+
 /// Products of a matrix with activation rows: `workgroup / lanes` groups of `lanes` invocations, each group
 /// taking `rows` rows by up to `tokens` tokens.
 ///
@@ -18,7 +45,7 @@ fn lines(items: impl IntoIterator<Item = String>, indent: usize) -> String {
 /// same order whatever the batch, so products are batch invariant. Loops over rows and tokens are unrolled into
 /// one accumulator each.
 pub(crate) fn matmul(ty: TensorType, workgroup: u32, lanes: u32, rows: u32, tokens: u32) -> String {
-    let reader = formats::reader(ty);
+    let prelude = product_prelude(&formats::reader(ty));
     let partial = workgroup * tokens * rows;
     let (nr, nt) = (rows as usize, tokens as usize);
     let pairs: Vec<(usize, usize)> = (0..nr).flat_map(|j| (0..nt).map(move |t| (j, t))).collect();
@@ -36,20 +63,10 @@ pub(crate) fn matmul(ty: TensorType, workgroup: u32, lanes: u32, rows: u32, toke
         );
         products.push_str(&format!("            if (r0 + {j}u < p.rows) {{\n                let w = load_block(r0 + {j}u, blk);\n{sums}            }}\n"));
     }
-    let slot = |j: usize, t: usize| format!("{}u * WG + li", j * nt + t);
     let reduce = if lanes > 1 {
-        let store = lines(pairs.iter().map(|&(j, t)| format!("partial[{}] = acc{j}_{t};", slot(j, t))), 4);
-        let add = lines(pairs.iter().map(|&(j, t)| format!("partial[{0}] += partial[{0} + s];", slot(j, t))), 12);
-        let load = lines(pairs.iter().map(|&(j, t)| format!("acc{j}_{t} = partial[{}];", slot(j, t))), 4);
-        format!(
-            "{store}    workgroupBarrier();
-    for (var s = LANES / 2u; s > 0u; s >>= 1u) {{
-        if (lane < s) {{
-{add}        }}
-        workgroupBarrier();
-    }}
-{load}"
-        )
+        let names: Vec<String> = pairs.iter().map(|(j, t)| format!("acc{j}_{t}")).collect();
+        let load = lines(names.iter().enumerate().map(|(i, a)| format!("{a} = partial[{i}u * WG + li];")), 4);
+        lane_tree(&names) + &load
     } else {
         String::new()
     };
@@ -59,11 +76,7 @@ pub(crate) fn matmul(ty: TensorType, workgroup: u32, lanes: u32, rows: u32, toke
     );
     let shared = if lanes > 1 { format!("var<workgroup> partial: array<f32, {partial}>;") } else { String::new() };
     format!(
-        r#"struct Params {{ rows: u32, cols: u32, tokens: u32, groups_x: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(5) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read_write> out: array<f32>;
-{reader}
+        r#"{prelude}
 const WG: u32 = {workgroup}u;
 const LANES: u32 = {lanes}u;
 const GROUPS: u32 = WG / LANES;
@@ -94,7 +107,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
 /// `l, l + lanes, ...` of the row, so that a group's activation and weight loads are contiguous; each
 /// activation `vec4` serves all `rows` rows. The lanes' sums meet in a tree in workgroup memory.
 pub(crate) fn matvec(ty: TensorType, workgroup: u32, lanes: u32, rows: u32) -> String {
-    let reader = formats::quad_reader(ty);
+    let prelude = product_prelude(&formats::quad_reader(ty));
     let nr = rows as usize;
     let accs = lines((0..nr).map(|j| format!("var acc{j} = 0.0;")), 4);
     // Four quads per step, loads first, so that every lane has several loads in flight.
@@ -110,16 +123,11 @@ pub(crate) fn matvec(ty: TensorType, workgroup: u32, lanes: u32, rows: u32) -> S
         loads + &sums
     };
     let (unrolled, single) = (step(12, 4), step(12, 1));
-    let store = lines((0..nr).map(|j| format!("partial[{j}u * WG + li] = acc{j};")), 4);
-    let add = lines((0..nr).map(|j| format!("partial[{j}u * WG + li] += partial[{j}u * WG + li + s];")), 12);
+    let tree = lane_tree(&(0..nr).map(|j| format!("acc{j}")).collect::<Vec<_>>());
     let writes = lines((0..nr).map(|j| format!("if (r0 + {j}u < p.rows) {{ out[r0 + {j}u] = partial[{j}u * WG + li]; }}")), 8);
     let partial = workgroup * rows;
     format!(
-        r#"struct Params {{ rows: u32, cols: u32, tokens: u32, groups_x: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(5) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read_write> out: array<f32>;
-{reader}
+        r#"{prelude}
 const WG: u32 = {workgroup}u;
 const LANES: u32 = {lanes}u;
 const GROUPS: u32 = WG / LANES;
@@ -137,13 +145,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
         for (; q < quads; q += LANES) {{
 {single}        }}
     }}
-{store}    workgroupBarrier();
-    for (var s = LANES / 2u; s > 0u; s >>= 1u) {{
-        if (lane < s) {{
-{add}        }}
-        workgroupBarrier();
-    }}
-    if (lane == 0u) {{
+{tree}    if (lane == 0u) {{
 {writes}    }}
 }}
 "#
@@ -155,7 +157,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
 /// block once and multiplies it with all of them: weights are read once per `tokens` tokens and activations
 /// once per workgroup of rows.
 pub(crate) fn matmul_tiled(ty: TensorType, tokens: u32) -> String {
-    let reader = formats::reader(ty);
+    let prelude = product_prelude(&formats::reader(ty));
     let staged = tokens * 8;
     let t_all = 0..tokens as usize;
     let accs = lines(t_all.clone().map(|t| format!("var acc{t} = 0.0;")), 4);
@@ -165,11 +167,7 @@ pub(crate) fn matmul_tiled(ty: TensorType, tokens: u32) -> String {
     );
     let writes = lines(t_all.map(|t| format!("if (nt > {t}u) {{ out[(t0 + {t}u) * p.rows + r] = acc{t}; }}")), 8);
     format!(
-        r#"struct Params {{ rows: u32, cols: u32, tokens: u32, groups_x: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(5) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read_write> out: array<f32>;
-{reader}
+        r#"{prelude}
 const WG: u32 = {WORKGROUP}u;
 const TOKENS: u32 = {tokens}u;
 var<workgroup> xs: array<vec4<f32>, {staged}>;

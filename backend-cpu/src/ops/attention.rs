@@ -2,7 +2,7 @@
 
 use std::cell::RefCell;
 
-use tern_core::{AttentionParams, Error, Result};
+use tern_core::{AttentionParams, Result};
 
 use super::matmul::dot_f32;
 use crate::parallel::{for_each, SharedMut};
@@ -13,21 +13,9 @@ thread_local! {
 }
 
 pub(crate) fn attention(q: &CpuTensor, k: &CpuTensor, v: &CpuTensor, p: &AttentionParams, out: &mut CpuTensor) -> Result<()> {
+    p.check((q.rows, q.cols), (k.rows, k.cols), (v.rows, v.cols))?;
     let hd = p.head_dim;
     let kv_cols = p.n_kv_heads * hd;
-    if p.n_kv_heads == 0 || !p.n_heads.is_multiple_of(p.n_kv_heads) {
-        return Err(Error::shape("attention", format!("{} heads cannot share {} KV heads", p.n_heads, p.n_kv_heads)));
-    }
-    if q.cols != p.n_heads * hd || k.cols != kv_cols || v.cols != kv_cols {
-        return Err(Error::shape(
-            "attention",
-            format!("q {} / k {} / v {} columns for {} heads, {} KV heads of {hd}", q.cols, k.cols, v.cols, p.n_heads, p.n_kv_heads),
-        ));
-    }
-    let len = p.pos0 + q.rows;
-    if len > k.rows || len > v.rows {
-        return Err(Error::ContextFull { pos: len - 1, capacity: k.rows.min(v.rows) });
-    }
     out.reshape(q.rows, q.cols);
     let group = p.n_heads / p.n_kv_heads;
     let dst = SharedMut(out.data.as_mut_ptr());
