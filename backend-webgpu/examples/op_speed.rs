@@ -103,13 +103,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let recorded = t.elapsed();
     be.read(&acc)?;
     println!("{:<32} {:>10.1} us (recording only: {:.1} us per op)", "1000 adds", t.elapsed().as_secs_f64() * 1e6, recorded.as_secs_f64() * 1e3);
-    let choices = [(32, 1), (32, 2), (16, 1), (64, 1), (8, 1)];
+    let mut choices = vec![(32, 1, None), (32, 2, None)];
+    if let Some(size) = be.adapter().subgroup_size {
+        choices.push((size, 1, Some(size)));
+    }
     let variants: Vec<WebGpuBackend> = choices
         .iter()
-        .map(|&(lanes, rows)| WebGpuBackend::with_kernels(AdapterChoice::Any, Some(KernelChoice { lanes, rows, tiled: true })))
+        .map(|&(lanes, rows, subgroup_size)| {
+            WebGpuBackend::with_kernels(AdapterChoice::Any, Some(KernelChoice { lanes, rows, tiled: true, subgroup_size }))
+        })
         .collect::<Result<_, _>>()?;
-    for ((lanes, rows), be) in choices.iter().zip(&variants) {
-        println!("decode kernels: {lanes} lanes on {rows} rows");
+    for ((lanes, rows, sg), be) in choices.iter().zip(&variants) {
+        println!("decode kernels: {lanes} lanes on {rows} rows, subgroups {sg:?}");
         let mut out = be.zeros(0, 0)?;
         for (r, c) in [(4096, 4096), (11008, 4096), (4096, 11008)] {
             let w = PackedMatrix::from_f32(TensorType::Q4_0, r, c, &vec![0.25f32; r * c]).unwrap();

@@ -56,6 +56,9 @@ pub struct KernelChoice {
     /// (fast on GPUs; on a CPU rasterizer their barriers cost more than they save). With them, a token's
     /// products in a batch and alone may differ by float rounding.
     pub tiled: bool,
+    /// With `tiled`: decode products summed by subgroup operations, one row per subgroup of this size (the
+    /// adapter's fixed subgroup size), in place of `lanes` and `rows`.
+    pub subgroup_size: Option<u32>,
 }
 
 impl KernelChoice {
@@ -64,9 +67,9 @@ impl KernelChoice {
     /// there each invocation takes a whole row.
     pub fn for_adapter(report: &AdapterReport) -> Self {
         if report.is_gpu {
-            KernelChoice { lanes: 32, rows: 1, tiled: true }
+            KernelChoice { lanes: 32, rows: 1, tiled: true, subgroup_size: report.subgroup_size.filter(|s| WORKGROUP.is_multiple_of(*s)) }
         } else {
-            KernelChoice { lanes: 1, rows: 1, tiled: false }
+            KernelChoice { lanes: 1, rows: 1, tiled: false, subgroup_size: None }
         }
     }
 }
@@ -99,6 +102,13 @@ impl WebGpuBackend {
             mapped_at_creation: false,
         });
         let k = kernels.unwrap_or_else(|| KernelChoice::for_adapter(&gpu.report));
+        if let Some(size) = k.subgroup_size
+            && (gpu.report.subgroup_size != Some(size) || !WORKGROUP.is_multiple_of(size))
+        {
+            return Err(Error::Device {
+                detail: format!("subgroups of {size}: the adapter's are {:?}, and {WORKGROUP} must be a multiple", gpu.report.subgroup_size),
+            });
+        }
         if !k.lanes.is_power_of_two() || k.lanes > WORKGROUP || !(1..=4).contains(&k.rows) {
             return Err(Error::Device {
                 detail: format!("{} lanes on {} rows: expected a power of two up to {WORKGROUP} on 1 to 4", k.lanes, k.rows),
@@ -270,6 +280,8 @@ impl Backend for WebGpuBackend {
         let k = self.kernels;
         let (kernel, rows_per_group, tokens) = if x.rows > 1 && k.tiled {
             (Kernel::MatmulTiled { ty: w.ty, tokens: TILED_TOKENS }, WORKGROUP, TILED_TOKENS)
+        } else if let (true, Some(size)) = (k.tiled, k.subgroup_size) {
+            (Kernel::MatvecSubgroups { ty: w.ty }, WORKGROUP / size, 1)
         } else if k.tiled {
             (Kernel::Matvec { ty: w.ty, lanes: k.lanes, rows: k.rows }, WORKGROUP / k.lanes * k.rows, 1)
         } else {

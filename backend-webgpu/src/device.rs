@@ -22,6 +22,8 @@ pub struct AdapterReport {
     pub max_workgroup_storage_bytes: u32,
     pub shader_f16: bool,
     pub subgroups: bool,
+    /// The subgroup size, when the adapter has subgroups of one fixed size (its minimum and maximum agree).
+    pub subgroup_size: Option<u32>,
 }
 
 fn kind_name(t: wgpu::DeviceType) -> &'static str {
@@ -55,6 +57,8 @@ impl AdapterReport {
             max_workgroup_storage_bytes: limits.max_compute_workgroup_storage_size,
             shader_f16: features.contains(wgpu::Features::SHADER_F16),
             subgroups: features.contains(wgpu::Features::SUBGROUP),
+            subgroup_size: (features.contains(wgpu::Features::SUBGROUP) && info.subgroup_min_size == info.subgroup_max_size)
+                .then_some(info.subgroup_min_size),
         }
     }
 }
@@ -120,7 +124,9 @@ impl Gpu {
         // Everything the adapter allows: models need large storage bindings, and asking for more than the adapter
         // has would fail.
         let limits = adapter.limits();
-        let desc = wgpu::DeviceDescriptor { label: Some("tern"), required_limits: limits.clone(), ..Default::default() };
+        // Subgroups where the adapter has them (decode products sum with them); nothing else is needed.
+        let required_features = adapter.features() & wgpu::Features::SUBGROUP;
+        let desc = wgpu::DeviceDescriptor { label: Some("tern"), required_features, required_limits: limits.clone(), ..Default::default() };
         let (device, queue) = pollster::block_on(adapter.request_device(&desc))
             .map_err(|e| Error::NoDevice { detail: format!("{} ({}) refused a device: {e}", report.name, report.api) })?;
         let errors = Arc::new(Mutex::new(Vec::new()));

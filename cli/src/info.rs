@@ -53,7 +53,8 @@ fn describe_machine() {
             a.max_workgroup_invocations,
             a.max_workgroup_storage_bytes / 1024
         );
-        println!("  features: shader-f16 {}, subgroups {}", yes(a.shader_f16), yes(a.subgroups));
+        let size = a.subgroup_size.map_or_else(String::new, |s| format!(" of {s}"));
+        println!("  features: shader-f16 {}, subgroups {}{size}", yes(a.shader_f16), yes(a.subgroups));
     }
 }
 

@@ -152,6 +152,51 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     )
 }
 
+/// Decode products on subgroups (for wgpu's native backends, which take subgroup builtins without WGSL's
+/// `enable subgroups;`, a directive naga does not parse yet; a browser build must add it): each subgroup of the
+/// workgroup takes one row, its invocations the row's `vec4`s
+/// `i, i + size, ...`, and `subgroupAdd` sums them: no workgroup memory and no barriers. The host must know the
+/// subgroup size (the adapter's minimum and maximum agree) to size the dispatch: `WG / size` rows per workgroup.
+pub(crate) fn matvec_subgroups(ty: TensorType, workgroup: u32) -> String {
+    let prelude = product_prelude(&formats::quad_reader(ty));
+    let four = lines((0..4).map(|u| format!("let xq{u} = x[q + {u}u * sg_size];")), 12)
+        + &lines(
+            [format!(
+                "acc += {};",
+                (0..4).map(|u| format!("dot(load_quad(r, q + {u}u * sg_size), xq{u})")).collect::<Vec<_>>().join(" + ")
+            )],
+            12,
+        );
+    format!(
+        r#"{prelude}
+@compute @workgroup_size({workgroup})
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(subgroup_id) sg: u32,
+    @builtin(num_subgroups) sg_count: u32,
+    @builtin(subgroup_invocation_id) lane: u32,
+    @builtin(subgroup_size) sg_size: u32,
+) {{
+    let r = (wid.x + wid.z * p.groups_x) * sg_count + sg;
+    let quads = p.cols / 4u;
+    var acc = 0.0;
+    if (r < p.rows) {{
+        var q = lane;
+        for (; q + 3u * sg_size < quads; q += 4u * sg_size) {{
+{four}        }}
+        for (; q < quads; q += sg_size) {{
+            acc += dot(load_quad(r, q), x[q]);
+        }}
+    }}
+    let total = subgroupAdd(acc);
+    if (lane == 0u && r < p.rows) {{
+        out[r] = total;
+    }}
+}}
+"#
+    )
+}
+
 /// Prefill products: each of the workgroup's invocations owns one row and `tokens` sums. Block by block, the
 /// workgroup stages the tokens' 32 activations in workgroup memory, and every invocation dequantizes its row's
 /// block once and multiplies it with all of them: weights are read once per `tokens` tokens and activations

@@ -39,6 +39,8 @@ pub enum Kernel {
     /// Decode products (one token) on a GPU: groups of `lanes` invocations share `rows` rows, lane `l` taking
     /// the row's `vec4`s `l, l + lanes, ...`, so loads are contiguous across lanes.
     Matvec { ty: TensorType, lanes: u32, rows: u32 },
+    /// Decode products on a GPU with subgroup operations: one row per subgroup, summed by `subgroupAdd`.
+    MatvecSubgroups { ty: TensorType },
     /// Prefill products on a GPU: one row per invocation, `tokens` tokens per workgroup, the activations staged
     /// in workgroup memory a block at a time.
     MatmulTiled { ty: TensorType, tokens: u32 },
@@ -85,6 +87,7 @@ impl Kernel {
         for rows in [1, 2, 4] {
             v.push(Kernel::Matvec { ty, lanes: 32, rows });
         }
+        v.push(Kernel::MatvecSubgroups { ty });
         v
     }
 
@@ -108,6 +111,7 @@ impl Kernel {
             }
             Kernel::MatmulTiled { ty, tokens } => format!("matmul tiled {ty} tokens{tokens}"),
             Kernel::Matvec { ty, lanes, rows } => format!("matvec {ty} lanes{lanes} rows{rows}"),
+            Kernel::MatvecSubgroups { ty } => format!("matvec {ty} subgroups"),
             Kernel::Embed { ty } => format!("embed {ty}"),
             other => format!("{other:?}").to_lowercase(),
         }
@@ -118,7 +122,7 @@ impl Kernel {
         use Binding::*;
         match self {
             // quants, scales, mins, row units, x | out
-            Kernel::Matmul { .. } | Kernel::MatmulTiled { .. } | Kernel::Matvec { .. } => {
+            Kernel::Matmul { .. } | Kernel::MatmulTiled { .. } | Kernel::Matvec { .. } | Kernel::MatvecSubgroups { .. } => {
                 &[Params, Read, Read, Read, Read, Read, ReadWrite]
             }
             // quants, scales, mins, row units, ids | out
@@ -139,7 +143,7 @@ impl Kernel {
     /// The names of the eight parameter words, in order (unused words are `_`).
     pub fn params(&self) -> [&'static str; 8] {
         match self {
-            Kernel::Matmul { .. } | Kernel::MatmulTiled { .. } | Kernel::Matvec { .. } => {
+            Kernel::Matmul { .. } | Kernel::MatmulTiled { .. } | Kernel::Matvec { .. } | Kernel::MatvecSubgroups { .. } => {
                 ["rows", "cols", "tokens", "groups_x", "_", "_", "_", "_"]
             }
             Kernel::Embed { .. } => ["cols", "tokens", "groups_x", "_", "_", "_", "_", "_"],
@@ -156,6 +160,7 @@ impl Kernel {
             Kernel::Matmul { ty, workgroup, lanes, rows, tokens } => kernels::matmul(ty, workgroup, lanes, rows, tokens),
             Kernel::MatmulTiled { ty, tokens } => kernels::matmul_tiled(ty, tokens),
             Kernel::Matvec { ty, lanes, rows } => kernels::matvec(ty, WORKGROUP, lanes, rows),
+            Kernel::MatvecSubgroups { ty } => kernels::matvec_subgroups(ty, WORKGROUP),
             Kernel::Embed { ty } => kernels::embed(ty),
             Kernel::RmsNorm => kernels::rms_norm(),
             Kernel::Rope => kernels::rope(),
@@ -163,6 +168,11 @@ impl Kernel {
             Kernel::SiluMul => kernels::silu_mul(),
             Kernel::Add => kernels::add(),
         }
+    }
+
+    /// Whether the kernel needs the device's subgroup feature.
+    pub fn needs_subgroups(&self) -> bool {
+        matches!(self, Kernel::MatvecSubgroups { .. })
     }
 
     /// The workgroup size the source declares.

@@ -17,8 +17,13 @@ fn every_variant_validates() {
         let src = kernel.wgsl();
         let module = naga::front::wgsl::parse_str(&src)
             .unwrap_or_else(|e| panic!("{} does not parse:\n{}", kernel.label(), e.emit_to_string(&src)));
-        // `unpack2x16float` is core WGSL; naga names it a capability, which every WebGPU device has.
-        Validator::new(ValidationFlags::all(), Capabilities::SHADER_FLOAT16_IN_FLOAT32)
+        // `unpack2x16float` is core WGSL; naga names it a capability, which every WebGPU device has. Subgroup
+        // kernels are only built on devices with the subgroup feature.
+        let mut caps = Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+        if kernel.needs_subgroups() {
+            caps |= Capabilities::SUBGROUP;
+        }
+        Validator::new(ValidationFlags::all(), caps)
             .validate(&module)
             .unwrap_or_else(|e| panic!("{} does not validate:\n{}", kernel.label(), e.emit_to_string(&src)));
         let entry = module.entry_points.iter().find(|e| e.name == "main");
