@@ -48,16 +48,9 @@ impl Dtype {
     }
 }
 
+/// Deterministic pseudo-random values in `[offset - scale, offset + scale)`.
 pub fn values(n: usize, seed: u64, scale: f32, offset: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            offset + ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
+    tern_conformance::values(n, seed, scale).into_iter().map(|v| offset + v).collect()
 }
 
 /// A byte-level BPE tokenizer with no merges: one token per byte, plus the end-of-turn marker.
