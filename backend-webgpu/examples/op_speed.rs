@@ -110,7 +110,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let variants: Vec<WebGpuBackend> = choices
         .iter()
         .map(|&(lanes, rows, subgroup_size)| {
-            WebGpuBackend::with_kernels(AdapterChoice::Any, Some(KernelChoice { lanes, rows, tiled: true, subgroup_size }))
+            WebGpuBackend::with_kernels(AdapterChoice::Any, Some(KernelChoice { lanes, rows, tiled: true, tiled_rows: 2, subgroup_size }))
         })
         .collect::<Result<_, _>>()?;
     for ((lanes, rows, sg), be) in choices.iter().zip(&variants) {

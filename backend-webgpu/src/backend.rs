@@ -56,6 +56,8 @@ pub struct KernelChoice {
     /// (fast on GPUs; on a CPU rasterizer their barriers cost more than they save). With them, a token's
     /// products in a batch and alone may differ by float rounding.
     pub tiled: bool,
+    /// With `tiled`: rows per invocation in prefill products (1 or 2; each staged activation serves them all).
+    pub tiled_rows: u32,
     /// With `tiled`: decode products summed by subgroup operations, one row per subgroup of this size (the
     /// adapter's fixed subgroup size), in place of `lanes` and `rows`.
     pub subgroup_size: Option<u32>,
@@ -68,9 +70,9 @@ impl KernelChoice {
     pub fn for_adapter(report: &AdapterReport) -> Self {
         if report.is_gpu {
             // The subgroup matvec measured no faster on an H100 (and slower on 4096x11008), so it is opt-in.
-            KernelChoice { lanes: 32, rows: 1, tiled: true, subgroup_size: None }
+            KernelChoice { lanes: 32, rows: 1, tiled: true, tiled_rows: 2, subgroup_size: None }
         } else {
-            KernelChoice { lanes: 1, rows: 1, tiled: false, subgroup_size: None }
+            KernelChoice { lanes: 1, rows: 1, tiled: false, tiled_rows: 1, subgroup_size: None }
         }
     }
 }
@@ -110,7 +112,7 @@ impl WebGpuBackend {
                 detail: format!("subgroups of {size}: the adapter's are {:?}, and {WORKGROUP} must be a multiple", gpu.report.subgroup_size),
             });
         }
-        if !k.lanes.is_power_of_two() || k.lanes > WORKGROUP || !(1..=4).contains(&k.rows) {
+        if !k.lanes.is_power_of_two() || k.lanes > WORKGROUP || !(1..=4).contains(&k.rows) || !(1..=2).contains(&k.tiled_rows) {
             return Err(Error::Device {
                 detail: format!("{} lanes on {} rows: expected a power of two up to {WORKGROUP} on 1 to 4", k.lanes, k.rows),
             });
@@ -280,7 +282,7 @@ impl Backend for WebGpuBackend {
         // Decode takes a kernel of its own: no batch to share the weights with.
         let k = self.kernels;
         let (kernel, rows_per_group, tokens) = if x.rows > 1 && k.tiled {
-            (Kernel::MatmulTiled { ty: w.ty, tokens: TILED_TOKENS }, WORKGROUP, TILED_TOKENS)
+            (Kernel::MatmulTiled { ty: w.ty, tokens: TILED_TOKENS, rows: k.tiled_rows }, WORKGROUP * k.tiled_rows, TILED_TOKENS)
         } else if let (true, Some(size)) = (k.tiled, k.subgroup_size) {
             (Kernel::MatvecSubgroups { ty: w.ty }, WORKGROUP / size, 1)
         } else if k.tiled {

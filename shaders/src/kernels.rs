@@ -197,20 +197,33 @@ fn main(
     )
 }
 
-/// Prefill products: each of the workgroup's invocations owns one row and `tokens` sums. Block by block, the
+/// Prefill products: each of the workgroup's invocations owns `rows` rows (spaced a workgroup apart) and
+/// `tokens` sums per row. Block by block, the
 /// workgroup stages the tokens' 32 activations in workgroup memory, and every invocation dequantizes its row's
 /// block once and multiplies it with all of them: weights are read once per `tokens` tokens and activations
 /// once per workgroup of rows.
-pub(crate) fn matmul_tiled(ty: TensorType, tokens: u32) -> String {
+pub(crate) fn matmul_tiled(ty: TensorType, tokens: u32, rows: u32) -> String {
     let prelude = product_prelude(&formats::reader(ty));
     let staged = tokens * 8;
-    let t_all = 0..tokens as usize;
-    let accs = lines(t_all.clone().map(|t| format!("var acc{t} = 0.0;")), 4);
-    let products = lines(
-        t_all.clone().map(|t| format!("acc{t} += {};", formats::block_dot("w", |i| format!("xs[{}u]", 8 * t + i)))),
-        12,
+    let (nt, nr) = (tokens as usize, rows as usize);
+    let accs = lines((0..nr).flat_map(|j| (0..nt).map(move |t| format!("var acc{j}_{t} = 0.0;"))), 4);
+    // Each staged activation vec4 is read once and serves all the invocation's rows.
+    let blocks_in = lines(
+        (0..nr).map(|j| format!("var w{j}: Block; if (r{j} < p.rows) {{ w{j} = load_block(r{j}, blk); }}")),
+        8,
     );
-    let writes = lines(t_all.map(|t| format!("if (nt > {t}u) {{ out[(t0 + {t}u) * p.rows + r] = acc{t}; }}")), 8);
+    let mut products = String::new();
+    for t in 0..nt {
+        products += &lines((0..8).map(|i| format!("let x{t}_{i} = xs[{}u];", 8 * t + i)), 8);
+        products += &lines((0..nr).map(|j| format!("acc{j}_{t} += {};", formats::block_dot(&format!("w{j}"), |i| format!("x{t}_{i}")))), 8);
+    }
+    let rows_of = lines((0..nr).map(|j| format!("let r{j} = base + {}u + li;", j as u32 * WORKGROUP)), 4);
+    let writes = lines(
+        (0..nr).flat_map(|j| {
+            (0..nt).map(move |t| format!("if (nt > {t}u && r{j} < p.rows) {{ out[(t0 + {t}u) * p.rows + r{j}] = acc{j}_{t}; }}"))
+        }),
+        4,
+    );
     format!(
         r#"{prelude}
 const WG: u32 = {WORKGROUP}u;
@@ -219,8 +232,8 @@ var<workgroup> xs: array<vec4<f32>, {staged}>;
 
 @compute @workgroup_size({WORKGROUP})
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
-    let r = (wid.x + wid.z * p.groups_x) * WG + li;
-    let t0 = wid.y * TOKENS;
+    let base = (wid.x + wid.z * p.groups_x) * WG * {rows}u;
+{rows_of}    let t0 = wid.y * TOKENS;
     let nt = min(TOKENS, p.tokens - t0);
     let cols4 = p.cols / 4u;
     let blocks = p.cols / 32u;
@@ -234,14 +247,9 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
             xs[j] = v;
         }}
         workgroupBarrier();
-        if (r < p.rows) {{
-            let w = load_block(r, blk);
-{products}        }}
-        workgroupBarrier();
+{blocks_in}{products}        workgroupBarrier();
     }}
-    if (r < p.rows) {{
-{writes}    }}
-}}
+{writes}}}
 "#
     )
 }

@@ -43,7 +43,7 @@ pub enum Kernel {
     MatvecSubgroups { ty: TensorType },
     /// Prefill products on a GPU: one row per invocation, `tokens` tokens per workgroup, the activations staged
     /// in workgroup memory a block at a time.
-    MatmulTiled { ty: TensorType, tokens: u32 },
+    MatmulTiled { ty: TensorType, tokens: u32, rows: u32 },
     /// `out[t] = table[ids[t]]`, dequantized.
     Embed { ty: TensorType },
     /// `out[t] = x[t] / rms(x[t]) * weight`.
@@ -83,7 +83,9 @@ impl Kernel {
             v.push(Kernel::Matmul { ty, workgroup: 64, lanes: 32, rows, tokens: 1 });
         }
         v.push(Kernel::Matmul { ty, workgroup: 256, lanes: 32, rows: 1, tokens: 1 });
-        v.push(Kernel::MatmulTiled { ty, tokens: TILED_TOKENS });
+        for rows in [1, 2] {
+            v.push(Kernel::MatmulTiled { ty, tokens: TILED_TOKENS, rows });
+        }
         for rows in [1, 2, 4] {
             v.push(Kernel::Matvec { ty, lanes: 32, rows });
         }
@@ -109,7 +111,7 @@ impl Kernel {
             Kernel::Matmul { ty, workgroup, lanes, rows, tokens } => {
                 format!("matmul {ty} wg{workgroup} lanes{lanes} rows{rows} tokens{tokens}")
             }
-            Kernel::MatmulTiled { ty, tokens } => format!("matmul tiled {ty} tokens{tokens}"),
+            Kernel::MatmulTiled { ty, tokens, rows } => format!("matmul tiled {ty} tokens{tokens} rows{rows}"),
             Kernel::Matvec { ty, lanes, rows } => format!("matvec {ty} lanes{lanes} rows{rows}"),
             Kernel::MatvecSubgroups { ty } => format!("matvec {ty} subgroups"),
             Kernel::Embed { ty } => format!("embed {ty}"),
@@ -158,7 +160,7 @@ impl Kernel {
     pub fn wgsl(&self) -> String {
         match *self {
             Kernel::Matmul { ty, workgroup, lanes, rows, tokens } => kernels::matmul(ty, workgroup, lanes, rows, tokens),
-            Kernel::MatmulTiled { ty, tokens } => kernels::matmul_tiled(ty, tokens),
+            Kernel::MatmulTiled { ty, tokens, rows } => kernels::matmul_tiled(ty, tokens, rows),
             Kernel::Matvec { ty, lanes, rows } => kernels::matvec(ty, WORKGROUP, lanes, rows),
             Kernel::MatvecSubgroups { ty } => kernels::matvec_subgroups(ty, WORKGROUP),
             Kernel::Embed { ty } => kernels::embed(ty),
