@@ -220,8 +220,7 @@ impl Backend for WebGpuBackend {
     }
 
     fn read(&self, t: &GpuTensor) -> Result<Vec<f32>> {
-        let bytes = self.recorder.read(&self.gpu, &t.buf, t.len() as u64 * 4)?;
-        Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+        self.recorder.read(&self.gpu, &t.buf, t.len())
     }
 
     fn shape(&self, t: &GpuTensor) -> (usize, usize) {

@@ -18,6 +18,12 @@ use tern_shaders::{Binding, Kernel};
 
 use crate::device::Gpu;
 
+/// Storage buffers a kernel binds, at most.
+const MAX_BUFFERS: usize = 6;
+
+/// The storage buffers of one dispatch, in binding order: a bind group's cache key, with no allocation.
+type BufferSet = [Option<wgpu::Buffer>; MAX_BUFFERS];
+
 /// Bytes of parameters per dispatch.
 const PARAM_BYTES: u64 = 32;
 /// Dispatches one submit can hold before the ring wraps.
@@ -41,7 +47,7 @@ struct Pending {
     /// Where `read` copies results to map them (grown as needed).
     staging: Option<wgpu::Buffer>,
     /// Bind groups by kernel and buffers, with the submit that last used them.
-    bind_groups: HashMap<(Kernel, Vec<wgpu::Buffer>), (wgpu::BindGroup, u64)>,
+    bind_groups: HashMap<(Kernel, BufferSet), (wgpu::BindGroup, u64)>,
     /// Submits so far.
     submits: u64,
 }
@@ -170,7 +176,10 @@ impl Recorder {
         pending.params.resize(offset as usize, 0);
         pending.params.extend(params.iter().flat_map(|w| w.to_le_bytes()));
         let submits = pending.submits;
-        let key = (kernel, buffers.iter().map(|&b| b.clone()).collect::<Vec<_>>());
+        if buffers.len() > MAX_BUFFERS {
+            return Err(Error::Device { detail: format!("{} binds {} buffers, past {MAX_BUFFERS}", kernel.label(), buffers.len()) });
+        }
+        let key = (kernel, std::array::from_fn(|i| buffers.get(i).map(|&b| b.clone())));
         let bind_group = match pending.bind_groups.get_mut(&key) {
             Some((group, used)) => {
                 *used = submits;
@@ -248,8 +257,9 @@ impl Recorder {
         pending.bind_groups.retain(|_, (_, used)| *used >= recent);
     }
 
-    /// Submits everything recorded and waits for `bytes` bytes of `src` to come back.
-    pub(crate) fn read(&self, gpu: &Gpu, src: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+    /// Submits everything recorded and waits for the first `len` f32 of `src` to come back.
+    pub(crate) fn read(&self, gpu: &Gpu, src: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
+        let bytes = len as u64 * 4;
         let mut pending = self.pending.lock().map_err(|_| lock_failed())?;
         pending.pass = None;
         let too_small = pending.staging.as_ref().is_none_or(|s| s.size() < bytes.max(4));
@@ -286,10 +296,12 @@ impl Recorder {
             Ok(Err(e)) => return Err(Error::Device { detail: format!("reading a result back failed: {e}") }),
             Err(_) => return Err(Error::Device { detail: "the GPU never finished reading a result back".into() }),
         }
-        let data = staging
+        let data: Vec<f32> = staging
             .get_mapped_range(..bytes)
             .map_err(|e| Error::Device { detail: format!("reading a result back failed: {e}") })?
-            .to_vec();
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
         staging.unmap();
         Ok(data)
     }

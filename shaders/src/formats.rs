@@ -51,17 +51,20 @@ fn signed_bytes(w: u32) -> vec4<f32> {
 }
 "#;
 
+/// Appends `l` to `body` as one indented line of a function body.
+fn push_line(body: &mut String, l: &str) {
+    body.push_str("    ");
+    body.push_str(l);
+    body.push('\n');
+}
+
 /// The components of a `vec4`, by index.
 pub(crate) const LANE: [&str; 4] = ["x", "y", "z", "w"];
 
 /// `load_block` for `ty`. `p.cols` is the row length and `g = r * nb + b` the block's index in the matrix.
 fn load_block(ty: TensorType) -> String {
     let mut body = String::new();
-    let mut line = |l: String| {
-        body.push_str("    ");
-        body.push_str(&l);
-        body.push('\n');
-    };
+    let mut line = |l: String| push_line(&mut body, &l);
     match ty {
         TensorType::F32 => {
             for i in 0..8 {
@@ -128,11 +131,7 @@ fn load_block(ty: TensorType) -> String {
 fn tern_block(f: TernFormat) -> String {
     let code_bits = f.code_bits();
     let mut body = String::new();
-    let mut line = |l: String| {
-        body.push_str("    ");
-        body.push_str(&l);
-        body.push('\n');
-    };
+    let mut line = |l: String| push_line(&mut body, &l);
     // The block's scale and minimum codes.
     match f {
         TernFormat::T2 => line("let sc = f32(code & 15u); let mn = f32((code >> 4u) & 15u);".into()),

@@ -9,6 +9,22 @@ fn lines(items: impl IntoIterator<Item = String>, indent: usize) -> String {
     items.into_iter().map(|l| format!("{:indent$}{l}\n", "")).collect()
 }
 
+/// WGSL that folds `array[0..width]` into `array[0]` with `combine` (`+=`-style: "a = f(a, b)" given as a
+/// format with `{a}` and `{b}`), in a tree over invocations `li` of the workgroup, with a barrier per level.
+fn workgroup_tree(array: &str, width: u32, combine: &str, indent: usize) -> String {
+    let step = combine.replace("{a}", &format!("{array}[li]")).replace("{b}", &format!("{array}[li + stride]"));
+    let pad = " ".repeat(indent);
+    format!(
+        "{pad}for (var stride = {width}u / 2u; stride > 0u; stride >>= 1u) {{
+{pad}    if (li < stride) {{
+{pad}        {array}[li] = {step};
+{pad}    }}
+{pad}    workgroupBarrier();
+{pad}}}
+"
+    )
+}
+
 /// The parameters, activation and output bindings every product kernel shares, then the format's reader.
 fn product_prelude(reader: &str) -> String {
     format!(
@@ -285,6 +301,7 @@ const NORM: u32 = 256;
 
 /// One workgroup per row: the mean square in a tree, then the scaled row.
 pub(crate) fn rms_norm() -> String {
+    let tree = workgroup_tree("sums", NORM, "{a} + {b}", 4);
     format!(
         r#"struct Params {{ rows: u32, cols: u32, eps: f32, groups_x: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}
 @group(0) @binding(0) var<uniform> p: Params;
@@ -307,13 +324,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     }}
     sums[li] = s;
     workgroupBarrier();
-    for (var h = {NORM}u / 2u; h > 0u; h >>= 1u) {{
-        if (li < h) {{
-            sums[li] += sums[li + h];
-        }}
-        workgroupBarrier();
-    }}
-    let inv = inverseSqrt(sums[0] / f32(p.cols) + p.eps);
+{tree}    let inv = inverseSqrt(sums[0] / f32(p.cols) + p.eps);
     for (var c = li; c < p.cols; c += {NORM}u) {{
         out[base + c] = x[base + c] * inv * weight[c];
     }}
@@ -390,6 +401,7 @@ pub(crate) fn attention(head_dim: u32) -> String {
         (0..dims).map(|e| format!("if (li + {0}u < HD) {{ out[qbase + li + {0}u] = acc{e} / l; }}", e as u32 * tile)),
         4,
     );
+    let (tree_max, tree_sum) = (workgroup_tree("red", tile, "max({a}, {b})", 8), workgroup_tree("red", tile, "{a} + {b}", 8));
     format!(
         r#"struct Params {{ rows: u32, n_heads: u32, n_kv_heads: u32, head_dim: u32, pos0: u32, scale: f32, _p6: u32, _p7: u32 }}
 @group(0) @binding(0) var<uniform> p: Params;
@@ -431,26 +443,14 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
         // The tile's maximum and sum, each in a tree.
         red[li] = s;
         workgroupBarrier();
-        for (var w = {tile}u / 2u; w > 0u; w >>= 1u) {{
-            if (li < w) {{
-                red[li] = max(red[li], red[li + w]);
-            }}
-            workgroupBarrier();
-        }}
-        let m_new = max(m, red[0]);
+{tree_max}        let m_new = max(m, red[0]);
         let correction = exp(m - m_new);
         let e = select(0.0, exp(s - m_new), j < visible);
         workgroupBarrier();
         weights[li] = e;
         red[li] = e;
         workgroupBarrier();
-        for (var w = {tile}u / 2u; w > 0u; w >>= 1u) {{
-            if (li < w) {{
-                red[li] += red[li + w];
-            }}
-            workgroupBarrier();
-        }}
-        l = l * correction + red[0];
+{tree_sum}        l = l * correction + red[0];
 {rescale}        let n = min({tile}u, visible - j0);
         var i = 0u;
         for (; i + 4u <= n; i += 4u) {{

@@ -82,7 +82,6 @@ impl Kernel {
         for rows in [2, 4] {
             v.push(Kernel::Matmul { ty, workgroup: 64, lanes: 32, rows, tokens: 1 });
         }
-        v.push(Kernel::Matmul { ty, workgroup: 256, lanes: 32, rows: 1, tokens: 1 });
         for rows in [1, 2] {
             v.push(Kernel::MatmulTiled { ty, tokens: TILED_TOKENS, rows });
         }

@@ -67,3 +67,27 @@ fn workgroup_memory_fits_the_webgpu_default_limit() {
         assert!(bytes <= 16384, "{} uses {bytes} bytes of workgroup memory", kernel.label());
     }
 }
+
+/// The parameter words each kernel documents in `Kernel::params` are the fields of its `Params` struct.
+#[test]
+fn params_match_the_documented_words() {
+    for kernel in every_kernel() {
+        let module = naga::front::wgsl::parse_str(&kernel.wgsl()).unwrap();
+        let fields: Vec<String> = module
+            .types
+            .iter()
+            .find_map(|(_, ty)| match (&ty.name, &ty.inner) {
+                (Some(name), naga::TypeInner::Struct { members, .. }) if name == "Params" => {
+                    Some(members.iter().map(|m| m.name.clone().unwrap_or_default()).collect())
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{} has no Params struct", kernel.label()));
+        let documented: Vec<&str> = kernel.params().iter().map(|w| w.split(' ').next().unwrap_or(w)).collect();
+        assert_eq!(fields.len(), 8, "{}", kernel.label());
+        for (field, doc) in fields.iter().zip(&documented) {
+            let unused = field.starts_with("_p") && *doc == "_";
+            assert!(unused || field == doc, "{}: field {field} documented as {doc}", kernel.label());
+        }
+    }
+}
