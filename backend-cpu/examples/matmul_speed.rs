@@ -16,7 +16,14 @@ fn data(rows: usize, cols: usize) -> Vec<f32> {
 
 /// Times products with a `rows x cols` matrix of `name` taking `bytes`; `upload` makes one copy of it. Enough
 /// copies are cycled through to stream 128 MiB, as a forward pass streams its weights from memory, not cache.
-fn measure(be: &CpuBackend, name: &str, rows: usize, cols: usize, bytes: usize, upload: impl Fn() -> Result<CpuMatrix, Error>) -> Result<(), Error> {
+fn measure(
+    be: &CpuBackend,
+    name: &str,
+    rows: usize,
+    cols: usize,
+    bytes: usize,
+    upload: impl Fn() -> Result<CpuMatrix, Error>,
+) -> Result<(), Error> {
     let copies = ((128 << 20) / bytes).max(1);
     let ws = (0..copies).map(|_| upload()).collect::<Result<Vec<_>, _>>()?;
     let x = data(64, cols);

@@ -2,10 +2,10 @@ use std::cell::Cell;
 
 use tern_core::{AttentionParams, Backend, Error, MatrixView, Result, RopeParams};
 
+use crate::SimdLevel;
 use crate::ops::quantize_rows::QuantizedRows;
 use crate::ops::{attention, elementwise, matmul, rms_norm, rope};
 use crate::tensor::{CpuMatrix, CpuTensor};
-use crate::SimdLevel;
 
 thread_local! {
     /// Int8 activation rows, reused so that decode steps allocate nothing.

@@ -101,7 +101,15 @@ impl CpuMatrix {
     pub(crate) fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         match &self.layout {
             Layout::Packed { ty, quants, scales, mins } => {
-                let view = MatrixView { ty: *ty, rows: self.rows, cols: self.cols, quants, scales: unpad(scales), mins: unpad(mins), row_scales: &[] };
+                let view = MatrixView {
+                    ty: *ty,
+                    rows: self.rows,
+                    cols: self.cols,
+                    quants,
+                    scales: unpad(scales),
+                    mins: unpad(mins),
+                    row_scales: &[],
+                };
                 tern_quant::dequantize_row(&view, r, out);
             }
             Layout::Tern(t) => t.dequantize_row(r, out),

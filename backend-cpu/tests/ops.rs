@@ -59,8 +59,12 @@ proptest! {
 fn matmul_is_exactly_batch_invariant() {
     let (rows, cols, tokens) = (37, 320, 11);
     let x = values(tokens * cols, 5, 2.0);
-    let tern: Vec<TernMatrix> = TernFormat::ALL.iter().map(|&f| TernMatrix::quantize(f, rows, cols, &values(rows * cols, 4, 1.0), None).unwrap()).collect();
-    let gguf: Vec<PackedMatrix> = QUANTIZED.iter().map(|&ty| PackedMatrix::from_f32(ty, rows, cols, &values(rows * cols, 4, 1.0)).unwrap()).collect();
+    let tern: Vec<TernMatrix> = TernFormat::ALL
+        .iter()
+        .map(|&f| TernMatrix::quantize(f, rows, cols, &values(rows * cols, 4, 1.0), None).unwrap())
+        .collect();
+    let gguf: Vec<PackedMatrix> =
+        QUANTIZED.iter().map(|&ty| PackedMatrix::from_f32(ty, rows, cols, &values(rows * cols, 4, 1.0)).unwrap()).collect();
     let views = tern.iter().map(|t| t.view()).chain(gguf.iter().map(|m| m.view()));
     for view in views {
         for (label, be) in backends() {

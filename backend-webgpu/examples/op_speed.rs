@@ -75,7 +75,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut o = be.zeros(0, 0)?;
         per("rms_norm 4096", &mut || be.rms_norm(&h, &g, 1e-5, &mut o))?;
         let mut q = be.upload(&vec![0.5f32; 4096], 1, 4096)?;
-        let rp = RopeParams { n_heads: 32, head_dim: 128, rot_dim: 128, freq_base: 10000.0, style: RopeStyle::Interleaved, pos0: 64 };
+        let rp =
+            RopeParams { n_heads: 32, head_dim: 128, rot_dim: 128, freq_base: 10000.0, style: RopeStyle::Interleaved, pos0: 64 };
         per("rope 32x128", &mut || be.rope(&mut q, &rp))?;
         let mut cache = be.zeros(512, 4096)?;
         per("write_rows 4096", &mut || be.write_rows(&h, &mut cache, 64))?;
@@ -102,7 +103,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let recorded = t.elapsed();
     be.read(&acc)?;
-    println!("{:<32} {:>10.1} us (recording only: {:.1} us per op)", "1000 adds", t.elapsed().as_secs_f64() * 1e6, recorded.as_secs_f64() * 1e3);
+    println!(
+        "{:<32} {:>10.1} us (recording only: {:.1} us per op)",
+        "1000 adds",
+        t.elapsed().as_secs_f64() * 1e6,
+        recorded.as_secs_f64() * 1e3
+    );
     let mut choices = vec![(32, 1, None), (32, 2, None)];
     if let Some(size) = be.adapter().subgroup_size {
         choices.push((size, 1, Some(size)));
@@ -110,7 +116,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let variants: Vec<WebGpuBackend> = choices
         .iter()
         .map(|&(lanes, rows, subgroup_size)| {
-            WebGpuBackend::with_kernels(AdapterChoice::Any, Some(KernelChoice { lanes, rows, tiled: true, tiled_rows: 2, subgroup_size }))
+            WebGpuBackend::with_kernels(
+                AdapterChoice::Any,
+                Some(KernelChoice { lanes, rows, tiled: true, tiled_rows: 2, subgroup_size }),
+            )
         })
         .collect::<Result<_, _>>()?;
     for ((lanes, rows, sg), be) in choices.iter().zip(&variants) {

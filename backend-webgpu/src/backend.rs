@@ -109,7 +109,10 @@ impl WebGpuBackend {
             && (gpu.report.subgroup_size != Some(size) || !WORKGROUP.is_multiple_of(size))
         {
             return Err(Error::Device {
-                detail: format!("subgroups of {size}: the adapter's are {:?}, and {WORKGROUP} must be a multiple", gpu.report.subgroup_size),
+                detail: format!(
+                    "subgroups of {size}: the adapter's are {:?}, and {WORKGROUP} must be a multiple",
+                    gpu.report.subgroup_size
+                ),
             });
         }
         if !k.lanes.is_power_of_two() || k.lanes > WORKGROUP || !(1..=4).contains(&k.rows) || !(1..=2).contains(&k.tiled_rows) {
@@ -172,10 +175,8 @@ impl WebGpuBackend {
         if let Some(b) = cache.get(&key) {
             return Ok(b.clone());
         }
-        let freqs: Vec<u8> = (0..rot_dim / 2)
-            .flat_map(|i| base.powf(-2.0 * i as f32 / rot_dim as f32).to_le_bytes())
-            .chain([0u8; 16])
-            .collect();
+        let freqs: Vec<u8> =
+            (0..rot_dim / 2).flat_map(|i| base.powf(-2.0 * i as f32 / rot_dim as f32).to_le_bytes()).chain([0u8; 16]).collect();
         let buf = self.storage_with("tern rope frequencies", &freqs);
         cache.insert(key, buf.clone());
         Ok(buf)
@@ -352,12 +353,21 @@ impl Backend for WebGpuBackend {
         p.check((q.rows, q.cols), (k.rows, k.cols), (v.rows, v.cols))?;
         let hd = p.head_dim;
         if hd > MAX_HEAD_DIM as usize || !hd.is_multiple_of(4) {
-            return Err(Error::shape("attention", format!("heads of {hd}: the WebGPU kernel takes multiples of 4 up to {MAX_HEAD_DIM}")));
+            return Err(Error::shape(
+                "attention",
+                format!("heads of {hd}: the WebGPU kernel takes multiples of 4 up to {MAX_HEAD_DIM}"),
+            ));
         }
         self.resize("attention", out, q.rows, q.cols)?;
         let grid = Grid { dims: (p.n_heads as u32, q.rows as u32, 1) };
         let params = [q.rows as u32, p.n_heads as u32, p.n_kv_heads as u32, hd as u32, p.pos0 as u32, p.scale.to_bits(), 0, 0];
-        self.recorder.dispatch(&self.gpu, Kernel::Attention { head_dim: hd as u32 }, params, &[&q.buf, &k.buf, &v.buf, &out.buf], grid)
+        self.recorder.dispatch(
+            &self.gpu,
+            Kernel::Attention { head_dim: hd as u32 },
+            params,
+            &[&q.buf, &k.buf, &v.buf, &out.buf],
+            grid,
+        )
     }
 
     fn silu_mul(&self, gate: &GpuTensor, up: &GpuTensor, out: &mut GpuTensor) -> Result<()> {

@@ -107,7 +107,8 @@ impl Gpu {
             wgpu::DeviceType::Cpu => 3,
             wgpu::DeviceType::Other => 4,
         });
-        let found: Vec<String> = candidates.iter().map(|a| AdapterReport::of(a)).map(|r| format!("{} ({})", r.name, r.kind)).collect();
+        let found: Vec<String> =
+            candidates.iter().map(|a| AdapterReport::of(a)).map(|r| format!("{} ({})", r.name, r.kind)).collect();
         let adapter = candidates
             .into_iter()
             .find(|a| choice == AdapterChoice::Any || is_gpu(a.get_info().device_type))
@@ -117,7 +118,10 @@ impl Gpu {
                      `apt-get install mesa-vulkan-drivers`, for a CPU one), or use --backend cpu"
                         .into()
                 } else {
-                    format!("wgpu found only {}, which is not a GPU; use --backend webgpu to run on it anyway, or --backend cpu", found.join(", "))
+                    format!(
+                        "wgpu found only {}, which is not a GPU; use --backend webgpu to run on it anyway, or --backend cpu",
+                        found.join(", ")
+                    )
                 },
             })?;
         let report = AdapterReport::of(&adapter);
@@ -126,7 +130,12 @@ impl Gpu {
         let limits = adapter.limits();
         // Subgroups where the adapter has them (decode products sum with them); nothing else is needed.
         let required_features = adapter.features() & wgpu::Features::SUBGROUP;
-        let desc = wgpu::DeviceDescriptor { label: Some("tern"), required_features, required_limits: limits.clone(), ..Default::default() };
+        let desc = wgpu::DeviceDescriptor {
+            label: Some("tern"),
+            required_features,
+            required_limits: limits.clone(),
+            ..Default::default()
+        };
         let (device, queue) = pollster::block_on(adapter.request_device(&desc))
             .map_err(|e| Error::NoDevice { detail: format!("{} ({}) refused a device: {e}", report.name, report.api) })?;
         let errors = Arc::new(Mutex::new(Vec::new()));

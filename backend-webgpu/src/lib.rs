@@ -13,4 +13,4 @@ mod device;
 mod recorder;
 
 pub use backend::{GpuMatrix, GpuTensor, KernelChoice, WebGpuBackend};
-pub use device::{adapters, AdapterChoice, AdapterReport};
+pub use device::{AdapterChoice, AdapterReport, adapters};

@@ -165,7 +165,9 @@ impl Recorder {
         }
         let max = gpu.limits.max_compute_workgroups_per_dimension;
         if x > max || y > max || z > max {
-            return Err(Error::Device { detail: format!("{} needs {x}x{y}x{z} workgroups, past this adapter's {max} per dimension", kernel.label()) });
+            return Err(Error::Device {
+                detail: format!("{} needs {x}x{y}x{z} workgroups, past this adapter's {max} per dimension", kernel.label()),
+            });
         }
         let mut pending = self.pending.lock().map_err(|_| lock_failed())?;
         if pending.next_slot == RING_SLOTS {
@@ -177,7 +179,9 @@ impl Recorder {
         pending.params.extend(params.iter().flat_map(|w| w.to_le_bytes()));
         let submits = pending.submits;
         if buffers.len() > MAX_BUFFERS {
-            return Err(Error::Device { detail: format!("{} binds {} buffers, past {MAX_BUFFERS}", kernel.label(), buffers.len()) });
+            return Err(Error::Device {
+                detail: format!("{} binds {} buffers, past {MAX_BUFFERS}", kernel.label(), buffers.len()),
+            });
         }
         let key = (kernel, std::array::from_fn(|i| buffers.get(i).map(|&b| b.clone())));
         let bind_group = match pending.bind_groups.get_mut(&key) {
@@ -195,7 +199,10 @@ impl Recorder {
                     }),
                 }];
                 entries.extend(
-                    buffers.iter().enumerate().map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.as_entire_binding() }),
+                    buffers
+                        .iter()
+                        .enumerate()
+                        .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.as_entire_binding() }),
                 );
                 let group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
                     label: Some("tern dispatch"),
@@ -221,14 +228,24 @@ impl Recorder {
                 let encoder = pending.encoder.get_or_insert_with(|| {
                     gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("tern step") })
                 });
-                encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("tern ops"), timestamp_writes: None }).forget_lifetime()
+                encoder
+                    .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("tern ops"), timestamp_writes: None })
+                    .forget_lifetime()
             }
         };
         pending.pass.insert(pass)
     }
 
     /// Records a buffer-to-buffer copy (between compute passes).
-    pub(crate) fn copy(&self, gpu: &Gpu, src: &wgpu::Buffer, src_offset: u64, dst: &wgpu::Buffer, dst_offset: u64, bytes: u64) -> Result<()> {
+    pub(crate) fn copy(
+        &self,
+        gpu: &Gpu,
+        src: &wgpu::Buffer,
+        src_offset: u64,
+        dst: &wgpu::Buffer,
+        dst_offset: u64,
+        bytes: u64,
+    ) -> Result<()> {
         if bytes == 0 {
             return Ok(());
         }

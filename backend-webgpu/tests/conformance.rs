@@ -23,7 +23,10 @@ fn backends() -> Vec<(String, Arc<WebGpuBackend>)> {
                 KernelChoice { lanes: 32, rows: 2, tiled: true, tiled_rows: 2, subgroup_size: None }
             };
             let name = native.adapter().name.clone();
-            let mut all = vec![(format!("webgpu on {name} ({own:?})"), native.clone()), (format!("webgpu on {name} ({other:?})"), make(Some(other)))];
+            let mut all = vec![
+                (format!("webgpu on {name} ({own:?})"), native.clone()),
+                (format!("webgpu on {name} ({other:?})"), make(Some(other))),
+            ];
             // The subgroup decode kernel too, where the adapter has subgroups of one size.
             if let Some(size) = native.adapter().subgroup_size.filter(|s| 64 % s == 0) {
                 let k = KernelChoice { lanes: 32, rows: 1, tiled: true, tiled_rows: 1, subgroup_size: Some(size) };

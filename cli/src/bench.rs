@@ -55,9 +55,11 @@ fn stats(mut v: Vec<f64>) -> Stats {
 
 fn weight_type(name: &str) -> Result<TensorType, tern::Error> {
     let gguf = [TensorType::Q4_0, TensorType::Q4_1, TensorType::Q8_0].into_iter().find(|t| t.name().eq_ignore_ascii_case(name));
-    gguf.or_else(|| TernFormat::from_name(&name.to_ascii_uppercase()).map(|f| f.tensor_type())).ok_or_else(|| tern::Error::Option {
-        name: "weights",
-        detail: format!("unknown weight type {name:?}: expected Q4_0, Q4_1, Q8_0, T2, T3, T4 or T8"),
+    gguf.or_else(|| TernFormat::from_name(&name.to_ascii_uppercase()).map(|f| f.tensor_type())).ok_or_else(|| {
+        tern::Error::Option {
+            name: "weights",
+            detail: format!("unknown weight type {name:?}: expected Q4_0, Q4_1, Q8_0, T2, T3, T4 or T8"),
+        }
     })
 }
 
@@ -95,7 +97,10 @@ fn measure(args: &BenchArgs, name: &str, model: &Llama<AnyBackend>) -> Result<()
     let vocab = model.config.vocab_size as u64;
     let mut cache = model.new_cache(need)?;
     if cache.capacity() < need {
-        return Err(tern::Error::Option { name: "prompt-tokens", detail: format!("the model's context is {} tokens", cache.capacity()) });
+        return Err(tern::Error::Option {
+            name: "prompt-tokens",
+            detail: format!("the model's context is {} tokens", cache.capacity()),
+        });
     }
     let mut scratch = Scratch::new(be)?;
     // Token ids spread over the vocabulary, the same every run.
@@ -106,7 +111,9 @@ fn measure(args: &BenchArgs, name: &str, model: &Llama<AnyBackend>) -> Result<()
         state ^= state << 17;
         (state % vocab) as u32
     };
-    let params: f64 = model.config.n_layers as f64 * (model.config.dim as f64 * (model.config.dim as f64 * 2.0 + model.config.kv_dim() as f64 * 2.0 + model.config.ffn_dim as f64 * 3.0))
+    let params: f64 = model.config.n_layers as f64
+        * (model.config.dim as f64
+            * (model.config.dim as f64 * 2.0 + model.config.kv_dim() as f64 * 2.0 + model.config.ffn_dim as f64 * 3.0))
         + (model.config.vocab_size * model.config.dim) as f64;
     println!("| model | size | params | backend | threads | test | t/s (median) | spread (min - max) | read GB/s |");
     println!("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |");

@@ -34,10 +34,8 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: &EvalArgs) -> Result<(), tern::Error> {
-    let text = std::fs::read_to_string(&args.text).map_err(|e| tern::Error::Option {
-        name: "text",
-        detail: format!("cannot read {}: {e}", args.text.display()),
-    })?;
+    let text = std::fs::read_to_string(&args.text)
+        .map_err(|e| tern::Error::Option { name: "text", detail: format!("cannot read {}: {e}", args.text.display()) })?;
     let model_args = ModelArgs { context: args.model.context.max(args.ctx), ..args.model.clone() };
     let engine = crate::load::engine(&model_args)?;
     let reference = args

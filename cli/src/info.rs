@@ -42,7 +42,13 @@ fn describe_machine() {
         println!("webgpu: no adapter (no Vulkan, Metal or DX12 driver found); --backend auto runs on the CPU");
     }
     for a in &adapters {
-        println!("webgpu adapter: {} ({}, {}{})", a.name, a.api, a.kind, if a.is_gpu { "" } else { ": not a GPU, --backend auto skips it" });
+        println!(
+            "webgpu adapter: {} ({}, {}{})",
+            a.name,
+            a.api,
+            a.kind,
+            if a.is_gpu { "" } else { ": not a GPU, --backend auto skips it" }
+        );
         if !a.driver.is_empty() {
             println!("  driver: {}", a.driver);
         }
@@ -93,7 +99,13 @@ fn describe_model(args: &InfoArgs, model: &std::path::Path) -> Result<(), tern::
         }
     }
     let (elements, bytes): (usize, usize) = src.tensors().iter().fold((0, 0), |a, t| (a.0 + t.elements(), a.1 + t.size));
-    println!("\ntensors: {} tensors, {:.2} M parameters, {}, {:.3} bits per weight", src.tensors().len(), elements as f64 / 1e6, mib(bytes), bytes as f64 * 8.0 / elements.max(1) as f64);
+    println!(
+        "\ntensors: {} tensors, {:.2} M parameters, {}, {:.3} bits per weight",
+        src.tensors().len(),
+        elements as f64 / 1e6,
+        mib(bytes),
+        bytes as f64 * 8.0 / elements.max(1) as f64
+    );
     for (ty, n, el, b) in &by_type {
         println!("  {ty:>5}: {n:>4} tensors, {:>8.2} M parameters, {}", *el as f64 / 1e6, mib(*b));
     }
@@ -105,8 +117,16 @@ fn describe_model(args: &InfoArgs, model: &std::path::Path) -> Result<(), tern::
     match LlamaConfig::from_metadata(src.metadata()) {
         Ok(c) => {
             let ctx = args.context.min(c.context_length);
-            println!("\narchitecture: {} ({} layers, width {}, {} heads / {} KV heads of {}, FFN {}, vocab {}, context {})", c.architecture, c.n_layers, c.dim, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_dim, c.vocab_size, c.context_length);
-            println!("memory: weights {} + f32 KV cache {} for {ctx} tokens = {}", mib(bytes), mib(c.kv_cache_bytes(ctx)), mib(bytes + c.kv_cache_bytes(ctx)));
+            println!(
+                "\narchitecture: {} ({} layers, width {}, {} heads / {} KV heads of {}, FFN {}, vocab {}, context {})",
+                c.architecture, c.n_layers, c.dim, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_dim, c.vocab_size, c.context_length
+            );
+            println!(
+                "memory: weights {} + f32 KV cache {} for {ctx} tokens = {}",
+                mib(bytes),
+                mib(c.kv_cache_bytes(ctx)),
+                mib(bytes + c.kv_cache_bytes(ctx))
+            );
         }
         Err(e) => println!("\narchitecture: not runnable by tern: {e}"),
     }

@@ -78,13 +78,13 @@ pub struct ImatrixArgs {
 }
 
 fn read_text(path: &PathBuf, name: &'static str) -> Result<String, tern::Error> {
-    std::fs::read_to_string(path).map_err(|e| tern::Error::Option { name, detail: format!("cannot read {}: {e}", path.display()) })
+    std::fs::read_to_string(path)
+        .map_err(|e| tern::Error::Option { name, detail: format!("cannot read {}: {e}", path.display()) })
 }
 
 fn bar(template: &str) -> ProgressBar {
-    ProgressBar::new(0).with_style(
-        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> "),
-    )
+    ProgressBar::new(0)
+        .with_style(ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> "))
 }
 
 pub fn imatrix(args: &ImatrixArgs) -> Result<(), tern::Error> {
@@ -125,8 +125,10 @@ pub fn run(args: &QuantizeArgs) -> Result<(), tern::Error> {
         .formats
         .iter()
         .map(|f| {
-            TernFormat::from_name(f.trim())
-                .ok_or_else(|| tern::Error::Option { name: "formats", detail: format!("{f:?} is not a tern format (T2, T3, T4, T8)") })
+            TernFormat::from_name(f.trim()).ok_or_else(|| tern::Error::Option {
+                name: "formats",
+                detail: format!("{f:?} is not a tern format (T2, T3, T4, T8)"),
+            })
         })
         .collect::<Result<_, _>>()?;
     if let Some(path) = &args.imatrix {
@@ -172,14 +174,26 @@ fn print(r: &QuantizeReport, verbose: bool, output: &std::path::Path) {
                 Reason::Planned => "planned",
             };
             let kl = t.kl.map_or(String::new(), |k| format!("{k:.6}"));
-            println!("{:<32} {:>5} {:>11} {:>7.3} {:>10}  {why}", t.name, t.ty.name(), t.params, t.bits as f64 / t.params as f64, kl);
+            println!(
+                "{:<32} {:>5} {:>11} {:>7.3} {:>10}  {why}",
+                t.name,
+                t.ty.name(),
+                t.params,
+                t.bits as f64 / t.params as f64,
+                kl
+            );
         }
         println!();
     }
     println!("{:<6} {:>8} {:>12} {:>7} {:>7}", "type", "tensors", "params", "share", "bpw");
     for (ty, params, bits) in r.by_type() {
         let n = r.tensors.iter().filter(|t| t.ty == ty).count();
-        println!("{:<6} {n:>8} {params:>12} {:>6.1}% {:>7.3}", ty.name(), 100.0 * params as f64 / r.params() as f64, bits as f64 / params as f64);
+        println!(
+            "{:<6} {n:>8} {params:>12} {:>6.1}% {:>7.3}",
+            ty.name(),
+            100.0 * params as f64 / r.params() as f64,
+            bits as f64 / params as f64
+        );
     }
     println!(
         "total: {} params, {:.4} bits per weight, {:.1} MiB file -> {}",

@@ -332,7 +332,15 @@ pub fn matmul_is_batch_invariant<B: Backend>(be: &B, label: &str) {
 
 /// tern-format products against the f64 product of the reference dequantization and the exact activations,
 /// within the int8 activation rounding bound of [`reference`]. Returns the products.
-pub fn check_tern<B: Backend>(be: &B, label: &str, f: TernFormat, rows: usize, cols: usize, tokens: usize, seed: u64) -> Vec<f32> {
+pub fn check_tern<B: Backend>(
+    be: &B,
+    label: &str,
+    f: TernFormat,
+    rows: usize,
+    cols: usize,
+    tokens: usize,
+    seed: u64,
+) -> Vec<f32> {
     let t = TernMatrix::quantize(f, rows, cols, &values(rows * cols, seed, 1.0), None).unwrap();
     let x = values(tokens * cols, seed + 1, 3.0);
     let (want, bound) = reference(&t.dequantize(), &x, rows, cols, true);

@@ -41,12 +41,18 @@ impl AttentionParams {
     pub fn check(&self, q: (usize, usize), k: (usize, usize), v: (usize, usize)) -> crate::Result<()> {
         let (hd, kv_cols) = (self.head_dim, self.n_kv_heads * self.head_dim);
         if self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
-            return Err(crate::Error::shape("attention", format!("{} heads cannot share {} KV heads", self.n_heads, self.n_kv_heads)));
+            return Err(crate::Error::shape(
+                "attention",
+                format!("{} heads cannot share {} KV heads", self.n_heads, self.n_kv_heads),
+            ));
         }
         if q.1 != self.n_heads * hd || k.1 != kv_cols || v.1 != kv_cols {
             return Err(crate::Error::shape(
                 "attention",
-                format!("q {} / k {} / v {} columns for {} heads, {} KV heads of {hd}", q.1, k.1, v.1, self.n_heads, self.n_kv_heads),
+                format!(
+                    "q {} / k {} / v {} columns for {} heads, {} KV heads of {hd}",
+                    q.1, k.1, v.1, self.n_heads, self.n_kv_heads
+                ),
             ));
         }
         let len = self.pos0 + q.0;

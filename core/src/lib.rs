@@ -10,4 +10,4 @@ mod types;
 
 pub use backend::{AttentionParams, Backend, RopeParams, RopeStyle};
 pub use error::{Error, Result};
-pub use types::{MatrixView, TensorType, TernFormat, BLOCK_LEN, TERN_TYPE_BASE};
+pub use types::{BLOCK_LEN, MatrixView, TERN_TYPE_BASE, TensorType, TernFormat};

@@ -189,9 +189,22 @@ impl Backend for AnyBackend {
     fn matmul_many(&self, ws: &[&AnyMatrix], x: &AnyTensor, outs: &mut [&mut AnyTensor]) -> Result<()> {
         match (self, x) {
             (AnyBackend::Cpu(be), AnyTensor::Cpu(x)) => {
-                let ws: Option<Vec<&CpuMatrix>> = ws.iter().map(|w| match w { AnyMatrix::Cpu(m) => Some(m), #[allow(unreachable_patterns)] _ => None }).collect();
-                let outs: Option<Vec<&mut CpuTensor>> =
-                    outs.iter_mut().map(|o| match &mut **o { AnyTensor::Cpu(t) => Some(t), #[allow(unreachable_patterns)] _ => None }).collect();
+                let ws: Option<Vec<&CpuMatrix>> = ws
+                    .iter()
+                    .map(|w| match w {
+                        AnyMatrix::Cpu(m) => Some(m),
+                        #[allow(unreachable_patterns)]
+                        _ => None,
+                    })
+                    .collect();
+                let outs: Option<Vec<&mut CpuTensor>> = outs
+                    .iter_mut()
+                    .map(|o| match &mut **o {
+                        AnyTensor::Cpu(t) => Some(t),
+                        #[allow(unreachable_patterns)]
+                        _ => None,
+                    })
+                    .collect();
                 match (ws, outs) {
                     (Some(ws), Some(mut outs)) => be.matmul_many(&ws, x, &mut outs),
                     _ => Err(mixed("matmul_many")),
@@ -199,9 +212,20 @@ impl Backend for AnyBackend {
             }
             #[cfg(feature = "webgpu")]
             (AnyBackend::WebGpu(be), AnyTensor::WebGpu(x)) => {
-                let ws: Option<Vec<&GpuMatrix>> = ws.iter().map(|w| match w { AnyMatrix::WebGpu(m) => Some(m), _ => None }).collect();
-                let outs: Option<Vec<&mut GpuTensor>> =
-                    outs.iter_mut().map(|o| match &mut **o { AnyTensor::WebGpu(t) => Some(t), _ => None }).collect();
+                let ws: Option<Vec<&GpuMatrix>> = ws
+                    .iter()
+                    .map(|w| match w {
+                        AnyMatrix::WebGpu(m) => Some(m),
+                        _ => None,
+                    })
+                    .collect();
+                let outs: Option<Vec<&mut GpuTensor>> = outs
+                    .iter_mut()
+                    .map(|o| match &mut **o {
+                        AnyTensor::WebGpu(t) => Some(t),
+                        _ => None,
+                    })
+                    .collect();
                 match (ws, outs) {
                     (Some(ws), Some(mut outs)) => be.matmul_many(&ws, x, &mut outs),
                     _ => Err(mixed("matmul_many")),

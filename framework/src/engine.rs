@@ -74,7 +74,11 @@ impl EngineBuilder {
         let template = match source.metadata().get("tokenizer.chat_template") {
             Some(_) => {
                 let tok = |id: Option<u32>| id.and_then(|i| tokenizer.token(i)).unwrap_or_default();
-                Some(ChatTemplate::new(source.metadata().str("tokenizer.chat_template")?, &tok(tokenizer.bos), &tok(tokenizer.eos))?)
+                Some(ChatTemplate::new(
+                    source.metadata().str("tokenizer.chat_template")?,
+                    &tok(tokenizer.bos),
+                    &tok(tokenizer.eos),
+                )?)
             }
             None => None,
         };
@@ -104,7 +108,14 @@ pub struct Engine {
 impl Engine {
     /// A builder for the model at `path` (a GGUF file or a Hugging Face model directory).
     pub fn builder(path: impl Into<PathBuf>) -> EngineBuilder {
-        EngineBuilder { path: path.into(), backend: BackendChoice::default(), threads: 0, context: DEFAULT_CONTEXT, sampling: SamplingParams::default(), progress: None }
+        EngineBuilder {
+            path: path.into(),
+            backend: BackendChoice::default(),
+            threads: 0,
+            context: DEFAULT_CONTEXT,
+            sampling: SamplingParams::default(),
+            progress: None,
+        }
     }
 
     /// A new conversation with an empty KV cache.

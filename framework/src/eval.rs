@@ -120,7 +120,9 @@ impl LogitsReader {
             return Err(bad(format!("version {version}; this tern reads version {LOGITS_VERSION}")));
         }
         if saved_ctx as usize != ctx || saved_vocab as usize != vocab {
-            return Err(bad(format!("saved with ctx {saved_ctx} and a vocabulary of {saved_vocab}, evaluating with ctx {ctx} and {vocab}")));
+            return Err(bad(format!(
+                "saved with ctx {saved_ctx} and a vocabulary of {saved_vocab}, evaluating with ctx {ctx} and {vocab}"
+            )));
         }
         if (saved_chunks as usize) < chunks {
             return Err(bad(format!("holds {saved_chunks} chunks, {chunks} are to be scored")));
@@ -132,14 +134,23 @@ impl LogitsReader {
         use std::io::Read;
         self.buf.resize(n, 0);
         let path = &self.path;
-        self.input.read_exact(&mut self.buf).map_err(|e| Error::Option { name: "reference", detail: format!("{}: truncated ({e})", path.display()) })?;
+        self.input
+            .read_exact(&mut self.buf)
+            .map_err(|e| Error::Option { name: "reference", detail: format!("{}: truncated ({e})", path.display()) })?;
         Ok(&self.buf)
     }
 
     fn chunk(&mut self, tokens: &[u32]) -> Result<()> {
-        let same = self.read(4 * tokens.len())?.chunks_exact(4).zip(tokens).all(|(b, &t)| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) == t);
+        let same = self
+            .read(4 * tokens.len())?
+            .chunks_exact(4)
+            .zip(tokens)
+            .all(|(b, &t)| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) == t);
         if !same {
-            return Err(Error::Option { name: "reference", detail: format!("{}: saved for different text (its tokens differ)", self.path.display()) });
+            return Err(Error::Option {
+                name: "reference",
+                detail: format!("{}: saved for different text (its tokens differ)", self.path.display()),
+            });
         }
         Ok(())
     }
@@ -291,19 +302,24 @@ pub fn evaluate(
     }
     let context_length = engine.model().config.context_length;
     if ctx > context_length {
-        return Err(Error::Option { name: "ctx", detail: format!("{ctx} tokens exceed the model's context of {context_length}") });
+        return Err(Error::Option {
+            name: "ctx",
+            detail: format!("{ctx} tokens exceed the model's context of {context_length}"),
+        });
     }
     let vocab = engine.model().config.vocab_size;
     if let Some(Reference::Model(r)) = reference
-        && r.model().config.vocab_size != vocab {
-            return Err(Error::Option {
-                name: "reference",
-                detail: format!("its vocabulary has {} tokens, the model's {vocab}", r.model().config.vocab_size),
-            });
-        }
+        && r.model().config.vocab_size != vocab
+    {
+        return Err(Error::Option {
+            name: "reference",
+            detail: format!("its vocabulary has {} tokens, the model's {vocab}", r.model().config.vocab_size),
+        });
+    }
     let chunks = chunk_tokens(engine, text, ctx, options.max_chunks)?;
     let first = ctx / 2;
-    let (mut nll, mut ref_nll, mut kl, mut top1) = (Moments::default(), Moments::default(), Moments::default(), Moments::default());
+    let (mut nll, mut ref_nll, mut kl, mut top1) =
+        (Moments::default(), Moments::default(), Moments::default(), Moments::default());
     let (mut lp, mut lq) = (Vec::new(), Vec::new());
     let mut runner = ChunkRunner::new(engine, ctx)?;
     let (mut ref_runner, mut saved) = match reference {

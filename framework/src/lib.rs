@@ -22,11 +22,11 @@ pub mod quantize;
 
 pub use backend::{AnyBackend, AnyMatrix, AnyTensor, BackendChoice};
 pub use engine::{Engine, EngineBuilder};
-pub use eval::{evaluate, EvalOptions, EvalReport, Reference};
 pub use error::{Error, Result};
-pub use imatrix::{ImportanceMatrix, SecondMoments};
-pub use quantize::{quantize, Precision, QuantizeOptions, QuantizeReport};
+pub use eval::{EvalOptions, EvalReport, Reference, evaluate};
 pub use generation::{FinishReason, GenerateOptions, Generation, Session, Token};
+pub use imatrix::{ImportanceMatrix, SecondMoments};
+pub use quantize::{Precision, QuantizeOptions, QuantizeReport, quantize};
 
 pub use tern_backend_cpu as backend_cpu;
 #[cfg(feature = "webgpu")]

@@ -23,8 +23,8 @@ use std::path::Path;
 
 use tern_core::{Backend, TensorType, TernFormat};
 use tern_loader::{GgufWriter, MetaValue, ModelSource, TensorInfo};
-use tern_quant::plan::{plan, Choice, PlanTensor};
-use tern_quant::{dequantize_gguf, FeedbackFactor, TernMatrix};
+use tern_quant::plan::{Choice, PlanTensor, plan};
+use tern_quant::{FeedbackFactor, TernMatrix, dequantize_gguf};
 
 use crate::eval::{kl_divergence, log_softmax};
 use crate::{Engine, Error, ImportanceMatrix, Result, SecondMoments};
@@ -60,7 +60,8 @@ impl Override {
             if pattern.is_empty() {
                 return Err(bad("the pattern is empty".into()));
             }
-            let format = TernFormat::from_name(format).ok_or_else(|| bad(format!("{format:?} is not a tern format (T2, T3, T4, T8)")))?;
+            let format =
+                TernFormat::from_name(format).ok_or_else(|| bad(format!("{format:?} is not a tern format (T2, T3, T4, T8)")))?;
             out.push(Override { pattern: pattern.into(), format });
         }
         Ok(out)
@@ -254,7 +255,14 @@ fn dequantized(src: &ModelSource, t: &TensorInfo) -> Result<Vec<f32>> {
 
 /// Quantizes rows in parallel (rows are independent in every tern format), in the current rayon pool.
 /// With `feedback`, rows are rounded with error feedback through it (and its importance).
-fn quantize_rows(format: TernFormat, rows: usize, cols: usize, data: &[f32], importance: Option<&[f32]>, feedback: Option<&FeedbackFactor>) -> Result<TernMatrix> {
+fn quantize_rows(
+    format: TernFormat,
+    rows: usize,
+    cols: usize,
+    data: &[f32],
+    importance: Option<&[f32]>,
+    feedback: Option<&FeedbackFactor>,
+) -> Result<TernMatrix> {
     use rayon::prelude::*;
     const ROWS_PER_TASK: usize = 64;
     let parts = data
@@ -310,11 +318,17 @@ struct Matrix {
 }
 
 /// Quantizes the model at `input` into a tern file at `output`.
-pub fn quantize(input: &Path, output: &Path, options: &QuantizeOptions, progress: &mut dyn FnMut(&QuantizeProgress<'_>)) -> Result<QuantizeReport> {
+pub fn quantize(
+    input: &Path,
+    output: &Path,
+    options: &QuantizeOptions,
+    progress: &mut dyn FnMut(&QuantizeProgress<'_>),
+) -> Result<QuantizeReport> {
     if let Precision::TargetBpw(x) = options.precision
-        && (!x.is_finite() || x <= 0.0) {
-            return Err(Error::Option { name: "target-bpw", detail: format!("{x} is not a positive number of bits") });
-        }
+        && (!x.is_finite() || x <= 0.0)
+    {
+        return Err(Error::Option { name: "target-bpw", detail: format!("{x} is not a positive number of bits") });
+    }
     if options.formats.is_empty() {
         return Err(Error::Option { name: "formats", detail: "the planner needs at least one format".into() });
     }
@@ -349,7 +363,11 @@ pub fn quantize(input: &Path, output: &Path, options: &QuantizeOptions, progress
     let needs_sensitivity = matrices.iter().any(|m| m.forced.is_none());
     if let Precision::TargetBpw(target) = options.precision {
         let smallest = fixed_bits
-            + matrices.iter().filter(|m| m.forced.is_none()).map(|m| options.formats.iter().map(|&f| bits_of(m, f)).min().unwrap_or(0)).sum::<u64>();
+            + matrices
+                .iter()
+                .filter(|m| m.forced.is_none())
+                .map(|m| options.formats.iter().map(|&f| bits_of(m, f)).min().unwrap_or(0))
+                .sum::<u64>();
         if (target * params as f64) < smallest as f64 {
             return Err(Error::Option {
                 name: "target-bpw",
@@ -377,7 +395,13 @@ pub fn quantize(input: &Path, output: &Path, options: &QuantizeOptions, progress
     // The model itself runs for activation statistics and for sensitivities.
     let needs_importance = options.importance.is_none() && options.calibration.is_some();
     let mut engine = if needs_sensitivity || needs_importance || options.error_feedback {
-        Some(Engine::builder(input).backend(crate::BackendChoice::Cpu).threads(options.threads).context(options.calibration_ctx.max(options.sensitivity_tokens)).build()?)
+        Some(
+            Engine::builder(input)
+                .backend(crate::BackendChoice::Cpu)
+                .threads(options.threads)
+                .context(options.calibration_ctx.max(options.sensitivity_tokens))
+                .build()?,
+        )
     } else {
         None
     };
@@ -385,9 +409,13 @@ pub fn quantize(input: &Path, output: &Path, options: &QuantizeOptions, progress
     let importance = match (&options.importance, &options.calibration, &engine) {
         (Some(i), ..) => Some(i),
         (None, Some(text), Some(engine)) => {
-            collected = ImportanceMatrix::collect(engine, text, options.calibration_ctx, options.calibration_chunks, &mut |done, total| {
-                progress(&QuantizeProgress { stage: Stage::Importance, done, total, tensor: "" })
-            })?;
+            collected = ImportanceMatrix::collect(
+                engine,
+                text,
+                options.calibration_ctx,
+                options.calibration_chunks,
+                &mut |done, total| progress(&QuantizeProgress { stage: Stage::Importance, done, total, tensor: "" }),
+            )?;
             Some(&collected)
         }
         _ => None,
@@ -395,19 +423,29 @@ pub fn quantize(input: &Path, output: &Path, options: &QuantizeOptions, progress
     let imp = |m: &Matrix| importance.and_then(|i| i.get(&m.info.name)).filter(|v| v.len() == m.cols);
     let (moments, factors) = match (options.error_feedback, &engine, &options.calibration) {
         (true, Some(engine), Some(text)) => {
-            let moments = SecondMoments::collect(engine, text, options.calibration_ctx, Some(options.feedback_chunks), &mut |done, total| {
-                progress(&QuantizeProgress { stage: Stage::SecondMoments, done, total, tensor: "" })
-            })?;
+            let moments = SecondMoments::collect(
+                engine,
+                text,
+                options.calibration_ctx,
+                Some(options.feedback_chunks),
+                &mut |done, total| progress(&QuantizeProgress { stage: Stage::SecondMoments, done, total, tensor: "" }),
+            )?;
             let factors = pool.install(|| {
                 use rayon::prelude::*;
-                moments.grams.par_iter().map(|(cols, g)| FeedbackFactor::new(g, *cols, moments.tokens, 0.01)).collect::<std::result::Result<Vec<_>, _>>()
+                moments
+                    .grams
+                    .par_iter()
+                    .map(|(cols, g)| FeedbackFactor::new(g, *cols, moments.tokens, 0.01))
+                    .collect::<std::result::Result<Vec<_>, _>>()
             });
             let factors = factors.map_err(|e| Error::Option { name: "error-feedback", detail: e.to_string() })?;
             (Some(moments), factors)
         }
         _ => (None, Vec::new()),
     };
-    let feedback = |m: &Matrix| moments.as_ref().and_then(|s| s.site_of.get(&m.info.name)).map(|&i| &factors[i]).filter(|f| f.cols == m.cols);
+    let feedback = |m: &Matrix| {
+        moments.as_ref().and_then(|s| s.site_of.get(&m.info.name)).map(|&i| &factors[i]).filter(|f| f.cols == m.cols)
+    };
 
     // Quantize every matrix to every format it may take.
     let total = matrices.len();
@@ -442,13 +480,17 @@ pub fn quantize(input: &Path, output: &Path, options: &QuantizeOptions, progress
     if needs_sensitivity {
         // Both were checked for above; this only keeps a broken invariant from being a panic.
         let (Some(engine), Some(text)) = (engine.as_mut(), options.calibration.as_deref()) else {
-            return Err(Error::Option { name: "calibration", detail: "measuring sensitivities needs the model and calibration text".into() });
+            return Err(Error::Option {
+                name: "calibration",
+                detail: "measuring sensitivities needs the model and calibration text".into(),
+            });
         };
         measure_sensitivities(engine, input, text, importance, options, &mut matrices, progress)?;
     }
 
     // The plan.
-    let mut chosen: Vec<(TernFormat, Reason)> = matrices.iter().map(|m| m.forced.unwrap_or((TernFormat::T8, Reason::Planned))).collect();
+    let mut chosen: Vec<(TernFormat, Reason)> =
+        matrices.iter().map(|m| m.forced.unwrap_or((TernFormat::T8, Reason::Planned))).collect();
     if let Precision::TargetBpw(target) = options.precision {
         let budget = (target * params as f64).floor() as u64;
         let free: Vec<usize> = (0..matrices.len()).filter(|&i| matrices[i].forced.is_none()).collect();
@@ -456,11 +498,13 @@ pub fn quantize(input: &Path, output: &Path, options: &QuantizeOptions, progress
             .iter()
             .map(|&i| {
                 let m = &matrices[i];
-                let choices = options.formats.iter().map(|&f| Choice { format: f, bits: bits_of(m, f), cost: m.kl[&f] }).collect();
+                let choices =
+                    options.formats.iter().map(|&f| Choice { format: f, bits: bits_of(m, f), cost: m.kl[&f] }).collect();
                 PlanTensor { name: m.info.name.clone(), choices }
             })
             .collect();
-        let picks = plan(&tensors, budget.saturating_sub(fixed_bits)).map_err(|e| Error::Option { name: "target-bpw", detail: e.to_string() })?;
+        let picks = plan(&tensors, budget.saturating_sub(fixed_bits))
+            .map_err(|e| Error::Option { name: "target-bpw", detail: e.to_string() })?;
         for (&i, (&c, t)) in free.iter().zip(picks.iter().zip(&tensors)) {
             chosen[i] = (t.choices[c].format, Reason::Planned);
         }
@@ -476,10 +520,12 @@ pub fn quantize(input: &Path, output: &Path, options: &QuantizeOptions, progress
         w.metadata(k, v.clone());
     }
     if let Some(json) = source.tokenizer_json()
-        && source.metadata().get("tokenizer.huggingface.json").is_none() {
-            let json = std::str::from_utf8(json).map_err(|_| Error::Option { name: "model", detail: "tokenizer.json is not UTF-8".into() })?;
-            w.metadata("tokenizer.huggingface.json", MetaValue::String(json.into()));
-        }
+        && source.metadata().get("tokenizer.huggingface.json").is_none()
+    {
+        let json = std::str::from_utf8(json)
+            .map_err(|_| Error::Option { name: "model", detail: "tokenizer.json is not UTF-8".into() })?;
+        w.metadata("tokenizer.huggingface.json", MetaValue::String(json.into()));
+    }
     let mut report = Vec::new();
     let by_name: HashMap<String, usize> = matrices.iter().enumerate().map(|(i, m)| (m.info.name.clone(), i)).collect();
     let n = source.tensors().len();
@@ -506,7 +552,14 @@ pub fn quantize(input: &Path, output: &Path, options: &QuantizeOptions, progress
             }
             None => {
                 let bytes = source.tensor(&t.name)?.bytes.to_vec();
-                report.push(TensorPlan { name: t.name.clone(), ty: t.ty, params: t.elements() as u64, bits: 8 * bytes.len() as u64, reason: Reason::Kept, kl: None });
+                report.push(TensorPlan {
+                    name: t.name.clone(),
+                    ty: t.ty,
+                    params: t.elements() as u64,
+                    bits: 8 * bytes.len() as u64,
+                    reason: Reason::Kept,
+                    kl: None,
+                });
                 w.tensor(t.name.clone(), t.ty, &t.dims, bytes)?;
             }
         }
@@ -644,8 +697,10 @@ fn measure_sensitivities(
         m.kl.insert(TernFormat::T8, predicted);
     }
     if let Some(p) = &options.sensitivity_cache {
-        let json = serde_json::to_vec_pretty(&cache).map_err(|e| Error::Option { name: "sensitivity-cache", detail: e.to_string() })?;
-        std::fs::write(p, json).map_err(|source| Error::Load(tern_loader::Error::Io { path: p.display().to_string(), source }))?;
+        let json =
+            serde_json::to_vec_pretty(&cache).map_err(|e| Error::Option { name: "sensitivity-cache", detail: e.to_string() })?;
+        std::fs::write(p, json)
+            .map_err(|source| Error::Load(tern_loader::Error::Io { path: p.display().to_string(), source }))?;
     }
     Ok(())
 }

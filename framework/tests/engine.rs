@@ -12,13 +12,16 @@ fn model_path() -> PathBuf {
 
 fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| Engine::builder(model_path()).backend(tern::BackendChoice::Cpu).threads(2).context(256).build().unwrap())
+    ENGINE
+        .get_or_init(|| Engine::builder(model_path()).backend(tern::BackendChoice::Cpu).threads(2).context(256).build().unwrap())
 }
 
 /// llama.cpp's greedy continuation of the first golden prompt, up to its first near-tie (where its top-2
 /// logits are within the golden test's tolerance, so int8 rounding noise may pick the other token).
 fn golden_prefix() -> (String, Vec<u32>) {
-    let text = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../model/tests/golden/smollm2-135m-q4_1.json")).unwrap();
+    let text =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../model/tests/golden/smollm2-135m-q4_1.json"))
+            .unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     let case = &v["cases"][0];
     let ids: Vec<u32> = case["greedy"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
@@ -54,11 +57,7 @@ fn a_session_reuses_its_cache_for_the_next_turn() {
     let mut turn = vec![ChatMessage::new("user", "Name a color.")];
     let first_prompt = e.chat_prompt(&turn).unwrap();
     let mut session = e.session().unwrap();
-    let reply: String = session
-        .generate(&first_prompt, &GenerateOptions::greedy(8))
-        .unwrap()
-        .map(|t| t.unwrap().text)
-        .collect();
+    let reply: String = session.generate(&first_prompt, &GenerateOptions::greedy(8)).unwrap().map(|t| t.unwrap().text).collect();
     turn.push(ChatMessage::new("assistant", reply.trim()));
     turn.push(ChatMessage::new("user", "Another one."));
     let second_prompt = e.chat_prompt(&turn).unwrap();
@@ -110,7 +109,10 @@ fn bad_requests_are_errors() {
     let mut session = e.session().unwrap();
     let err = |o: GenerateOptions, prompt: &str| session_error(e, prompt, &o);
     assert!(err(GenerateOptions::greedy(4), "").contains("prompt"));
-    let bad = GenerateOptions { sampling: Some(SamplingParams { top_p: 2.0, ..SamplingParams::default() }), ..GenerateOptions::greedy(4) };
+    let bad = GenerateOptions {
+        sampling: Some(SamplingParams { top_p: 2.0, ..SamplingParams::default() }),
+        ..GenerateOptions::greedy(4)
+    };
     assert!(err(bad, "hi").contains("top_p"));
     let long = "word ".repeat(400);
     assert!(err(GenerateOptions::greedy(4), &long).contains("context"));

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use tern::{evaluate, Engine, EvalOptions, Reference};
+use tern::{Engine, EvalOptions, Reference, evaluate};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -30,10 +30,20 @@ const RELATIVE_TOLERANCE: f64 = 0.015;
 
 #[test]
 fn perplexity_matches_llama_cpp() {
-    let engine = Engine::builder(root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf")).backend(tern::BackendChoice::Cpu).threads(2).build().unwrap();
-    let mut calls = Vec::new();
-    let report = evaluate(&engine, Some(Reference::Model(&engine)), &text(), &EvalOptions { ctx: 512, max_chunks: Some(2), ..Default::default() }, &mut |d, t| calls.push((d, t)))
+    let engine = Engine::builder(root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"))
+        .backend(tern::BackendChoice::Cpu)
+        .threads(2)
+        .build()
         .unwrap();
+    let mut calls = Vec::new();
+    let report = evaluate(
+        &engine,
+        Some(Reference::Model(&engine)),
+        &text(),
+        &EvalOptions { ctx: 512, max_chunks: Some(2), ..Default::default() },
+        &mut |d, t| calls.push((d, t)),
+    )
+    .unwrap();
     assert_eq!((report.chunks, report.scored), (2, 2 * 255));
     assert_eq!(calls, vec![(0, 2), (1, 2), (2, 2)]);
     let diff = (report.ppl.mean / LLAMA_CPP_PPL - 1.0).abs();
@@ -54,7 +64,11 @@ fn perplexity_matches_llama_cpp() {
 
 #[test]
 fn saved_logits_serve_as_the_reference() {
-    let engine = Engine::builder(root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf")).backend(tern::BackendChoice::Cpu).threads(2).build().unwrap();
+    let engine = Engine::builder(root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"))
+        .backend(tern::BackendChoice::Cpu)
+        .threads(2)
+        .build()
+        .unwrap();
     let dir = root().join("target/test-eval");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("reference.logits");

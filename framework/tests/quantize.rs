@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use tern::core::{TensorType, TernFormat};
 use tern::quantize::{Override, Reason};
-use tern::{evaluate, quantize, Engine, EvalOptions, Reference, ImportanceMatrix, Precision, QuantizeOptions};
+use tern::{Engine, EvalOptions, ImportanceMatrix, Precision, QuantizeOptions, Reference, evaluate, quantize};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -44,7 +44,14 @@ fn engine(path: &Path) -> Engine {
 /// KL-divergence and top-1 agreement of `path` against the source model over one chunk of 128 tokens.
 fn against_source(path: &Path) -> (f64, f64) {
     let (q, reference) = (engine(path), engine(&model()));
-    let r = evaluate(&q, Some(Reference::Model(&reference)), &eval_text(), &EvalOptions { ctx: 128, max_chunks: Some(1), ..Default::default() }, &mut |_, _| {}).unwrap();
+    let r = evaluate(
+        &q,
+        Some(Reference::Model(&reference)),
+        &eval_text(),
+        &EvalOptions { ctx: 128, max_chunks: Some(1), ..Default::default() },
+        &mut |_, _| {},
+    )
+    .unwrap();
     let c = r.reference.unwrap();
     (c.kl.mean, c.top1.mean)
 }
@@ -56,7 +63,9 @@ fn uniform_t8_file_loads_and_matches_the_source() {
     let matrices: Vec<_> = report.tensors.iter().filter(|t| t.reason != Reason::Kept).collect();
     assert_eq!(matrices.len(), 30 * 7 + 1, "every layer's seven matrices and the (tied) embedding");
     assert!(matrices.iter().all(|t| t.ty == TensorType::T8 && t.reason == Reason::Uniform));
-    assert!(report.tensors.iter().filter(|t| t.reason == Reason::Kept).all(|t| t.ty == TensorType::F32 && t.name.contains("norm")));
+    assert!(
+        report.tensors.iter().filter(|t| t.reason == Reason::Kept).all(|t| t.ty == TensorType::F32 && t.name.contains("norm"))
+    );
     let matrix_bits: u64 = matrices.iter().map(|t| t.bits).sum();
     let matrix_params: u64 = matrices.iter().map(|t| t.params).sum();
     // 8.389 bits per weight on rows of 576, 8.375 on ffn_down's rows of 1536.
@@ -118,7 +127,13 @@ fn mixed_precision_meets_its_target_by_measured_sensitivity() {
     let mut formats: Vec<TensorType> = planned.iter().map(|t| t.ty).collect();
     formats.dedup();
     assert!(formats.len() >= 2, "a budget between T2 and T4 mixes formats: {formats:?}");
-    assert!(report.tensors.iter().filter(|t| t.name.starts_with("blk.1")).all(|t| t.reason == Reason::Override || t.reason == Reason::Kept));
+    assert!(
+        report
+            .tensors
+            .iter()
+            .filter(|t| t.name.starts_with("blk.1"))
+            .all(|t| t.reason == Reason::Override || t.reason == Reason::Kept)
+    );
     let (kl, _) = against_source(&path);
     assert!(kl < 0.5, "KL {kl}");
 
@@ -144,9 +159,14 @@ fn impossible_requests_are_clear_errors() {
     assert!(e.contains("f line 1") && e.contains("pattern = format"), "{e}");
     let e = Override::parse("# fine\nblk.* = Q4_K", "f").unwrap_err().to_string();
     assert!(e.contains("f line 2") && e.contains("\"Q4_K\" is not a tern format"), "{e}");
-    let e = quantize(Path::new("/nonexistent.gguf"), &out("x.gguf"), &QuantizeOptions::new(Precision::Bits(TernFormat::T4)), &mut |_| {})
-        .unwrap_err()
-        .to_string();
+    let e = quantize(
+        Path::new("/nonexistent.gguf"),
+        &out("x.gguf"),
+        &QuantizeOptions::new(Precision::Bits(TernFormat::T4)),
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("/nonexistent.gguf"), "{e}");
 }
 

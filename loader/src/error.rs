@@ -15,9 +15,13 @@ pub enum Error {
     UnknownValueType { path: String, key: String, ty: u32 },
     #[error("{path}: {what} is not valid UTF-8")]
     BadString { path: String, what: String },
-    #[error("{path}: tensor {tensor:?} has tensor type {ty}, which tern does not know (it reads F32, F16, BF16, Q4_0, Q4_1, Q8_0)")]
+    #[error(
+        "{path}: tensor {tensor:?} has tensor type {ty}, which tern does not know (it reads F32, F16, BF16, Q4_0, Q4_1, Q8_0)"
+    )]
     UnknownTensorType { path: String, tensor: String, ty: u32 },
-    #[error("{path}: tensor {tensor:?} is stored in tern format {name:?}, which this version of tern does not know (it reads T2, T3, T4, T8)")]
+    #[error(
+        "{path}: tensor {tensor:?} is stored in tern format {name:?}, which this version of tern does not know (it reads T2, T3, T4, T8)"
+    )]
     UnknownTernType { path: String, tensor: String, name: String },
     #[error("{path}: tensor {tensor:?}: {detail}")]
     BadTensor { path: String, tensor: String, detail: String },

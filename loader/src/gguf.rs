@@ -80,7 +80,9 @@ impl<'a> Reader<'a> {
                 self.pos = end;
                 Ok(s)
             }
-            None => Err(Error::Truncated { path: self.path.into(), what: what(), offset: self.pos, needed: n, len: self.b.len() }),
+            None => {
+                Err(Error::Truncated { path: self.path.into(), what: what(), offset: self.pos, needed: n, len: self.b.len() })
+            }
         }
     }
 
@@ -137,7 +139,12 @@ impl<'a> Reader<'a> {
             8 => MetaValue::String(self.string(&what)?),
             9 => {
                 if depth >= MAX_ARRAY_DEPTH {
-                    return Err(Error::Limit { path: self.path.into(), what: format!("array nesting of {key:?}"), value: depth as u64 + 1, limit: MAX_ARRAY_DEPTH as u64 });
+                    return Err(Error::Limit {
+                        path: self.path.into(),
+                        what: format!("array nesting of {key:?}"),
+                        value: depth as u64 + 1,
+                        limit: MAX_ARRAY_DEPTH as u64,
+                    });
                 }
                 let elem = self.u32(&|| format!("element type of {key:?}"))?;
                 let count = self.u64(&|| format!("length of array {key:?}"))?;
@@ -163,7 +170,11 @@ fn tern_tensor(metadata: &Metadata, name: &str, byte_dims: &[usize]) -> Result<(
     let path = || metadata.path.clone();
     let bad = |detail: String| Error::BadTensor { path: path(), tensor: name.into(), detail };
     let type_name = metadata.str(&tern_type_key(name))?;
-    let format = TernFormat::from_name(type_name).ok_or_else(|| Error::UnknownTernType { path: path(), tensor: name.into(), name: type_name.into() })?;
+    let format = TernFormat::from_name(type_name).ok_or_else(|| Error::UnknownTernType {
+        path: path(),
+        tensor: name.into(),
+        name: type_name.into(),
+    })?;
     let dims = metadata
         .array(&tern_dims_key(name))?
         .iter()
@@ -177,7 +188,10 @@ fn tern_tensor(metadata: &Metadata, name: &str, byte_dims: &[usize]) -> Result<(
     }
     let want = format.tensor_type().data_bytes(rows, cols);
     if byte_dims.len() != 1 || Some(byte_dims[0]) != want {
-        return Err(bad(format!("{format} {rows}x{cols} takes {} bytes, but the directory gives I8 dimensions {byte_dims:?}", want.map_or("too many".into(), |w| w.to_string()))));
+        return Err(bad(format!(
+            "{format} {rows}x{cols} takes {} bytes, but the directory gives I8 dimensions {byte_dims:?}",
+            want.map_or("too many".into(), |w| w.to_string())
+        )));
     }
     Ok((format.tensor_type(), dims))
 }
@@ -219,7 +233,12 @@ impl GgufFile {
             None => DEFAULT_ALIGNMENT,
             Some(v) => match v.as_u64() {
                 Some(a) if a.is_power_of_two() && a <= 1 << 16 => a,
-                _ => return Err(Error::Format { path: path.clone(), detail: format!("general.alignment {v} is not a power of two up to 65536") }),
+                _ => {
+                    return Err(Error::Format {
+                        path: path.clone(),
+                        detail: format!("general.alignment {v} is not a power of two up to 65536"),
+                    });
+                }
             },
         } as usize;
 
@@ -228,7 +247,11 @@ impl GgufFile {
             let name = r.string(&|| format!("name of tensor {i}"))?;
             let n_dims = r.u32(&|| format!("dimension count of tensor {name:?}"))?;
             if n_dims == 0 || n_dims > MAX_DIMS {
-                return Err(Error::BadTensor { path: path.clone(), tensor: name, detail: format!("{n_dims} dimensions (1 to {MAX_DIMS} allowed)") });
+                return Err(Error::BadTensor {
+                    path: path.clone(),
+                    tensor: name,
+                    detail: format!("{n_dims} dimensions (1 to {MAX_DIMS} allowed)"),
+                });
             }
             let mut dims = Vec::with_capacity(n_dims as usize);
             for d in 0..n_dims {
@@ -248,14 +271,22 @@ impl GgufFile {
             let bad = |detail: String| Error::BadTensor { path: path.clone(), tensor: name.clone(), detail };
             let (ty, dims) = match (ty_id, metadata.get(&tern_type_key(&name))) {
                 (GGUF_I8, Some(_)) => tern_tensor(&metadata, &name, &dims)?,
-                (_, Some(_)) => return Err(bad(format!("has a {:?} key but is stored as GGUF type {ty_id}, not I8", tern_type_key(&name)))),
+                (_, Some(_)) => {
+                    return Err(bad(format!("has a {:?} key but is stored as GGUF type {ty_id}, not I8", tern_type_key(&name))));
+                }
                 (_, None) => {
-                    let ty = TensorType::from_gguf_id(ty_id)
-                        .ok_or_else(|| Error::UnknownTensorType { path: path.clone(), tensor: name.clone(), ty: ty_id })?;
+                    let ty = TensorType::from_gguf_id(ty_id).ok_or_else(|| Error::UnknownTensorType {
+                        path: path.clone(),
+                        tensor: name.clone(),
+                        ty: ty_id,
+                    })?;
                     (ty, dims)
                 }
             };
-            let elements = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| bad(format!("dimensions {dims:?} overflow")))?;
+            let elements = dims
+                .iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .ok_or_else(|| bad(format!("dimensions {dims:?} overflow")))?;
             if elements == 0 {
                 return Err(bad(format!("dimensions {dims:?} hold no elements")));
             }
@@ -269,7 +300,13 @@ impl GgufFile {
             let start = data_start.and_then(|s| usize::try_from(offset).ok().and_then(|o| s.checked_add(o)));
             let end = start.and_then(|s| s.checked_add(size)).filter(|&e| e <= len);
             let (Some(start), Some(_)) = (start, end) else {
-                return Err(Error::TensorOutOfBounds { path: path.clone(), tensor: name, offset, size: size as u64, len: len as u64 });
+                return Err(Error::TensorOutOfBounds {
+                    path: path.clone(),
+                    tensor: name,
+                    offset,
+                    size: size as u64,
+                    len: len as u64,
+                });
             };
             tensors.push(TensorInfo { name, ty, dims, offset: start, size });
         }

@@ -54,7 +54,8 @@ fn gguf_name(hf: &str) -> Option<String> {
 #[cfg(not(target_arch = "wasm32"))]
 fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read(path).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
-    serde_json::from_slice(&text).map_err(|e| Error::Format { path: path.display().to_string(), detail: format!("invalid JSON: {e}") })
+    serde_json::from_slice(&text)
+        .map_err(|e| Error::Format { path: path.display().to_string(), detail: format!("invalid JSON: {e}") })
 }
 
 impl HfModel {
@@ -71,7 +72,10 @@ impl HfModel {
             .collect();
         shards.sort();
         if shards.is_empty() {
-            return Err(Error::Format { path: dir.display().to_string(), detail: "no *.safetensors files in the model directory".into() });
+            return Err(Error::Format {
+                path: dir.display().to_string(),
+                detail: "no *.safetensors files in the model directory".into(),
+            });
         }
         let mut files = Vec::new();
         let mut names = Vec::new();
@@ -101,29 +105,51 @@ impl HfModel {
         for (i, (name, bytes)) in names.iter().zip(&files).enumerate() {
             let (header_len, meta) = safetensors::SafeTensors::read_metadata(bytes)
                 .map_err(|e| Error::Format { path: name.clone(), detail: format!("invalid safetensors header: {e}") })?;
-            let data_start = 8usize.checked_add(header_len).ok_or_else(|| Error::Format { path: name.clone(), detail: "header length overflows".into() })?;
+            let data_start = 8usize
+                .checked_add(header_len)
+                .ok_or_else(|| Error::Format { path: name.clone(), detail: "header length overflows".into() })?;
             for (hf_name, info) in meta.tensors() {
                 let Some(gguf) = gguf_name(&hf_name) else { continue };
                 let ty = match info.dtype {
                     safetensors::Dtype::F32 => TensorType::F32,
                     safetensors::Dtype::F16 => TensorType::F16,
                     safetensors::Dtype::BF16 => TensorType::Bf16,
-                    other => return Err(Error::BadTensor { path: name.clone(), tensor: hf_name, detail: format!("dtype {other:?} is not supported (tern reads F32, F16 and BF16 safetensors)") }),
+                    other => {
+                        return Err(Error::BadTensor {
+                            path: name.clone(),
+                            tensor: hf_name,
+                            detail: format!("dtype {other:?} is not supported (tern reads F32, F16 and BF16 safetensors)"),
+                        });
+                    }
                 };
                 let (start, end) = info.data_offsets;
                 let offset = data_start.checked_add(start);
                 let size = end.checked_sub(start);
                 let (Some(offset), Some(size)) = (offset, size) else {
-                    return Err(Error::BadTensor { path: name.clone(), tensor: hf_name, detail: format!("data offsets {start}..{end} are inverted") });
+                    return Err(Error::BadTensor {
+                        path: name.clone(),
+                        tensor: hf_name,
+                        detail: format!("data offsets {start}..{end} are inverted"),
+                    });
                 };
                 if offset.checked_add(size).is_none_or(|e| e > bytes.len()) {
-                    return Err(Error::TensorOutOfBounds { path: name.clone(), tensor: hf_name, offset: offset as u64, size: size as u64, len: bytes.len() as u64 });
+                    return Err(Error::TensorOutOfBounds {
+                        path: name.clone(),
+                        tensor: hf_name,
+                        offset: offset as u64,
+                        size: size as u64,
+                        len: bytes.len() as u64,
+                    });
                 }
                 // safetensors lists the slowest dimension first; GGUF the fastest.
                 let dims: Vec<usize> = info.shape.iter().rev().copied().collect();
                 let bytes_needed = dims.iter().try_fold(ty.gguf_block_bytes().unwrap_or(0), |a, &d| a.checked_mul(d));
                 if bytes_needed != Some(size) || dims.is_empty() || dims.len() > crate::MAX_DIMS as usize {
-                    return Err(Error::BadTensor { path: name.clone(), tensor: hf_name, detail: format!("shape {:?} does not match its {size} bytes", info.shape) });
+                    return Err(Error::BadTensor {
+                        path: name.clone(),
+                        tensor: hf_name,
+                        detail: format!("shape {:?} does not match its {size} bytes", info.shape),
+                    });
                 }
                 tensors.push(TensorInfo { name: gguf, ty, dims, offset, size });
                 file_of.push(i);
@@ -147,7 +173,10 @@ fn config_metadata(path: &str, config: &Value, tokenizer_config: Option<&Value>)
     };
     let model_type = config.get("model_type").and_then(Value::as_str).unwrap_or("");
     if !matches!(model_type, "llama" | "mistral") {
-        return Err(Error::Format { path: cfg_path, detail: format!("model_type {model_type:?} is not supported (tern reads llama and mistral)") });
+        return Err(Error::Format {
+            path: cfg_path,
+            detail: format!("model_type {model_type:?} is not supported (tern reads llama and mistral)"),
+        });
     }
     let mut m = Metadata::new(path);
     let u32v = |v: u64| MetaValue::U32(v.min(u32::MAX as u64) as u32);

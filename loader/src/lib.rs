@@ -19,7 +19,7 @@ mod writer;
 
 pub use bytes::Bytes;
 pub use error::{Error, Result};
-pub use gguf::{tern_dims_key, tern_type_key, GgufFile, TensorInfo, GGUF_I8, MAX_DIMS, MAX_STRING_LEN};
+pub use gguf::{GGUF_I8, GgufFile, MAX_DIMS, MAX_STRING_LEN, TensorInfo, tern_dims_key, tern_type_key};
 pub use hf::HfModel;
 pub use metadata::{MetaValue, Metadata};
 pub use source::{LoadProgress, ModelSource, TensorData};

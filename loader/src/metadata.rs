@@ -73,7 +73,9 @@ impl MetaValue {
 impl fmt::Display for MetaValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            MetaValue::String(s) if s.len() > 60 => write!(f, "{:?}… ({} bytes)", s.chars().take(60).collect::<String>(), s.len()),
+            MetaValue::String(s) if s.len() > 60 => {
+                write!(f, "{:?}… ({} bytes)", s.chars().take(60).collect::<String>(), s.len())
+            }
             MetaValue::String(s) => write!(f, "{s:?}"),
             MetaValue::Array(a) if a.len() > 4 => write!(f, "[{}, {}, … {} items]", a[0], a[1], a.len()),
             MetaValue::Array(a) => {
@@ -150,7 +152,12 @@ impl Metadata {
     /// `key` as a non-negative integer that fits a `usize`.
     pub fn usize(&self, key: &str) -> Result<usize> {
         let v = self.u64(key)?;
-        usize::try_from(v).map_err(|_| Error::Limit { path: self.path.clone(), what: key.into(), value: v, limit: usize::MAX as u64 })
+        usize::try_from(v).map_err(|_| Error::Limit {
+            path: self.path.clone(),
+            what: key.into(),
+            value: v,
+            limit: usize::MAX as u64,
+        })
     }
 
     /// `key` as a number.

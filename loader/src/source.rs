@@ -38,7 +38,10 @@ impl ModelSource {
             return Ok(ModelSource::HuggingFace(HfModel::open(dir)?));
         }
         if !path.exists() {
-            return Err(Error::Io { path: path.display().to_string(), source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory") });
+            return Err(Error::Io {
+                path: path.display().to_string(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+            });
         }
         Ok(ModelSource::Gguf(GgufFile::open(path)?))
     }

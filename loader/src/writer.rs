@@ -2,7 +2,7 @@
 
 use tern_core::TensorType;
 
-use crate::gguf::{tern_dims_key, tern_type_key, GGUF_I8};
+use crate::gguf::{GGUF_I8, tern_dims_key, tern_type_key};
 use crate::metadata::MetaValue;
 use crate::{Error, Result};
 

@@ -42,9 +42,9 @@ fn sample() -> (GgufWriter, Vec<Vec<u8>>) {
         w.metadata(k, v);
     }
     let data: Vec<Vec<u8>> = vec![
-        (0..64 * 4).map(|i| i as u8).collect(),                 // F32 [64]
-        (0..2 * 20).map(|i| (i * 7) as u8).collect(),           // Q4_1 [32, 2]
-        (0..3 * 34).map(|i| (i * 3 + 1) as u8).collect(),       // Q8_0 [32, 3]
+        (0..64 * 4).map(|i| i as u8).collect(),           // F32 [64]
+        (0..2 * 20).map(|i| (i * 7) as u8).collect(),     // Q4_1 [32, 2]
+        (0..3 * 34).map(|i| (i * 3 + 1) as u8).collect(), // Q8_0 [32, 3]
     ];
     w.tensor("a", TensorType::F32, &[64], data[0].clone()).unwrap();
     w.tensor("b", TensorType::Q4_1, &[32, 2], data[1].clone()).unwrap();
@@ -350,7 +350,10 @@ mod tern_tensors {
     #[test]
     fn exact_bits_per_weight() {
         assert_eq!(TensorType::T4.bits_per_weight(576), TernFormat::T4.bits_per_weight(576));
-        assert_eq!(8 * TensorType::T3.data_bytes(7, 576).unwrap(), (TernFormat::T3.bits_per_weight(576) * 7.0 * 576.0).round() as usize);
+        assert_eq!(
+            8 * TensorType::T3.data_bytes(7, 576).unwrap(),
+            (TernFormat::T3.bits_per_weight(576) * 7.0 * 576.0).round() as usize
+        );
     }
 
     fn with_key(key: &str, value: MetaValue) -> Result<GgufFile, Error> {

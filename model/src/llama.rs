@@ -2,7 +2,7 @@
 
 use tern_core::{AttentionParams, Backend, RopeParams, TensorType};
 use tern_loader::{LoadProgress, ModelSource, TensorData};
-use tern_quant::{dequantize_gguf, PackedMatrix, TernMatrix};
+use tern_quant::{PackedMatrix, TernMatrix, dequantize_gguf};
 
 use crate::{Error, KvCache, LlamaConfig, Result};
 
@@ -125,8 +125,11 @@ impl<B: Backend> WeightLoader<'_, B> {
             });
         }
         let mut v = vec![0f32; len];
-        dequantize_gguf(t.info.ty, t.bytes, &mut v)
-            .map_err(|source| Error::Weights { path: self.src.path().into(), tensor: name.into(), source })?;
+        dequantize_gguf(t.info.ty, t.bytes, &mut v).map_err(|source| Error::Weights {
+            path: self.src.path().into(),
+            tensor: name.into(),
+            source,
+        })?;
         let out = self.backend.upload(&v, 1, len)?;
         self.bytes += 4 * len;
         self.report(&t);
@@ -184,8 +187,7 @@ impl<B: Backend> Llama<B> {
     /// Bytes one decode step at `position` reads: every weight matrix (one row of the embedding table, unless
     /// it is the head too), the norms, and the f32 KV cache of the positions it attends to.
     pub fn decode_bytes(&self, position: usize) -> usize {
-        let embed_read =
-            if self.output.is_some() { self.embed_bytes / self.config.vocab_size.max(1) } else { self.embed_bytes };
+        let embed_read = if self.output.is_some() { self.embed_bytes / self.config.vocab_size.max(1) } else { self.embed_bytes };
         self.weight_bytes - self.embed_bytes + embed_read + self.config.kv_cache_bytes(position + 1)
     }
 

@@ -1,7 +1,7 @@
 //! Llama shapes with random weights, for measuring speed and memory on shapes whose models are not at hand
 //! (`tern bench --synthetic 7b`): a kernel's speed does not depend on the values it reads.
 
-use tern_core::{Backend, MatrixView, RopeStyle, TensorType, BLOCK_LEN};
+use tern_core::{BLOCK_LEN, Backend, MatrixView, RopeStyle, TensorType};
 
 use crate::llama::Layer;
 use crate::{Error, Llama, LlamaConfig, Result};
@@ -78,7 +78,7 @@ fn random_parts(ty: TensorType, rows: usize, cols: usize, rng: &mut Words) -> Re
             return Err(Error::Config {
                 path: "synthetic".into(),
                 detail: format!("synthetic weights come in quantized types (Q4_0, Q4_1, Q8_0, T2-T8), not {ty}"),
-            })
+            });
         }
     })
 }
@@ -89,7 +89,10 @@ impl<B: Backend> Llama<B> {
     pub fn synthetic(config: LlamaConfig, ty: TensorType, backend: B, seed: u64) -> Result<Self> {
         let c = &config;
         if !c.dim.is_multiple_of(BLOCK_LEN) || !c.ffn_dim.is_multiple_of(BLOCK_LEN) {
-            return Err(Error::Config { path: "synthetic".into(), detail: format!("widths {} and {} are not multiples of 32", c.dim, c.ffn_dim) });
+            return Err(Error::Config {
+                path: "synthetic".into(),
+                detail: format!("widths {} and {} are not multiples of 32", c.dim, c.ffn_dim),
+            });
         }
         let mut rng = Words(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         let mut bytes = 0usize;

@@ -1,4 +1,4 @@
-use minijinja::{context, Environment, ErrorKind};
+use minijinja::{Environment, ErrorKind, context};
 use serde::Serialize;
 
 use crate::{Error, Result};

@@ -11,9 +11,11 @@ use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
 use crate::{Error, Result};
 
 /// Llama 3's pattern (GGUF pre-tokenizer "llama-bpe").
-const LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const LLAMA3: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Qwen2's pattern (GGUF pre-tokenizer "qwen2").
-const QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// A model's tokenizer and its special token ids.
 #[derive(Debug, Clone)]
@@ -49,9 +51,10 @@ impl Tokenizer {
         let mut stop_ids: Vec<u32> = eos.into_iter().collect();
         for name in ["<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>", "</s>"] {
             if let Some(t) = inner.token_to_id(name)
-                && !stop_ids.contains(&t) {
-                    stop_ids.push(t);
-                }
+                && !stop_ids.contains(&t)
+            {
+                stop_ids.push(t);
+            }
         }
         Ok(Tokenizer { inner, bos, eos, stop_ids, add_bos })
     }
@@ -81,7 +84,8 @@ impl Tokenizer {
         let pre = m.get("tokenizer.ggml.pre").map(|_| m.str("tokenizer.ggml.pre")).transpose()?.unwrap_or("default");
         // With `regex` on, the byte-level step first splits with GPT-2's pattern, which "gpt2" and (after the
         // digit split) "smollm" and "starcoder" use.
-        let byte_level = |regex| PreTokenizerWrapper::from(tokenizers::pre_tokenizers::byte_level::ByteLevel::new(false, true, regex));
+        let byte_level =
+            |regex| PreTokenizerWrapper::from(tokenizers::pre_tokenizers::byte_level::ByteLevel::new(false, true, regex));
         let steps: Vec<PreTokenizerWrapper> = match pre {
             "default" | "gpt2" | "gpt-2" => vec![byte_level(true)],
             "smollm" | "starcoder" | "refact" | "codeshell" => vec![Digits::new(true).into(), byte_level(true)],
@@ -91,7 +95,7 @@ impl Tokenizer {
                 return Err(Error::Tokenizer(format!(
                     "{}: pre-tokenizer {other:?} is not supported yet (tern knows gpt2, smollm, starcoder, llama-bpe, qwen2)",
                     m.path
-                )))
+                )));
             }
         };
         tk.with_pre_tokenizer(Some(Sequence::new(steps)));

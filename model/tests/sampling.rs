@@ -136,13 +136,15 @@ fn streamed_text_equals_decoded_text() {
 
 #[test]
 fn chat_template_renders_the_conversation() {
-    let src = ModelSource::open(
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf"),
-    )
-    .unwrap();
+    let src =
+        ModelSource::open(std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf"))
+            .unwrap();
     let t = ChatTemplate::new(src.metadata().str("tokenizer.chat_template").unwrap(), "<|im_start|>", "<|im_end|>").unwrap();
     let text = t
-        .render(&[ChatMessage::new("user", "What is 2+2?"), ChatMessage::new("assistant", "4"), ChatMessage::new("user", "Why?")], true)
+        .render(
+            &[ChatMessage::new("user", "What is 2+2?"), ChatMessage::new("assistant", "4"), ChatMessage::new("user", "Why?")],
+            true,
+        )
         .unwrap();
     assert!(text.contains("<|im_start|>user\nWhat is 2+2?<|im_end|>\n"), "{text}");
     assert!(text.contains("<|im_start|>assistant\n4<|im_end|>\n"), "{text}");

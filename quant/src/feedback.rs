@@ -9,7 +9,7 @@
 //! codes them against the row units found on the original weights, and then rounds the block's elements one by
 //! one with feedback.
 
-use tern_core::{TernFormat, BLOCK_LEN};
+use tern_core::{BLOCK_LEN, TernFormat};
 
 use crate::{Error, Result, TernMatrix};
 
@@ -106,7 +106,13 @@ impl FeedbackFactor {
 impl TernMatrix {
     /// Quantizes like [`TernMatrix::quantize`] (importance from the factor's diagonal), then rounds every block
     /// again with error feedback through `factor`.
-    pub fn quantize_with_feedback(format: TernFormat, rows: usize, cols: usize, data: &[f32], factor: &FeedbackFactor) -> Result<Self> {
+    pub fn quantize_with_feedback(
+        format: TernFormat,
+        rows: usize,
+        cols: usize,
+        data: &[f32],
+        factor: &FeedbackFactor,
+    ) -> Result<Self> {
         if factor.cols != cols {
             return Err(Error::TernShape { detail: format!("error feedback for rows of {} given rows of {cols}", factor.cols) });
         }
@@ -129,7 +135,12 @@ impl TernMatrix {
                 for (o, &v) in block.iter_mut().zip(&w[b * 32..(b + 1) * 32]) {
                     *o = v as f32;
                 }
-                crate::tern_formats::element_weights(&block, Some(&factor.importance[b * 32..(b + 1) * 32]), sigma2, &mut weights[..32]);
+                crate::tern_formats::element_weights(
+                    &block,
+                    Some(&factor.importance[b * 32..(b + 1) * 32]),
+                    sigma2,
+                    &mut weights[..32],
+                );
                 let (sc, mn) = crate::tern_formats::fit_and_code(format, &block, &weights[..32], (d, mu));
                 codes.push((sc, mn));
                 let (scale, offset) = (f64::from(d * sc as f32), f64::from(mu * mn as f32));

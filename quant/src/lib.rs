@@ -18,10 +18,10 @@ mod quantize;
 mod tern_formats;
 
 pub use error::{Error, Result};
-pub use gguf_blocks::dequantize_gguf;
-pub use packed::{dequantize_row, PackedMatrix};
-pub use quantize::quantize_gguf;
 pub use feedback::FeedbackFactor;
-pub use tern_formats::{TernMatrix, TernRow};
-pub use tern_core::TernFormat;
+pub use gguf_blocks::dequantize_gguf;
+pub use packed::{PackedMatrix, dequantize_row};
+pub use quantize::quantize_gguf;
 pub use tern_core::TensorType;
+pub use tern_core::TernFormat;
+pub use tern_formats::{TernMatrix, TernRow};

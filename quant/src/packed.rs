@@ -1,7 +1,7 @@
 //! tern's structure-of-arrays packing of a weight matrix (see [`tern_core::MatrixView`] for the layout).
 
 use half::{bf16, f16};
-use tern_core::{MatrixView, TensorType, BLOCK_LEN};
+use tern_core::{BLOCK_LEN, MatrixView, TensorType};
 
 use crate::gguf_blocks::gguf_bytes;
 use crate::{Error, Result};
@@ -18,11 +18,14 @@ pub struct PackedMatrix {
 }
 
 fn words(bytes: &[u8]) -> Vec<u32> {
-    bytes.chunks(4).map(|c| {
-        let mut w = [0u8; 4];
-        w[..c.len()].copy_from_slice(c);
-        u32::from_le_bytes(w)
-    }).collect()
+    bytes
+        .chunks(4)
+        .map(|c| {
+            let mut w = [0u8; 4];
+            w[..c.len()].copy_from_slice(c);
+            u32::from_le_bytes(w)
+        })
+        .collect()
 }
 
 fn half_words(halves: &[u16]) -> Vec<u32> {
@@ -155,11 +158,8 @@ pub fn dequantize_row(m: &MatrixView<'_>, r: usize, out: &mut [f32]) {
                         }
                     }
                     _ => {
-                        let (min, offset) = if m.ty == TensorType::Q4_1 {
-                            (f16::from_bits(half_at(m.mins, blk)).to_f32(), 0)
-                        } else {
-                            (0.0, 8)
-                        };
+                        let (min, offset) =
+                            if m.ty == TensorType::Q4_1 { (f16::from_bits(half_at(m.mins, blk)).to_f32(), 0) } else { (0.0, 8) };
                         for j in 0..16 {
                             let q = byte(b * 16 + j);
                             o[j] = d * ((q & 0x0f) as i32 - offset) as f32 + min;

@@ -124,7 +124,10 @@ mod tests {
     use super::*;
 
     fn t(name: &str, choices: &[(u64, f64)]) -> PlanTensor<u64> {
-        PlanTensor { name: name.into(), choices: choices.iter().map(|&(bits, cost)| Choice { format: bits, bits, cost }).collect() }
+        PlanTensor {
+            name: name.into(),
+            choices: choices.iter().map(|&(bits, cost)| Choice { format: bits, bits, cost }).collect(),
+        }
     }
 
     #[test]

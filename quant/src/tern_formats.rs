@@ -8,7 +8,7 @@
 //! largest, and the quants are chosen again against the coded values.
 
 use crate::{Error, Result};
-use tern_core::{MatrixView, TernFormat, BLOCK_LEN};
+use tern_core::{BLOCK_LEN, MatrixView, TernFormat};
 
 /// Largest scale (and minimum) code of `format`.
 fn code_max(format: TernFormat) -> u32 {
@@ -175,7 +175,15 @@ fn fit_asymmetric(x: &[f32], w: &[f32], nmax: f32) -> (f32, f32) {
 /// The block's scale and minimum codes: the neighbours of the rounded fit `(s, o)` in units `(d, mu)`, the one
 /// with the least weighted error once the quants are chosen again against the coded values. Rounding each code
 /// alone ignores that the two errors interact; with 4-bit codes (T2) the choice matters most.
-fn best_codes(x: &[f32], w: &[f32], (s, o): (f32, f32), (d, mu): (f32, f32), cmax: f32, nmax: f32, symmetric: bool) -> (u32, u32) {
+fn best_codes(
+    x: &[f32],
+    w: &[f32],
+    (s, o): (f32, f32),
+    (d, mu): (f32, f32),
+    cmax: f32,
+    nmax: f32,
+    symmetric: bool,
+) -> (u32, u32) {
     let round = |v: f32, unit: f32| if unit > 0.0 { (v / unit).round().clamp(0.0, cmax) } else { 0.0 };
     let (sc0, mn0) = (round(s, d), round(o, mu));
     let error = |sc: f32, mn: f32| -> f32 {
@@ -198,7 +206,8 @@ fn best_codes(x: &[f32], w: &[f32], (s, o): (f32, f32), (d, mu): (f32, f32), cma
     for dsc in [-1.0f32, 0.0, 1.0] {
         for &dmn in mn_steps {
             let (sc, mn) = (sc0 + dsc, mn0 + dmn);
-            if (dsc == 0.0 && dmn == 0.0) || !(0.0..=cmax).contains(&sc) || !(0.0..=cmax).contains(&mn) || (mu == 0.0 && mn > 0.0) {
+            if (dsc == 0.0 && dmn == 0.0) || !(0.0..=cmax).contains(&sc) || !(0.0..=cmax).contains(&mn) || (mu == 0.0 && mn > 0.0)
+            {
                 continue;
             }
             let e = error(sc, mn);
@@ -217,10 +226,13 @@ fn fit_symmetric(x: &[f32], w: &[f32], nmax: f32) -> f32 {
         return 0.0;
     }
     let error = |scale: f32| -> f32 {
-        x.iter().zip(w).map(|(&v, &wi)| {
-            let d = scale * (v / scale).round().clamp(-nmax, nmax) - v;
-            wi * d * d
-        }).sum()
+        x.iter()
+            .zip(w)
+            .map(|(&v, &wi)| {
+                let d = scale * (v / scale).round().clamp(-nmax, nmax) - v;
+                wi * d * d
+            })
+            .sum()
     };
     let mut best = amax / nmax;
     let mut best_err = error(best);
@@ -270,7 +282,9 @@ impl TernMatrix {
     /// one non-negative weight per column (mean of x^2 over calibration activations, say).
     pub fn quantize(format: TernFormat, rows: usize, cols: usize, data: &[f32], importance: Option<&[f32]>) -> Result<Self> {
         if cols == 0 || !cols.is_multiple_of(BLOCK_LEN) {
-            return Err(Error::TernShape { detail: format!("rows of {cols} weights are not a whole number of blocks of {BLOCK_LEN}") });
+            return Err(Error::TernShape {
+                detail: format!("rows of {cols} weights are not a whole number of blocks of {BLOCK_LEN}"),
+            });
         }
         if data.len() != rows * cols {
             return Err(Error::TernShape { detail: format!("{} values for {rows}x{cols}", data.len()) });
@@ -465,7 +479,13 @@ impl TernMatrix {
             row_scales: take(2 * rows),
         };
         if let Some(i) = m.row_scales.iter().position(|&w| !f32::from_bits(w).is_finite() || f32::from_bits(w) < 0.0) {
-            return Err(Error::TernShape { detail: format!("row {} has row unit {} (must be finite and non-negative)", i / 2, f32::from_bits(m.row_scales[i])) });
+            return Err(Error::TernShape {
+                detail: format!(
+                    "row {} has row unit {} (must be finite and non-negative)",
+                    i / 2,
+                    f32::from_bits(m.row_scales[i])
+                ),
+            });
         }
         Ok(m)
     }

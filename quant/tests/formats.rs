@@ -1,7 +1,7 @@
 //! Round trips and RMSE bounds for every format, against the scalar GGUF-encoding reference.
 
 use proptest::prelude::*;
-use tern_quant::{dequantize_gguf, quantize_gguf, PackedMatrix, TensorType};
+use tern_quant::{PackedMatrix, TensorType, dequantize_gguf, quantize_gguf};
 
 fn rmse(a: &[f32], b: &[f32]) -> f32 {
     (a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f32>() / a.len() as f32).sqrt()

@@ -2,7 +2,7 @@
 //! weight-like data, and accuracy per bit against GGUF's formats on the same data.
 
 use proptest::prelude::*;
-use tern_quant::{dequantize_gguf, quantize_gguf, TensorType, TernFormat, TernMatrix};
+use tern_quant::{TensorType, TernFormat, TernMatrix, dequantize_gguf, quantize_gguf};
 
 /// Weight-like data: Gaussian (Box-Muller over a xorshift stream) with a few large outliers, as trained
 /// weight rows have.

@@ -2,7 +2,7 @@
 
 use tern_core::TensorType;
 
-use crate::{formats, ATTENTION_TILE, WORKGROUP};
+use crate::{ATTENTION_TILE, WORKGROUP, formats};
 
 /// Lines of WGSL, one per item, each indented by `indent` spaces.
 fn lines(items: impl IntoIterator<Item = String>, indent: usize) -> String {
@@ -68,16 +68,17 @@ pub(crate) fn matmul(ty: TensorType, workgroup: u32, lanes: u32, rows: u32, toke
     let accs = lines(pairs.iter().map(|(j, t)| format!("var acc{j}_{t} = 0.0;")), 4);
     let mut products = lines(
         (0..nt).flat_map(|t| {
-            (0..8).map(move |i| format!("var x{t}_{i} = vec4<f32>(0.0); if (nt > {t}u) {{ x{t}_{i} = x[xb + {t}u * cols4 + {i}u]; }}"))
+            (0..8).map(move |i| {
+                format!("var x{t}_{i} = vec4<f32>(0.0); if (nt > {t}u) {{ x{t}_{i} = x[xb + {t}u * cols4 + {i}u]; }}")
+            })
         }),
         12,
     );
     for j in 0..nr {
-        let sums = lines(
-            (0..nt).map(|t| format!("acc{j}_{t} += {};", formats::block_dot("w", |i| format!("x{t}_{i}")))),
-            16,
-        );
-        products.push_str(&format!("            if (r0 + {j}u < p.rows) {{\n                let w = load_block(r0 + {j}u, blk);\n{sums}            }}\n"));
+        let sums = lines((0..nt).map(|t| format!("acc{j}_{t} += {};", formats::block_dot("w", |i| format!("x{t}_{i}")))), 16);
+        products.push_str(&format!(
+            "            if (r0 + {j}u < p.rows) {{\n                let w = load_block(r0 + {j}u, blk);\n{sums}            }}\n"
+        ));
     }
     let reduce = if lanes > 1 {
         let names: Vec<String> = pairs.iter().map(|(j, t)| format!("acc{j}_{t}")).collect();
@@ -87,7 +88,9 @@ pub(crate) fn matmul(ty: TensorType, workgroup: u32, lanes: u32, rows: u32, toke
         String::new()
     };
     let writes = lines(
-        pairs.iter().map(|(j, t)| format!("if (nt > {t}u && r0 + {j}u < p.rows) {{ out[(t0 + {t}u) * p.rows + r0 + {j}u] = acc{j}_{t}; }}")),
+        pairs.iter().map(|(j, t)| {
+            format!("if (nt > {t}u && r0 + {j}u < p.rows) {{ out[(t0 + {t}u) * p.rows + r0 + {j}u] = acc{j}_{t}; }}")
+        }),
         8,
     );
     let shared = if lanes > 1 { format!("var<workgroup> partial: array<f32, {partial}>;") } else { String::new() };
@@ -131,7 +134,8 @@ pub(crate) fn matvec(ty: TensorType, workgroup: u32, lanes: u32, rows: u32) -> S
         let loads = lines((0..quads).map(|u| format!("let xq{u} = x[q + {u}u * LANES];")), indent);
         let sums = lines(
             (0..nr).map(|j| {
-                let terms: Vec<String> = (0..quads).map(|u| format!("dot(load_quad(r0 + {j}u, q + {u}u * LANES), xq{u})")).collect();
+                let terms: Vec<String> =
+                    (0..quads).map(|u| format!("dot(load_quad(r0 + {j}u, q + {u}u * LANES), xq{u})")).collect();
                 format!("if (r0 + {j}u < p.rows) {{ acc{j} += {}; }}", terms.join(" + "))
             }),
             indent,
@@ -224,14 +228,14 @@ pub(crate) fn matmul_tiled(ty: TensorType, tokens: u32, rows: u32) -> String {
     let (nt, nr) = (tokens as usize, rows as usize);
     let accs = lines((0..nr).flat_map(|j| (0..nt).map(move |t| format!("var acc{j}_{t} = 0.0;"))), 4);
     // Each staged activation vec4 is read once and serves all the invocation's rows.
-    let blocks_in = lines(
-        (0..nr).map(|j| format!("var w{j}: Block; if (r{j} < p.rows) {{ w{j} = load_block(r{j}, blk); }}")),
-        8,
-    );
+    let blocks_in = lines((0..nr).map(|j| format!("var w{j}: Block; if (r{j} < p.rows) {{ w{j} = load_block(r{j}, blk); }}")), 8);
     let mut products = String::new();
     for t in 0..nt {
         products += &lines((0..8).map(|i| format!("let x{t}_{i} = xs[{}u];", 8 * t + i)), 8);
-        products += &lines((0..nr).map(|j| format!("acc{j}_{t} += {};", formats::block_dot(&format!("w{j}"), |i| format!("x{t}_{i}")))), 8);
+        products += &lines(
+            (0..nr).map(|j| format!("acc{j}_{t} += {};", formats::block_dot(&format!("w{j}"), |i| format!("x{t}_{i}")))),
+            8,
+        );
     }
     let rows_of = lines((0..nr).map(|j| format!("let r{j} = base + {}u + li;", j as u32 * WORKGROUP)), 4);
     let writes = lines(
@@ -393,14 +397,9 @@ pub(crate) fn attention(head_dim: u32) -> String {
             .join(" ")
     };
     let rescale = lines((0..dims).map(|e| format!("acc{e} *= correction;")), 8);
-    let (v4, v1) = (
-        lines((0..4).map(|u| v_loads(&format!("i + {u}u"))), 12),
-        lines([v_loads("i")], 12),
-    );
-    let writes = lines(
-        (0..dims).map(|e| format!("if (li + {0}u < HD) {{ out[qbase + li + {0}u] = acc{e} / l; }}", e as u32 * tile)),
-        4,
-    );
+    let (v4, v1) = (lines((0..4).map(|u| v_loads(&format!("i + {u}u"))), 12), lines([v_loads("i")], 12));
+    let writes =
+        lines((0..dims).map(|e| format!("if (li + {0}u < HD) {{ out[qbase + li + {0}u] = acc{e} / l; }}", e as u32 * tile)), 4);
     let (tree_max, tree_sum) = (workgroup_tree("red", tile, "max({a}, {b})", 8), workgroup_tree("red", tile, "{a} + {b}", 8));
     format!(
         r#"struct Params {{ rows: u32, n_heads: u32, n_kv_heads: u32, head_dim: u32, pos0: u32, scale: f32, _p6: u32, _p7: u32 }}

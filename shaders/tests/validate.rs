@@ -3,7 +3,7 @@
 
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 use naga::{AddressSpace, StorageAccess};
-use tern_shaders::{Binding, Kernel, FORMATS};
+use tern_shaders::{Binding, FORMATS, Kernel};
 
 fn every_kernel() -> Vec<Kernel> {
     let mut all: Vec<Kernel> = FORMATS.iter().flat_map(|&ty| Kernel::all_for(ty)).collect();

@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use tern_core::{AttentionParams, Result};
 
 use super::matmul::dot_f32;
-use crate::parallel::{for_each, SharedMut};
+use crate::parallel::{SharedMut, for_each};
 use crate::tensor::CpuTensor;
 
 thread_local! {
@@ -36,7 +36,12 @@ pub(crate) fn attention(q: &CpuTensor, k: &CpuTensor, v: &CpuTensor, p: &Attenti
             let mut acc = [0f32; 256];
             let acc = &mut acc[..hd.min(256)];
             let mut wide = Vec::new();
-            let acc: &mut [f32] = if hd <= 256 { acc } else { wide.resize(hd, 0.0); &mut wide };
+            let acc: &mut [f32] = if hd <= 256 {
+                acc
+            } else {
+                wide.resize(hd, 0.0);
+                &mut wide
+            };
             for (j, s) in scores.iter().enumerate() {
                 let vj = &v.data[j * kv_cols + g * hd..j * kv_cols + (g + 1) * hd];
                 for (a, x) in acc.iter_mut().zip(vj) {

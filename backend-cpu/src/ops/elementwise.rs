@@ -1,6 +1,6 @@
 use tern_core::{Error, Result};
 
-use crate::tensor::{check_cols, CpuMatrix, CpuTensor};
+use crate::tensor::{CpuMatrix, CpuTensor, check_cols};
 
 fn same_shape(op: &'static str, a: &CpuTensor, b: &CpuTensor) -> Result<()> {
     if (a.rows, a.cols) != (b.rows, b.cols) {

@@ -6,12 +6,12 @@ use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use tern_core::{Error, Result, TensorType};
 
-use super::qdot::{dot, ActRow, WeightRow};
+use super::qdot::{ActRow, WeightRow, dot};
 use super::qdot_tern;
 use super::quantize_rows::QuantizedRows;
-use crate::parallel::{for_each, SharedMut};
-use crate::tensor::{check_cols, CpuMatrix, CpuTensor};
 use crate::SimdLevel;
+use crate::parallel::{SharedMut, for_each};
+use crate::tensor::{CpuMatrix, CpuTensor, check_cols};
 
 const ROWS_PER_TASK: usize = 16;
 const TOKENS_PER_TILE: usize = 4;

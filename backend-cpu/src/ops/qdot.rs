@@ -6,8 +6,8 @@ use half::f16;
 use tern_core::TensorType;
 
 use super::quantize_rows::QuantizedRows;
-use crate::tensor::CpuMatrix;
 use crate::SimdLevel;
+use crate::tensor::CpuMatrix;
 
 /// One weight row's operands: its `nb` blocks' quant bytes, and its block scales and minimums (f16 bits) from
 /// its first block to the end of the matrix's padded arrays (so at least seven more than `nb`).

@@ -40,7 +40,7 @@ mod x86 {
     use tern_quant::{TernFormat, TernRow};
 
     use super::super::qdot::ActRow;
-    use super::super::qdot_x86::{hsum, MASK};
+    use super::super::qdot_x86::{MASK, hsum};
     use super::dot_scalar;
     use crate::SimdLevel;
 

@@ -13,7 +13,7 @@ use std::arch::x86_64::*;
 
 use tern_core::TensorType;
 
-use super::qdot::{dot_scalar, ActRow, WeightRow};
+use super::qdot::{ActRow, WeightRow, dot_scalar};
 use crate::SimdLevel;
 
 const Q4_0: u8 = 0;
@@ -31,7 +31,9 @@ pub(crate) fn dot<const R: usize, const N: usize>(
     // The kernels read `nb` blocks of quants and, in groups of eight, `nb` rounded up to 8 scales, minimums and
     // activation sums (lanes past `nb` masked off); check that once here so they may use raw loads.
     let (qlen, nb8) = (if ty == TensorType::Q8_0 { 32 } else { 16 }, nb.next_multiple_of(8));
-    let fits = w.iter().all(|r| r.nb == nb && r.q.len() >= nb * qlen && r.d.len() >= nb8 && (ty != TensorType::Q4_1 || r.m.len() >= nb8))
+    let fits = w
+        .iter()
+        .all(|r| r.nb == nb && r.q.len() >= nb * qlen && r.d.len() >= nb8 && (ty != TensorType::Q4_1 || r.m.len() >= nb8))
         && x.iter().all(|r| r.q.len() >= nb * 32 && r.d.len() >= nb8 && r.s.len() >= nb8);
     if !fits {
         return w.map(|wr| dot_scalar(ty, wr, x));
@@ -99,7 +101,8 @@ unsafe fn body<const R: usize, const N: usize, const F: u8, const VNNI: bool>(
                     _mm256_storeu_ps(scales[r][n].as_mut_ptr(), _mm256_mul_ps(wd, xd[n]));
                 }
                 if F != Q8_0 {
-                    let a = if F == Q4_1 { _mm256_cvtph_ps(_mm_loadu_si128(w[r].m.as_ptr().add(g) as *const __m128i)) } else { wd };
+                    let a =
+                        if F == Q4_1 { _mm256_cvtph_ps(_mm_loadu_si128(w[r].m.as_ptr().add(g) as *const __m128i)) } else { wd };
                     // Masked: the lanes past the row may hold another row's (finite or not) values.
                     let a = _mm256_and_ps(a, mask);
                     for n in 0..N {

@@ -1,6 +1,6 @@
 use tern_core::{Error, Result};
 
-use crate::tensor::{check_cols, CpuTensor};
+use crate::tensor::{CpuTensor, check_cols};
 
 /// `out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * weight`.
 pub(crate) fn rms_norm(x: &CpuTensor, weight: &CpuTensor, eps: f32, out: &mut CpuTensor) -> Result<()> {

@@ -100,7 +100,10 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]
     let mut data = Vec::new();
     for (name, shape, v) in tensors {
         let bytes = dtype.encode(v);
-        header.insert(name.clone(), json!({"dtype": dtype.name(), "shape": shape, "data_offsets": [data.len(), data.len() + bytes.len()]}));
+        header.insert(
+            name.clone(),
+            json!({"dtype": dtype.name(), "shape": shape, "data_offsets": [data.len(), data.len() + bytes.len()]}),
+        );
         data.extend(bytes);
     }
     header.insert("__metadata__".into(), json!({"format": "pt"}));
