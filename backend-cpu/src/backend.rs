@@ -1,6 +1,6 @@
 use std::cell::Cell;
 
-use tern_core::{AttentionParams, Backend, Error, MatrixView, Result, RopeParams};
+use tern_core::{AttentionParams, Backend, Error, MatrixView, Result, RopeParams, TokenSampling, pick_token};
 
 use crate::SimdLevel;
 use crate::ops::quantize_rows::QuantizedRows;
@@ -71,6 +71,7 @@ impl CpuBackend {
 impl Backend for CpuBackend {
     type Tensor = CpuTensor;
     type Matrix = CpuMatrix;
+    type Reading = Vec<f32>;
 
     fn name(&self) -> &'static str {
         "cpu"
@@ -91,6 +92,14 @@ impl Backend for CpuBackend {
         Ok(t.data.clone())
     }
 
+    fn read_begin(&self, t: &CpuTensor) -> Result<Vec<f32>> {
+        Ok(t.data.clone())
+    }
+
+    fn read_finish(&self, r: Vec<f32>) -> Result<Vec<f32>> {
+        Ok(r)
+    }
+
     fn shape(&self, t: &CpuTensor) -> (usize, usize) {
         (t.rows, t.cols)
     }
@@ -105,6 +114,25 @@ impl Backend for CpuBackend {
 
     fn embed(&self, table: &CpuMatrix, ids: &[u32], out: &mut CpuTensor) -> Result<()> {
         elementwise::embed(table, ids, out)
+    }
+
+    fn embed_sampled(&self, table: &CpuMatrix, id: &CpuTensor, out: &mut CpuTensor) -> Result<()> {
+        match id.data.as_slice() {
+            [id] => elementwise::embed(table, &[id.to_bits()], out),
+            _ => Err(Error::shape("embed_sampled", format!("a {}x{} token tensor, expected 1x1", id.rows, id.cols))),
+        }
+    }
+
+    fn sample(&self, logits: &CpuTensor, s: &TokenSampling, out: &mut CpuTensor) -> Result<()> {
+        s.check()?;
+        if logits.rows == 0 || logits.cols == 0 {
+            return Err(Error::shape("sample", "no logits to sample from"));
+        }
+        let last = &logits.data[(logits.rows - 1) * logits.cols..];
+        let id = pick_token(last, s, &mut Vec::new());
+        out.reshape(1, 1);
+        out.data[0] = f32::from_bits(id);
+        Ok(())
     }
 
     fn matmul(&self, w: &CpuMatrix, x: &CpuTensor, out: &mut CpuTensor) -> Result<()> {

@@ -86,7 +86,9 @@ impl CpuMatrix {
 
     /// Row `r` of a tern-format matrix, with its codes running on to the end of the padded array.
     pub(crate) fn tern_row(&self, r: usize) -> Option<TernRow<'_>> {
-        let Layout::Tern(t) = &self.layout else { return None };
+        let Layout::Tern(t) = &self.layout else {
+            return None;
+        };
         let mut row = t.row(r);
         row.codes = &t.codes[r * t.format.code_words(t.cols)..];
         Some(row)

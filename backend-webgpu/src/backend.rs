@@ -1,12 +1,12 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use tern_core::{AttentionParams, Backend, Error, MatrixView, Result, RopeParams, RopeStyle, TensorType};
+use tern_core::{AttentionParams, Backend, Error, MatrixView, Result, RopeParams, RopeStyle, TensorType, TokenSampling};
 use tern_shaders::{Kernel, MATMUL_TOKENS, MAX_HEAD_DIM, TILED_TOKENS, WORKGROUP};
 use wgpu::util::DeviceExt;
 
 use crate::device::{AdapterChoice, AdapterReport, Gpu};
-use crate::recorder::{Grid, Recorder};
+use crate::recorder::{GpuReading, Grid, Recorder};
 
 /// An f32 activation matrix in a GPU storage buffer, row-major. The buffer may be larger than the shape (it is
 /// reused as ops resize their outputs).
@@ -189,6 +189,15 @@ impl WebGpuBackend {
         Ok(())
     }
 
+    /// `out[t] = table[ids[t]]` for `tokens` ids in `ids`, with `out` already shaped.
+    fn gather(&self, table: &GpuMatrix, ids: &wgpu::Buffer, tokens: usize, out: &GpuTensor) -> Result<()> {
+        let blocks = (tokens * table.cols / 32) as u64;
+        let (grid, groups_x) = Grid::folded(blocks.div_ceil(WORKGROUP as u64), self.max_groups());
+        let [q, s, mn, u] = &table.parts;
+        let params = [table.cols as u32, tokens as u32, groups_x, 0, 0, 0, 0, 0];
+        self.recorder.dispatch(&self.gpu, Kernel::Embed { ty: table.ty }, params, &[q, s, mn, u, ids, &out.buf], grid)
+    }
+
     fn elementwise(&self, kernel: Kernel, len: usize, buffers: &[&wgpu::Buffer]) -> Result<()> {
         let (grid, groups_x) = Grid::folded((len as u64).div_ceil(256), self.max_groups());
         self.recorder.dispatch(&self.gpu, kernel, [len as u32, groups_x, 0, 0, 0, 0, 0, 0], buffers, grid)
@@ -198,6 +207,7 @@ impl WebGpuBackend {
 impl Backend for WebGpuBackend {
     type Tensor = GpuTensor;
     type Matrix = GpuMatrix;
+    type Reading = GpuReading;
 
     fn name(&self) -> &'static str {
         "webgpu"
@@ -221,7 +231,20 @@ impl Backend for WebGpuBackend {
     }
 
     fn read(&self, t: &GpuTensor) -> Result<Vec<f32>> {
-        self.recorder.read(&self.gpu, &t.buf, t.len())
+        let reading = self.read_begin(t)?;
+        self.read_finish(reading)
+    }
+
+    fn read_begin(&self, t: &GpuTensor) -> Result<GpuReading> {
+        self.recorder.read_begin(&self.gpu, &t.buf, t.len())
+    }
+
+    fn read_finish(&self, r: GpuReading) -> Result<Vec<f32>> {
+        self.recorder.read_finish(&self.gpu, r)
+    }
+
+    fn queues_work(&self) -> bool {
+        true
     }
 
     fn shape(&self, t: &GpuTensor) -> (usize, usize) {
@@ -267,11 +290,34 @@ impl Backend for WebGpuBackend {
         }
         let id_bytes: Vec<u8> = ids.iter().flat_map(|i| i.to_le_bytes()).collect();
         let id_buf = self.storage_with("tern token ids", &id_bytes);
-        let blocks = (ids.len() * table.cols / 32) as u64;
-        let (grid, groups_x) = Grid::folded(blocks.div_ceil(WORKGROUP as u64), self.max_groups());
-        let [q, s, mn, u] = &table.parts;
-        let params = [table.cols as u32, ids.len() as u32, groups_x, 0, 0, 0, 0, 0];
-        self.recorder.dispatch(&self.gpu, Kernel::Embed { ty: table.ty }, params, &[q, s, mn, u, &id_buf, &out.buf], grid)
+        self.gather(table, &id_buf, ids.len(), out)
+    }
+
+    fn embed_sampled(&self, table: &GpuMatrix, id: &GpuTensor, out: &mut GpuTensor) -> Result<()> {
+        if (id.rows, id.cols) != (1, 1) {
+            return Err(Error::shape("embed_sampled", format!("a {}x{} token tensor, expected 1x1", id.rows, id.cols)));
+        }
+        self.resize("embed_sampled", out, 1, table.cols)?;
+        self.gather(table, &id.buf, 1, out)
+    }
+
+    fn sample(&self, logits: &GpuTensor, s: &TokenSampling, out: &mut GpuTensor) -> Result<()> {
+        s.check()?;
+        if logits.rows == 0 || logits.cols == 0 {
+            return Err(Error::shape("sample", "no logits to sample from"));
+        }
+        self.resize("sample", out, 1, 1)?;
+        let params = [
+            logits.cols as u32,
+            logits.rows as u32 - 1,
+            s.top_k as u32,
+            s.temperature.to_bits(),
+            s.top_p.to_bits(),
+            s.draw.to_bits(),
+            0,
+            0,
+        ];
+        self.recorder.dispatch(&self.gpu, Kernel::Sample, params, &[&logits.buf, &out.buf], Grid { dims: (1, 1, 1) })
     }
 
     fn matmul(&self, w: &GpuMatrix, x: &GpuTensor, out: &mut GpuTensor) -> Result<()> {

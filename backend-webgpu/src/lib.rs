@@ -14,3 +14,4 @@ mod recorder;
 
 pub use backend::{GpuMatrix, GpuTensor, KernelChoice, WebGpuBackend};
 pub use device::{AdapterChoice, AdapterReport, adapters};
+pub use recorder::GpuReading;

@@ -44,8 +44,8 @@ struct Pending {
     /// The parameter slots of the recorded dispatches, in ring order.
     params: Vec<u8>,
     next_slot: u64,
-    /// Where `read` copies results to map them (grown as needed).
-    staging: Option<wgpu::Buffer>,
+    /// Mappable buffers that readings copy results into, returned when a reading finishes.
+    staging: Vec<wgpu::Buffer>,
     /// Bind groups by kernel and buffers, with the submit that last used them.
     bind_groups: HashMap<(Kernel, BufferSet), (wgpu::BindGroup, u64)>,
     /// Submits so far.
@@ -79,7 +79,7 @@ impl Recorder {
                 pass: None,
                 params: Vec::new(),
                 next_slot: 0,
-                staging: None,
+                staging: Vec::new(),
                 bind_groups: HashMap::new(),
                 submits: 0,
             }),
@@ -171,7 +171,7 @@ impl Recorder {
         }
         let mut pending = self.pending.lock().map_err(|_| lock_failed())?;
         if pending.next_slot == RING_SLOTS {
-            self.submit(gpu, &mut pending);
+            let _ = self.submit(gpu, &mut pending);
         }
         let offset = pending.next_slot * self.slot_bytes;
         pending.next_slot += 1;
@@ -259,59 +259,73 @@ impl Recorder {
     }
 
     /// Submits what is recorded, with its parameters written first.
-    fn submit(&self, gpu: &Gpu, pending: &mut Pending) {
+    fn submit(&self, gpu: &Gpu, pending: &mut Pending) -> wgpu::SubmissionIndex {
         pending.pass = None;
         if !pending.params.is_empty() {
             gpu.queue.write_buffer(&self.ring, 0, &pending.params);
             pending.params.clear();
         }
-        if let Some(encoder) = pending.encoder.take() {
-            gpu.queue.submit([encoder.finish()]);
-        }
+        let commands: Vec<wgpu::CommandBuffer> = pending.encoder.take().map(|e| e.finish()).into_iter().collect();
+        let index = gpu.queue.submit(commands);
         pending.next_slot = 0;
         pending.submits += 1;
         let recent = pending.submits.saturating_sub(2);
         pending.bind_groups.retain(|_, (_, used)| *used >= recent);
+        index
     }
 
-    /// Submits everything recorded and waits for the first `len` f32 of `src` to come back.
-    pub(crate) fn read(&self, gpu: &Gpu, src: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
+    /// Submits everything recorded, with a copy of the first `len` f32 of `src` at its end, and starts mapping
+    /// the copy: work recorded after this runs while the host waits in [`Recorder::read_finish`].
+    pub(crate) fn read_begin(&self, gpu: &Gpu, src: &wgpu::Buffer, len: usize) -> Result<GpuReading> {
         let bytes = len as u64 * 4;
         let mut pending = self.pending.lock().map_err(|_| lock_failed())?;
         pending.pass = None;
-        let too_small = pending.staging.as_ref().is_none_or(|s| s.size() < bytes.max(4));
-        if too_small {
-            pending.staging = Some(gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        let reused = pending.staging.iter().position(|s| s.size() >= bytes.max(4));
+        let staging = match reused {
+            Some(i) => pending.staging.swap_remove(i),
+            None => gpu.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("tern readback"),
-                size: bytes.max(4).next_power_of_two(),
+                size: bytes.max(256).next_power_of_two(),
                 usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
-            }));
-        }
-        let Some(staging) = pending.staging.clone() else { return Err(lock_failed()) };
+            }),
+        };
         if bytes > 0 {
             let encoder = pending.encoder.get_or_insert_with(|| {
                 gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("tern step") })
             });
             encoder.copy_buffer_to_buffer(src, 0, &staging, 0, bytes);
         }
-        self.submit(gpu, &mut pending);
-        if bytes == 0 {
-            gpu.check()?;
-            return Ok(Vec::new());
+        let submission = self.submit(gpu, &mut pending);
+        drop(pending);
+        let (tx, done) = std::sync::mpsc::channel();
+        if bytes > 0 {
+            staging.map_async(wgpu::MapMode::Read, ..bytes, move |r| {
+                let _ = tx.send(r);
+            });
         }
-        let (tx, rx) = std::sync::mpsc::channel();
-        staging.map_async(wgpu::MapMode::Read, ..bytes, move |r| {
-            let _ = tx.send(r);
-        });
+        Ok(GpuReading { staging, bytes, submission, done })
+    }
+
+    /// Waits for the submit of `r` (not for work queued after it) and returns the values it copied.
+    pub(crate) fn read_finish(&self, gpu: &Gpu, r: GpuReading) -> Result<Vec<f32>> {
+        let GpuReading { staging, bytes, submission, done } = r;
         gpu.device
-            .poll(wgpu::PollType::wait_indefinitely())
+            .poll(wgpu::PollType::Wait { submission_index: Some(submission), timeout: None })
             .map_err(|e| Error::Device { detail: format!("waiting for the GPU failed: {e}") })?;
         gpu.check()?;
-        match rx.recv() {
+        if bytes == 0 {
+            self.give_back(staging);
+            return Ok(Vec::new());
+        }
+        match done.recv() {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(Error::Device { detail: format!("reading a result back failed: {e}") }),
-            Err(_) => return Err(Error::Device { detail: "the GPU never finished reading a result back".into() }),
+            Ok(Err(e)) => {
+                return Err(Error::Device { detail: format!("reading a result back failed: {e}") });
+            }
+            Err(_) => {
+                return Err(Error::Device { detail: "the GPU never finished reading a result back".into() });
+            }
         }
         let data: Vec<f32> = staging
             .get_mapped_range(..bytes)
@@ -320,8 +334,30 @@ impl Recorder {
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
         staging.unmap();
+        self.give_back(staging);
         Ok(data)
     }
+
+    /// Keeps a few staging buffers for the next readings.
+    fn give_back(&self, staging: wgpu::Buffer) {
+        if let Ok(mut pending) = self.pending.lock()
+            && pending.staging.len() < STAGING_KEPT
+        {
+            pending.staging.push(staging);
+        }
+    }
+}
+
+/// Staging buffers kept for reuse: a pipelined decode has two readings in flight.
+const STAGING_KEPT: usize = 4;
+
+/// A copy on its way back to the host.
+#[derive(Debug)]
+pub struct GpuReading {
+    staging: wgpu::Buffer,
+    bytes: u64,
+    submission: wgpu::SubmissionIndex,
+    done: std::sync::mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
 }
 
 /// Workgroup counts of a dispatch.

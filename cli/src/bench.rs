@@ -1,13 +1,17 @@
 //! `tern bench`: prompt processing of `-p` tokens in one batch and generation of `-n` tokens one at a time,
 //! each from an empty context, repeated; medians and spread in tokens per second, as llama-bench reports them.
 //! Generation rows also give the bytes a decode step reads (weights and KV cache) times its rate.
+//!
+//! Generation runs as `tern generate` does on the backend: from one random token, each step picks the next
+//! token greedily on the backend, and on a GPU the next step is queued before the token is read back.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
+use tern::core::{Backend, TokenSampling};
 use tern::core::{TensorType, TernFormat};
-use tern::model::{Llama, LlamaConfig, Scratch};
+use tern::model::{Llama, LlamaConfig, Scratch, StepInput};
 use tern::{AnyBackend, BackendChoice};
 
 use crate::ModelArgs;
@@ -144,15 +148,19 @@ fn measure(args: &BenchArgs, name: &str, model: &Llama<AnyBackend>) -> Result<()
         row(format!("pp{}", args.prompt_tokens), stats(rates), None);
     }
     if args.gen_tokens > 0 {
-        let tokens: Vec<u32> = (0..args.gen_tokens).map(|_| next_id()).collect();
+        let first = next_id();
+        let greedy = TokenSampling::GREEDY;
         let mut rates = Vec::new();
         for rep in 0..=args.repetitions {
             cache.truncate(0);
             let t = Instant::now();
             be.install(|| -> Result<(), tern::Error> {
-                for tok in &tokens {
-                    model.forward(std::slice::from_ref(tok), &mut cache, &mut scratch, false)?;
+                let mut reading = model.forward_sample(StepInput::Tokens(&[first]), &mut cache, &mut scratch, &greedy)?;
+                for _ in 1..args.gen_tokens {
+                    let next = model.forward_sample(StepInput::Sampled, &mut cache, &mut scratch, &greedy)?;
+                    be.read_finish(std::mem::replace(&mut reading, next))?;
                 }
+                be.read_finish(reading)?;
                 Ok(())
             })?;
             if rep > 0 {

@@ -112,7 +112,9 @@ pub fn run(args: &QuantizeArgs) -> Result<(), tern::Error> {
                 .ok_or_else(|| tern::Error::Option { name: "bits", detail: format!("{bits} is not 2, 3, 4 or 8") })?,
         ),
         (None, Some(x)) => Precision::TargetBpw(x),
-        (None, None) => return Err(tern::Error::Option { name: "bits", detail: "give --bits or --target-bpw".into() }),
+        (None, None) => {
+            return Err(tern::Error::Option { name: "bits", detail: "give --bits or --target-bpw".into() });
+        }
     };
     let mut options = QuantizeOptions::new(precision);
     options.threads = args.threads;

@@ -1,4 +1,4 @@
-use crate::{MatrixView, Result};
+use crate::{MatrixView, Result, TokenSampling};
 
 /// How RoPE pairs up the elements of a head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +73,8 @@ pub trait Backend: Send + Sync {
     type Tensor: Send + Sync;
     /// A packed weight matrix on the device.
     type Matrix: Send + Sync;
+    /// A copy of a tensor on its way back to the host ([`Backend::read_begin`]).
+    type Reading: Send;
 
     /// A short name for messages ("cpu", "webgpu").
     fn name(&self) -> &'static str;
@@ -83,6 +85,17 @@ pub trait Backend: Send + Sync {
     fn upload(&self, data: &[f32], rows: usize, cols: usize) -> Result<Self::Tensor>;
     /// The tensor's contents, row-major.
     fn read(&self, t: &Self::Tensor) -> Result<Vec<f32>>;
+    /// Starts copying the tensor's contents back: everything recorded so far goes to the device, and
+    /// [`Backend::read_finish`] waits for the copy. Ops recorded in between run meanwhile, so a caller can queue
+    /// the next step before it reads this one's result.
+    fn read_begin(&self, t: &Self::Tensor) -> Result<Self::Reading>;
+    /// The contents of a tensor as they were when [`Backend::read_begin`] was called, row-major.
+    fn read_finish(&self, r: Self::Reading) -> Result<Vec<f32>>;
+    /// Whether ops run after they are recorded (a GPU's queue) rather than as they are called: only then does
+    /// queueing a step before reading the last one's result overlap them.
+    fn queues_work(&self) -> bool {
+        false
+    }
     /// The tensor's `(rows, cols)`.
     fn shape(&self, t: &Self::Tensor) -> (usize, usize);
     /// Moves a packed weight matrix to the device.
@@ -92,6 +105,12 @@ pub trait Backend: Send + Sync {
 
     /// `out[t] = table[ids[t]]`, dequantized: an embedding lookup.
     fn embed(&self, table: &Self::Matrix, ids: &[u32], out: &mut Self::Tensor) -> Result<()>;
+    /// `out = table[id]` (one row) for the token [`Backend::sample`] left in `id`, without the host seeing it.
+    fn embed_sampled(&self, table: &Self::Matrix, id: &Self::Tensor, out: &mut Self::Tensor) -> Result<()>;
+    /// Picks a token from the last row of `logits` by the rule of [`TokenSampling`] (whose settings must pass
+    /// [`TokenSampling::check`]) and leaves it in `out` (`1 x 1`, the id's bits: `f32::from_bits(id)`), where
+    /// [`Backend::embed_sampled`] takes it for the next step and a reading brings it to the host.
+    fn sample(&self, logits: &Self::Tensor, s: &TokenSampling, out: &mut Self::Tensor) -> Result<()>;
     /// `out[t, r] = sum_c w[r, c] * x[t, c]`: every row of `x` through the matrix.
     fn matmul(&self, w: &Self::Matrix, x: &Self::Tensor, out: &mut Self::Tensor) -> Result<()>;
     /// `outs[i] = ws[i] x`: the same input through several matrices (Q, K and V; gate and up). Backends can

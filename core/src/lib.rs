@@ -6,8 +6,10 @@
 
 mod backend;
 mod error;
+mod sampling;
 mod types;
 
 pub use backend::{AttentionParams, Backend, RopeParams, RopeStyle};
 pub use error::{Error, Result};
+pub use sampling::{MAX_SAMPLED_TOP_K, TokenSampling, kept_candidates, pick_token};
 pub use types::{BLOCK_LEN, MatrixView, TERN_TYPE_BASE, TensorType, TernFormat};

@@ -5,8 +5,8 @@ use std::str::FromStr;
 
 use tern_backend_cpu::{CpuBackend, CpuMatrix, CpuTensor};
 #[cfg(feature = "webgpu")]
-use tern_backend_webgpu::{AdapterChoice, GpuMatrix, GpuTensor, WebGpuBackend};
-use tern_core::{AttentionParams, Backend, Error, MatrixView, Result, RopeParams};
+use tern_backend_webgpu::{AdapterChoice, GpuMatrix, GpuReading, GpuTensor, WebGpuBackend};
+use tern_core::{AttentionParams, Backend, Error, MatrixView, Result, RopeParams, TokenSampling};
 
 /// Which backend to run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -47,6 +47,14 @@ pub enum AnyTensor {
     Cpu(CpuTensor),
     #[cfg(feature = "webgpu")]
     WebGpu(GpuTensor),
+}
+
+/// A reading of an [`AnyBackend`] ([`Backend::read_begin`]).
+#[derive(Debug)]
+pub enum AnyReading {
+    Cpu(Vec<f32>),
+    #[cfg(feature = "webgpu")]
+    WebGpu(GpuReading),
 }
 
 /// A weight matrix of an [`AnyBackend`].
@@ -92,7 +100,9 @@ impl AnyBackend {
         match self {
             AnyBackend::Cpu(be) => format!("cpu ({}, {} threads)", be.level().name(), be.threads()),
             #[cfg(feature = "webgpu")]
-            AnyBackend::WebGpu(be) => format!("webgpu ({}, {})", be.adapter().name, be.adapter().api),
+            AnyBackend::WebGpu(be) => {
+                format!("webgpu ({}, {})", be.adapter().name, be.adapter().api)
+            }
         }
     }
 }
@@ -121,6 +131,7 @@ macro_rules! dispatch {
 impl Backend for AnyBackend {
     type Tensor = AnyTensor;
     type Matrix = AnyMatrix;
+    type Reading = AnyReading;
 
     fn name(&self) -> &'static str {
         match self {
@@ -148,6 +159,28 @@ impl Backend for AnyBackend {
 
     fn read(&self, t: &AnyTensor) -> Result<Vec<f32>> {
         dispatch!(self, "read", |be, t: AnyTensor| be.read(t))
+    }
+
+    fn read_begin(&self, t: &AnyTensor) -> Result<AnyReading> {
+        match (self, t) {
+            (AnyBackend::Cpu(be), AnyTensor::Cpu(t)) => be.read_begin(t).map(AnyReading::Cpu),
+            #[cfg(feature = "webgpu")]
+            (AnyBackend::WebGpu(be), AnyTensor::WebGpu(t)) => be.read_begin(t).map(AnyReading::WebGpu),
+            #[cfg(feature = "webgpu")]
+            _ => Err(mixed("read_begin")),
+        }
+    }
+
+    fn read_finish(&self, r: AnyReading) -> Result<Vec<f32>> {
+        dispatch!(self, "read_finish", |be, r: AnyReading| be.read_finish(r))
+    }
+
+    fn queues_work(&self) -> bool {
+        match self {
+            AnyBackend::Cpu(be) => be.queues_work(),
+            #[cfg(feature = "webgpu")]
+            AnyBackend::WebGpu(be) => be.queues_work(),
+        }
     }
 
     fn shape(&self, t: &AnyTensor) -> (usize, usize) {
@@ -180,6 +213,14 @@ impl Backend for AnyBackend {
 
     fn embed(&self, table: &AnyMatrix, ids: &[u32], out: &mut AnyTensor) -> Result<()> {
         dispatch!(self, "embed", |be, table: AnyMatrix, out: AnyTensor| be.embed(table, ids, out))
+    }
+
+    fn embed_sampled(&self, table: &AnyMatrix, id: &AnyTensor, out: &mut AnyTensor) -> Result<()> {
+        dispatch!(self, "embed_sampled", |be, table: AnyMatrix, id: AnyTensor, out: AnyTensor| be.embed_sampled(table, id, out))
+    }
+
+    fn sample(&self, logits: &AnyTensor, s: &TokenSampling, out: &mut AnyTensor) -> Result<()> {
+        dispatch!(self, "sample", |be, logits: AnyTensor, out: AnyTensor| be.sample(logits, s, out))
     }
 
     fn matmul(&self, w: &AnyMatrix, x: &AnyTensor, out: &mut AnyTensor) -> Result<()> {

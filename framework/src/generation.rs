@@ -1,5 +1,7 @@
-use crate::AnyBackend;
-use tern_model::{KvCache, Sampler, SamplingParams, Scratch, StopStrings, TextStream};
+use tern_core::Backend;
+use tern_model::{KvCache, Sampler, SamplingParams, Scratch, StepInput, StopStrings, TextStream};
+
+use crate::{AnyBackend, AnyReading};
 
 use crate::{Engine, Error, Result};
 
@@ -103,8 +105,11 @@ impl<'e> Session<'e> {
         self.cache.truncate(common);
         self.tokens.truncate(common);
         let pending = ids[common..].to_vec();
+        let on_device = self.engine.model.backend().queues_work() && sampler.fits_backend();
         Ok(Generation {
             session: self,
+            on_device,
+            in_flight: None,
             sampler,
             pending,
             max_tokens: options.max_tokens,
@@ -120,6 +125,10 @@ impl<'e> Session<'e> {
 #[derive(Debug)]
 pub struct Generation<'s, 'e> {
     session: &'s mut Session<'e>,
+    /// Tokens are picked on the device, and each step is queued before the previous token is read back.
+    on_device: bool,
+    /// The reading of the token the last queued step picks; that step already runs the token before it.
+    in_flight: Option<AnyReading>,
     sampler: Sampler,
     /// Tokens accepted but not yet run through the model.
     pending: Vec<u32>,
@@ -161,23 +170,64 @@ impl Generation<'_, '_> {
         if s.tokens.len() + self.pending.len() > s.cache.capacity() {
             return self.end(FinishReason::ContextFull, 0);
         }
-        let model = &s.engine.model;
-        let (pending, cache, scratch) = (&self.pending, &mut s.cache, &mut s.scratch);
-        let logits = model.backend().install(|| model.forward(pending, cache, scratch, false))?;
-        s.tokens.append(&mut self.pending);
-        let id = self.sampler.sample(&logits, &s.tokens);
+        let id = if self.on_device { self.next_on_device()? } else { self.next_on_host()? };
         self.generated += 1;
+        let s = &mut *self.session;
         let tokenizer = &s.engine.tokenizer;
         if tokenizer.stop_ids.contains(&id) {
+            // A step queued ahead has run the end token: take it out of the cache.
+            self.in_flight = None;
+            s.cache.truncate(s.tokens.len());
             return self.end(FinishReason::EndOfSequence, id);
         }
-        self.pending.push(id);
+        if self.in_flight.is_some() {
+            s.tokens.push(id);
+        } else {
+            self.pending.push(id);
+        }
         let piece = self.text.push(tokenizer, id)?;
         let (text, stopped) = self.stops.push(&piece);
         if stopped {
             self.finish = Some(FinishReason::StopString);
         }
         Ok(Some(Token { id, text }))
+    }
+}
+
+impl Generation<'_, '_> {
+    /// Runs the pending tokens and samples the next one on the host.
+    fn next_on_host(&mut self) -> Result<u32> {
+        let s = &mut *self.session;
+        let model = &s.engine.model;
+        let (pending, cache, scratch) = (&self.pending, &mut s.cache, &mut s.scratch);
+        let logits = model.backend().install(|| model.forward(pending, cache, scratch, false))?;
+        s.tokens.append(&mut self.pending);
+        Ok(self.sampler.sample(&logits, &s.tokens))
+    }
+
+    /// The next token, sampled on the device. Before waiting for it, the step that runs it is queued (unless no
+    /// further token will be wanted), so the device works while the host streams the token out.
+    fn next_on_device(&mut self) -> Result<u32> {
+        let s = &mut *self.session;
+        let model = &s.engine.model;
+        let be = model.backend();
+        let reading = match self.in_flight.take() {
+            Some(r) => r,
+            None => {
+                let sampling = self.sampler.next_draw();
+                let (pending, cache, scratch) = (&self.pending, &mut s.cache, &mut s.scratch);
+                let r = be.install(|| model.forward_sample(StepInput::Tokens(pending), cache, scratch, &sampling))?;
+                s.tokens.append(&mut self.pending);
+                r
+            }
+        };
+        if self.generated + 1 < self.max_tokens && s.cache.len() < s.cache.capacity() {
+            let sampling = self.sampler.next_draw();
+            let (cache, scratch) = (&mut s.cache, &mut s.scratch);
+            self.in_flight = Some(be.install(|| model.forward_sample(StepInput::Sampled, cache, scratch, &sampling))?);
+        }
+        let values = be.read_finish(reading)?;
+        values.first().map(|v| v.to_bits()).ok_or_else(|| tern_core::Error::shape("sample", "no token came back").into())
     }
 }
 

@@ -20,7 +20,7 @@ mod generation;
 pub mod imatrix;
 pub mod quantize;
 
-pub use backend::{AnyBackend, AnyMatrix, AnyTensor, BackendChoice};
+pub use backend::{AnyBackend, AnyMatrix, AnyReading, AnyTensor, BackendChoice};
 pub use engine::{Engine, EngineBuilder};
 pub use error::{Error, Result};
 pub use eval::{EvalOptions, EvalReport, Reference, evaluate};

@@ -159,7 +159,9 @@ impl<'a> Reader<'a> {
             10 => MetaValue::U64(self.u64(&what)?),
             11 => MetaValue::I64(i64::from_le_bytes(self.array(&what)?)),
             12 => MetaValue::F64(f64::from_le_bytes(self.array(&what)?)),
-            ty => return Err(Error::UnknownValueType { path: self.path.into(), key: key.into(), ty }),
+            ty => {
+                return Err(Error::UnknownValueType { path: self.path.into(), key: key.into(), ty });
+            }
         })
     }
 }

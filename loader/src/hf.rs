@@ -109,7 +109,9 @@ impl HfModel {
                 .checked_add(header_len)
                 .ok_or_else(|| Error::Format { path: name.clone(), detail: "header length overflows".into() })?;
             for (hf_name, info) in meta.tensors() {
-                let Some(gguf) = gguf_name(&hf_name) else { continue };
+                let Some(gguf) = gguf_name(&hf_name) else {
+                    continue;
+                };
                 let ty = match info.dtype {
                     safetensors::Dtype::F32 => TensorType::F32,
                     safetensors::Dtype::F16 => TensorType::F16,

@@ -77,7 +77,9 @@ impl fmt::Display for MetaValue {
                 write!(f, "{:?}… ({} bytes)", s.chars().take(60).collect::<String>(), s.len())
             }
             MetaValue::String(s) => write!(f, "{s:?}"),
-            MetaValue::Array(a) if a.len() > 4 => write!(f, "[{}, {}, … {} items]", a[0], a[1], a.len()),
+            MetaValue::Array(a) if a.len() > 4 => {
+                write!(f, "[{}, {}, … {} items]", a[0], a[1], a.len())
+            }
             MetaValue::Array(a) => {
                 let items: Vec<String> = a.iter().map(|v| v.to_string()).collect();
                 write!(f, "[{}]", items.join(", "))

@@ -1,6 +1,6 @@
 //! The Llama-family forward pass, written once against [`Backend`].
 
-use tern_core::{AttentionParams, Backend, RopeParams, TensorType};
+use tern_core::{AttentionParams, Backend, RopeParams, TensorType, TokenSampling};
 use tern_loader::{LoadProgress, ModelSource, TensorData};
 use tern_quant::{PackedMatrix, TernMatrix, dequantize_gguf};
 
@@ -22,6 +22,15 @@ pub(crate) struct Layer<B: Backend> {
 /// Sees the input of weight-matrix products during [`Llama::forward_observed`]: the names of the matrices
 /// that take it, and the activations (`tokens x cols`).
 pub type Observer<'a, B> = &'a mut dyn FnMut(&[String], &<B as Backend>::Tensor) -> Result<()>;
+
+/// What a forward step runs.
+#[derive(Debug, Clone, Copy)]
+pub enum StepInput<'a> {
+    /// These tokens, the next positions of the sequence.
+    Tokens(&'a [u32]),
+    /// The token the previous [`Llama::forward_sample`] picked, still on the device.
+    Sampled,
+}
 
 /// A Llama-family model whose weights live on backend `B`.
 #[derive(Debug)]
@@ -53,6 +62,8 @@ pub struct Scratch<B: Backend> {
     hidden: B::Tensor,
     last: B::Tensor,
     logits: B::Tensor,
+    /// The token the last [`Llama::forward_sample`] picked, on the device.
+    token: B::Tensor,
 }
 
 impl<B: Backend> Scratch<B> {
@@ -71,6 +82,7 @@ impl<B: Backend> Scratch<B> {
             hidden: z()?,
             last: z()?,
             logits: z()?,
+            token: z()?,
         })
     }
 }
@@ -216,8 +228,40 @@ impl<B: Backend> Llama<B> {
         cache: &mut KvCache<B>,
         s: &mut Scratch<B>,
         all_logits: bool,
-        mut observe: Option<Observer<'_, B>>,
+        observe: Option<Observer<'_, B>>,
     ) -> Result<Vec<f32>> {
+        self.run(StepInput::Tokens(tokens), cache, s, all_logits, observe)?;
+        Ok(self.backend.read(&s.logits)?)
+    }
+
+    /// Runs one step and picks the next token on the device by `sampling` (which must pass
+    /// [`TokenSampling::check`]): the token stays in the scratch for a next step of [`StepInput::Sampled`], and
+    /// the returned reading brings it to the host (`f32::to_bits` of its one value). On a backend that
+    /// [queues work](Backend::queues_work), a caller can run the next step before it finishes this reading, so
+    /// the device never waits for the host.
+    pub fn forward_sample(
+        &self,
+        input: StepInput<'_>,
+        cache: &mut KvCache<B>,
+        s: &mut Scratch<B>,
+        sampling: &TokenSampling,
+    ) -> Result<B::Reading> {
+        sampling.check()?;
+        self.run(input, cache, s, false, None)?;
+        let be = &self.backend;
+        be.sample(&s.logits, sampling, &mut s.token)?;
+        Ok(be.read_begin(&s.token)?)
+    }
+
+    /// The forward pass: leaves the logits in `s.logits`.
+    fn run(
+        &self,
+        input: StepInput<'_>,
+        cache: &mut KvCache<B>,
+        s: &mut Scratch<B>,
+        all_logits: bool,
+        mut observe: Option<Observer<'_, B>>,
+    ) -> Result<()> {
         let mut seen = |names: &[&str], layer: Option<usize>, x: &B::Tensor| -> Result<()> {
             if let Some(o) = observe.as_mut() {
                 let names: Vec<String> = match layer {
@@ -229,7 +273,10 @@ impl<B: Backend> Llama<B> {
             Ok(())
         };
         let (be, c) = (&self.backend, &self.config);
-        let n = tokens.len();
+        let n = match input {
+            StepInput::Tokens(tokens) => tokens.len(),
+            StepInput::Sampled => 1,
+        };
         let pos0 = cache.len();
         if n == 0 {
             return Err(Error::Config { path: "forward".into(), detail: "no tokens to run".into() });
@@ -237,7 +284,9 @@ impl<B: Backend> Llama<B> {
         if pos0 + n > cache.capacity() {
             return Err(tern_core::Error::ContextFull { pos: pos0 + n - 1, capacity: cache.capacity() }.into());
         }
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+        if let StepInput::Tokens(tokens) = input
+            && let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size)
+        {
             return Err(Error::Tokenizer(format!("token id {bad} is outside the vocabulary of {}", c.vocab_size)));
         }
         let rope = |heads| RopeParams {
@@ -255,7 +304,10 @@ impl<B: Backend> Llama<B> {
             pos0,
             scale: 1.0 / (c.head_dim as f32).sqrt(),
         };
-        be.embed(&self.embed, tokens, &mut s.x)?;
+        match input {
+            StepInput::Tokens(tokens) => be.embed(&self.embed, tokens, &mut s.x)?,
+            StepInput::Sampled => be.embed_sampled(&self.embed, &s.token, &mut s.x)?,
+        }
         for (l, layer) in self.layers.iter().enumerate() {
             be.rms_norm(&s.x, &layer.attn_norm, c.rms_eps, &mut s.xn)?;
             seen(&["attn_q", "attn_k", "attn_v"], Some(l), &s.xn)?;
@@ -286,7 +338,7 @@ impl<B: Backend> Llama<B> {
         }
         seen(&[self.head_name()], None, &s.xn)?;
         be.matmul(head, &s.xn, &mut s.logits)?;
-        Ok(be.read(&s.logits)?)
+        Ok(())
     }
 
     /// The name of the LM head's matrix: `output.weight`, or `token_embd.weight` when the head is tied to the

@@ -1,5 +1,7 @@
 //! Choosing the next token from logits.
 
+use tern_core::{TokenSampling, pick_token};
+
 use crate::{Error, Result};
 
 /// How to pick tokens. `temperature <= 0` is greedy (argmax).
@@ -64,62 +66,45 @@ impl Sampler {
         (z >> 40) as f32 / (1u64 << 24) as f32
     }
 
+    /// Whether a backend's `sample` can pick the tokens: not with a repetition penalty (it reads the history on
+    /// the host) nor with more candidates than [`tern_core::MAX_SAMPLED_TOP_K`].
+    pub fn fits_backend(&self) -> bool {
+        self.params.repeat_penalty == 1.0 && self.token_sampling(0.0).fits_backend()
+    }
+
+    /// The next token's settings as a backend's `sample` takes them, with its random draw made now (the same
+    /// draw [`Sampler::sample`] would make).
+    pub fn next_draw(&mut self) -> TokenSampling {
+        let draw = if self.params.temperature > 0.0 { self.next_f32() } else { 0.0 };
+        self.token_sampling(draw)
+    }
+
+    fn token_sampling(&self, draw: f32) -> TokenSampling {
+        let p = &self.params;
+        TokenSampling { temperature: p.temperature, top_k: p.top_k, top_p: p.top_p, draw }
+    }
+
     /// Picks the next token from `logits`, given the tokens so far (`history`, for the repetition penalty).
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
         let p = &self.params;
         let recent = &history[history.len().saturating_sub(p.repeat_last_n)..];
-        let penalized = |id: usize, l: f32| {
-            if p.repeat_penalty != 1.0 && recent.contains(&(id as u32)) {
-                if l > 0.0 { l / p.repeat_penalty } else { l * p.repeat_penalty }
-            } else {
-                l
-            }
-        };
-        if p.temperature <= 0.0 {
-            let mut best = (0u32, f32::NEG_INFINITY);
-            for (i, &l) in logits.iter().enumerate() {
-                let l = penalized(i, l);
-                if l > best.1 {
-                    best = (i as u32, l);
+        let mut penalized;
+        let logits = if p.repeat_penalty != 1.0 {
+            penalized = logits.to_vec();
+            // Once per token, however often it appears.
+            let mut seen = recent.to_vec();
+            seen.sort_unstable();
+            seen.dedup();
+            for id in seen {
+                if let Some(l) = penalized.get_mut(id as usize) {
+                    *l = if *l > 0.0 { *l / p.repeat_penalty } else { *l * p.repeat_penalty };
                 }
             }
-            return best.0;
-        }
-        self.candidates.clear();
-        self.candidates.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, penalized(i, l))));
-        let by_logit = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1);
-        let k = if p.top_k == 0 { self.candidates.len() } else { p.top_k.min(self.candidates.len()) };
-        if k < self.candidates.len() {
-            self.candidates.select_nth_unstable_by(k - 1, by_logit);
-            self.candidates.truncate(k);
-        }
-        self.candidates.sort_unstable_by(by_logit);
-        let Some(&(_, max)) = self.candidates.first() else { return 0 };
-        let t = p.temperature;
-        let mut sum = 0f32;
-        for c in self.candidates.iter_mut() {
-            c.1 = ((c.1 - max) / t).exp();
-            sum += c.1;
-        }
-        let mut cum = 0f32;
-        let n = self.candidates.len();
-        let mut keep = n;
-        for (i, c) in self.candidates.iter_mut().enumerate() {
-            c.1 /= sum;
-            cum += c.1;
-            if cum >= p.top_p && keep == n {
-                keep = i + 1;
-            }
-        }
-        self.candidates.truncate(keep);
-        let total: f32 = self.candidates.iter().map(|c| c.1).sum();
-        let mut r = self.next_f32() * total;
-        for c in &self.candidates {
-            r -= c.1;
-            if r <= 0.0 {
-                return c.0;
-            }
-        }
-        self.candidates.last().map_or(0, |c| c.0)
+            &penalized[..]
+        } else {
+            logits
+        };
+        let s = self.next_draw();
+        pick_token(logits, &s, &mut self.candidates)
     }
 }

@@ -88,8 +88,12 @@ impl Tokenizer {
             |regex| PreTokenizerWrapper::from(tokenizers::pre_tokenizers::byte_level::ByteLevel::new(false, true, regex));
         let steps: Vec<PreTokenizerWrapper> = match pre {
             "default" | "gpt2" | "gpt-2" => vec![byte_level(true)],
-            "smollm" | "starcoder" | "refact" | "codeshell" => vec![Digits::new(true).into(), byte_level(true)],
-            "llama-bpe" | "llama3" | "dbrx" | "smaug-bpe" => vec![split(LLAMA3)?, byte_level(false)],
+            "smollm" | "starcoder" | "refact" | "codeshell" => {
+                vec![Digits::new(true).into(), byte_level(true)]
+            }
+            "llama-bpe" | "llama3" | "dbrx" | "smaug-bpe" => {
+                vec![split(LLAMA3)?, byte_level(false)]
+            }
             "qwen2" => vec![split(QWEN2)?, byte_level(false)],
             other => {
                 return Err(Error::Tokenizer(format!(

@@ -184,7 +184,9 @@ fn best_codes(
     nmax: f32,
     symmetric: bool,
 ) -> (u32, u32) {
-    let round = |v: f32, unit: f32| if unit > 0.0 { (v / unit).round().clamp(0.0, cmax) } else { 0.0 };
+    let round = |v: f32, unit: f32| {
+        if unit > 0.0 { (v / unit).round().clamp(0.0, cmax) } else { 0.0 }
+    };
     let (sc0, mn0) = (round(s, d), round(o, mu));
     let error = |sc: f32, mn: f32| -> f32 {
         let (scale, offset) = (d * sc, mu * mn);

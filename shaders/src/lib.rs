@@ -57,6 +57,9 @@ pub enum Kernel {
     SiluMul,
     /// `x += y`.
     Add,
+    /// A token picked from a row of logits (tern's sampling rule: greedy, or top-k, temperature, top-p and a
+    /// draw), written as its id.
+    Sample,
 }
 
 /// What a binding holds.
@@ -93,7 +96,7 @@ impl Kernel {
     }
 
     /// Every kernel that does not depend on a weight format.
-    pub const ELEMENTWISE: [Kernel; 8] = [
+    pub const ELEMENTWISE: [Kernel; 9] = [
         Kernel::RmsNorm,
         Kernel::Rope,
         Kernel::Attention { head_dim: 32 },
@@ -102,6 +105,7 @@ impl Kernel {
         Kernel::Attention { head_dim: 256 },
         Kernel::SiluMul,
         Kernel::Add,
+        Kernel::Sample,
     ];
 
     /// A short label for the pipeline and error messages.
@@ -110,7 +114,9 @@ impl Kernel {
             Kernel::Matmul { ty, workgroup, lanes, rows, tokens } => {
                 format!("matmul {ty} wg{workgroup} lanes{lanes} rows{rows} tokens{tokens}")
             }
-            Kernel::MatmulTiled { ty, tokens, rows } => format!("matmul tiled {ty} tokens{tokens} rows{rows}"),
+            Kernel::MatmulTiled { ty, tokens, rows } => {
+                format!("matmul tiled {ty} tokens{tokens} rows{rows}")
+            }
             Kernel::Matvec { ty, lanes, rows } => format!("matvec {ty} lanes{lanes} rows{rows}"),
             Kernel::MatvecSubgroups { ty } => format!("matvec {ty} subgroups"),
             Kernel::Embed { ty } => format!("embed {ty}"),
@@ -138,6 +144,8 @@ impl Kernel {
             Kernel::SiluMul => &[Params, Read, Read, ReadWrite],
             // y | x
             Kernel::Add => &[Params, Read, ReadWrite],
+            // logits | token id
+            Kernel::Sample => &[Params, Read, ReadWrite],
         }
     }
 
@@ -152,6 +160,7 @@ impl Kernel {
             Kernel::Rope => ["rows", "n_heads", "head_dim", "rot_dim", "interleaved (0/1)", "pos0", "groups_x", "_"],
             Kernel::Attention { .. } => ["rows", "n_heads", "n_kv_heads", "head_dim", "pos0", "scale (f32)", "_", "_"],
             Kernel::SiluMul | Kernel::Add => ["len", "groups_x", "_", "_", "_", "_", "_", "_"],
+            Kernel::Sample => ["cols", "row", "top_k", "temperature (f32)", "top_p (f32)", "draw (f32)", "_", "_"],
         }
     }
 
@@ -168,6 +177,7 @@ impl Kernel {
             Kernel::Attention { head_dim } => kernels::attention(head_dim),
             Kernel::SiluMul => kernels::silu_mul(),
             Kernel::Add => kernels::add(),
+            Kernel::Sample => kernels::sample(),
         }
     }
 
@@ -180,7 +190,7 @@ impl Kernel {
     pub fn workgroup_size(&self) -> u32 {
         match *self {
             Kernel::Matmul { workgroup, .. } => workgroup,
-            Kernel::SiluMul | Kernel::Add | Kernel::RmsNorm => 256,
+            Kernel::SiluMul | Kernel::Add | Kernel::RmsNorm | Kernel::Sample => 256,
             _ => WORKGROUP,
         }
     }
