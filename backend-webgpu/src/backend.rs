@@ -2,7 +2,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use tern_core::{AttentionParams, Backend, Error, MatrixView, Result, RopeParams, RopeStyle, TensorType, TokenSampling};
-use tern_shaders::{Kernel, MATMUL_TOKENS, MAX_HEAD_DIM, TILED_TOKENS, WORKGROUP};
+use tern_shaders::{ATTENTION_SPAN, Kernel, MATMUL_TOKENS, MAX_HEAD_DIM, TILED_TOKENS, WORKGROUP};
 use wgpu::util::DeviceExt;
 
 use crate::device::{AdapterChoice, AdapterReport, Gpu};
@@ -42,6 +42,8 @@ pub struct WebGpuBackend {
     empty: wgpu::Buffer,
     /// RoPE inverse frequencies per (base bits, rotated dims), computed once on the CPU as the CPU backend does.
     inv_freq: Mutex<HashMap<(u32, usize), wgpu::Buffer>>,
+    /// The partial results of split decode attention (grown as needed; every layer reuses it in turn).
+    attention_parts: Mutex<Option<wgpu::Buffer>>,
     kernels: KernelChoice,
 }
 
@@ -120,7 +122,14 @@ impl WebGpuBackend {
                 detail: format!("{} lanes on {} rows: expected a power of two up to {WORKGROUP} on 1 to 4", k.lanes, k.rows),
             });
         }
-        Ok(WebGpuBackend { gpu, recorder, empty, inv_freq: Mutex::new(HashMap::new()), kernels: k })
+        Ok(WebGpuBackend {
+            gpu,
+            recorder,
+            empty,
+            inv_freq: Mutex::new(HashMap::new()),
+            attention_parts: Mutex::new(None),
+            kernels: k,
+        })
     }
 
     /// The adapter this backend runs on.
@@ -180,6 +189,21 @@ impl WebGpuBackend {
         let buf = self.storage_with("tern rope frequencies", &freqs);
         cache.insert(key, buf.clone());
         Ok(buf)
+    }
+
+    /// The buffer of split attention's partials, at least `bytes` long.
+    fn attention_parts(&self, bytes: u64) -> Result<wgpu::Buffer> {
+        let mut parts =
+            self.attention_parts.lock().map_err(|_| Error::Device { detail: "a thread panicked during attention".into() })?;
+        match parts.as_ref() {
+            Some(b) if b.size() >= bytes => Ok(b.clone()),
+            _ => {
+                self.check_binding(|| "attention partials".into(), bytes)?;
+                let b = self.storage("tern attention partials", bytes.next_power_of_two());
+                *parts = Some(b.clone());
+                Ok(b)
+            }
+        }
     }
 
     fn same_shape(op: &'static str, a: &GpuTensor, b: &GpuTensor) -> Result<()> {
@@ -405,15 +429,24 @@ impl Backend for WebGpuBackend {
             ));
         }
         self.resize("attention", out, q.rows, q.cols)?;
-        let grid = Grid { dims: (p.n_heads as u32, q.rows as u32, 1) };
-        let params = [q.rows as u32, p.n_heads as u32, p.n_kv_heads as u32, hd as u32, p.pos0 as u32, p.scale.to_bits(), 0, 0];
-        self.recorder.dispatch(
-            &self.gpu,
-            Kernel::Attention { head_dim: hd as u32 },
-            params,
-            &[&q.buf, &k.buf, &v.buf, &out.buf],
-            grid,
-        )
+        let visible = p.pos0 + q.rows;
+        let span = ATTENTION_SPAN as usize;
+        let params =
+            |span| [q.rows as u32, p.n_heads as u32, p.n_kv_heads as u32, hd as u32, p.pos0 as u32, p.scale.to_bits(), span, 0];
+        if q.rows > 1 || visible <= span {
+            let grid = Grid { dims: (p.n_heads as u32, q.rows as u32, 1) };
+            let kernel = Kernel::Attention { head_dim: hd as u32, split: false };
+            return self.recorder.dispatch(&self.gpu, kernel, params(0), &[&q.buf, &k.buf, &v.buf, &out.buf], grid);
+        }
+        // Decode over a long context: spans of positions in workgroups of their own, then merged.
+        let splits = visible.div_ceil(span);
+        let parts = self.attention_parts(tensor_bytes(splits * p.n_heads * (hd + 2)))?;
+        let kernel = Kernel::Attention { head_dim: hd as u32, split: true };
+        let grid = Grid { dims: (p.n_heads as u32, splits as u32, 1) };
+        self.recorder.dispatch(&self.gpu, kernel, params(span as u32), &[&q.buf, &k.buf, &v.buf, &parts], grid)?;
+        let combine = Kernel::AttentionCombine { head_dim: hd as u32 };
+        let params = [p.n_heads as u32, splits as u32, 0, 0, 0, 0, 0, 0];
+        self.recorder.dispatch(&self.gpu, combine, params, &[&parts, &out.buf], Grid { dims: (p.n_heads as u32, 1, 1) })
     }
 
     fn silu_mul(&self, gate: &GpuTensor, up: &GpuTensor, out: &mut GpuTensor) -> Result<()> {

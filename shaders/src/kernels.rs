@@ -381,7 +381,12 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
 /// One workgroup per (query row, head). Each tile of positions: every invocation scores one position, the
 /// tile's maximum rescales the running sums (online softmax), and each invocation accumulates its own output
 /// dimensions over the tile.
-pub(crate) fn attention(head_dim: u32) -> String {
+///
+/// With `split`, the kernel takes one query row (decode) and workgroup (head, split) covers only positions
+/// `split * span..(split + 1) * span`: long contexts then keep many workgroups busy. Each writes its running
+/// maximum, sum and unnormalized output to `out` as a partial, `[m, l, acc; head_dim]` at
+/// `(split * n_heads + head) * (head_dim + 2)`, and [`attention_combine`] merges the splits.
+pub(crate) fn attention(head_dim: u32, split: bool) -> String {
     let tile = ATTENTION_TILE;
     let quads = head_dim / 4;
     // Output dimensions per invocation, unrolled: d = li + 64 e.
@@ -398,11 +403,32 @@ pub(crate) fn attention(head_dim: u32) -> String {
     };
     let rescale = lines((0..dims).map(|e| format!("acc{e} *= correction;")), 8);
     let (v4, v1) = (lines((0..4).map(|u| v_loads(&format!("i + {u}u"))), 12), lines([v_loads("i")], 12));
-    let writes =
-        lines((0..dims).map(|e| format!("if (li + {0}u < HD) {{ out[qbase + li + {0}u] = acc{e} / l; }}", e as u32 * tile)), 4);
+    let writes = if split {
+        let accs =
+            lines((0..dims).map(|e| format!("if (li + {0}u < HD) {{ out[pb + 2u + li + {0}u] = acc{e}; }}", e as u32 * tile)), 4);
+        format!(
+            "    let pb = (wid.y * p.n_heads + h) * (HD + 2u);
+    if (li == 0u) {{
+        out[pb] = m;
+        out[pb + 1u] = l;
+    }}
+{accs}"
+        )
+    } else {
+        lines((0..dims).map(|e| format!("if (li + {0}u < HD) {{ out[qbase + li + {0}u] = acc{e} / l; }}", e as u32 * tile)), 4)
+    };
+    let range = if split {
+        "let t = 0u;
+    let first = wid.y * p.span;
+    let visible = min(p.pos0 + 1u, first + p.span);"
+    } else {
+        "let t = wid.y;
+    let first = 0u;
+    let visible = p.pos0 + t + 1u;"
+    };
     let (tree_max, tree_sum) = (workgroup_tree("red", tile, "max({a}, {b})", 8), workgroup_tree("red", tile, "{a} + {b}", 8));
     format!(
-        r#"struct Params {{ rows: u32, n_heads: u32, n_kv_heads: u32, head_dim: u32, pos0: u32, scale: f32, _p6: u32, _p7: u32 }}
+        r#"struct Params {{ rows: u32, n_heads: u32, n_kv_heads: u32, head_dim: u32, pos0: u32, scale: f32, span: u32, _p7: u32 }}
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(2) var<storage, read> k: array<vec4<f32>>;
@@ -417,10 +443,9 @@ const NONE: f32 = -3.0e38;
 @compute @workgroup_size({tile})
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
     let h = wid.x;
-    let t = wid.y;
+    {range}
     let kvh = h / (p.n_heads / p.n_kv_heads);
     let kv_cols = p.n_kv_heads * HD;
-    let visible = p.pos0 + t + 1u;
     let qbase = (t * p.n_heads + h) * HD;
     for (var d = li; d < HD / 4u; d += {tile}u) {{
         qs[d] = vec4<f32>(q[qbase + 4u * d], q[qbase + 4u * d + 1u], q[qbase + 4u * d + 2u], q[qbase + 4u * d + 3u]);
@@ -428,7 +453,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     workgroupBarrier();
     var m = NONE;
     var l = 0.0;
-{accs}    for (var j0 = 0u; j0 < visible; j0 += {tile}u) {{
+{accs}    for (var j0 = first; j0 < visible; j0 += {tile}u) {{
         let j = j0 + li;
         var s = NONE;
         if (j < visible) {{
@@ -459,6 +484,43 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
         m = m_new;
         workgroupBarrier();
     }}
+{writes}}}
+"#
+    )
+}
+
+/// One workgroup per head merges the partials of a split [`attention`]: each split's sums are rescaled to the
+/// largest maximum, added, and the output divided by the total.
+pub(crate) fn attention_combine(head_dim: u32) -> String {
+    let tile = ATTENTION_TILE;
+    let dims = head_dim.div_ceil(tile) as usize;
+    let accs = lines((0..dims).map(|e| format!("var acc{e} = 0.0;")), 4);
+    let adds = lines(
+        (0..dims).map(|e| format!("if (li + {0}u < HD) {{ acc{e} += w * parts[pb + 2u + li + {0}u]; }}", e as u32 * tile)),
+        8,
+    );
+    let writes =
+        lines((0..dims).map(|e| format!("if (li + {0}u < HD) {{ out[h * HD + li + {0}u] = acc{e} / l; }}", e as u32 * tile)), 4);
+    format!(
+        r#"struct Params {{ n_heads: u32, splits: u32, _p2: u32, _p3: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> parts: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+const HD: u32 = {head_dim}u;
+
+@compute @workgroup_size({tile})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
+    let h = wid.x;
+    var m = -3.0e38;
+    for (var s = 0u; s < p.splits; s++) {{
+        m = max(m, parts[(s * p.n_heads + h) * (HD + 2u)]);
+    }}
+    var l = 0.0;
+{accs}    for (var s = 0u; s < p.splits; s++) {{
+        let pb = (s * p.n_heads + h) * (HD + 2u);
+        let w = exp(parts[pb] - m);
+        l += w * parts[pb + 1u];
+{adds}    }}
 {writes}}}
 "#
     )

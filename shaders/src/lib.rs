@@ -22,6 +22,9 @@ pub const ATTENTION_TILE: u32 = 64;
 /// The largest head the attention kernel takes: each invocation owns `head_dim / 64` output dimensions.
 pub const MAX_HEAD_DIM: u32 = 256;
 
+/// Positions per workgroup of a split decode attention ([`Kernel::Attention`] with `split`).
+pub const ATTENTION_SPAN: u32 = 256;
+
 /// Tokens one matmul workgroup multiplies each weight it reads by.
 pub const MATMUL_TOKENS: u32 = 8;
 
@@ -51,8 +54,12 @@ pub enum Kernel {
     /// Rotary position embedding, in place.
     Rope,
     /// Causal grouped-query attention over heads of `head_dim` (a multiple of 4 up to [`MAX_HEAD_DIM`]), one
-    /// workgroup per (query row, head), online softmax over tiles of [`ATTENTION_TILE`] positions.
-    Attention { head_dim: u32 },
+    /// workgroup per (query row, head), online softmax over tiles of [`ATTENTION_TILE`] positions. With `split`
+    /// (decode only), one workgroup per (head, span of positions), each writing a partial result that
+    /// [`Kernel::AttentionCombine`] merges.
+    Attention { head_dim: u32, split: bool },
+    /// Merges the partials of a split attention, one workgroup per head.
+    AttentionCombine { head_dim: u32 },
     /// `out = silu(gate) * up`.
     SiluMul,
     /// `x += y`.
@@ -96,13 +103,21 @@ impl Kernel {
     }
 
     /// Every kernel that does not depend on a weight format.
-    pub const ELEMENTWISE: [Kernel; 9] = [
+    pub const ELEMENTWISE: [Kernel; 17] = [
         Kernel::RmsNorm,
         Kernel::Rope,
-        Kernel::Attention { head_dim: 32 },
-        Kernel::Attention { head_dim: 64 },
-        Kernel::Attention { head_dim: 128 },
-        Kernel::Attention { head_dim: 256 },
+        Kernel::Attention { head_dim: 32, split: false },
+        Kernel::Attention { head_dim: 64, split: false },
+        Kernel::Attention { head_dim: 128, split: false },
+        Kernel::Attention { head_dim: 256, split: false },
+        Kernel::Attention { head_dim: 32, split: true },
+        Kernel::Attention { head_dim: 64, split: true },
+        Kernel::Attention { head_dim: 128, split: true },
+        Kernel::Attention { head_dim: 256, split: true },
+        Kernel::AttentionCombine { head_dim: 32 },
+        Kernel::AttentionCombine { head_dim: 64 },
+        Kernel::AttentionCombine { head_dim: 128 },
+        Kernel::AttentionCombine { head_dim: 256 },
         Kernel::SiluMul,
         Kernel::Add,
         Kernel::Sample,
@@ -138,8 +153,10 @@ impl Kernel {
             Kernel::RmsNorm => &[Params, Read, Read, ReadWrite],
             // inverse frequencies | x
             Kernel::Rope => &[Params, Read, ReadWrite],
-            // q, k, v | out
+            // q, k, v | out (or partials)
             Kernel::Attention { .. } => &[Params, Read, Read, Read, ReadWrite],
+            // partials | out
+            Kernel::AttentionCombine { .. } => &[Params, Read, ReadWrite],
             // gate, up | out
             Kernel::SiluMul => &[Params, Read, Read, ReadWrite],
             // y | x
@@ -158,7 +175,8 @@ impl Kernel {
             Kernel::Embed { .. } => ["cols", "tokens", "groups_x", "_", "_", "_", "_", "_"],
             Kernel::RmsNorm => ["rows", "cols", "eps (f32)", "groups_x", "_", "_", "_", "_"],
             Kernel::Rope => ["rows", "n_heads", "head_dim", "rot_dim", "interleaved (0/1)", "pos0", "groups_x", "_"],
-            Kernel::Attention { .. } => ["rows", "n_heads", "n_kv_heads", "head_dim", "pos0", "scale (f32)", "_", "_"],
+            Kernel::Attention { .. } => ["rows", "n_heads", "n_kv_heads", "head_dim", "pos0", "scale (f32)", "span", "_"],
+            Kernel::AttentionCombine { .. } => ["n_heads", "splits", "_", "_", "_", "_", "_", "_"],
             Kernel::SiluMul | Kernel::Add => ["len", "groups_x", "_", "_", "_", "_", "_", "_"],
             Kernel::Sample => ["cols", "row", "top_k", "temperature (f32)", "top_p (f32)", "draw (f32)", "_", "_"],
         }
@@ -174,7 +192,8 @@ impl Kernel {
             Kernel::Embed { ty } => kernels::embed(ty),
             Kernel::RmsNorm => kernels::rms_norm(),
             Kernel::Rope => kernels::rope(),
-            Kernel::Attention { head_dim } => kernels::attention(head_dim),
+            Kernel::Attention { head_dim, split } => kernels::attention(head_dim, split),
+            Kernel::AttentionCombine { head_dim } => kernels::attention_combine(head_dim),
             Kernel::SiluMul => kernels::silu_mul(),
             Kernel::Add => kernels::add(),
             Kernel::Sample => kernels::sample(),
