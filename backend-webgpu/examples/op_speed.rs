@@ -7,6 +7,19 @@ use tern_backend_webgpu::{AdapterChoice, KernelChoice, WebGpuBackend};
 use tern_core::{AttentionParams, Backend, RopeParams, RopeStyle, TensorType};
 use tern_quant::PackedMatrix;
 
+/// Values spread over [-1, 1), the same every run.
+fn spread_values(n: usize) -> Vec<f32> {
+    let mut s = 0x9e37_79b9_7f4a_7c15u64;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let repeats: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(20);
     let be = WebGpuBackend::new(AdapterChoice::Any)?;
@@ -109,38 +122,52 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         t.elapsed().as_secs_f64() * 1e6,
         recorded.as_secs_f64() * 1e3
     );
-    let mut choices = vec![(32, 1, None), (32, 2, None)];
+    // Decode kernel variants: (lanes, rows, unroll, tiled, subgroup size). Untiled is the block-per-lane kernel.
+    let mut choices = vec![
+        (32, 1, 4, true, None),
+        (32, 1, 8, true, None),
+        (32, 1, 16, true, None),
+        (32, 2, 8, true, None),
+        (16, 1, 8, true, None),
+        (32, 1, 4, false, None),
+        (32, 2, 4, false, None),
+        (16, 1, 4, false, None),
+        (8, 1, 4, false, None),
+    ];
     if let Some(size) = be.adapter().subgroup_size {
-        choices.push((size, 1, Some(size)));
+        choices.push((size, 1, 4, true, Some(size)));
     }
-    let variants: Vec<WebGpuBackend> = choices
+    // The matrices, packed once.
+    let shapes = [(4096, 4096), (11008, 4096), (4096, 11008)];
+    let q4: Vec<PackedMatrix> =
+        shapes.iter().map(|&(r, c)| PackedMatrix::from_f32(TensorType::Q4_0, r, c, &vec![0.25f32; r * c]).unwrap()).collect();
+    let t4: Vec<tern_quant::TernMatrix> = shapes
         .iter()
-        .map(|&(lanes, rows, subgroup_size)| {
-            WebGpuBackend::with_kernels(
-                AdapterChoice::Any,
-                Some(KernelChoice { lanes, rows, tiled: true, tiled_rows: 2, subgroup_size }),
-            )
-        })
-        .collect::<Result<_, _>>()?;
-    for ((lanes, rows, sg), be) in choices.iter().zip(&variants) {
-        println!("decode kernels: {lanes} lanes on {rows} rows, subgroups {sg:?}");
+        .map(|&(r, c)| tern_quant::TernMatrix::quantize(tern_core::TernFormat::T4, r, c, &spread_values(r * c), None).unwrap())
+        .collect();
+    let packed: Vec<(tern_core::MatrixView<'_>, usize)> =
+        q4.iter().map(|m| (m.view(), m.bytes())).chain(t4.iter().map(|m| (m.view(), m.bytes()))).collect();
+    for &(lanes, rows, unroll, tiled, subgroup_size) in &choices {
+        let k = KernelChoice { lanes, rows, unroll, tiled, tiled_rows: 2, subgroup_size };
+        let be = WebGpuBackend::with_kernels(AdapterChoice::Any, Some(k))?;
+        println!("decode kernels: {lanes} lanes on {rows} rows, unrolled {unroll}, tiled {tiled}, subgroups {subgroup_size:?}");
         let mut out = be.zeros(0, 0)?;
-        for (r, c) in [(4096, 4096), (11008, 4096), (4096, 11008)] {
-            let w = PackedMatrix::from_f32(TensorType::Q4_0, r, c, &vec![0.25f32; r * c]).unwrap();
-            let m = be.upload_matrix(w.view())?;
+        for (view, bytes) in &packed {
+            let (ty, r, c) = (view.ty, view.rows, view.cols);
+            let m = be.upload_matrix(*view)?;
             let xin = be.upload(&vec![0.5f32; c], 1, c)?;
             for _ in 0..3 {
                 be.matmul(&m, &xin, &mut out)?;
             }
             be.read(&out)?;
-            let n = 50;
+            let n = 100;
             let t = Instant::now();
             for _ in 0..n {
                 be.matmul(&m, &xin, &mut out)?;
             }
             be.read(&out)?;
             let s = t.elapsed().as_secs_f64();
-            println!("  Q4_0 {r}x{c}: {:.1} us, {:.0} GB/s", s * 1e6 / n as f64, w.bytes() as f64 * n as f64 / s / 1e9);
+            println!("  {ty} {r}x{c}: {:.1} us, {:.0} GB/s", s * 1e6 / n as f64, *bytes as f64 * n as f64 / s / 1e9);
         }
     }
     for (rows, cols) in [(4096, 4096), (11008, 4096), (4096, 11008)] {

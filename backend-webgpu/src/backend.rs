@@ -1,11 +1,12 @@
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tern_core::{AttentionParams, Backend, Error, MatrixView, Result, RopeParams, RopeStyle, TensorType, TokenSampling};
 use tern_shaders::{ATTENTION_SPAN, Kernel, MATMUL_TOKENS, MAX_HEAD_DIM, TILED_TOKENS, WORKGROUP};
 use wgpu::util::DeviceExt;
 
 use crate::device::{AdapterChoice, AdapterReport, Gpu};
+use crate::pool::{BufferPool, size_class};
 use crate::recorder::{GpuReading, Grid, Recorder};
 
 /// An f32 activation matrix in a GPU storage buffer, row-major. The buffer may be larger than the shape (it is
@@ -15,6 +16,8 @@ pub struct GpuTensor {
     buf: wgpu::Buffer,
     rows: usize,
     cols: usize,
+    /// Where the buffer goes when the tensor is dropped.
+    pool: Arc<BufferPool>,
 }
 
 impl GpuTensor {
@@ -23,14 +26,33 @@ impl GpuTensor {
     }
 }
 
+impl Drop for GpuTensor {
+    fn drop(&mut self) {
+        self.pool.give(self.buf.clone());
+    }
+}
+
 /// A packed weight matrix: its four word arrays in GPU storage buffers (a shared empty one for absent parts).
+/// Matrices uploaded together share their buffers, each from its own first row.
 #[derive(Debug)]
 pub struct GpuMatrix {
     ty: TensorType,
     rows: usize,
     cols: usize,
+    /// The matrix's first row in the buffers.
+    first_row: usize,
     /// quants, scales (tern: block codes), mins, row units.
     parts: [wgpu::Buffer; 4],
+}
+
+impl GpuMatrix {
+    /// Whether `ws` lie one after another in the same buffers, so that one product kernel can run them all.
+    fn stored_together(ws: &[&GpuMatrix]) -> bool {
+        ws.windows(2).all(|p| {
+            let (a, b) = (p[0], p[1]);
+            a.parts[0] == b.parts[0] && a.ty == b.ty && a.cols == b.cols && a.first_row + a.rows == b.first_row
+        })
+    }
 }
 
 /// tern's [`Backend`] on wgpu: every op is a WGSL kernel (`tern-shaders`), recorded into one command encoder
@@ -44,6 +66,8 @@ pub struct WebGpuBackend {
     inv_freq: Mutex<HashMap<(u32, usize), wgpu::Buffer>>,
     /// The partial results of split decode attention (grown as needed; every layer reuses it in turn).
     attention_parts: Mutex<Option<wgpu::Buffer>>,
+    /// Buffers of dropped tensors, for the next ones.
+    pool: Arc<BufferPool>,
     kernels: KernelChoice,
 }
 
@@ -54,6 +78,8 @@ pub struct KernelChoice {
     pub lanes: u32,
     /// Rows those invocations share in decode products (1 to 4): each activation loaded serves that many.
     pub rows: u32,
+    /// With `tiled`: `vec4`s each lane of a decode product loads before using them (4, 8 or 16).
+    pub unroll: u32,
     /// The GPU kernels: products of several tokens tiled, decode products with lanes on consecutive `vec4`s
     /// (fast on GPUs; on a CPU rasterizer their barriers cost more than they save). With them, a token's
     /// products in a batch and alone may differ by float rounding.
@@ -72,9 +98,9 @@ impl KernelChoice {
     pub fn for_adapter(report: &AdapterReport) -> Self {
         if report.is_gpu {
             // The subgroup matvec measured no faster on an H100 (and slower on 4096x11008), so it is opt-in.
-            KernelChoice { lanes: 32, rows: 1, tiled: true, tiled_rows: 2, subgroup_size: None }
+            KernelChoice { lanes: 32, rows: 2, unroll: 8, tiled: true, tiled_rows: 2, subgroup_size: None }
         } else {
-            KernelChoice { lanes: 1, rows: 1, tiled: false, tiled_rows: 1, subgroup_size: None }
+            KernelChoice { lanes: 1, rows: 1, unroll: 4, tiled: false, tiled_rows: 1, subgroup_size: None }
         }
     }
 }
@@ -117,9 +143,17 @@ impl WebGpuBackend {
                 ),
             });
         }
-        if !k.lanes.is_power_of_two() || k.lanes > WORKGROUP || !(1..=4).contains(&k.rows) || !(1..=2).contains(&k.tiled_rows) {
+        if !k.lanes.is_power_of_two()
+            || k.lanes > WORKGROUP
+            || !(1..=4).contains(&k.rows)
+            || !(1..=2).contains(&k.tiled_rows)
+            || ![4, 8, 16].contains(&k.unroll)
+        {
             return Err(Error::Device {
-                detail: format!("{} lanes on {} rows: expected a power of two up to {WORKGROUP} on 1 to 4", k.lanes, k.rows),
+                detail: format!(
+                    "{} lanes on {} rows, unrolled {}: expected a power of two up to {WORKGROUP} on 1 to 4, unrolled 4, 8 or 16",
+                    k.lanes, k.rows, k.unroll
+                ),
             });
         }
         Ok(WebGpuBackend {
@@ -128,6 +162,7 @@ impl WebGpuBackend {
             empty,
             inv_freq: Mutex::new(HashMap::new()),
             attention_parts: Mutex::new(None),
+            pool: Arc::new(BufferPool::default()),
             kernels: k,
         })
     }
@@ -135,6 +170,11 @@ impl WebGpuBackend {
     /// The adapter this backend runs on.
     pub fn adapter(&self) -> &AdapterReport {
         &self.gpu.report
+    }
+
+    /// Bytes of GPU memory held by dropped tensors for reuse (at most 1 GiB).
+    pub fn idle_bytes(&self) -> u64 {
+        self.pool.idle_bytes()
     }
 
     fn check_binding(&self, what: impl FnOnce() -> String, bytes: u64) -> Result<()> {
@@ -167,7 +207,8 @@ impl WebGpuBackend {
         let bytes = tensor_bytes(rows * cols);
         if t.buf.size() < bytes {
             self.check_binding(|| format!("{op} output of {rows}x{cols}"), bytes)?;
-            t.buf = self.storage("tern tensor", bytes);
+            let old = std::mem::replace(&mut t.buf, self.pool.take(&self.gpu.device, bytes));
+            self.pool.give(old);
         }
         t.rows = rows;
         t.cols = cols;
@@ -189,6 +230,50 @@ impl WebGpuBackend {
         let buf = self.storage_with("tern rope frequencies", &freqs);
         cache.insert(key, buf.clone());
         Ok(buf)
+    }
+
+    /// `outs[i] = ws[i] x` in one dispatch, for matrices stored together (or one matrix).
+    fn products(&self, ws: &[&GpuMatrix], x: &GpuTensor, outs: &mut [&mut GpuTensor]) -> Result<()> {
+        let (Some(w), true) = (ws.first(), ws.len() == outs.len() && ws.len() <= 3) else {
+            return Err(Error::shape("matmul", format!("{} matrices for {} outputs", ws.len(), outs.len())));
+        };
+        if x.cols != w.cols {
+            return Err(Error::shape("matmul", format!("{}x{} matrix by activations of width {}", w.rows, w.cols, x.cols)));
+        }
+        for (m, out) in ws.iter().zip(outs.iter_mut()) {
+            self.resize("matmul", out, x.rows, m.rows)?;
+        }
+        let rows: usize = ws.iter().map(|m| m.rows).sum();
+        let outputs = ws.len() as u32;
+        // Decode takes a kernel of its own: no batch to share the weights with.
+        let (ty, k) = (w.ty, self.kernels);
+        let (kernel, rows_per_group, tokens) = if x.rows > 1 && k.tiled {
+            (
+                Kernel::MatmulTiled { ty, tokens: TILED_TOKENS, rows: k.tiled_rows, outputs },
+                WORKGROUP * k.tiled_rows,
+                TILED_TOKENS,
+            )
+        } else if let (true, Some(size)) = (k.tiled, k.subgroup_size) {
+            (Kernel::MatvecSubgroups { ty, outputs }, WORKGROUP / size, 1)
+        } else if k.tiled {
+            (Kernel::Matvec { ty, lanes: k.lanes, rows: k.rows, unroll: k.unroll, outputs }, WORKGROUP / k.lanes * k.rows, 1)
+        } else {
+            let (tokens, rows) = if x.rows == 1 { (1, k.rows) } else { (MATMUL_TOKENS, 1) };
+            let kernel = Kernel::Matmul { ty, workgroup: WORKGROUP, lanes: k.lanes, rows, tokens, outputs };
+            (kernel, WORKGROUP / k.lanes * rows, tokens)
+        };
+        let row_groups = (rows as u64).div_ceil(rows_per_group as u64);
+        let max = self.max_groups();
+        let x_groups = row_groups.min(max as u64).max(1) as u32;
+        let z_groups = row_groups.div_ceil(x_groups as u64) as u32;
+        let token_groups = (x.rows as u64).div_ceil(tokens as u64) as u32;
+        let grid = Grid { dims: (if row_groups == 0 { 0 } else { x_groups }, token_groups, z_groups.max(1)) };
+        let rows_of = |i: usize| ws.get(i).map_or(0, |m| m.rows as u32);
+        let params = [rows as u32, w.cols as u32, x.rows as u32, x_groups, w.first_row as u32, rows_of(0), rows_of(1), 0];
+        let [q, s, mn, u] = &w.parts;
+        let mut buffers = vec![q, s, mn, u, &x.buf];
+        buffers.extend(outs.iter().map(|o| &o.buf));
+        self.recorder.dispatch(&self.gpu, kernel, params, &buffers, grid)
     }
 
     /// The buffer of split attention's partials, at least `bytes` long.
@@ -240,18 +325,22 @@ impl Backend for WebGpuBackend {
     fn zeros(&self, rows: usize, cols: usize) -> Result<GpuTensor> {
         let bytes = tensor_bytes(rows * cols);
         self.check_binding(|| format!("a {rows}x{cols} tensor"), bytes)?;
-        Ok(GpuTensor { buf: self.storage("tern tensor", bytes), rows, cols })
+        let buf = self.pool.take(&self.gpu.device, bytes);
+        // A reused buffer holds its last user's values.
+        self.recorder.clear(&self.gpu, &buf)?;
+        Ok(GpuTensor { buf, rows, cols, pool: self.pool.clone() })
     }
 
     fn upload(&self, data: &[f32], rows: usize, cols: usize) -> Result<GpuTensor> {
         if data.len() != rows * cols {
             return Err(Error::shape("upload", format!("{} values for {rows}x{cols}", data.len())));
         }
-        let bytes = tensor_bytes(data.len());
+        let bytes = size_class(tensor_bytes(data.len()));
         self.check_binding(|| format!("a {rows}x{cols} tensor"), bytes)?;
         let mut contents: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
         contents.resize(bytes as usize, 0);
-        Ok(GpuTensor { buf: self.storage_with("tern tensor", &contents), rows, cols })
+        // A fresh buffer, written at creation: a reused one would need a write ordered after recorded work.
+        Ok(GpuTensor { buf: self.storage_with("tern tensor", &contents), rows, cols, pool: self.pool.clone() })
     }
 
     fn read(&self, t: &GpuTensor) -> Result<Vec<f32>> {
@@ -273,6 +362,45 @@ impl Backend for WebGpuBackend {
 
     fn shape(&self, t: &GpuTensor) -> (usize, usize) {
         (t.rows, t.cols)
+    }
+
+    fn upload_matrices(&self, ms: &[MatrixView<'_>]) -> Result<Vec<GpuMatrix>> {
+        let Some(first) = ms.first() else { return Ok(Vec::new()) };
+        // Stored together when every matrix has the type and width of the first, and its f16 scales (and
+        // minimums) fill whole words, so that the concatenated parts are those of one taller matrix.
+        let whole_words = |m: &MatrixView<'_>| m.ty.tern_format().is_some() || (m.rows * m.row_blocks()).is_multiple_of(2);
+        let together =
+            ms.len() > 1 && ms.iter().all(|m| m.ty == first.ty && m.cols == first.cols && whole_words(m) && m.validate().is_ok());
+        if !together {
+            return ms.iter().map(|m| self.upload_matrix(*m)).collect();
+        }
+        let (mut quants, mut scales, mut mins, mut row_scales) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for m in ms {
+            quants.extend_from_slice(m.quants);
+            scales.extend_from_slice(m.scales);
+            mins.extend_from_slice(m.mins);
+            row_scales.extend_from_slice(m.row_scales);
+        }
+        let rows = ms.iter().map(|m| m.rows).sum();
+        let view = MatrixView {
+            ty: first.ty,
+            rows,
+            cols: first.cols,
+            quants: &quants,
+            scales: &scales,
+            mins: &mins,
+            row_scales: &row_scales,
+        };
+        let stored = self.upload_matrix(view)?;
+        let mut first_row = 0;
+        Ok(ms
+            .iter()
+            .map(|m| {
+                let part = GpuMatrix { ty: m.ty, rows: m.rows, cols: m.cols, first_row, parts: stored.parts.clone() };
+                first_row += m.rows;
+                part
+            })
+            .collect())
     }
 
     fn upload_matrix(&self, m: MatrixView<'_>) -> Result<GpuMatrix> {
@@ -297,7 +425,7 @@ impl Backend for WebGpuBackend {
         }
         let parts: [wgpu::Buffer; 4] = parts.try_into().map_err(|_| Error::Device { detail: "matrix parts".into() })?;
         self.gpu.check()?;
-        Ok(GpuMatrix { ty: m.ty, rows: m.rows, cols: m.cols, parts })
+        Ok(GpuMatrix { ty: m.ty, rows: m.rows, cols: m.cols, first_row: 0, parts })
     }
 
     fn matrix_shape(&self, m: &GpuMatrix) -> (usize, usize) {
@@ -345,32 +473,20 @@ impl Backend for WebGpuBackend {
     }
 
     fn matmul(&self, w: &GpuMatrix, x: &GpuTensor, out: &mut GpuTensor) -> Result<()> {
-        if x.cols != w.cols {
-            return Err(Error::shape("matmul", format!("{}x{} matrix by activations of width {}", w.rows, w.cols, x.cols)));
+        self.products(&[w], x, &mut [out])
+    }
+
+    fn matmul_many(&self, ws: &[&GpuMatrix], x: &GpuTensor, outs: &mut [&mut GpuTensor]) -> Result<()> {
+        if ws.len() != outs.len() {
+            return Err(Error::shape("matmul_many", format!("{} matrices but {} outputs", ws.len(), outs.len())));
         }
-        self.resize("matmul", out, x.rows, w.rows)?;
-        // Decode takes a kernel of its own: no batch to share the weights with.
-        let k = self.kernels;
-        let (kernel, rows_per_group, tokens) = if x.rows > 1 && k.tiled {
-            (Kernel::MatmulTiled { ty: w.ty, tokens: TILED_TOKENS, rows: k.tiled_rows }, WORKGROUP * k.tiled_rows, TILED_TOKENS)
-        } else if let (true, Some(size)) = (k.tiled, k.subgroup_size) {
-            (Kernel::MatvecSubgroups { ty: w.ty }, WORKGROUP / size, 1)
-        } else if k.tiled {
-            (Kernel::Matvec { ty: w.ty, lanes: k.lanes, rows: k.rows }, WORKGROUP / k.lanes * k.rows, 1)
-        } else {
-            let (tokens, rows) = if x.rows == 1 { (1, k.rows) } else { (MATMUL_TOKENS, 1) };
-            let kernel = Kernel::Matmul { ty: w.ty, workgroup: WORKGROUP, lanes: k.lanes, rows, tokens };
-            (kernel, WORKGROUP / k.lanes * rows, tokens)
-        };
-        let row_groups = (w.rows as u64).div_ceil(rows_per_group as u64);
-        let max = self.max_groups();
-        let x_groups = row_groups.min(max as u64).max(1) as u32;
-        let z_groups = row_groups.div_ceil(x_groups as u64) as u32;
-        let token_groups = (x.rows as u64).div_ceil(tokens as u64) as u32;
-        let grid = Grid { dims: (if row_groups == 0 { 0 } else { x_groups }, token_groups, z_groups.max(1)) };
-        let [q, s, mn, u] = &w.parts;
-        let params = [w.rows as u32, w.cols as u32, x.rows as u32, x_groups, 0, 0, 0, 0];
-        self.recorder.dispatch(&self.gpu, kernel, params, &[q, s, mn, u, &x.buf, &out.buf], grid)
+        if (2..=3).contains(&ws.len()) && GpuMatrix::stored_together(ws) {
+            return self.products(ws, x, outs);
+        }
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            self.products(&[w], x, &mut [&mut **out])?;
+        }
+        Ok(())
     }
 
     fn rms_norm(&self, x: &GpuTensor, weight: &GpuTensor, eps: f32, out: &mut GpuTensor) -> Result<()> {
@@ -381,6 +497,74 @@ impl Backend for WebGpuBackend {
         let (grid, groups_x) = Grid::folded(x.rows as u64, self.max_groups());
         let params = [x.rows as u32, x.cols as u32, eps.to_bits(), groups_x, 0, 0, 0, 0];
         self.recorder.dispatch(&self.gpu, Kernel::RmsNorm, params, &[&x.buf, &weight.buf, &out.buf], grid)
+    }
+
+    fn add_rms_norm(&self, x: &mut GpuTensor, y: &GpuTensor, weight: &GpuTensor, eps: f32, out: &mut GpuTensor) -> Result<()> {
+        Self::same_shape("add_rms_norm", x, y)?;
+        if weight.len() != x.cols {
+            return Err(Error::shape("add_rms_norm", format!("weight of {} for rows of {}", weight.len(), x.cols)));
+        }
+        self.resize("add_rms_norm", out, x.rows, x.cols)?;
+        let (grid, groups_x) = Grid::folded(x.rows as u64, self.max_groups());
+        let params = [x.rows as u32, x.cols as u32, eps.to_bits(), groups_x, 0, 0, 0, 0];
+        self.recorder.dispatch(&self.gpu, Kernel::AddRmsNorm, params, &[&y.buf, &weight.buf, &x.buf, &out.buf], grid)
+    }
+
+    fn rope_and_append(
+        &self,
+        q: &mut GpuTensor,
+        k: &mut GpuTensor,
+        v: &GpuTensor,
+        rope: &RopeParams,
+        n_kv_heads: usize,
+        k_cache: &mut GpuTensor,
+        v_cache: &mut GpuTensor,
+    ) -> Result<()> {
+        let p = rope;
+        let kv_cols = n_kv_heads * p.head_dim;
+        if q.cols != p.n_heads * p.head_dim
+            || p.rot_dim > p.head_dim
+            || !p.rot_dim.is_multiple_of(2)
+            || !p.head_dim.is_multiple_of(2)
+        {
+            return Err(Error::shape(
+                "rope_and_append",
+                format!("{} columns for {} heads of {} (rotating {})", q.cols, p.n_heads, p.head_dim, p.rot_dim),
+            ));
+        }
+        if (k.rows, k.cols) != (q.rows, kv_cols) || (v.rows, v.cols) != (q.rows, kv_cols) {
+            return Err(Error::shape(
+                "rope_and_append",
+                format!(
+                    "k {}x{} and v {}x{} for {} rows of {n_kv_heads} heads of {}",
+                    k.rows, k.cols, v.rows, v.cols, q.rows, p.head_dim
+                ),
+            ));
+        }
+        for cache in [&*k_cache, &*v_cache] {
+            if cache.cols != kv_cols || p.pos0 + q.rows > cache.rows {
+                return Err(Error::shape(
+                    "rope_and_append",
+                    format!("{} rows at row {} of a {}x{} cache", q.rows, p.pos0, cache.rows, cache.cols),
+                ));
+            }
+        }
+        let freqs = self.inv_freq(p.freq_base, p.rot_dim)?;
+        let pairs = (q.rows * (p.n_heads + 2 * n_kv_heads) * p.head_dim / 2) as u64;
+        let (grid, groups_x) = Grid::folded(pairs.div_ceil(WORKGROUP as u64), self.max_groups());
+        let interleaved = u32::from(p.style == RopeStyle::Interleaved);
+        let params = [
+            q.rows as u32,
+            p.n_heads as u32,
+            n_kv_heads as u32,
+            p.head_dim as u32,
+            p.rot_dim as u32,
+            interleaved,
+            p.pos0 as u32,
+            groups_x,
+        ];
+        let buffers = [&freqs, &v.buf, &q.buf, &k.buf, &k_cache.buf, &v_cache.buf];
+        self.recorder.dispatch(&self.gpu, Kernel::RopeAppend, params, &buffers, grid)
     }
 
     fn rope(&self, x: &mut GpuTensor, p: &RopeParams) -> Result<()> {

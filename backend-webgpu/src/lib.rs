@@ -10,6 +10,7 @@
 
 mod backend;
 mod device;
+mod pool;
 mod recorder;
 
 pub use backend::{GpuMatrix, GpuTensor, KernelChoice, WebGpuBackend};

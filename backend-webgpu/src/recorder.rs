@@ -19,7 +19,7 @@ use tern_shaders::{Binding, Kernel};
 use crate::device::Gpu;
 
 /// Storage buffers a kernel binds, at most.
-const MAX_BUFFERS: usize = 6;
+const MAX_BUFFERS: usize = 8;
 
 /// The storage buffers of one dispatch, in binding order: a bind group's cache key, with no allocation.
 type BufferSet = [Option<wgpu::Buffer>; MAX_BUFFERS];
@@ -234,6 +234,17 @@ impl Recorder {
             }
         };
         pending.pass.insert(pass)
+    }
+
+    /// Records zeroing `buf` (between compute passes).
+    pub(crate) fn clear(&self, gpu: &Gpu, buf: &wgpu::Buffer) -> Result<()> {
+        let mut pending = self.pending.lock().map_err(|_| lock_failed())?;
+        pending.pass = None;
+        let encoder = pending.encoder.get_or_insert_with(|| {
+            gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("tern step") })
+        });
+        encoder.clear_buffer(buf, 0, None);
+        Ok(())
     }
 
     /// Records a buffer-to-buffer copy (between compute passes).

@@ -225,6 +225,63 @@ pub fn rms_norm_matches_reference<B: Backend>(be: &B, label: &str) {
     assert!(be.rms_norm(&be.upload(&x, rows, cols).unwrap(), &short, eps, &mut out).is_err());
 }
 
+/// `q` and `k` rotated in place and `k`, `v` appended at `pos0`, for 6 query heads over 2 KV heads, both
+/// layouts, partial rotation, and more than one row; cache rows outside the appended ones keep their values.
+pub fn rope_and_append_matches_reference<B: Backend>(be: &B, label: &str) {
+    let (n_heads, n_kv, hd, rows, cap) = (6, 2, 32, 3, 12);
+    for style in [RopeStyle::Interleaved, RopeStyle::Halves] {
+        for (rot_dim, pos0) in [(32, 0), (16, 7)] {
+            let p = RopeParams { n_heads, head_dim: hd, rot_dim, freq_base: 10000.0, style, pos0 };
+            let pk = RopeParams { n_heads: n_kv, ..p };
+            let q = values(rows * n_heads * hd, 11, 1.0);
+            let k = values(rows * n_kv * hd, 12, 1.0);
+            let v = values(rows * n_kv * hd, 13, 1.0);
+            let old = values(cap * n_kv * hd, 14, 1.0);
+            let (want_q, want_k) = (rope_reference(&q, rows, &p), rope_reference(&k, rows, &pk));
+            let mut want_kc: Vec<f64> = old.iter().map(|&x| x as f64).collect();
+            let mut want_vc = want_kc.clone();
+            let at = pos0 * n_kv * hd;
+            want_kc[at..at + want_k.len()].copy_from_slice(&want_k);
+            want_vc[at..at + v.len()].iter_mut().zip(&v).for_each(|(w, &x)| *w = x as f64);
+            let (mut qt, mut kt, vt) = (
+                be.upload(&q, rows, n_heads * hd).unwrap(),
+                be.upload(&k, rows, n_kv * hd).unwrap(),
+                be.upload(&v, rows, n_kv * hd).unwrap(),
+            );
+            let (mut kc, mut vc) = (be.upload(&old, cap, n_kv * hd).unwrap(), be.upload(&old, cap, n_kv * hd).unwrap());
+            be.rope_and_append(&mut qt, &mut kt, &vt, &p, n_kv, &mut kc, &mut vc).unwrap();
+            let what = |t: &str| format!("rope_and_append {t}, {style:?} rot {rot_dim} pos {pos0} on {label}");
+            assert_close(&be.read(&qt).unwrap(), &want_q, |_| 1e-5, &what("q"));
+            assert_close(&be.read(&kt).unwrap(), &want_k, |_| 1e-5, &what("k"));
+            assert_close(&be.read(&kc).unwrap(), &want_kc, |_| 1e-5, &what("k cache"));
+            assert_close(&be.read(&vc).unwrap(), &want_vc, |_| 0.0, &what("v cache"));
+            let mut small = be.zeros(pos0 + rows - 1, n_kv * hd).unwrap();
+            assert!(be.rope_and_append(&mut qt, &mut kt, &vt, &p, n_kv, &mut small, &mut vc).is_err(), "a cache too short");
+        }
+    }
+}
+
+/// The residual add written back, and the norm of the sum.
+pub fn add_rms_norm_matches_reference<B: Backend>(be: &B, label: &str) {
+    let (rows, cols, eps) = (3, 96, 1e-5f32);
+    let x = values(rows * cols, 15, 2.0);
+    let y = values(rows * cols, 16, 2.0);
+    let weight = values(cols, 17, 2.0);
+    let sum: Vec<f32> = x.iter().zip(&y).map(|(a, b)| a + b).collect();
+    let mut want = Vec::new();
+    for row in sum.chunks(cols) {
+        let ms = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / cols as f64;
+        let inv = 1.0 / (ms + eps as f64).sqrt();
+        want.extend(row.iter().zip(&weight).map(|(&v, &g)| v as f64 * inv * g as f64));
+    }
+    let mut xt = be.upload(&x, rows, cols).unwrap();
+    let mut out = be.zeros(0, 0).unwrap();
+    be.add_rms_norm(&mut xt, &be.upload(&y, rows, cols).unwrap(), &be.upload(&weight, 1, cols).unwrap(), eps, &mut out).unwrap();
+    let sum64: Vec<f64> = sum.iter().map(|&v| v as f64).collect();
+    assert_close(&be.read(&xt).unwrap(), &sum64, |_| 0.0, &format!("add_rms_norm's sum on {label}"));
+    assert_close(&be.read(&out).unwrap(), &want, |i| 1e-5 * want[i].abs().max(1.0), &format!("add_rms_norm on {label}"));
+}
+
 fn rope_reference(x: &[f32], rows: usize, p: &RopeParams) -> Vec<f64> {
     let mut out: Vec<f64> = x.iter().map(|&v| v as f64).collect();
     let width = p.n_heads * p.head_dim;
@@ -403,6 +460,49 @@ pub fn matmul_is_batch_invariant<B: Backend>(be: &B, label: &str) {
 
 /// tern-format products against the f64 product of the reference dequantization and the exact activations,
 /// within the int8 activation rounding bound of [`reference`]. Returns the products.
+/// Matrices uploaded together multiply as they do uploaded apart: through `matmul_many` (one product on a
+/// backend that stores them together) and one by one, for decode and a batch. Among the cases: rows whose
+/// f16 scales end mid-word (which a backend cannot store together), and tern's per-row codes.
+pub fn matrices_uploaded_together_multiply_as_apart<B: Backend>(be: &B, label: &str) {
+    let tern = |f: TernFormat, rows: usize, cols: usize, seed: u64| {
+        TernMatrix::quantize(f, rows, cols, &values(rows * cols, seed, 1.0), None).unwrap()
+    };
+    let gguf = |ty: TensorType, rows: usize, cols: usize, seed: u64| {
+        PackedMatrix::from_f32(ty, rows, cols, &values(rows * cols, seed, 1.0)).unwrap()
+    };
+    let q = [gguf(TensorType::Q4_0, 40, 64, 30), gguf(TensorType::Q4_0, 8, 64, 31), gguf(TensorType::Q4_0, 9, 64, 32)];
+    let odd = [gguf(TensorType::Q4_1, 3, 32, 33), gguf(TensorType::Q4_1, 5, 32, 34)];
+    let t = [tern(TernFormat::T3, 17, 96, 35), tern(TernFormat::T3, 6, 96, 36)];
+    let cases: [Vec<tern_core::MatrixView<'_>>; 3] =
+        [q.iter().map(|m| m.view()).collect(), odd.iter().map(|m| m.view()).collect(), t.iter().map(|m| m.view()).collect()];
+    for views in cases {
+        let together = be.upload_matrices(&views).unwrap();
+        let cols = views[0].cols;
+        for tokens in [1, 5] {
+            let xt = be.upload(&values(tokens * cols, 37, 2.0), tokens, cols).unwrap();
+            let mut outs: Vec<_> = views.iter().map(|_| be.zeros(0, 0).unwrap()).collect();
+            let mut out_refs: Vec<&mut _> = outs.iter_mut().collect();
+            be.matmul_many(&together.iter().collect::<Vec<_>>(), &xt, &mut out_refs).unwrap();
+            for ((view, m), got) in views.iter().zip(&together).zip(&outs) {
+                let what = format!(
+                    "{} {}x{} by {tokens} stored with {} others on {label}",
+                    view.ty,
+                    view.rows,
+                    view.cols,
+                    views.len() - 1
+                );
+                let apart = be.upload_matrix(*view).unwrap();
+                let (mut want, mut alone) = (be.zeros(0, 0).unwrap(), be.zeros(0, 0).unwrap());
+                be.matmul(&apart, &xt, &mut want).unwrap();
+                be.matmul(m, &xt, &mut alone).unwrap();
+                let want: Vec<f64> = be.read(&want).unwrap().iter().map(|&v| v as f64).collect();
+                assert_close(&be.read(got).unwrap(), &want, |i| 1e-5 * want[i].abs().max(1.0), &what);
+                assert_close(&be.read(&alone).unwrap(), &want, |i| 1e-5 * want[i].abs().max(1.0), &what);
+            }
+        }
+    }
+}
+
 pub fn check_tern<B: Backend>(
     be: &B,
     label: &str,
@@ -466,11 +566,14 @@ macro_rules! conformance_suite {
                 embed_sampled_takes_the_picked_row,
                 rms_norm_matches_reference,
                 rope_matches_reference,
+                rope_and_append_matches_reference,
+                add_rms_norm_matches_reference,
                 attention_matches_reference,
                 attention_rejects_positions_past_the_cache,
                 elementwise_ops_match_reference,
                 row_copies,
                 matmul_many_equals_separate_products,
+                matrices_uploaded_together_multiply_as_apart,
                 matmul_is_batch_invariant,
                 tern_model_shapes_embedding_and_batch_invariance,
                 inconsistent_tern_matrices_are_refused,

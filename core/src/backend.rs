@@ -100,6 +100,12 @@ pub trait Backend: Send + Sync {
     fn shape(&self, t: &Self::Tensor) -> (usize, usize);
     /// Moves a packed weight matrix to the device.
     fn upload_matrix(&self, m: MatrixView<'_>) -> Result<Self::Matrix>;
+    /// Moves several packed matrices to the device. A backend may store them together, so that
+    /// [`Backend::matmul_many`] over them, in this order, runs as one product; this default uploads them one
+    /// by one.
+    fn upload_matrices(&self, ms: &[MatrixView<'_>]) -> Result<Vec<Self::Matrix>> {
+        ms.iter().map(|m| self.upload_matrix(*m)).collect()
+    }
     /// A matrix's `(rows, cols)`.
     fn matrix_shape(&self, m: &Self::Matrix) -> (usize, usize);
 
@@ -126,8 +132,39 @@ pub trait Backend: Send + Sync {
     }
     /// `out[t] = x[t] / rms(x[t]) * weight`, with `weight` a `1 x cols` tensor.
     fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Tensor, eps: f32, out: &mut Self::Tensor) -> Result<()>;
+    /// `x += y`, then `out = rms_norm(x)`: a residual connection and the norm after it, which a backend can
+    /// do in one pass. This default runs [`Backend::add`] and [`Backend::rms_norm`].
+    fn add_rms_norm(
+        &self,
+        x: &mut Self::Tensor,
+        y: &Self::Tensor,
+        weight: &Self::Tensor,
+        eps: f32,
+        out: &mut Self::Tensor,
+    ) -> Result<()> {
+        self.add(x, y)?;
+        self.rms_norm(x, weight, eps, out)
+    }
     /// Rotates `x` in place (see [`RopeParams`]).
     fn rope(&self, x: &mut Self::Tensor, p: &RopeParams) -> Result<()>;
+    /// A step's attention inputs made ready: `q` and `k` rotated in place by `rope` (its `n_heads` is `q`'s;
+    /// `k` has `n_kv_heads`), then `k` and `v` appended to the caches from row `rope.pos0`. A backend can do it
+    /// all in one pass; this default runs [`Backend::rope`] twice and [`Backend::write_rows`] twice.
+    fn rope_and_append(
+        &self,
+        q: &mut Self::Tensor,
+        k: &mut Self::Tensor,
+        v: &Self::Tensor,
+        rope: &RopeParams,
+        n_kv_heads: usize,
+        k_cache: &mut Self::Tensor,
+        v_cache: &mut Self::Tensor,
+    ) -> Result<()> {
+        self.rope(q, rope)?;
+        self.rope(k, &RopeParams { n_heads: n_kv_heads, ..*rope })?;
+        self.write_rows(k, k_cache, rope.pos0)?;
+        self.write_rows(v, v_cache, rope.pos0)
+    }
     /// Copies all rows of `src` into `dst` starting at row `row`: appends new K/V rows to a cache.
     fn write_rows(&self, src: &Self::Tensor, dst: &mut Self::Tensor, row: usize) -> Result<()>;
     /// Copies rows `first..first + count` of `src` into `out`.

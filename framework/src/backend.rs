@@ -201,6 +201,14 @@ impl Backend for AnyBackend {
         }
     }
 
+    fn upload_matrices(&self, ms: &[MatrixView<'_>]) -> Result<Vec<AnyMatrix>> {
+        match self {
+            AnyBackend::Cpu(be) => Ok(be.upload_matrices(ms)?.into_iter().map(AnyMatrix::Cpu).collect()),
+            #[cfg(feature = "webgpu")]
+            AnyBackend::WebGpu(be) => Ok(be.upload_matrices(ms)?.into_iter().map(AnyMatrix::WebGpu).collect()),
+        }
+    }
+
     fn matrix_shape(&self, m: &AnyMatrix) -> (usize, usize) {
         match (self, m) {
             (AnyBackend::Cpu(be), AnyMatrix::Cpu(m)) => be.matrix_shape(m),
@@ -279,6 +287,30 @@ impl Backend for AnyBackend {
 
     fn rms_norm(&self, x: &AnyTensor, weight: &AnyTensor, eps: f32, out: &mut AnyTensor) -> Result<()> {
         dispatch!(self, "rms_norm", |be, x: AnyTensor, weight: AnyTensor, out: AnyTensor| be.rms_norm(x, weight, eps, out))
+    }
+
+    fn add_rms_norm(&self, x: &mut AnyTensor, y: &AnyTensor, weight: &AnyTensor, eps: f32, out: &mut AnyTensor) -> Result<()> {
+        dispatch!(self, "add_rms_norm", |be, x: AnyTensor, y: AnyTensor, weight: AnyTensor, out: AnyTensor| be
+            .add_rms_norm(x, y, weight, eps, out))
+    }
+
+    fn rope_and_append(
+        &self,
+        q: &mut AnyTensor,
+        k: &mut AnyTensor,
+        v: &AnyTensor,
+        rope: &RopeParams,
+        n_kv_heads: usize,
+        k_cache: &mut AnyTensor,
+        v_cache: &mut AnyTensor,
+    ) -> Result<()> {
+        dispatch!(self, "rope_and_append", |be,
+                                            q: AnyTensor,
+                                            k: AnyTensor,
+                                            v: AnyTensor,
+                                            k_cache: AnyTensor,
+                                            v_cache: AnyTensor| be
+            .rope_and_append(q, k, v, rope, n_kv_heads, k_cache, v_cache))
     }
 
     fn rope(&self, x: &mut AnyTensor, p: &RopeParams) -> Result<()> {

@@ -1,6 +1,6 @@
 //! The Llama-family forward pass, written once against [`Backend`].
 
-use tern_core::{AttentionParams, Backend, RopeParams, TensorType, TokenSampling};
+use tern_core::{AttentionParams, Backend, MatrixView, RopeParams, TensorType, TokenSampling};
 use tern_loader::{LoadProgress, ModelSource, TensorData};
 use tern_quant::{PackedMatrix, TernMatrix, dequantize_gguf};
 
@@ -60,6 +60,8 @@ pub struct Scratch<B: Backend> {
     gate: B::Tensor,
     up: B::Tensor,
     hidden: B::Tensor,
+    /// A product added back into the residual stream (attention output, FFN down).
+    proj: B::Tensor,
     last: B::Tensor,
     logits: B::Tensor,
     /// The token the last [`Llama::forward_sample`] picked, on the device.
@@ -80,10 +82,26 @@ impl<B: Backend> Scratch<B> {
             gate: z()?,
             up: z()?,
             hidden: z()?,
+            proj: z()?,
             last: z()?,
             logits: z()?,
             token: z()?,
         })
+    }
+}
+
+/// A weight matrix read from the file, in tern's layout, before it goes to the backend.
+enum Packed {
+    Gguf(PackedMatrix),
+    Tern(TernMatrix),
+}
+
+impl Packed {
+    fn view(&self) -> MatrixView<'_> {
+        match self {
+            Packed::Gguf(m) => m.view(),
+            Packed::Tern(m) => m.view(),
+        }
     }
 }
 
@@ -103,6 +121,23 @@ impl<B: Backend> WeightLoader<'_, B> {
     }
 
     fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<B::Matrix> {
+        let m = self.packed(name, rows, cols)?;
+        Ok(self.backend.upload_matrix(m.view())?)
+    }
+
+    /// Matrices that take the same input, uploaded together so that the backend may multiply them in one go.
+    fn matrices<const N: usize>(&mut self, parts: [(&str, usize, usize); N]) -> Result<[B::Matrix; N]> {
+        let packed = parts.iter().map(|&(name, rows, cols)| self.packed(name, rows, cols)).collect::<Result<Vec<_>>>()?;
+        let views: Vec<MatrixView<'_>> = packed.iter().map(Packed::view).collect();
+        let uploaded = self.backend.upload_matrices(&views)?;
+        uploaded.try_into().map_err(|v: Vec<B::Matrix>| Error::Config {
+            path: self.src.path().into(),
+            detail: format!("the backend uploaded {} of {N} matrices", v.len()),
+        })
+    }
+
+    /// Tensor `name`, checked to be `rows x cols`, unpacked into tern's layout.
+    fn packed(&mut self, name: &str, rows: usize, cols: usize) -> Result<Packed> {
         let t = self.src.tensor(name)?;
         let (r, c) = t.info.matrix_shape();
         if (r, c) != (rows, cols) || t.info.dims.len() != 2 {
@@ -116,12 +151,12 @@ impl<B: Backend> WeightLoader<'_, B> {
             Some(format) => {
                 let tern = TernMatrix::from_bytes(format, rows, cols, t.bytes).map_err(weights)?;
                 self.bytes += tern.bytes();
-                self.backend.upload_matrix(tern.view())?
+                Packed::Tern(tern)
             }
             None => {
                 let packed = PackedMatrix::from_gguf(t.info.ty, rows, cols, t.bytes).map_err(weights)?;
                 self.bytes += packed.bytes();
-                self.backend.upload_matrix(packed.view())?
+                Packed::Gguf(packed)
             }
         };
         self.report(&t);
@@ -166,17 +201,17 @@ impl<B: Backend> Llama<B> {
         let mut layers = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
             let n = |part: &str| format!("blk.{i}.{part}.weight");
-            layers.push(Layer {
-                attn_norm: w.vector(&n("attn_norm"), c.dim)?,
-                wq: w.matrix(&n("attn_q"), c.n_heads * c.head_dim, c.dim)?,
-                wk: w.matrix(&n("attn_k"), c.kv_dim(), c.dim)?,
-                wv: w.matrix(&n("attn_v"), c.kv_dim(), c.dim)?,
-                wo: w.matrix(&n("attn_output"), c.dim, c.n_heads * c.head_dim)?,
-                ffn_norm: w.vector(&n("ffn_norm"), c.dim)?,
-                gate: w.matrix(&n("ffn_gate"), c.ffn_dim, c.dim)?,
-                up: w.matrix(&n("ffn_up"), c.ffn_dim, c.dim)?,
-                down: w.matrix(&n("ffn_down"), c.dim, c.ffn_dim)?,
-            });
+            let attn_norm = w.vector(&n("attn_norm"), c.dim)?;
+            let [wq, wk, wv] = w.matrices([
+                (&n("attn_q"), c.n_heads * c.head_dim, c.dim),
+                (&n("attn_k"), c.kv_dim(), c.dim),
+                (&n("attn_v"), c.kv_dim(), c.dim),
+            ])?;
+            let wo = w.matrix(&n("attn_output"), c.dim, c.n_heads * c.head_dim)?;
+            let ffn_norm = w.vector(&n("ffn_norm"), c.dim)?;
+            let [gate, up] = w.matrices([(&n("ffn_gate"), c.ffn_dim, c.dim), (&n("ffn_up"), c.ffn_dim, c.dim)])?;
+            let down = w.matrix(&n("ffn_down"), c.dim, c.ffn_dim)?;
+            layers.push(Layer { attn_norm, wq, wk, wv, wo, ffn_norm, gate, up, down });
         }
         let weight_bytes = w.bytes;
         Ok(Llama { config, backend, embed, output, output_norm, layers, weight_bytes, embed_bytes })
@@ -308,25 +343,27 @@ impl<B: Backend> Llama<B> {
             StepInput::Tokens(tokens) => be.embed(&self.embed, tokens, &mut s.x)?,
             StepInput::Sampled => be.embed_sampled(&self.embed, &s.token, &mut s.x)?,
         }
+        // Each residual add is fused with the norm that follows it; the last one with none.
+        if let Some(first) = self.layers.first() {
+            be.rms_norm(&s.x, &first.attn_norm, c.rms_eps, &mut s.xn)?;
+        }
         for (l, layer) in self.layers.iter().enumerate() {
-            be.rms_norm(&s.x, &layer.attn_norm, c.rms_eps, &mut s.xn)?;
             seen(&["attn_q", "attn_k", "attn_v"], Some(l), &s.xn)?;
             be.matmul_many(&[&layer.wq, &layer.wk, &layer.wv], &s.xn, &mut [&mut s.q, &mut s.k, &mut s.v])?;
-            be.rope(&mut s.q, &rope(c.n_heads))?;
-            be.rope(&mut s.k, &rope(c.n_kv_heads))?;
-            be.write_rows(&s.k, &mut cache.k[l], pos0)?;
-            be.write_rows(&s.v, &mut cache.v[l], pos0)?;
+            be.rope_and_append(&mut s.q, &mut s.k, &s.v, &rope(c.n_heads), c.n_kv_heads, &mut cache.k[l], &mut cache.v[l])?;
             be.attention(&s.q, &cache.k[l], &cache.v[l], &attn, &mut s.att)?;
             seen(&["attn_output"], Some(l), &s.att)?;
-            be.matmul(&layer.wo, &s.att, &mut s.xn)?;
-            be.add(&mut s.x, &s.xn)?;
-            be.rms_norm(&s.x, &layer.ffn_norm, c.rms_eps, &mut s.xn)?;
+            be.matmul(&layer.wo, &s.att, &mut s.proj)?;
+            be.add_rms_norm(&mut s.x, &s.proj, &layer.ffn_norm, c.rms_eps, &mut s.xn)?;
             seen(&["ffn_gate", "ffn_up"], Some(l), &s.xn)?;
             be.matmul_many(&[&layer.gate, &layer.up], &s.xn, &mut [&mut s.gate, &mut s.up])?;
             be.silu_mul(&s.gate, &s.up, &mut s.hidden)?;
             seen(&["ffn_down"], Some(l), &s.hidden)?;
-            be.matmul(&layer.down, &s.hidden, &mut s.xn)?;
-            be.add(&mut s.x, &s.xn)?;
+            be.matmul(&layer.down, &s.hidden, &mut s.proj)?;
+            match self.layers.get(l + 1) {
+                Some(next) => be.add_rms_norm(&mut s.x, &s.proj, &next.attn_norm, c.rms_eps, &mut s.xn)?,
+                None => be.add(&mut s.x, &s.proj)?,
+            }
         }
         cache.advance(n);
         let head = self.output.as_ref().unwrap_or(&self.embed);

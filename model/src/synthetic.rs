@@ -83,6 +83,14 @@ fn random_parts(ty: TensorType, rows: usize, cols: usize, rng: &mut Words) -> Re
     })
 }
 
+/// The `N` matrices a backend returned for `N` uploaded.
+fn exactly<M, const N: usize>(v: Vec<M>) -> Result<[M; N]> {
+    v.try_into().map_err(|v: Vec<M>| Error::Config {
+        path: "synthetic".into(),
+        detail: format!("{} matrices came back for {N}", v.len()),
+    })
+}
+
 impl<B: Backend> Llama<B> {
     /// A model of shape `config` whose every matrix is random data of type `ty` (norms are ones), on `backend`.
     /// The head is untied, as in the 1B and 7B shapes.
@@ -96,28 +104,31 @@ impl<B: Backend> Llama<B> {
         }
         let mut rng = Words(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         let mut bytes = 0usize;
-        let mut matrix = |rows: usize, cols: usize| -> Result<B::Matrix> {
-            let [quants, scales, mins, row_scales] = random_parts(ty, rows, cols, &mut rng)?;
-            bytes += 4 * (quants.len() + scales.len() + mins.len() + row_scales.len());
-            let view = MatrixView { ty, rows, cols, quants: &quants, scales: &scales, mins: &mins, row_scales: &row_scales };
-            Ok(backend.upload_matrix(view)?)
+        // Matrices that take the same input (Q, K, V; gate, up) are uploaded together, as `Llama::load` does.
+        let mut matrices = |shapes: &[(usize, usize)]| -> Result<Vec<B::Matrix>> {
+            let parts = shapes.iter().map(|&(rows, cols)| random_parts(ty, rows, cols, &mut rng)).collect::<Result<Vec<_>>>()?;
+            let views: Vec<MatrixView<'_>> = parts
+                .iter()
+                .zip(shapes)
+                .map(|([quants, scales, mins, row_scales], &(rows, cols))| {
+                    bytes += 4 * (quants.len() + scales.len() + mins.len() + row_scales.len());
+                    MatrixView { ty, rows, cols, quants, scales, mins, row_scales }
+                })
+                .collect();
+            Ok(backend.upload_matrices(&views)?)
         };
-        let embed = matrix(c.vocab_size, c.dim)?;
-        let output = matrix(c.vocab_size, c.dim)?;
+        let [embed] = exactly(matrices(&[(c.vocab_size, c.dim)])?)?;
+        let [output] = exactly(matrices(&[(c.vocab_size, c.dim)])?)?;
         let ones = |len: usize| backend.upload(&vec![1.0; len], 1, len);
         let mut layers = Vec::with_capacity(c.n_layers);
+        let (q_rows, kv_rows) = (c.n_heads * c.head_dim, c.kv_dim());
         for _ in 0..c.n_layers {
-            layers.push(Layer {
-                attn_norm: ones(c.dim)?,
-                wq: matrix(c.n_heads * c.head_dim, c.dim)?,
-                wk: matrix(c.kv_dim(), c.dim)?,
-                wv: matrix(c.kv_dim(), c.dim)?,
-                wo: matrix(c.dim, c.n_heads * c.head_dim)?,
-                ffn_norm: ones(c.dim)?,
-                gate: matrix(c.ffn_dim, c.dim)?,
-                up: matrix(c.ffn_dim, c.dim)?,
-                down: matrix(c.dim, c.ffn_dim)?,
-            });
+            let [wq, wk, wv] = exactly(matrices(&[(q_rows, c.dim), (kv_rows, c.dim), (kv_rows, c.dim)])?)?;
+            let [wo] = exactly(matrices(&[(c.dim, q_rows)])?)?;
+            let [gate, up] = exactly(matrices(&[(c.ffn_dim, c.dim), (c.ffn_dim, c.dim)])?)?;
+            let [down] = exactly(matrices(&[(c.dim, c.ffn_dim)])?)?;
+            let (attn_norm, ffn_norm) = (ones(c.dim)?, ones(c.dim)?);
+            layers.push(Layer { attn_norm, wq, wk, wv, wo, ffn_norm, gate, up, down });
         }
         let output_norm = ones(c.dim)?;
         let norms = 4 * c.dim * (2 * c.n_layers + 1);

@@ -25,13 +25,41 @@ fn workgroup_tree(array: &str, width: u32, combine: &str, indent: usize) -> Stri
     )
 }
 
-/// The parameters, activation and output bindings every product kernel shares, then the format's reader.
-fn product_prelude(reader: &str) -> String {
+/// The parameters, activation and output bindings every product kernel shares, `store`, then the format's
+/// reader.
+///
+/// A product may run several matrices stored one after another (rows `row0..row0 + rows` of the bound
+/// buffers) into `outputs` tensors: rows `0..rows_a` go to the first, the next `rows_b` to the second, the rest
+/// to the third. `store(t, r, v)` puts row `r`'s product for token `t` where it belongs.
+fn product_prelude(reader: &str, outputs: u32) -> String {
+    let store = match outputs {
+        1 => "out[t * p.rows + r] = v;".to_string(),
+        2 => "if (r < p.rows_a) {
+        out[t * p.rows_a + r] = v;
+    } else {
+        out1[t * (p.rows - p.rows_a) + r - p.rows_a] = v;
+    }"
+        .to_string(),
+        _ => "if (r < p.rows_a) {
+        out[t * p.rows_a + r] = v;
+    } else if (r < p.rows_a + p.rows_b) {
+        out1[t * p.rows_b + r - p.rows_a] = v;
+    } else {
+        out2[t * (p.rows - p.rows_a - p.rows_b) + r - p.rows_a - p.rows_b] = v;
+    }"
+        .to_string(),
+    };
+    let more =
+        lines((1..outputs).map(|i| format!("@group(0) @binding({}) var<storage, read_write> out{i}: array<f32>;", 6 + i)), 0);
     format!(
-        "struct Params {{ rows: u32, cols: u32, tokens: u32, groups_x: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}
+        "struct Params {{ rows: u32, cols: u32, tokens: u32, groups_x: u32, row0: u32, rows_a: u32, rows_b: u32, _p7: u32 }}
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(5) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
+{more}
+fn store(t: u32, r: u32, v: f32) {{
+    {store}
+}}
 {reader}"
     )
 }
@@ -60,8 +88,8 @@ fn lane_tree(accs: &[String]) -> String {
 /// once; the lanes' partial sums meet in a tree in workgroup memory. A row's sum for a token is taken in the
 /// same order whatever the batch, so products are batch invariant. Loops over rows and tokens are unrolled into
 /// one accumulator each.
-pub(crate) fn matmul(ty: TensorType, workgroup: u32, lanes: u32, rows: u32, tokens: u32) -> String {
-    let prelude = product_prelude(&formats::reader(ty));
+pub(crate) fn matmul(ty: TensorType, workgroup: u32, lanes: u32, rows: u32, tokens: u32, outputs: u32) -> String {
+    let prelude = product_prelude(&formats::reader(ty), outputs);
     let partial = workgroup * tokens * rows;
     let (nr, nt) = (rows as usize, tokens as usize);
     let pairs: Vec<(usize, usize)> = (0..nr).flat_map(|j| (0..nt).map(move |t| (j, t))).collect();
@@ -77,7 +105,7 @@ pub(crate) fn matmul(ty: TensorType, workgroup: u32, lanes: u32, rows: u32, toke
     for j in 0..nr {
         let sums = lines((0..nt).map(|t| format!("acc{j}_{t} += {};", formats::block_dot("w", |i| format!("x{t}_{i}")))), 16);
         products.push_str(&format!(
-            "            if (r0 + {j}u < p.rows) {{\n                let w = load_block(r0 + {j}u, blk);\n{sums}            }}\n"
+            "            if (r0 + {j}u < p.rows) {{\n                let w = load_block(p.row0 + r0 + {j}u, blk);\n{sums}            }}\n"
         ));
     }
     let reduce = if lanes > 1 {
@@ -88,9 +116,7 @@ pub(crate) fn matmul(ty: TensorType, workgroup: u32, lanes: u32, rows: u32, toke
         String::new()
     };
     let writes = lines(
-        pairs.iter().map(|(j, t)| {
-            format!("if (nt > {t}u && r0 + {j}u < p.rows) {{ out[(t0 + {t}u) * p.rows + r0 + {j}u] = acc{j}_{t}; }}")
-        }),
+        pairs.iter().map(|(j, t)| format!("if (nt > {t}u && r0 + {j}u < p.rows) {{ store(t0 + {t}u, r0 + {j}u, acc{j}_{t}); }}")),
         8,
     );
     let shared = if lanes > 1 { format!("var<workgroup> partial: array<f32, {partial}>;") } else { String::new() };
@@ -125,27 +151,29 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
 /// Decode products (one token): groups of `lanes` invocations take `rows` rows, and lane `l` takes the `vec4`s
 /// `l, l + lanes, ...` of the row, so that a group's activation and weight loads are contiguous; each
 /// activation `vec4` serves all `rows` rows. The lanes' sums meet in a tree in workgroup memory.
-pub(crate) fn matvec(ty: TensorType, workgroup: u32, lanes: u32, rows: u32) -> String {
-    let prelude = product_prelude(&formats::quad_reader(ty));
+pub(crate) fn matvec(ty: TensorType, workgroup: u32, lanes: u32, rows: u32, unroll: u32, outputs: u32) -> String {
+    let prelude = product_prelude(&formats::quad_reader(ty), outputs);
     let nr = rows as usize;
     let accs = lines((0..nr).map(|j| format!("var acc{j} = 0.0;")), 4);
-    // Four quads per step, loads first, so that every lane has several loads in flight.
+    // `unroll` quads per step, loads first, so that every lane has several loads in flight.
     let step = |indent: usize, quads: usize| {
         let loads = lines((0..quads).map(|u| format!("let xq{u} = x[q + {u}u * LANES];")), indent);
         let sums = lines(
             (0..nr).map(|j| {
                 let terms: Vec<String> =
-                    (0..quads).map(|u| format!("dot(load_quad(r0 + {j}u, q + {u}u * LANES), xq{u})")).collect();
+                    (0..quads).map(|u| format!("dot(load_quad(p.row0 + r0 + {j}u, q + {u}u * LANES), xq{u})")).collect();
                 format!("if (r0 + {j}u < p.rows) {{ acc{j} += {}; }}", terms.join(" + "))
             }),
             indent,
         );
         loads + &sums
     };
-    let (unrolled, single) = (step(12, 4), step(12, 1));
+    let (unrolled, single) = (step(12, unroll as usize), step(12, 1));
     let tree = lane_tree(&(0..nr).map(|j| format!("acc{j}")).collect::<Vec<_>>());
-    let writes = lines((0..nr).map(|j| format!("if (r0 + {j}u < p.rows) {{ out[r0 + {j}u] = partial[{j}u * WG + li]; }}")), 8);
+    let writes =
+        lines((0..nr).map(|j| format!("if (r0 + {j}u < p.rows) {{ store(0u, r0 + {j}u, partial[{j}u * WG + li]); }}")), 8);
     let partial = workgroup * rows;
+    let last = unroll - 1;
     format!(
         r#"{prelude}
 const WG: u32 = {workgroup}u;
@@ -160,7 +188,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     let quads = p.cols / 4u;
 {accs}    if (r0 < p.rows) {{
         var q = lane;
-        for (; q + 3u * LANES < quads; q += 4u * LANES) {{
+        for (; q + {last}u * LANES < quads; q += {unroll}u * LANES) {{
 {unrolled}        }}
         for (; q < quads; q += LANES) {{
 {single}        }}
@@ -177,13 +205,13 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
 /// workgroup takes one row, its invocations the row's `vec4`s
 /// `i, i + size, ...`, and `subgroupAdd` sums them: no workgroup memory and no barriers. The host must know the
 /// subgroup size (the adapter's minimum and maximum agree) to size the dispatch: `WG / size` rows per workgroup.
-pub(crate) fn matvec_subgroups(ty: TensorType, workgroup: u32) -> String {
-    let prelude = product_prelude(&formats::quad_reader(ty));
+pub(crate) fn matvec_subgroups(ty: TensorType, workgroup: u32, outputs: u32) -> String {
+    let prelude = product_prelude(&formats::quad_reader(ty), outputs);
     let four = lines((0..4).map(|u| format!("let xq{u} = x[q + {u}u * sg_size];")), 12)
         + &lines(
             [format!(
                 "acc += {};",
-                (0..4).map(|u| format!("dot(load_quad(r, q + {u}u * sg_size), xq{u})")).collect::<Vec<_>>().join(" + ")
+                (0..4).map(|u| format!("dot(load_quad(p.row0 + r, q + {u}u * sg_size), xq{u})")).collect::<Vec<_>>().join(" + ")
             )],
             12,
         );
@@ -205,12 +233,12 @@ fn main(
         for (; q + 3u * sg_size < quads; q += 4u * sg_size) {{
 {four}        }}
         for (; q < quads; q += sg_size) {{
-            acc += dot(load_quad(r, q), x[q]);
+            acc += dot(load_quad(p.row0 + r, q), x[q]);
         }}
     }}
     let total = subgroupAdd(acc);
     if (lane == 0u && r < p.rows) {{
-        out[r] = total;
+        store(0u, r, total);
     }}
 }}
 "#
@@ -222,13 +250,14 @@ fn main(
 /// workgroup stages the tokens' 32 activations in workgroup memory, and every invocation dequantizes its row's
 /// block once and multiplies it with all of them: weights are read once per `tokens` tokens and activations
 /// once per workgroup of rows.
-pub(crate) fn matmul_tiled(ty: TensorType, tokens: u32, rows: u32) -> String {
-    let prelude = product_prelude(&formats::reader(ty));
+pub(crate) fn matmul_tiled(ty: TensorType, tokens: u32, rows: u32, outputs: u32) -> String {
+    let prelude = product_prelude(&formats::reader(ty), outputs);
     let staged = tokens * 8;
     let (nt, nr) = (tokens as usize, rows as usize);
     let accs = lines((0..nr).flat_map(|j| (0..nt).map(move |t| format!("var acc{j}_{t} = 0.0;"))), 4);
     // Each staged activation vec4 is read once and serves all the invocation's rows.
-    let blocks_in = lines((0..nr).map(|j| format!("var w{j}: Block; if (r{j} < p.rows) {{ w{j} = load_block(r{j}, blk); }}")), 8);
+    let blocks_in =
+        lines((0..nr).map(|j| format!("var w{j}: Block; if (r{j} < p.rows) {{ w{j} = load_block(p.row0 + r{j}, blk); }}")), 8);
     let mut products = String::new();
     for t in 0..nt {
         products += &lines((0..8).map(|i| format!("let x{t}_{i} = xs[{}u];", 8 * t + i)), 8);
@@ -240,7 +269,7 @@ pub(crate) fn matmul_tiled(ty: TensorType, tokens: u32, rows: u32) -> String {
     let rows_of = lines((0..nr).map(|j| format!("let r{j} = base + {}u + li;", j as u32 * WORKGROUP)), 4);
     let writes = lines(
         (0..nr).flat_map(|j| {
-            (0..nt).map(move |t| format!("if (nt > {t}u && r{j} < p.rows) {{ out[(t0 + {t}u) * p.rows + r{j}] = acc{j}_{t}; }}"))
+            (0..nt).map(move |t| format!("if (nt > {t}u && r{j} < p.rows) {{ store(t0 + {t}u, r{j}, acc{j}_{t}); }}"))
         }),
         4,
     );
@@ -303,15 +332,31 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
 /// Invocations per workgroup of RMSNorm (one workgroup per row).
 const NORM: u32 = 256;
 
-/// One workgroup per row: the mean square in a tree, then the scaled row.
-pub(crate) fn rms_norm() -> String {
+/// One workgroup per row: the mean square in a tree, then the scaled row. With `residual`, the row is first
+/// `x += y` (written back), the residual connection before the norm.
+pub(crate) fn rms_norm(residual: bool) -> String {
     let tree = workgroup_tree("sums", NORM, "{a} + {b}", 4);
+    let (bindings, load) = if residual {
+        (
+            "@group(0) @binding(1) var<storage, read> y: array<f32>;
+@group(0) @binding(2) var<storage, read> weight: array<f32>;
+@group(0) @binding(3) var<storage, read_write> x: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;",
+            "let v = x[base + c] + y[base + c];
+        x[base + c] = v;",
+        )
+    } else {
+        (
+            "@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> weight: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;",
+            "let v = x[base + c];",
+        )
+    };
     format!(
         r#"struct Params {{ rows: u32, cols: u32, eps: f32, groups_x: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> weight: array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+{bindings}
 var<workgroup> sums: array<f32, {NORM}>;
 
 @compute @workgroup_size({NORM})
@@ -323,7 +368,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     let base = row * p.cols;
     var s = 0.0;
     for (var c = li; c < p.cols; c += {NORM}u) {{
-        let v = x[base + c];
+        {load}
         s += v * v;
     }}
     sums[li] = s;
@@ -331,6 +376,89 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
 {tree}    let inv = inverseSqrt(sums[0] / f32(p.cols) + p.eps);
     for (var c = li; c < p.cols; c += {NORM}u) {{
         out[base + c] = x[base + c] * inv * weight[c];
+    }}
+}}
+"#
+    )
+}
+
+/// `(cos, sin)` of pair `i`'s angle at position `pos`, as [`rope`] describes.
+const ROTATION: &str = "
+fn rotation(pos: u32, i: u32) -> vec2<f32> {
+    let angle = f32(pos) * inv_freq[i];
+    let k = round(angle * 0.15915494309189535);
+    let reduced = (angle - k * 6.28125) - k * 0.0019353071795864769;
+    return vec2<f32>(cos(reduced), sin(reduced));
+}
+";
+
+/// One step's attention inputs in one pass: one invocation per pair of elements of every head of `q`, `k` and
+/// `v`. Pairs of `q` and `k` within `rot_dim` are rotated as [`rope`] does, in place; `k`'s pairs (rotated or
+/// not) and `v`'s are also written to the caches' rows `pos0 + t`. Pairs past `rot_dim` are the elements
+/// `rot_dim + 2j, rot_dim + 2j + 1` in both layouts.
+pub(crate) fn rope_append() -> String {
+    format!(
+        r#"struct Params {{ rows: u32, n_heads: u32, n_kv_heads: u32, head_dim: u32, rot_dim: u32, interleaved: u32, pos0: u32, groups_x: u32 }}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> inv_freq: array<f32>;
+@group(0) @binding(2) var<storage, read> v: array<f32>;
+@group(0) @binding(3) var<storage, read_write> q: array<f32>;
+@group(0) @binding(4) var<storage, read_write> k: array<f32>;
+@group(0) @binding(5) var<storage, read_write> k_cache: array<f32>;
+@group(0) @binding(6) var<storage, read_write> v_cache: array<f32>;
+{ROTATION}
+@compute @workgroup_size({WORKGROUP})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
+    let g = (wid.x + wid.y * p.groups_x) * {WORKGROUP}u + li;
+    let half = p.head_dim / 2u;
+    let half_rot = p.rot_dim / 2u;
+    let per_row = (p.n_heads + 2u * p.n_kv_heads) * half;
+    let t = g / per_row;
+    if (t >= p.rows) {{
+        return;
+    }}
+    let head = (g % per_row) / half;
+    let i = g % half;
+    var a = p.rot_dim + 2u * (i - min(i, half_rot));
+    var b = a + 1u;
+    if (i < half_rot) {{
+        a = i;
+        b = i + half_rot;
+        if (p.interleaved == 1u) {{
+            a = 2u * i;
+            b = a + 1u;
+        }}
+    }}
+    var cs = vec2<f32>(1.0, 0.0);
+    if (i < half_rot) {{
+        cs = rotation(p.pos0 + t, i);
+    }}
+    let kv_cols = p.n_kv_heads * p.head_dim;
+    if (head < p.n_heads) {{
+        let base = (t * p.n_heads + head) * p.head_dim;
+        if (i < half_rot) {{
+            let x0 = q[base + a];
+            let x1 = q[base + b];
+            q[base + a] = x0 * cs.x - x1 * cs.y;
+            q[base + b] = x0 * cs.y + x1 * cs.x;
+        }}
+        return;
+    }}
+    let kh = (head - p.n_heads) % p.n_kv_heads;
+    let base = t * kv_cols + kh * p.head_dim;
+    let cached = (p.pos0 + t) * kv_cols + kh * p.head_dim;
+    if (head < p.n_heads + p.n_kv_heads) {{
+        let x0 = k[base + a];
+        let x1 = k[base + b];
+        let y0 = x0 * cs.x - x1 * cs.y;
+        let y1 = x0 * cs.y + x1 * cs.x;
+        k[base + a] = y0;
+        k[base + b] = y1;
+        k_cache[cached + a] = y0;
+        k_cache[cached + b] = y1;
+    }} else {{
+        v_cache[cached + a] = v[base + a];
+        v_cache[cached + b] = v[base + b];
     }}
 }}
 "#
@@ -345,7 +473,7 @@ pub(crate) fn rope() -> String {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> inv_freq: array<f32>;
 @group(0) @binding(2) var<storage, read_write> x: array<f32>;
-
+{ROTATION}
 @compute @workgroup_size({WORKGROUP})
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
     let g = (wid.x + wid.y * p.groups_x) * {WORKGROUP}u + li;
@@ -357,11 +485,9 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     }}
     let h = (g % per_row) / half_rot;
     let i = g % half_rot;
-    let angle = f32(p.pos0 + t) * inv_freq[i];
-    let k = round(angle * 0.15915494309189535);
-    let reduced = (angle - k * 6.28125) - k * 0.0019353071795864769;
-    let c = cos(reduced);
-    let s = sin(reduced);
+    let cs = rotation(p.pos0 + t, i);
+    let c = cs.x;
+    let s = cs.y;
     let base = (t * p.n_heads + h) * p.head_dim;
     var a = base + i;
     var b = base + i + half_rot;

@@ -38,21 +38,29 @@ pub enum Kernel {
     /// `workgroup`; 1 when each invocation takes whole rows) share `rows` rows, so every activation they load
     /// serves `rows` rows; each workgroup takes `workgroup / lanes * rows` rows by up to `tokens` tokens, so
     /// every weight it reads serves `tokens` products.
-    Matmul { ty: TensorType, workgroup: u32, lanes: u32, rows: u32, tokens: u32 },
+    ///
+    /// Every product kernel takes `outputs` (1 to 3) matrices stored one after another in the same buffers
+    /// (Q, K and V, say) and writes each one's rows to a tensor of its own: one dispatch for all of them.
+    Matmul { ty: TensorType, workgroup: u32, lanes: u32, rows: u32, tokens: u32, outputs: u32 },
     /// Decode products (one token) on a GPU: groups of `lanes` invocations share `rows` rows, lane `l` taking
-    /// the row's `vec4`s `l, l + lanes, ...`, so loads are contiguous across lanes.
-    Matvec { ty: TensorType, lanes: u32, rows: u32 },
+    /// the row's `vec4`s `l, l + lanes, ...`, so loads are contiguous across lanes; each lane issues the loads
+    /// of `unroll` `vec4`s before it uses them.
+    Matvec { ty: TensorType, lanes: u32, rows: u32, unroll: u32, outputs: u32 },
     /// Decode products on a GPU with subgroup operations: one row per subgroup, summed by `subgroupAdd`.
-    MatvecSubgroups { ty: TensorType },
+    MatvecSubgroups { ty: TensorType, outputs: u32 },
     /// Prefill products on a GPU: one row per invocation, `tokens` tokens per workgroup, the activations staged
     /// in workgroup memory a block at a time.
-    MatmulTiled { ty: TensorType, tokens: u32, rows: u32 },
+    MatmulTiled { ty: TensorType, tokens: u32, rows: u32, outputs: u32 },
     /// `out[t] = table[ids[t]]`, dequantized.
     Embed { ty: TensorType },
     /// `out[t] = x[t] / rms(x[t]) * weight`.
     RmsNorm,
+    /// `x += y`, then `out[t] = x[t] / rms(x[t]) * weight`.
+    AddRmsNorm,
     /// Rotary position embedding, in place.
     Rope,
+    /// RoPE on `q` and `k` in place, and `k` and `v` appended to the KV caches.
+    RopeAppend,
     /// Causal grouped-query attention over heads of `head_dim` (a multiple of 4 up to [`MAX_HEAD_DIM`]), one
     /// workgroup per (query row, head), online softmax over tiles of [`ATTENTION_TILE`] positions. With `split`
     /// (decode only), one workgroup per (head, span of positions), each writing a partial result that
@@ -84,28 +92,34 @@ impl Kernel {
     /// Every variant the backend builds for `ty`'s products and lookups, for validation in tests.
     pub fn all_for(ty: TensorType) -> Vec<Kernel> {
         let mut v = vec![Kernel::Embed { ty }];
-        for lanes in [1, 8, 16, 32, 64] {
-            for tokens in [1, MATMUL_TOKENS] {
-                v.push(Kernel::Matmul { ty, workgroup: 64, lanes, rows: 1, tokens });
+        for outputs in 1..=3 {
+            for lanes in [1, 8, 16, 32, 64] {
+                for tokens in [1, MATMUL_TOKENS] {
+                    v.push(Kernel::Matmul { ty, workgroup: 64, lanes, rows: 1, tokens, outputs });
+                }
             }
+            for rows in [2, 4] {
+                v.push(Kernel::Matmul { ty, workgroup: 64, lanes: 32, rows, tokens: 1, outputs });
+            }
+            for rows in [1, 2] {
+                v.push(Kernel::MatmulTiled { ty, tokens: TILED_TOKENS, rows, outputs });
+            }
+            for rows in [1, 2, 4] {
+                for unroll in [4, 8, 16] {
+                    v.push(Kernel::Matvec { ty, lanes: 32, rows, unroll, outputs });
+                }
+            }
+            v.push(Kernel::MatvecSubgroups { ty, outputs });
         }
-        for rows in [2, 4] {
-            v.push(Kernel::Matmul { ty, workgroup: 64, lanes: 32, rows, tokens: 1 });
-        }
-        for rows in [1, 2] {
-            v.push(Kernel::MatmulTiled { ty, tokens: TILED_TOKENS, rows });
-        }
-        for rows in [1, 2, 4] {
-            v.push(Kernel::Matvec { ty, lanes: 32, rows });
-        }
-        v.push(Kernel::MatvecSubgroups { ty });
         v
     }
 
     /// Every kernel that does not depend on a weight format.
-    pub const ELEMENTWISE: [Kernel; 17] = [
+    pub const ELEMENTWISE: [Kernel; 19] = [
         Kernel::RmsNorm,
+        Kernel::AddRmsNorm,
         Kernel::Rope,
+        Kernel::RopeAppend,
         Kernel::Attention { head_dim: 32, split: false },
         Kernel::Attention { head_dim: 64, split: false },
         Kernel::Attention { head_dim: 128, split: false },
@@ -126,14 +140,16 @@ impl Kernel {
     /// A short label for the pipeline and error messages.
     pub fn label(&self) -> String {
         match self {
-            Kernel::Matmul { ty, workgroup, lanes, rows, tokens } => {
-                format!("matmul {ty} wg{workgroup} lanes{lanes} rows{rows} tokens{tokens}")
+            Kernel::Matmul { ty, workgroup, lanes, rows, tokens, outputs } => {
+                format!("matmul {ty} wg{workgroup} lanes{lanes} rows{rows} tokens{tokens} outputs{outputs}")
             }
-            Kernel::MatmulTiled { ty, tokens, rows } => {
-                format!("matmul tiled {ty} tokens{tokens} rows{rows}")
+            Kernel::MatmulTiled { ty, tokens, rows, outputs } => {
+                format!("matmul tiled {ty} tokens{tokens} rows{rows} outputs{outputs}")
             }
-            Kernel::Matvec { ty, lanes, rows } => format!("matvec {ty} lanes{lanes} rows{rows}"),
-            Kernel::MatvecSubgroups { ty } => format!("matvec {ty} subgroups"),
+            Kernel::Matvec { ty, lanes, rows, unroll, outputs } => {
+                format!("matvec {ty} lanes{lanes} rows{rows} unroll{unroll} outputs{outputs}")
+            }
+            Kernel::MatvecSubgroups { ty, outputs } => format!("matvec {ty} subgroups outputs{outputs}"),
             Kernel::Embed { ty } => format!("embed {ty}"),
             other => format!("{other:?}").to_lowercase(),
         }
@@ -143,16 +159,25 @@ impl Kernel {
     pub fn bindings(&self) -> &'static [Binding] {
         use Binding::*;
         match self {
-            // quants, scales, mins, row units, x | out
-            Kernel::Matmul { .. } | Kernel::MatmulTiled { .. } | Kernel::Matvec { .. } | Kernel::MatvecSubgroups { .. } => {
-                &[Params, Read, Read, Read, Read, Read, ReadWrite]
-            }
+            // quants, scales, mins, row units, x | outputs
+            Kernel::Matmul { outputs, .. }
+            | Kernel::MatmulTiled { outputs, .. }
+            | Kernel::Matvec { outputs, .. }
+            | Kernel::MatvecSubgroups { outputs, .. } => match outputs {
+                1 => &[Params, Read, Read, Read, Read, Read, ReadWrite],
+                2 => &[Params, Read, Read, Read, Read, Read, ReadWrite, ReadWrite],
+                _ => &[Params, Read, Read, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite],
+            },
             // quants, scales, mins, row units, ids | out
             Kernel::Embed { .. } => &[Params, Read, Read, Read, Read, Read, ReadWrite],
             // x, weight | out
             Kernel::RmsNorm => &[Params, Read, Read, ReadWrite],
+            // y, weight | x, out
+            Kernel::AddRmsNorm => &[Params, Read, Read, ReadWrite, ReadWrite],
             // inverse frequencies | x
             Kernel::Rope => &[Params, Read, ReadWrite],
+            // inverse frequencies, v | q, k, k cache, v cache
+            Kernel::RopeAppend => &[Params, Read, Read, ReadWrite, ReadWrite, ReadWrite, ReadWrite],
             // q, k, v | out (or partials)
             Kernel::Attention { .. } => &[Params, Read, Read, Read, ReadWrite],
             // partials | out
@@ -170,10 +195,13 @@ impl Kernel {
     pub fn params(&self) -> [&'static str; 8] {
         match self {
             Kernel::Matmul { .. } | Kernel::MatmulTiled { .. } | Kernel::Matvec { .. } | Kernel::MatvecSubgroups { .. } => {
-                ["rows", "cols", "tokens", "groups_x", "_", "_", "_", "_"]
+                ["rows", "cols", "tokens", "groups_x", "row0", "rows_a", "rows_b", "_"]
             }
             Kernel::Embed { .. } => ["cols", "tokens", "groups_x", "_", "_", "_", "_", "_"],
-            Kernel::RmsNorm => ["rows", "cols", "eps (f32)", "groups_x", "_", "_", "_", "_"],
+            Kernel::RmsNorm | Kernel::AddRmsNorm => ["rows", "cols", "eps (f32)", "groups_x", "_", "_", "_", "_"],
+            Kernel::RopeAppend => {
+                ["rows", "n_heads", "n_kv_heads", "head_dim", "rot_dim", "interleaved (0/1)", "pos0", "groups_x"]
+            }
             Kernel::Rope => ["rows", "n_heads", "head_dim", "rot_dim", "interleaved (0/1)", "pos0", "groups_x", "_"],
             Kernel::Attention { .. } => ["rows", "n_heads", "n_kv_heads", "head_dim", "pos0", "scale (f32)", "span", "_"],
             Kernel::AttentionCombine { .. } => ["n_heads", "splits", "_", "_", "_", "_", "_", "_"],
@@ -185,13 +213,17 @@ impl Kernel {
     /// The kernel's WGSL source; its entry point is `main`.
     pub fn wgsl(&self) -> String {
         match *self {
-            Kernel::Matmul { ty, workgroup, lanes, rows, tokens } => kernels::matmul(ty, workgroup, lanes, rows, tokens),
-            Kernel::MatmulTiled { ty, tokens, rows } => kernels::matmul_tiled(ty, tokens, rows),
-            Kernel::Matvec { ty, lanes, rows } => kernels::matvec(ty, WORKGROUP, lanes, rows),
-            Kernel::MatvecSubgroups { ty } => kernels::matvec_subgroups(ty, WORKGROUP),
+            Kernel::Matmul { ty, workgroup, lanes, rows, tokens, outputs } => {
+                kernels::matmul(ty, workgroup, lanes, rows, tokens, outputs)
+            }
+            Kernel::MatmulTiled { ty, tokens, rows, outputs } => kernels::matmul_tiled(ty, tokens, rows, outputs),
+            Kernel::Matvec { ty, lanes, rows, unroll, outputs } => kernels::matvec(ty, WORKGROUP, lanes, rows, unroll, outputs),
+            Kernel::MatvecSubgroups { ty, outputs } => kernels::matvec_subgroups(ty, WORKGROUP, outputs),
             Kernel::Embed { ty } => kernels::embed(ty),
-            Kernel::RmsNorm => kernels::rms_norm(),
+            Kernel::RmsNorm => kernels::rms_norm(false),
+            Kernel::AddRmsNorm => kernels::rms_norm(true),
             Kernel::Rope => kernels::rope(),
+            Kernel::RopeAppend => kernels::rope_append(),
             Kernel::Attention { head_dim, split } => kernels::attention(head_dim, split),
             Kernel::AttentionCombine { head_dim } => kernels::attention_combine(head_dim),
             Kernel::SiluMul => kernels::silu_mul(),
@@ -209,7 +241,7 @@ impl Kernel {
     pub fn workgroup_size(&self) -> u32 {
         match *self {
             Kernel::Matmul { workgroup, .. } => workgroup,
-            Kernel::SiluMul | Kernel::Add | Kernel::RmsNorm | Kernel::Sample => 256,
+            Kernel::SiluMul | Kernel::Add | Kernel::RmsNorm | Kernel::AddRmsNorm | Kernel::Sample => 256,
             _ => WORKGROUP,
         }
     }
