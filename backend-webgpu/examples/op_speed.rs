@@ -122,20 +122,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         t.elapsed().as_secs_f64() * 1e6,
         recorded.as_secs_f64() * 1e3
     );
-    // Decode kernel variants: (lanes, rows, unroll, tiled, subgroup size). Untiled is the block-per-lane kernel.
+    // Decode kernel variants: (workgroup, lanes, rows, unroll, subgroup size).
     let mut choices = vec![
-        (32, 1, 4, true, None),
-        (32, 1, 8, true, None),
-        (32, 1, 16, true, None),
-        (32, 2, 8, true, None),
-        (16, 1, 8, true, None),
-        (32, 1, 4, false, None),
-        (32, 2, 4, false, None),
-        (16, 1, 4, false, None),
-        (8, 1, 4, false, None),
+        (64, 32, 2, 8, None),
+        (64, 64, 2, 8, None),
+        (64, 64, 4, 8, None),
+        (128, 32, 4, 8, None),
+        (128, 64, 2, 8, None),
+        (128, 128, 2, 8, None),
+        (256, 32, 2, 8, None),
+        (256, 64, 2, 8, None),
+        (256, 64, 4, 4, None),
+        (256, 128, 2, 8, None),
+        (256, 256, 2, 8, None),
     ];
     if let Some(size) = be.adapter().subgroup_size {
-        choices.push((size, 1, 4, true, Some(size)));
+        choices.push((64, size, 1, 4, Some(size)));
     }
     // The matrices, packed once.
     let shapes = [(4096, 4096), (11008, 4096), (4096, 11008)];
@@ -147,10 +149,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     let packed: Vec<(tern_core::MatrixView<'_>, usize)> =
         q4.iter().map(|m| (m.view(), m.bytes())).chain(t4.iter().map(|m| (m.view(), m.bytes()))).collect();
-    for &(lanes, rows, unroll, tiled, subgroup_size) in &choices {
-        let k = KernelChoice { lanes, rows, unroll, tiled, tiled_rows: 2, subgroup_size };
+    for &(workgroup, lanes, rows, unroll, subgroup_size) in &choices {
+        let k = KernelChoice { lanes, rows, unroll, workgroup, tiled: true, tiled_rows: 2, subgroup_size };
         let be = WebGpuBackend::with_kernels(AdapterChoice::Any, Some(k))?;
-        println!("decode kernels: {lanes} lanes on {rows} rows, unrolled {unroll}, tiled {tiled}, subgroups {subgroup_size:?}");
+        println!(
+            "decode kernels: workgroups of {workgroup}, {lanes} lanes on {rows} rows, unrolled {unroll}, subgroups {subgroup_size:?}"
+        );
         let mut out = be.zeros(0, 0)?;
         for (view, bytes) in &packed {
             let (ty, r, c) = (view.ty, view.rows, view.cols);

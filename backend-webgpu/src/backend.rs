@@ -80,6 +80,8 @@ pub struct KernelChoice {
     pub rows: u32,
     /// With `tiled`: `vec4`s each lane of a decode product loads before using them (4, 8 or 16).
     pub unroll: u32,
+    /// With `tiled`: invocations per workgroup of decode products (64, 128 or 256; `lanes` at most this).
+    pub workgroup: u32,
     /// The GPU kernels: products of several tokens tiled, decode products with lanes on consecutive `vec4`s
     /// (fast on GPUs; on a CPU rasterizer their barriers cost more than they save). With them, a token's
     /// products in a batch and alone may differ by float rounding.
@@ -98,9 +100,9 @@ impl KernelChoice {
     pub fn for_adapter(report: &AdapterReport) -> Self {
         if report.is_gpu {
             // The subgroup matvec measured no faster on an H100 (and slower on 4096x11008), so it is opt-in.
-            KernelChoice { lanes: 32, rows: 2, unroll: 8, tiled: true, tiled_rows: 2, subgroup_size: None }
+            KernelChoice { lanes: 32, rows: 2, unroll: 8, workgroup: 64, tiled: true, tiled_rows: 2, subgroup_size: None }
         } else {
-            KernelChoice { lanes: 1, rows: 1, unroll: 4, tiled: false, tiled_rows: 1, subgroup_size: None }
+            KernelChoice { lanes: 1, rows: 1, unroll: 4, workgroup: 64, tiled: false, tiled_rows: 1, subgroup_size: None }
         }
     }
 }
@@ -144,15 +146,18 @@ impl WebGpuBackend {
             });
         }
         if !k.lanes.is_power_of_two()
-            || k.lanes > WORKGROUP
+            || ![64, 128, 256].contains(&k.workgroup)
+            || k.lanes > k.workgroup
+            || (!k.tiled && k.lanes > WORKGROUP)
             || !(1..=4).contains(&k.rows)
             || !(1..=2).contains(&k.tiled_rows)
             || ![4, 8, 16].contains(&k.unroll)
         {
             return Err(Error::Device {
                 detail: format!(
-                    "{} lanes on {} rows, unrolled {}: expected a power of two up to {WORKGROUP} on 1 to 4, unrolled 4, 8 or 16",
-                    k.lanes, k.rows, k.unroll
+                    "{} lanes on {} rows in workgroups of {}, unrolled {}: expected a power of two up to the workgroup \
+                     (64, 128 or 256; 64 untiled) on 1 to 4 rows, unrolled 4, 8 or 16",
+                    k.lanes, k.rows, k.workgroup, k.unroll
                 ),
             });
         }
@@ -256,7 +261,8 @@ impl WebGpuBackend {
         } else if let (true, Some(size)) = (k.tiled, k.subgroup_size) {
             (Kernel::MatvecSubgroups { ty, outputs }, WORKGROUP / size, 1)
         } else if k.tiled {
-            (Kernel::Matvec { ty, lanes: k.lanes, rows: k.rows, unroll: k.unroll, outputs }, WORKGROUP / k.lanes * k.rows, 1)
+            let kernel = Kernel::Matvec { ty, workgroup: k.workgroup, lanes: k.lanes, rows: k.rows, unroll: k.unroll, outputs };
+            (kernel, k.workgroup / k.lanes * k.rows, 1)
         } else {
             let (tokens, rows) = if x.rows == 1 { (1, k.rows) } else { (MATMUL_TOKENS, 1) };
             let kernel = Kernel::Matmul { ty, workgroup: WORKGROUP, lanes: k.lanes, rows, tokens, outputs };

@@ -42,10 +42,11 @@ pub enum Kernel {
     /// Every product kernel takes `outputs` (1 to 3) matrices stored one after another in the same buffers
     /// (Q, K and V, say) and writes each one's rows to a tensor of its own: one dispatch for all of them.
     Matmul { ty: TensorType, workgroup: u32, lanes: u32, rows: u32, tokens: u32, outputs: u32 },
-    /// Decode products (one token) on a GPU: groups of `lanes` invocations share `rows` rows, lane `l` taking
+    /// Decode products (one token) on a GPU, `workgroup` invocations per workgroup: groups of `lanes`
+    /// invocations share `rows` rows, lane `l` taking
     /// the row's `vec4`s `l, l + lanes, ...`, so loads are contiguous across lanes; each lane issues the loads
     /// of `unroll` `vec4`s before it uses them.
-    Matvec { ty: TensorType, lanes: u32, rows: u32, unroll: u32, outputs: u32 },
+    Matvec { ty: TensorType, workgroup: u32, lanes: u32, rows: u32, unroll: u32, outputs: u32 },
     /// Decode products on a GPU with subgroup operations: one row per subgroup, summed by `subgroupAdd`.
     MatvecSubgroups { ty: TensorType, outputs: u32 },
     /// Prefill products on a GPU: one row per invocation, `tokens` tokens per workgroup, the activations staged
@@ -106,8 +107,11 @@ impl Kernel {
             }
             for rows in [1, 2, 4] {
                 for unroll in [4, 8, 16] {
-                    v.push(Kernel::Matvec { ty, lanes: 32, rows, unroll, outputs });
+                    v.push(Kernel::Matvec { ty, workgroup: 64, lanes: 32, rows, unroll, outputs });
                 }
+            }
+            for (workgroup, lanes) in [(64, 64), (128, 32), (128, 128), (256, 32), (256, 64), (256, 256)] {
+                v.push(Kernel::Matvec { ty, workgroup, lanes, rows: 2, unroll: 8, outputs });
             }
             v.push(Kernel::MatvecSubgroups { ty, outputs });
         }
@@ -146,8 +150,8 @@ impl Kernel {
             Kernel::MatmulTiled { ty, tokens, rows, outputs } => {
                 format!("matmul tiled {ty} tokens{tokens} rows{rows} outputs{outputs}")
             }
-            Kernel::Matvec { ty, lanes, rows, unroll, outputs } => {
-                format!("matvec {ty} lanes{lanes} rows{rows} unroll{unroll} outputs{outputs}")
+            Kernel::Matvec { ty, workgroup, lanes, rows, unroll, outputs } => {
+                format!("matvec {ty} wg{workgroup} lanes{lanes} rows{rows} unroll{unroll} outputs{outputs}")
             }
             Kernel::MatvecSubgroups { ty, outputs } => format!("matvec {ty} subgroups outputs{outputs}"),
             Kernel::Embed { ty } => format!("embed {ty}"),
@@ -217,7 +221,9 @@ impl Kernel {
                 kernels::matmul(ty, workgroup, lanes, rows, tokens, outputs)
             }
             Kernel::MatmulTiled { ty, tokens, rows, outputs } => kernels::matmul_tiled(ty, tokens, rows, outputs),
-            Kernel::Matvec { ty, lanes, rows, unroll, outputs } => kernels::matvec(ty, WORKGROUP, lanes, rows, unroll, outputs),
+            Kernel::Matvec { ty, workgroup, lanes, rows, unroll, outputs } => {
+                kernels::matvec(ty, workgroup, lanes, rows, unroll, outputs)
+            }
             Kernel::MatvecSubgroups { ty, outputs } => kernels::matvec_subgroups(ty, WORKGROUP, outputs),
             Kernel::Embed { ty } => kernels::embed(ty),
             Kernel::RmsNorm => kernels::rms_norm(false),
@@ -240,7 +246,7 @@ impl Kernel {
     /// The workgroup size the source declares.
     pub fn workgroup_size(&self) -> u32 {
         match *self {
-            Kernel::Matmul { workgroup, .. } => workgroup,
+            Kernel::Matmul { workgroup, .. } | Kernel::Matvec { workgroup, .. } => workgroup,
             Kernel::SiluMul | Kernel::Add | Kernel::RmsNorm | Kernel::AddRmsNorm | Kernel::Sample => 256,
             _ => WORKGROUP,
         }
