@@ -174,6 +174,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("  {ty} {r}x{c}: {:.1} us, {:.0} GB/s", s * 1e6 / n as f64, *bytes as f64 * n as f64 / s / 1e9);
         }
     }
+    // Prefill products of 512 tokens.
+    {
+        let mut out = be.zeros(0, 0)?;
+        for (view, _) in &packed {
+            let (ty, r, c) = (view.ty, view.rows, view.cols);
+            let m = be.upload_matrix(*view)?;
+            let xin = be.upload(&spread_values(512 * c), 512, c)?;
+            be.matmul(&m, &xin, &mut out)?;
+            be.read(&out)?;
+            let n = 10;
+            let t = Instant::now();
+            for _ in 0..n {
+                be.matmul(&m, &xin, &mut out)?;
+            }
+            be.read(&out)?;
+            let s = t.elapsed().as_secs_f64() / n as f64;
+            println!(
+                "prefill {ty} {r}x{c} by 512 tokens: {:.1} us, {:.1} TFLOP/s",
+                s * 1e6,
+                2.0 * (r * c * 512) as f64 / s / 1e12
+            );
+        }
+    }
     for (rows, cols) in [(4096, 4096), (11008, 4096), (4096, 11008)] {
         for ty in [TensorType::Q4_0, TensorType::Q8_0] {
             let w = PackedMatrix::from_f32(ty, rows, cols, &vec![0.25f32; rows * cols]).unwrap();

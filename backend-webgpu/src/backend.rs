@@ -46,6 +46,12 @@ pub struct GpuMatrix {
 }
 
 impl GpuMatrix {
+    /// The matrix's first row in the buffers it shares with the matrices uploaded together with it (0 when it
+    /// has buffers of its own).
+    pub fn first_row(&self) -> usize {
+        self.first_row
+    }
+
     /// Whether `ws` lie one after another in the same buffers, so that one product kernel can run them all.
     fn stored_together(ws: &[&GpuMatrix]) -> bool {
         ws.windows(2).all(|p| {
@@ -211,7 +217,7 @@ impl WebGpuBackend {
     fn resize(&self, op: &'static str, t: &mut GpuTensor, rows: usize, cols: usize) -> Result<()> {
         let bytes = tensor_bytes(rows * cols);
         if t.buf.size() < bytes {
-            self.check_binding(|| format!("{op} output of {rows}x{cols}"), bytes)?;
+            self.check_binding(|| format!("{op} output of {rows}x{cols}"), size_class(bytes))?;
             let old = std::mem::replace(&mut t.buf, self.pool.take(&self.gpu.device, bytes));
             self.pool.give(old);
         }
@@ -289,8 +295,9 @@ impl WebGpuBackend {
         match parts.as_ref() {
             Some(b) if b.size() >= bytes => Ok(b.clone()),
             _ => {
+                let bytes = bytes.next_power_of_two();
                 self.check_binding(|| "attention partials".into(), bytes)?;
-                let b = self.storage("tern attention partials", bytes.next_power_of_two());
+                let b = self.storage("tern attention partials", bytes);
                 *parts = Some(b.clone());
                 Ok(b)
             }
@@ -309,7 +316,7 @@ impl WebGpuBackend {
         let blocks = (tokens * table.cols / 32) as u64;
         let (grid, groups_x) = Grid::folded(blocks.div_ceil(WORKGROUP as u64), self.max_groups());
         let [q, s, mn, u] = &table.parts;
-        let params = [table.cols as u32, tokens as u32, groups_x, 0, 0, 0, 0, 0];
+        let params = [table.cols as u32, tokens as u32, groups_x, table.first_row as u32, 0, 0, 0, 0];
         self.recorder.dispatch(&self.gpu, Kernel::Embed { ty: table.ty }, params, &[q, s, mn, u, ids, &out.buf], grid)
     }
 
@@ -330,7 +337,7 @@ impl Backend for WebGpuBackend {
 
     fn zeros(&self, rows: usize, cols: usize) -> Result<GpuTensor> {
         let bytes = tensor_bytes(rows * cols);
-        self.check_binding(|| format!("a {rows}x{cols} tensor"), bytes)?;
+        self.check_binding(|| format!("a {rows}x{cols} tensor"), size_class(bytes))?;
         let buf = self.pool.take(&self.gpu.device, bytes);
         // A reused buffer holds its last user's values.
         self.recorder.clear(&self.gpu, &buf)?;
@@ -375,8 +382,15 @@ impl Backend for WebGpuBackend {
         // Stored together when every matrix has the type and width of the first, and its f16 scales (and
         // minimums) fill whole words, so that the concatenated parts are those of one taller matrix.
         let whole_words = |m: &MatrixView<'_>| m.ty.tern_format().is_some() || (m.rows * m.row_blocks()).is_multiple_of(2);
-        let together =
-            ms.len() > 1 && ms.iter().all(|m| m.ty == first.ty && m.cols == first.cols && whole_words(m) && m.validate().is_ok());
+        // And only while every joined part fits one binding: matrices that fit apart must still load.
+        let limit = (self.gpu.limits.max_storage_buffer_binding_size).min(self.gpu.limits.max_buffer_size);
+        let joined = |part: fn(&MatrixView<'_>) -> usize| ms.iter().map(part).sum::<usize>() as u64 * 4 + 16 <= limit;
+        let together = ms.len() > 1
+            && ms.iter().all(|m| m.ty == first.ty && m.cols == first.cols && whole_words(m) && m.validate().is_ok())
+            && joined(|m| m.quants.len())
+            && joined(|m| m.scales.len())
+            && joined(|m| m.mins.len())
+            && joined(|m| m.row_scales.len());
         if !together {
             return ms.iter().map(|m| self.upload_matrix(*m)).collect();
         }

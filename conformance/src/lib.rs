@@ -458,8 +458,6 @@ pub fn matmul_is_batch_invariant<B: Backend>(be: &B, label: &str) {
     }
 }
 
-/// tern-format products against the f64 product of the reference dequantization and the exact activations,
-/// within the int8 activation rounding bound of [`reference`]. Returns the products.
 /// Matrices uploaded together multiply as they do uploaded apart: through `matmul_many` (one product on a
 /// backend that stores them together) and one by one, for decode and a batch. Among the cases: rows whose
 /// f16 scales end mid-word (which a backend cannot store together), and tern's per-row codes.
@@ -503,6 +501,8 @@ pub fn matrices_uploaded_together_multiply_as_apart<B: Backend>(be: &B, label: &
     }
 }
 
+/// tern-format products against the f64 product of the reference dequantization and the exact activations,
+/// within the int8 activation rounding bound of [`reference`]. Returns the products.
 pub fn check_tern<B: Backend>(
     be: &B,
     label: &str,

@@ -27,6 +27,9 @@ pub enum Error {
          use a smaller model or format, or the CPU backend (--backend cpu)"
     )]
     BufferLimit { what: String, bytes: u64, limit: u64 },
+    /// A setting of an op is outside what the op takes.
+    #[error("{op}: {name} = {value}: expected {expected}")]
+    Setting { op: &'static str, name: &'static str, value: String, expected: String },
     /// A sequence went past the space its KV cache was sized for.
     #[error("context full: position {pos} is past the KV cache's {capacity} positions")]
     ContextFull { pos: usize, capacity: usize },

@@ -33,15 +33,18 @@ impl TokenSampling {
 
     /// Checks the settings, naming the first one a backend's `sample` cannot take.
     pub fn check(&self) -> crate::Result<()> {
-        let bad = |detail: String| Err(crate::Error::shape("sample", detail));
+        let bad = |name, value: String, expected: String| Err(crate::Error::Setting { op: "sample", name, value, expected });
         if self.temperature.is_nan() {
-            return bad("temperature is NaN".into());
+            return bad("temperature", "NaN".into(), "a number".into());
         }
         if !self.fits_backend() {
-            return bad(format!("top_k {} with temperature {}: expected 1 to {MAX_SAMPLED_TOP_K}", self.top_k, self.temperature));
+            return bad("top_k", self.top_k.to_string(), format!("1 to {MAX_SAMPLED_TOP_K} when the temperature is above 0"));
         }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0 && (0.0..1.0).contains(&self.draw)) {
-            return bad(format!("top_p {} and draw {}: expected (0, 1] and [0, 1)", self.top_p, self.draw));
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad("top_p", self.top_p.to_string(), "a number in (0, 1]".into());
+        }
+        if !(0.0..1.0).contains(&self.draw) {
+            return bad("draw", self.draw.to_string(), "a number in [0, 1)".into());
         }
         Ok(())
     }
@@ -134,7 +137,7 @@ mod tests {
     fn settings_a_backend_cannot_take_are_named() {
         assert!(sampling(0.0, 0, 1.0, 0.0).check().is_ok());
         let err = sampling(0.8, 0, 1.0, 0.0).check().unwrap_err().to_string();
-        assert!(err.contains("top_k 0"), "{err}");
+        assert!(err.contains("top_k = 0"), "{err}");
         assert!(sampling(0.8, 40, 1.5, 0.0).check().is_err());
         assert!(sampling(0.8, 40, 0.9, 1.0).check().is_err());
     }

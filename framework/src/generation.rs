@@ -227,7 +227,10 @@ impl Generation<'_, '_> {
             self.in_flight = Some(be.install(|| model.forward_sample(StepInput::Sampled, cache, scratch, &sampling))?);
         }
         let values = be.read_finish(reading)?;
-        values.first().map(|v| v.to_bits()).ok_or_else(|| tern_core::Error::shape("sample", "no token came back").into())
+        values
+            .first()
+            .map(|v| v.to_bits())
+            .ok_or_else(|| tern_core::Error::Device { detail: "a sampled token never came back".into() }.into())
     }
 }
 
@@ -248,8 +251,9 @@ impl Iterator for Generation<'_, '_> {
 
 impl Drop for Generation<'_, '_> {
     fn drop(&mut self) {
-        // The last sampled token was never run through the model. Keeping it in the session's tokens is still
-        // right: a next prompt reuses the cache only up to `cache.len()` and reruns the rest.
+        // A last token in `pending` was never run through the model (a step queued ahead has run it, and it is
+        // already in the session's tokens). Keeping it in the tokens is still right: a next prompt reuses the
+        // cache only up to `cache.len()` and reruns the rest.
         self.session.tokens.append(&mut self.pending);
     }
 }

@@ -56,8 +56,8 @@ fn device_sampling_gives_the_host_loops_tokens() {
     for params in [greedy, seeded] {
         let want = host_loop(e, prompt, params.clone(), 6);
         let mut got = device_ids(e, prompt, params.clone(), 6);
-        // Generation reports an end token by finishing, not as a token.
-        if want.len() < 6 {
+        // Generation reports an end token by finishing, and returns it only with text still pending.
+        if want.len() < 6 && got.last() != want.last() {
             got.push(*want.last().unwrap());
         }
         assert_eq!(got, want, "{params:?}");
@@ -71,7 +71,8 @@ fn a_session_continues_after_steps_queued_ahead() {
     let e = engine();
     let prompt = "Once upon a time";
     let mut session = e.session().unwrap();
-    let first: String = session.generate(prompt, &GenerateOptions::greedy(3)).unwrap().map(|t| t.unwrap().text).collect();
+    // Two tokens of five: the step for the second is already queued when the generation is dropped.
+    let first: String = session.generate(prompt, &GenerateOptions::greedy(5)).unwrap().take(2).map(|t| t.unwrap().text).collect();
     let next_prompt = format!("{prompt}{first} and");
     let continued: String =
         session.generate(&next_prompt, &GenerateOptions::greedy(3)).unwrap().map(|t| t.unwrap().text).collect();

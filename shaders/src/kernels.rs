@@ -308,7 +308,7 @@ pub(crate) fn embed(ty: TensorType) -> String {
     let reader = formats::reader(ty);
     let writes = lines((0..8).map(|k| format!("out[base + {k}u] = w.w{k};")), 4);
     format!(
-        r#"struct Params {{ cols: u32, tokens: u32, groups_x: u32, _p3: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}
+        r#"struct Params {{ cols: u32, tokens: u32, groups_x: u32, row0: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(5) var<storage, read> ids: array<u32>;
 @group(0) @binding(6) var<storage, read_write> out: array<vec4<f32>>;
@@ -322,7 +322,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
         return;
     }}
     let b = i % blocks;
-    let w = load_block(ids[t], b);
+    let w = load_block(p.row0 + ids[t], b);
     let base = t * (p.cols / 4u) + 8u * b;
 {writes}}}
 "#
@@ -690,8 +690,10 @@ pub(crate) fn add() -> String {
 
 /// Invocations of the sampling kernel, and the radix of its selection (one histogram bin per invocation).
 const SAMPLE_WG: u32 = 256;
-/// Candidates the sampling kernel sorts: `top_k`, at most `tern_core::MAX_SAMPLED_TOP_K`.
-const SAMPLE_CAP: u32 = 256;
+/// Candidates the sampling kernel sorts: `top_k`, at most `tern_core::MAX_SAMPLED_TOP_K`. The bitonic sort
+/// takes a power of two, one pair per invocation.
+const SAMPLE_CAP: u32 = tern_core::MAX_SAMPLED_TOP_K as u32;
+const _: () = assert!(SAMPLE_CAP.is_power_of_two() && SAMPLE_CAP <= 2 * SAMPLE_WG);
 
 /// One workgroup picks a token from a row of logits by tern's sampling rule (`tern_core::TokenSampling`).
 ///

@@ -201,7 +201,7 @@ impl Kernel {
             Kernel::Matmul { .. } | Kernel::MatmulTiled { .. } | Kernel::Matvec { .. } | Kernel::MatvecSubgroups { .. } => {
                 ["rows", "cols", "tokens", "groups_x", "row0", "rows_a", "rows_b", "_"]
             }
-            Kernel::Embed { .. } => ["cols", "tokens", "groups_x", "_", "_", "_", "_", "_"],
+            Kernel::Embed { .. } => ["cols", "tokens", "groups_x", "row0", "_", "_", "_", "_"],
             Kernel::RmsNorm | Kernel::AddRmsNorm => ["rows", "cols", "eps (f32)", "groups_x", "_", "_", "_", "_"],
             Kernel::RopeAppend => {
                 ["rows", "n_heads", "n_kv_heads", "head_dim", "rot_dim", "interleaved (0/1)", "pos0", "groups_x"]
