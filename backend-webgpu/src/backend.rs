@@ -7,6 +7,7 @@ use wgpu::util::DeviceExt;
 
 use crate::device::{AdapterChoice, AdapterReport, Gpu};
 use crate::pool::{BufferPool, size_class};
+use crate::profile::Profile;
 use crate::recorder::{GpuReading, Grid, Recorder};
 
 /// An f32 activation matrix in a GPU storage buffer, row-major. The buffer may be larger than the shape (it is
@@ -181,6 +182,18 @@ impl WebGpuBackend {
     /// The adapter this backend runs on.
     pub fn adapter(&self) -> &AdapterReport {
         &self.gpu.report
+    }
+
+    /// Starts timing every kernel on the GPU (timestamps around each dispatch). Each submit then waits for its
+    /// timestamps, so steps run slower while profiling; the times per kernel stay right. An error if the
+    /// adapter cannot write timestamps inside compute passes.
+    pub fn start_profiling(&self) -> Result<()> {
+        self.recorder.profile(&self.gpu, true).map(|_| ())
+    }
+
+    /// Stops timing and returns what was measured since [`WebGpuBackend::start_profiling`].
+    pub fn stop_profiling(&self) -> Result<Profile> {
+        Ok(self.recorder.profile(&self.gpu, false)?.unwrap_or_default())
     }
 
     /// Bytes of GPU memory held by dropped tensors for reuse (at most 1 GiB).

@@ -11,8 +11,10 @@
 mod backend;
 mod device;
 mod pool;
+mod profile;
 mod recorder;
 
 pub use backend::{GpuMatrix, GpuTensor, KernelChoice, WebGpuBackend};
 pub use device::{AdapterChoice, AdapterReport, adapters};
+pub use profile::{KernelTime, Profile};
 pub use recorder::GpuReading;

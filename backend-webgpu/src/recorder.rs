@@ -17,6 +17,7 @@ use tern_core::{Error, Result};
 use tern_shaders::{Binding, Kernel};
 
 use crate::device::Gpu;
+use crate::profile::{Profile, Profiler};
 
 /// Storage buffers a kernel binds, at most.
 const MAX_BUFFERS: usize = 8;
@@ -50,6 +51,8 @@ struct Pending {
     bind_groups: HashMap<(Kernel, BufferSet), (wgpu::BindGroup, u64)>,
     /// Submits so far.
     submits: u64,
+    /// Times every dispatch while profiling is on.
+    profiler: Option<Profiler>,
 }
 
 pub(crate) struct Recorder {
@@ -82,6 +85,7 @@ impl Recorder {
                 staging: Vec::new(),
                 bind_groups: HashMap::new(),
                 submits: 0,
+                profiler: None,
             }),
             ring,
             slot_bytes,
@@ -170,8 +174,8 @@ impl Recorder {
             });
         }
         let mut pending = self.pending.lock().map_err(|_| lock_failed())?;
-        if pending.next_slot == RING_SLOTS {
-            let _ = self.submit(gpu, &mut pending);
+        if pending.next_slot == RING_SLOTS || pending.profiler.as_ref().is_some_and(|p| !p.has_room()) {
+            self.submit(gpu, &mut pending)?;
         }
         let offset = pending.next_slot * self.slot_bytes;
         pending.next_slot += 1;
@@ -213,11 +217,36 @@ impl Recorder {
                 group
             }
         };
+        let stamp = pending.profiler.as_ref().map(|p| {
+            let (queries, index) = p.next();
+            (queries.clone(), index)
+        });
         let pass = self.pass(gpu, &mut pending);
         pass.set_pipeline(&pipeline.pipeline);
         pass.set_bind_group(0, &bind_group, &[offset as u32]);
+        if let Some((queries, index)) = &stamp {
+            pass.write_timestamp(queries, *index);
+        }
         pass.dispatch_workgroups(x, y, z);
+        if let Some((queries, index)) = &stamp {
+            pass.write_timestamp(queries, index + 1);
+        }
+        if let Some(p) = pending.profiler.as_mut() {
+            p.dispatched.push(kernel);
+        }
         Ok(())
+    }
+
+    /// Starts timing every dispatch (each submit then waits for its timestamps), or stops and returns what was
+    /// measured.
+    pub(crate) fn profile(&self, gpu: &Gpu, on: bool) -> Result<Option<Profile>> {
+        let mut pending = self.pending.lock().map_err(|_| lock_failed())?;
+        self.submit(gpu, &mut pending)?;
+        let done = pending.profiler.take().map(|p| p.report());
+        if on {
+            pending.profiler = Some(Profiler::new(gpu)?);
+        }
+        Ok(done)
     }
 
     /// The open compute pass, opened (with the encoder) if there is none.
@@ -270,8 +299,14 @@ impl Recorder {
     }
 
     /// Submits what is recorded, with its parameters written first.
-    fn submit(&self, gpu: &Gpu, pending: &mut Pending) -> wgpu::SubmissionIndex {
+    fn submit(&self, gpu: &Gpu, pending: &mut Pending) -> Result<wgpu::SubmissionIndex> {
         pending.pass = None;
+        if let Some(p) = pending.profiler.as_ref().filter(|p| !p.dispatched.is_empty()) {
+            let encoder = pending.encoder.get_or_insert_with(|| {
+                gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("tern step") })
+            });
+            p.resolve(encoder);
+        }
         if !pending.params.is_empty() {
             gpu.queue.write_buffer(&self.ring, 0, &pending.params);
             pending.params.clear();
@@ -282,7 +317,10 @@ impl Recorder {
         pending.submits += 1;
         let recent = pending.submits.saturating_sub(2);
         pending.bind_groups.retain(|_, (_, used)| *used >= recent);
-        index
+        if let Some(p) = pending.profiler.as_mut() {
+            p.collect(gpu, index.clone())?;
+        }
+        Ok(index)
     }
 
     /// Submits everything recorded, with a copy of the first `len` f32 of `src` at its end, and starts mapping
@@ -307,7 +345,7 @@ impl Recorder {
             });
             encoder.copy_buffer_to_buffer(src, 0, &staging, 0, bytes);
         }
-        let submission = self.submit(gpu, &mut pending);
+        let submission = self.submit(gpu, &mut pending)?;
         drop(pending);
         let (tx, done) = std::sync::mpsc::channel();
         if bytes > 0 {

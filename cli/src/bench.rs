@@ -42,6 +42,10 @@ pub struct BenchArgs {
     /// Measured repetitions of each test (after one warm-up run).
     #[arg(long, short = 'r', default_value_t = 5)]
     repetitions: usize,
+    /// After the tests, one more generation run on WebGPU with every kernel timed on the GPU, and a table of
+    /// where a decode step's GPU time goes.
+    #[arg(long)]
+    profile: bool,
 }
 
 struct Stats {
@@ -169,6 +173,57 @@ fn measure(args: &BenchArgs, name: &str, model: &Llama<AnyBackend>) -> Result<()
         }
         // Generation reads the KV cache of positions 0..n: on average that of the middle one.
         row(format!("tg{}", args.gen_tokens), stats(rates), Some(model.decode_bytes(args.gen_tokens / 2)));
+        if args.profile {
+            profile_decode(args, model, first, &mut cache, &mut scratch)?;
+        }
     }
+    Ok(())
+}
+
+/// One generation run with every kernel timed on the GPU: GPU time per decode step by kernel.
+fn profile_decode(
+    args: &BenchArgs,
+    model: &Llama<AnyBackend>,
+    first: u32,
+    cache: &mut tern::model::KvCache<AnyBackend>,
+    scratch: &mut Scratch<AnyBackend>,
+) -> Result<(), tern::Error> {
+    let AnyBackend::WebGpu(gpu) = model.backend() else {
+        return Err(tern::Error::Option { name: "profile", detail: "kernel times need the WebGPU backend".into() });
+    };
+    let greedy = TokenSampling::GREEDY;
+    cache.truncate(0);
+    gpu.start_profiling()?;
+    let t = Instant::now();
+    let be = model.backend();
+    let mut reading = model.forward_sample(StepInput::Tokens(&[first]), cache, scratch, &greedy)?;
+    for _ in 1..args.gen_tokens {
+        let next = model.forward_sample(StepInput::Sampled, cache, scratch, &greedy)?;
+        be.read_finish(std::mem::replace(&mut reading, next))?;
+    }
+    be.read_finish(reading)?;
+    let wall_us = t.elapsed().as_secs_f64() * 1e6;
+    let p = gpu.stop_profiling()?;
+    let steps = args.gen_tokens as f64;
+    let kernels_us: f64 = p.kernels.iter().map(|k| k.total_us).sum();
+    println!();
+    println!("GPU time per decode step ({} steps, timed one submit at a time):", args.gen_tokens);
+    println!();
+    println!("| kernel | calls per step | µs per call | µs per step | share |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    let total = kernels_us + p.between_us;
+    for k in &p.kernels {
+        println!(
+            "| {} | {:.1} | {:.2} | {:.1} | {:.1}% |",
+            k.label,
+            k.calls as f64 / steps,
+            k.total_us / k.calls.max(1) as f64,
+            k.total_us / steps,
+            100.0 * k.total_us / total
+        );
+    }
+    println!("| between kernels | | | {:.1} | {:.1}% |", p.between_us / steps, 100.0 * p.between_us / total);
+    println!("| all, on the GPU | | | {:.1} | 100% |", total / steps);
+    println!("| wall time while profiling | | | {:.1} | |", wall_us / steps);
     Ok(())
 }
