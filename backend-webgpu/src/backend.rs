@@ -202,7 +202,7 @@ impl WebGpuBackend {
     }
 
     fn check_binding(&self, what: impl FnOnce() -> String, bytes: u64) -> Result<()> {
-        let limit = (self.gpu.limits.max_storage_buffer_binding_size as u64).min(self.gpu.limits.max_buffer_size);
+        let limit = self.gpu.limits.max_storage_buffer_binding_size.min(self.gpu.limits.max_buffer_size);
         if bytes > limit {
             return Err(Error::BufferLimit { what: what(), bytes, limit });
         }
@@ -550,8 +550,7 @@ impl Backend for WebGpuBackend {
         v: &GpuTensor,
         rope: &RopeParams,
         n_kv_heads: usize,
-        k_cache: &mut GpuTensor,
-        v_cache: &mut GpuTensor,
+        (k_cache, v_cache): (&mut GpuTensor, &mut GpuTensor),
     ) -> Result<()> {
         let p = rope;
         let kv_cols = n_kv_heads * p.head_dim;

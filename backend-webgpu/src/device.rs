@@ -51,7 +51,7 @@ impl AdapterReport {
             kind: kind_name(info.device_type),
             driver: [info.driver, info.driver_info].into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" "),
             is_gpu: is_gpu(info.device_type),
-            max_storage_binding_bytes: limits.max_storage_buffer_binding_size as u64,
+            max_storage_binding_bytes: limits.max_storage_buffer_binding_size,
             max_buffer_bytes: limits.max_buffer_size,
             max_workgroup_invocations: limits.max_compute_invocations_per_workgroup,
             max_workgroup_storage_bytes: limits.max_compute_workgroup_storage_size,
@@ -107,8 +107,7 @@ impl Gpu {
             wgpu::DeviceType::Cpu => 3,
             wgpu::DeviceType::Other => 4,
         });
-        let found: Vec<String> =
-            candidates.iter().map(|a| AdapterReport::of(a)).map(|r| format!("{} ({})", r.name, r.kind)).collect();
+        let found: Vec<String> = candidates.iter().map(AdapterReport::of).map(|r| format!("{} ({})", r.name, r.kind)).collect();
         let adapter = candidates
             .into_iter()
             .find(|a| choice == AdapterChoice::Any || is_gpu(a.get_info().device_type))

@@ -249,14 +249,14 @@ pub fn rope_and_append_matches_reference<B: Backend>(be: &B, label: &str) {
                 be.upload(&v, rows, n_kv * hd).unwrap(),
             );
             let (mut kc, mut vc) = (be.upload(&old, cap, n_kv * hd).unwrap(), be.upload(&old, cap, n_kv * hd).unwrap());
-            be.rope_and_append(&mut qt, &mut kt, &vt, &p, n_kv, &mut kc, &mut vc).unwrap();
+            be.rope_and_append(&mut qt, &mut kt, &vt, &p, n_kv, (&mut kc, &mut vc)).unwrap();
             let what = |t: &str| format!("rope_and_append {t}, {style:?} rot {rot_dim} pos {pos0} on {label}");
             assert_close(&be.read(&qt).unwrap(), &want_q, |_| 1e-5, &what("q"));
             assert_close(&be.read(&kt).unwrap(), &want_k, |_| 1e-5, &what("k"));
             assert_close(&be.read(&kc).unwrap(), &want_kc, |_| 1e-5, &what("k cache"));
             assert_close(&be.read(&vc).unwrap(), &want_vc, |_| 0.0, &what("v cache"));
             let mut small = be.zeros(pos0 + rows - 1, n_kv * hd).unwrap();
-            assert!(be.rope_and_append(&mut qt, &mut kt, &vt, &p, n_kv, &mut small, &mut vc).is_err(), "a cache too short");
+            assert!(be.rope_and_append(&mut qt, &mut kt, &vt, &p, n_kv, (&mut small, &mut vc)).is_err(), "a cache too short");
         }
     }
 }

@@ -148,7 +148,7 @@ pub trait Backend: Send + Sync {
     /// Rotates `x` in place (see [`RopeParams`]).
     fn rope(&self, x: &mut Self::Tensor, p: &RopeParams) -> Result<()>;
     /// A step's attention inputs made ready: `q` and `k` rotated in place by `rope` (its `n_heads` is `q`'s;
-    /// `k` has `n_kv_heads`), then `k` and `v` appended to the caches from row `rope.pos0`. A backend can do it
+    /// `k` has `n_kv_heads`), then `k` and `v` appended to the caches (K, V) from row `rope.pos0`. A backend can do it
     /// all in one pass; this default runs [`Backend::rope`] twice and [`Backend::write_rows`] twice.
     fn rope_and_append(
         &self,
@@ -157,8 +157,7 @@ pub trait Backend: Send + Sync {
         v: &Self::Tensor,
         rope: &RopeParams,
         n_kv_heads: usize,
-        k_cache: &mut Self::Tensor,
-        v_cache: &mut Self::Tensor,
+        (k_cache, v_cache): (&mut Self::Tensor, &mut Self::Tensor),
     ) -> Result<()> {
         self.rope(q, rope)?;
         self.rope(k, &RopeParams { n_heads: n_kv_heads, ..*rope })?;

@@ -301,16 +301,21 @@ impl Backend for AnyBackend {
         v: &AnyTensor,
         rope: &RopeParams,
         n_kv_heads: usize,
-        k_cache: &mut AnyTensor,
-        v_cache: &mut AnyTensor,
+        (k_cache, v_cache): (&mut AnyTensor, &mut AnyTensor),
     ) -> Result<()> {
         dispatch!(self, "rope_and_append", |be,
                                             q: AnyTensor,
                                             k: AnyTensor,
                                             v: AnyTensor,
                                             k_cache: AnyTensor,
-                                            v_cache: AnyTensor| be
-            .rope_and_append(q, k, v, rope, n_kv_heads, k_cache, v_cache))
+                                            v_cache: AnyTensor| be.rope_and_append(
+            q,
+            k,
+            v,
+            rope,
+            n_kv_heads,
+            (k_cache, v_cache)
+        ))
     }
 
     fn rope(&self, x: &mut AnyTensor, p: &RopeParams) -> Result<()> {
