@@ -122,22 +122,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         t.elapsed().as_secs_f64() * 1e6,
         recorded.as_secs_f64() * 1e3
     );
-    // Decode kernel variants: (workgroup, lanes, rows, unroll, subgroup size).
+    // Decode kernel variants: (workgroup, lanes, rows, unroll, slots, subgroup size).
     let mut choices = vec![
-        (64, 32, 2, 8, None),
-        (64, 64, 2, 8, None),
-        (64, 64, 4, 8, None),
-        (128, 32, 4, 8, None),
-        (128, 64, 2, 8, None),
-        (128, 128, 2, 8, None),
-        (256, 32, 2, 8, None),
-        (256, 64, 2, 8, None),
-        (256, 64, 4, 4, None),
-        (256, 128, 2, 8, None),
-        (256, 256, 2, 8, None),
+        (64, 32, 2, 8, false, None),
+        (64, 32, 1, 4, true, None),
+        (64, 32, 2, 4, true, None),
+        (64, 32, 2, 8, true, None),
+        (64, 16, 2, 4, true, None),
+        (128, 64, 2, 4, true, None),
+        (256, 32, 2, 4, true, None),
     ];
     if let Some(size) = be.adapter().subgroup_size {
-        choices.push((64, size, 1, 4, Some(size)));
+        choices.push((64, size, 1, 4, false, Some(size)));
     }
     // The matrices, packed once.
     let shapes = [(4096, 4096), (11008, 4096), (4096, 11008)];
@@ -149,8 +145,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     let packed: Vec<(tern_core::MatrixView<'_>, usize)> =
         q4.iter().map(|m| (m.view(), m.bytes())).chain(t4.iter().map(|m| (m.view(), m.bytes()))).collect();
-    for &(workgroup, lanes, rows, unroll, subgroup_size) in &choices {
-        let k = KernelChoice { lanes, rows, unroll, workgroup, tiled: true, tiled_rows: 2, subgroup_size };
+    for &(workgroup, lanes, rows, unroll, slots, subgroup_size) in &choices {
+        let k = KernelChoice { lanes, rows, unroll, workgroup, slots, tiled: true, tiled_rows: 2, subgroup_size };
         let be = WebGpuBackend::with_kernels(AdapterChoice::Any, Some(k))?;
         println!(
             "decode kernels: workgroups of {workgroup}, {lanes} lanes on {rows} rows, unrolled {unroll}, subgroups {subgroup_size:?}"

@@ -2,7 +2,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tern_core::{AttentionParams, Backend, Error, MatrixView, Result, RopeParams, RopeStyle, TensorType, TokenSampling};
-use tern_shaders::{ATTENTION_SPAN, Kernel, MATMUL_TOKENS, MAX_HEAD_DIM, TILED_TOKENS, WORKGROUP};
+use tern_shaders::{ATTENTION_SPAN, Kernel, MATMUL_TOKENS, MAX_HEAD_DIM, MAX_NORM_QUADS, TILED_TOKENS, WORKGROUP};
 use wgpu::util::DeviceExt;
 
 use crate::device::{AdapterChoice, AdapterReport, Gpu};
@@ -89,6 +89,9 @@ pub struct KernelChoice {
     pub unroll: u32,
     /// With `tiled`: invocations per workgroup of decode products (64, 128 or 256; `lanes` at most this).
     pub workgroup: u32,
+    /// With `tiled`: decode products of the formats that have one take a quant word per lane at a time
+    /// (`Kernel::MatvecSlots`) instead of a `vec4` of weights.
+    pub slots: bool,
     /// The GPU kernels: products of several tokens tiled, decode products with lanes on consecutive `vec4`s
     /// (fast on GPUs; on a CPU rasterizer their barriers cost more than they save). With them, a token's
     /// products in a batch and alone may differ by float rounding.
@@ -107,9 +110,27 @@ impl KernelChoice {
     pub fn for_adapter(report: &AdapterReport) -> Self {
         if report.is_gpu {
             // The subgroup matvec measured no faster on an H100 (and slower on 4096x11008), so it is opt-in.
-            KernelChoice { lanes: 32, rows: 2, unroll: 8, workgroup: 64, tiled: true, tiled_rows: 2, subgroup_size: None }
+            KernelChoice {
+                lanes: 32,
+                rows: 2,
+                unroll: 8,
+                workgroup: 64,
+                slots: true,
+                tiled: true,
+                tiled_rows: 2,
+                subgroup_size: None,
+            }
         } else {
-            KernelChoice { lanes: 1, rows: 1, unroll: 4, workgroup: 64, tiled: false, tiled_rows: 1, subgroup_size: None }
+            KernelChoice {
+                lanes: 1,
+                rows: 1,
+                unroll: 4,
+                workgroup: 64,
+                slots: false,
+                tiled: false,
+                tiled_rows: 1,
+                subgroup_size: None,
+            }
         }
     }
 }
@@ -118,6 +139,13 @@ impl std::fmt::Debug for WebGpuBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebGpuBackend").field("adapter", &self.gpu.report.name).field("api", &self.gpu.report.api).finish()
     }
+}
+
+/// `vec4`s per invocation of the RMSNorm kernel for rows of `cols`: held in registers when the rows are whole
+/// `vec4`s and short enough, else 0 (the kernel that walks any row).
+fn norm_quads(cols: usize) -> u32 {
+    let quads = cols.div_ceil(4 * 256) as u32;
+    if cols.is_multiple_of(4) && quads <= MAX_NORM_QUADS { quads } else { 0 }
 }
 
 /// Bytes a tensor of `len` f32 takes: at least 16, a multiple of 16 (kernels read some as `vec4`).
@@ -280,7 +308,12 @@ impl WebGpuBackend {
         } else if let (true, Some(size)) = (k.tiled, k.subgroup_size) {
             (Kernel::MatvecSubgroups { ty, outputs }, WORKGROUP / size, 1)
         } else if k.tiled {
-            let kernel = Kernel::Matvec { ty, workgroup: k.workgroup, lanes: k.lanes, rows: k.rows, unroll: k.unroll, outputs };
+            let (workgroup, lanes, rows, unroll) = (k.workgroup, k.lanes, k.rows, k.unroll);
+            let kernel = if k.slots && Kernel::has_slots(ty) {
+                Kernel::MatvecSlots { ty, workgroup, lanes, rows, unroll, outputs }
+            } else {
+                Kernel::Matvec { ty, workgroup, lanes, rows, unroll, outputs }
+            };
             (kernel, k.workgroup / k.lanes * k.rows, 1)
         } else {
             let (tokens, rows) = if x.rows == 1 { (1, k.rows) } else { (MATMUL_TOKENS, 1) };
@@ -529,7 +562,8 @@ impl Backend for WebGpuBackend {
         self.resize("rms_norm", out, x.rows, x.cols)?;
         let (grid, groups_x) = Grid::folded(x.rows as u64, self.max_groups());
         let params = [x.rows as u32, x.cols as u32, eps.to_bits(), groups_x, 0, 0, 0, 0];
-        self.recorder.dispatch(&self.gpu, Kernel::RmsNorm, params, &[&x.buf, &weight.buf, &out.buf], grid)
+        let kernel = Kernel::RmsNorm { residual: false, quads: norm_quads(x.cols) };
+        self.recorder.dispatch(&self.gpu, kernel, params, &[&x.buf, &weight.buf, &out.buf], grid)
     }
 
     fn add_rms_norm(&self, x: &mut GpuTensor, y: &GpuTensor, weight: &GpuTensor, eps: f32, out: &mut GpuTensor) -> Result<()> {
@@ -540,7 +574,8 @@ impl Backend for WebGpuBackend {
         self.resize("add_rms_norm", out, x.rows, x.cols)?;
         let (grid, groups_x) = Grid::folded(x.rows as u64, self.max_groups());
         let params = [x.rows as u32, x.cols as u32, eps.to_bits(), groups_x, 0, 0, 0, 0];
-        self.recorder.dispatch(&self.gpu, Kernel::AddRmsNorm, params, &[&y.buf, &weight.buf, &x.buf, &out.buf], grid)
+        let kernel = Kernel::RmsNorm { residual: true, quads: norm_quads(x.cols) };
+        self.recorder.dispatch(&self.gpu, kernel, params, &[&y.buf, &weight.buf, &x.buf, &out.buf], grid)
     }
 
     fn rope_and_append(

@@ -18,9 +18,27 @@ fn backends() -> Vec<(String, Arc<WebGpuBackend>)> {
             let native = make(None);
             let own = KernelChoice::for_adapter(native.adapter());
             let other = if own.tiled {
-                KernelChoice { lanes: 1, rows: 1, unroll: 4, workgroup: 64, tiled: false, tiled_rows: 1, subgroup_size: None }
+                KernelChoice {
+                    lanes: 1,
+                    rows: 1,
+                    unroll: 4,
+                    workgroup: 64,
+                    slots: false,
+                    tiled: false,
+                    tiled_rows: 1,
+                    subgroup_size: None,
+                }
             } else {
-                KernelChoice { lanes: 32, rows: 2, unroll: 8, workgroup: 64, tiled: true, tiled_rows: 2, subgroup_size: None }
+                KernelChoice {
+                    lanes: 32,
+                    rows: 2,
+                    unroll: 8,
+                    workgroup: 64,
+                    slots: true,
+                    tiled: true,
+                    tiled_rows: 2,
+                    subgroup_size: None,
+                }
             };
             let name = native.adapter().name.clone();
             let mut all = vec![
@@ -28,8 +46,16 @@ fn backends() -> Vec<(String, Arc<WebGpuBackend>)> {
                 (format!("webgpu on {name} ({other:?})"), make(Some(other))),
             ];
             // Decode products in workgroups of 256, their lanes meeting across subgroups.
-            let wide =
-                KernelChoice { lanes: 128, rows: 2, unroll: 8, workgroup: 256, tiled: true, tiled_rows: 2, subgroup_size: None };
+            let wide = KernelChoice {
+                lanes: 128,
+                rows: 2,
+                unroll: 8,
+                workgroup: 256,
+                slots: false,
+                tiled: true,
+                tiled_rows: 2,
+                subgroup_size: None,
+            };
             all.push((format!("webgpu on {name} ({wide:?})"), make(Some(wide))));
             // The subgroup decode kernel too, where the adapter has subgroups of one size.
             if let Some(size) = native.adapter().subgroup_size.filter(|s| 64 % s == 0) {
@@ -38,6 +64,7 @@ fn backends() -> Vec<(String, Arc<WebGpuBackend>)> {
                     rows: 1,
                     unroll: 4,
                     workgroup: 64,
+                    slots: false,
                     tiled: true,
                     tiled_rows: 1,
                     subgroup_size: Some(size),

@@ -208,8 +208,15 @@ pub fn embed_sampled_takes_the_picked_row<B: Backend>(be: &B, label: &str) {
     assert!(be.embed_sampled(&table, &be.zeros(2, 1).unwrap(), &mut out).is_err(), "a token tensor must be 1x1");
 }
 
+/// Rows of whole `vec4`s (one per invocation and two with a partial tail, on a GPU) and a row that is not.
 pub fn rms_norm_matches_reference<B: Backend>(be: &B, label: &str) {
-    let (rows, cols, eps) = (3, 96, 1e-5f32);
+    for cols in [96, 1028, 30] {
+        rms_norm_of_width(be, label, cols);
+    }
+}
+
+fn rms_norm_of_width<B: Backend>(be: &B, label: &str, cols: usize) {
+    let (rows, eps) = (3, 1e-5f32);
     let x = values(rows * cols, 4, 4.0);
     let weight = values(cols, 5, 2.0);
     let mut want = Vec::new();
@@ -220,8 +227,8 @@ pub fn rms_norm_matches_reference<B: Backend>(be: &B, label: &str) {
     }
     let mut out = be.zeros(0, 0).unwrap();
     be.rms_norm(&be.upload(&x, rows, cols).unwrap(), &be.upload(&weight, 1, cols).unwrap(), eps, &mut out).unwrap();
-    assert_close(&be.read(&out).unwrap(), &want, |i| 1e-5 * want[i].abs().max(1.0), &format!("rms_norm on {label}"));
-    let short = be.upload(&weight[..32], 1, 32).unwrap();
+    assert_close(&be.read(&out).unwrap(), &want, |i| 1e-5 * want[i].abs().max(1.0), &format!("rms_norm of {cols} on {label}"));
+    let short = be.upload(&weight[..16], 1, 16).unwrap();
     assert!(be.rms_norm(&be.upload(&x, rows, cols).unwrap(), &short, eps, &mut out).is_err());
 }
 
@@ -261,9 +268,15 @@ pub fn rope_and_append_matches_reference<B: Backend>(be: &B, label: &str) {
     }
 }
 
-/// The residual add written back, and the norm of the sum.
+/// The residual add written back, and the norm of the sum, for the widths of [`rms_norm_matches_reference`].
 pub fn add_rms_norm_matches_reference<B: Backend>(be: &B, label: &str) {
-    let (rows, cols, eps) = (3, 96, 1e-5f32);
+    for cols in [96, 1028, 30] {
+        add_rms_norm_of_width(be, label, cols);
+    }
+}
+
+fn add_rms_norm_of_width<B: Backend>(be: &B, label: &str, cols: usize) {
+    let (rows, eps) = (3, 1e-5f32);
     let x = values(rows * cols, 15, 2.0);
     let y = values(rows * cols, 16, 2.0);
     let weight = values(cols, 17, 2.0);
@@ -278,8 +291,9 @@ pub fn add_rms_norm_matches_reference<B: Backend>(be: &B, label: &str) {
     let mut out = be.zeros(0, 0).unwrap();
     be.add_rms_norm(&mut xt, &be.upload(&y, rows, cols).unwrap(), &be.upload(&weight, 1, cols).unwrap(), eps, &mut out).unwrap();
     let sum64: Vec<f64> = sum.iter().map(|&v| v as f64).collect();
-    assert_close(&be.read(&xt).unwrap(), &sum64, |_| 0.0, &format!("add_rms_norm's sum on {label}"));
-    assert_close(&be.read(&out).unwrap(), &want, |i| 1e-5 * want[i].abs().max(1.0), &format!("add_rms_norm on {label}"));
+    assert_close(&be.read(&xt).unwrap(), &sum64, |_| 0.0, &format!("add_rms_norm's sum of {cols} on {label}"));
+    let what = format!("add_rms_norm of {cols} on {label}");
+    assert_close(&be.read(&out).unwrap(), &want, |i| 1e-5 * want[i].abs().max(1.0), &what);
 }
 
 fn rope_reference(x: &[f32], rows: usize, p: &RopeParams) -> Vec<f64> {

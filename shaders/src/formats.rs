@@ -263,6 +263,87 @@ fn load_quad(ty: TensorType) -> String {
     format!("fn load_quad(r: u32, q: u32) -> vec4<f32> {{\n    {body}\n}}\n")
 }
 
+/// `slot_dot(r, s)` for decode products that give each lane one quant word at a time: slot `s` of row `r` is
+/// word `s % SLOTS` of block `s / SLOTS`, and `slot_dot` is its weights' dot product with the matching elements
+/// of the activation row `x` (one token). Each slot decodes its block's scale once for all the weights of its
+/// word (8 of a 4-bit format, 16 of a 2- or 3-bit one), so a lane issues one quant load and a few activation
+/// loads per word. The formats with such a reader, and their slots per block.
+pub fn slot_reader(ty: TensorType) -> Option<(String, u32)> {
+    // Per format: slots per block, the per-block prologue, and each (quad index within the block, value) the
+    // slot's word gives, in WGSL over `w` (the slot's word number) and `q` (the word).
+    let tern_codes = |f: TernFormat| {
+        let codes = match f {
+            TernFormat::T2 => "let sc = f32(code & 15u); let mn = f32((code >> 4u) & 15u);",
+            _ => "let sc = f32(code & 255u); let mn = f32((code >> 8u) & 255u);",
+        };
+        format!(
+            "let code_words = (nb * {bits}u + 31u) / 32u;
+    let bit = b * {bits}u;
+    let code = scales[r * code_words + bit / 32u] >> (bit % 32u);
+    {codes}
+    let scale = row_units[2u * r] * sc;
+    let offset = row_units[2u * r + 1u] * mn;",
+            bits = f.code_bits()
+        )
+    };
+    let (slots, prologue, quads): (u32, String, Vec<(String, String)>) = match ty {
+        TensorType::Q4_0 | TensorType::Q4_1 => {
+            let v = |shift| {
+                let f = format!("fields(q, {shift}u, 15u)");
+                if ty == TensorType::Q4_0 { format!("d * ({f} - 8.0)") } else { format!("d * {f} + min_at(g)") }
+            };
+            let prologue = "let d = scale_at(g);\n    let q = word(4u * g + w);".to_string();
+            (4, prologue, vec![("w".into(), v(0)), ("w + 4u".into(), v(4))])
+        }
+        TensorType::T4 => {
+            let prologue = format!("{}\n    let q = word(4u * g + w);", tern_codes(TernFormat::T4));
+            let v = |shift| format!("scale * fields(q, {shift}u, 15u) - offset");
+            (4, prologue, vec![("w".into(), v(0)), ("w + 4u".into(), v(4))])
+        }
+        // Word w of a block holds bit plane k of bytes 4w..4w+3 at bits 2k: quads 2k + w.
+        TensorType::T2 | TensorType::T3 => {
+            let f = ty.tern_format().unwrap_or(TernFormat::T2);
+            let qw = f.quant_words();
+            let mut prologue = format!("{}\n    let q = word({qw}u * g + w);", tern_codes(f));
+            if f == TernFormat::T3 {
+                prologue += "\n    let hi = word(3u * g + 2u);";
+            }
+            let quads = (0..4)
+                .map(|k| {
+                    let mut v = format!("fields(q, {}u, 3u)", 2 * k);
+                    if f == TernFormat::T3 {
+                        // Element e's high bit is bit e of the third word: quad 2k + w starts at element 8k + 4w.
+                        v = format!(
+                            "({v} + 4.0 * vec4<f32>((vec4<u32>(hi) >> (vec4<u32>({0}u, {1}u, {2}u, {3}u) + 4u * w)) & vec4<u32>(1u)))",
+                            8 * k,
+                            8 * k + 1,
+                            8 * k + 2,
+                            8 * k + 3
+                        );
+                    }
+                    (format!("{}u + w", 2 * k), format!("scale * {v} - offset"))
+                })
+                .collect();
+            (2, prologue, quads)
+        }
+        _ => return None,
+    };
+    let terms: Vec<String> = quads.iter().map(|(quad, v)| format!("dot({v}, x[8u * b + {quad}])")).collect();
+    let body = format!(
+        "fn slot_dot(r: u32, s: u32) -> f32 {{
+    let nb = p.cols / 32u;
+    let b = s / {slots}u;
+    let w = s % {slots}u;
+    let g = r * nb + b;
+    {prologue}
+    return {};
+}}
+",
+        terms.join(" + ")
+    );
+    Some((format!("{COMMON}\n{body}"), slots))
+}
+
 /// The WGSL that reads `ty`: the matrix bindings, `Block` and `load_block`.
 pub fn reader(ty: TensorType) -> String {
     format!("{COMMON}\n{}", load_block(ty))

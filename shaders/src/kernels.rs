@@ -200,6 +200,56 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     )
 }
 
+/// Decode products a quant word per lane at a time ([`formats::slot_reader`]): groups of `lanes` invocations
+/// share `rows` rows, and lane `l` takes the row's slots `l, l + lanes, ...` (consecutive words, so a group's
+/// quant loads are contiguous), `unroll` of them per step; the lanes' sums meet in a tree in workgroup memory.
+/// `None` for a format without a slot reader.
+pub(crate) fn matvec_slots(ty: TensorType, workgroup: u32, lanes: u32, rows: u32, unroll: u32, outputs: u32) -> Option<String> {
+    let (reader, slots) = formats::slot_reader(ty)?;
+    let prelude = product_prelude(&reader, outputs);
+    let nr = rows as usize;
+    let accs = lines((0..nr).map(|j| format!("var acc{j} = 0.0;")), 4);
+    let step = |quads: u32| {
+        lines(
+            (0..nr).map(|j| {
+                let terms: Vec<String> = (0..quads).map(|u| format!("slot_dot(p.row0 + r0 + {j}u, s + {u}u * LANES)")).collect();
+                format!("if (r0 + {j}u < p.rows) {{ acc{j} += {}; }}", terms.join(" + "))
+            }),
+            12,
+        )
+    };
+    let (unrolled, single) = (step(unroll), step(1));
+    let tree = lane_tree(&(0..nr).map(|j| format!("acc{j}")).collect::<Vec<_>>());
+    let writes =
+        lines((0..nr).map(|j| format!("if (r0 + {j}u < p.rows) {{ store(0u, r0 + {j}u, partial[{j}u * WG + li]); }}")), 8);
+    let partial = workgroup * rows;
+    let last = unroll - 1;
+    Some(format!(
+        r#"{prelude}
+const WG: u32 = {workgroup}u;
+const LANES: u32 = {lanes}u;
+const GROUPS: u32 = WG / LANES;
+var<workgroup> partial: array<f32, {partial}>;
+
+@compute @workgroup_size({workgroup})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
+    let lane = li % LANES;
+    let r0 = ((wid.x + wid.z * p.groups_x) * GROUPS + li / LANES) * {rows}u;
+    let slots = (p.cols / 32u) * {slots}u;
+{accs}    if (r0 < p.rows) {{
+        var s = lane;
+        for (; s + {last}u * LANES < slots; s += {unroll}u * LANES) {{
+{unrolled}        }}
+        for (; s < slots; s += LANES) {{
+{single}        }}
+    }}
+{tree}    if (lane == 0u) {{
+{writes}    }}
+}}
+"#
+    ))
+}
+
 /// Decode products on subgroups (for wgpu's native backends, which take subgroup builtins without WGSL's
 /// `enable subgroups;`, a directive naga does not parse yet; a browser build must add it): each subgroup of the
 /// workgroup takes one row, its invocations the row's `vec4`s
@@ -332,9 +382,66 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
 /// Invocations per workgroup of RMSNorm (one workgroup per row).
 const NORM: u32 = 256;
 
+/// One workgroup per row, each invocation holding `quads` `vec4`s of it in registers: every load (and with
+/// `residual`, the sum `x + y` written back) comes before the mean square's tree, so a row costs one round of
+/// memory latency instead of one per element.
+fn rms_norm_held(residual: bool, quads: u32) -> String {
+    let tree = workgroup_tree("sums", NORM, "{a} + {b}", 4);
+    let k = 0..quads;
+    let at = |k: u32| format!("li + {}u", k * NORM);
+    let loads = lines(
+        k.clone().map(|k| {
+            let i = at(k);
+            let add = if residual { format!(" + y[base + {i}]") } else { String::new() };
+            format!("var v{k} = vec4<f32>(0.0); if ({i} < n4) {{ v{k} = x[base + {i}]{add}; }}")
+        }),
+        4,
+    );
+    let write_back = if residual {
+        lines(k.clone().map(|k| format!("if ({0} < n4) {{ x[base + {0}] = v{k}; }}", at(k))), 4)
+    } else {
+        String::new()
+    };
+    let squares = k.clone().map(|k| format!("dot(v{k}, v{k})")).collect::<Vec<_>>().join(" + ");
+    let writes = lines(k.map(|k| format!("if ({0} < n4) {{ out[base + {0}] = v{k} * inv * weight[{0}]; }}", at(k))), 4);
+    let bindings = if residual {
+        "@group(0) @binding(1) var<storage, read> y: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> weight: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> x: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>;"
+    } else {
+        "@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> weight: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;"
+    };
+    format!(
+        r#"struct Params {{ rows: u32, cols: u32, eps: f32, groups_x: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}
+@group(0) @binding(0) var<uniform> p: Params;
+{bindings}
+var<workgroup> sums: array<f32, {NORM}>;
+
+@compute @workgroup_size({NORM})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
+    let row = wid.x + wid.y * p.groups_x;
+    if (row >= p.rows) {{
+        return;
+    }}
+    let n4 = p.cols / 4u;
+    let base = row * n4;
+{loads}{write_back}    sums[li] = {squares};
+    workgroupBarrier();
+{tree}    let inv = inverseSqrt(sums[0] / f32(p.cols) + p.eps);
+{writes}}}
+"#
+    )
+}
+
 /// One workgroup per row: the mean square in a tree, then the scaled row. With `residual`, the row is first
 /// `x += y` (written back), the residual connection before the norm.
-pub(crate) fn rms_norm(residual: bool) -> String {
+pub(crate) fn rms_norm(residual: bool, quads: u32) -> String {
+    if quads > 0 {
+        return rms_norm_held(residual, quads);
+    }
     let tree = workgroup_tree("sums", NORM, "{a} + {b}", 4);
     let (bindings, load) = if residual {
         (

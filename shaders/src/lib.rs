@@ -22,6 +22,9 @@ pub const ATTENTION_TILE: u32 = 64;
 /// The largest head the attention kernel takes: each invocation owns `head_dim / 64` output dimensions.
 pub const MAX_HEAD_DIM: u32 = 256;
 
+/// The most `vec4`s per invocation of the register-held RMSNorm ([`Kernel::RmsNorm`]): rows up to 8192 wide.
+pub const MAX_NORM_QUADS: u32 = 8;
+
 /// Positions per workgroup of a split decode attention ([`Kernel::Attention`] with `split`).
 pub const ATTENTION_SPAN: u32 = 256;
 
@@ -47,6 +50,10 @@ pub enum Kernel {
     /// the row's `vec4`s `l, l + lanes, ...`, so loads are contiguous across lanes; each lane issues the loads
     /// of `unroll` `vec4`s before it uses them.
     Matvec { ty: TensorType, workgroup: u32, lanes: u32, rows: u32, unroll: u32, outputs: u32 },
+    /// Decode products on a GPU that give each lane one quant word (8 to 16 weights) at a time, its block's
+    /// scale decoded once for all of them; for the formats with a slot reader (Q4_0, Q4_1, T2, T3, T4).
+    /// Otherwise as [`Kernel::Matvec`].
+    MatvecSlots { ty: TensorType, workgroup: u32, lanes: u32, rows: u32, unroll: u32, outputs: u32 },
     /// Decode products on a GPU with subgroup operations: one row per subgroup, summed by `subgroupAdd`.
     MatvecSubgroups { ty: TensorType, outputs: u32 },
     /// Prefill products on a GPU: one row per invocation, `tokens` tokens per workgroup, the activations staged
@@ -54,10 +61,11 @@ pub enum Kernel {
     MatmulTiled { ty: TensorType, tokens: u32, rows: u32, outputs: u32 },
     /// `out[t] = table[ids[t]]`, dequantized.
     Embed { ty: TensorType },
-    /// `out[t] = x[t] / rms(x[t]) * weight`.
-    RmsNorm,
-    /// `x += y`, then `out[t] = x[t] / rms(x[t]) * weight`.
-    AddRmsNorm,
+    /// `out[t] = x[t] / rms(x[t]) * weight`, one workgroup per row; with `residual`, `x += y` first (written
+    /// back). With `quads` (1 to [`MAX_NORM_QUADS`]), each invocation holds that many `vec4`s of the row in
+    /// registers, all loaded before any store (rows of up to `quads * 1024` elements, a multiple of 4); with
+    /// 0, any row length, element by element.
+    RmsNorm { residual: bool, quads: u32 },
     /// Rotary position embedding, in place.
     Rope,
     /// RoPE on `q` and `k` in place, and `k` and `v` appended to the KV caches.
@@ -114,32 +122,32 @@ impl Kernel {
                 v.push(Kernel::Matvec { ty, workgroup, lanes, rows: 2, unroll: 8, outputs });
             }
             v.push(Kernel::MatvecSubgroups { ty, outputs });
+            if Kernel::has_slots(ty) {
+                for (rows, unroll) in [(1, 4), (2, 4), (2, 8)] {
+                    v.push(Kernel::MatvecSlots { ty, workgroup: 64, lanes: 32, rows, unroll, outputs });
+                }
+            }
         }
         v
     }
 
     /// Every kernel that does not depend on a weight format.
-    pub const ELEMENTWISE: [Kernel; 19] = [
-        Kernel::RmsNorm,
-        Kernel::AddRmsNorm,
-        Kernel::Rope,
-        Kernel::RopeAppend,
-        Kernel::Attention { head_dim: 32, split: false },
-        Kernel::Attention { head_dim: 64, split: false },
-        Kernel::Attention { head_dim: 128, split: false },
-        Kernel::Attention { head_dim: 256, split: false },
-        Kernel::Attention { head_dim: 32, split: true },
-        Kernel::Attention { head_dim: 64, split: true },
-        Kernel::Attention { head_dim: 128, split: true },
-        Kernel::Attention { head_dim: 256, split: true },
-        Kernel::AttentionCombine { head_dim: 32 },
-        Kernel::AttentionCombine { head_dim: 64 },
-        Kernel::AttentionCombine { head_dim: 128 },
-        Kernel::AttentionCombine { head_dim: 256 },
-        Kernel::SiluMul,
-        Kernel::Add,
-        Kernel::Sample,
-    ];
+    pub fn elementwise() -> Vec<Kernel> {
+        let mut v = vec![Kernel::Rope, Kernel::RopeAppend, Kernel::SiluMul, Kernel::Add, Kernel::Sample];
+        for residual in [false, true] {
+            for quads in 0..=MAX_NORM_QUADS {
+                v.push(Kernel::RmsNorm { residual, quads });
+            }
+        }
+        for head_dim in [32, 64, 128, 256] {
+            v.extend([
+                Kernel::Attention { head_dim, split: false },
+                Kernel::Attention { head_dim, split: true },
+                Kernel::AttentionCombine { head_dim },
+            ]);
+        }
+        v
+    }
 
     /// A short label for the pipeline and error messages.
     pub fn label(&self) -> String {
@@ -154,6 +162,9 @@ impl Kernel {
                 format!("matvec {ty} wg{workgroup} lanes{lanes} rows{rows} unroll{unroll} outputs{outputs}")
             }
             Kernel::MatvecSubgroups { ty, outputs } => format!("matvec {ty} subgroups outputs{outputs}"),
+            Kernel::MatvecSlots { ty, workgroup, lanes, rows, unroll, outputs } => {
+                format!("matvec slots {ty} wg{workgroup} lanes{lanes} rows{rows} unroll{unroll} outputs{outputs}")
+            }
             Kernel::Embed { ty } => format!("embed {ty}"),
             other => format!("{other:?}").to_lowercase(),
         }
@@ -167,6 +178,7 @@ impl Kernel {
             Kernel::Matmul { outputs, .. }
             | Kernel::MatmulTiled { outputs, .. }
             | Kernel::Matvec { outputs, .. }
+            | Kernel::MatvecSlots { outputs, .. }
             | Kernel::MatvecSubgroups { outputs, .. } => match outputs {
                 1 => &[Params, Read, Read, Read, Read, Read, ReadWrite],
                 2 => &[Params, Read, Read, Read, Read, Read, ReadWrite, ReadWrite],
@@ -175,9 +187,9 @@ impl Kernel {
             // quants, scales, mins, row units, ids | out
             Kernel::Embed { .. } => &[Params, Read, Read, Read, Read, Read, ReadWrite],
             // x, weight | out
-            Kernel::RmsNorm => &[Params, Read, Read, ReadWrite],
+            Kernel::RmsNorm { residual: false, .. } => &[Params, Read, Read, ReadWrite],
             // y, weight | x, out
-            Kernel::AddRmsNorm => &[Params, Read, Read, ReadWrite, ReadWrite],
+            Kernel::RmsNorm { residual: true, .. } => &[Params, Read, Read, ReadWrite, ReadWrite],
             // inverse frequencies | x
             Kernel::Rope => &[Params, Read, ReadWrite],
             // inverse frequencies, v | q, k, k cache, v cache
@@ -198,11 +210,13 @@ impl Kernel {
     /// The names of the eight parameter words, in order (unused words are `_`).
     pub fn params(&self) -> [&'static str; 8] {
         match self {
-            Kernel::Matmul { .. } | Kernel::MatmulTiled { .. } | Kernel::Matvec { .. } | Kernel::MatvecSubgroups { .. } => {
-                ["rows", "cols", "tokens", "groups_x", "row0", "rows_a", "rows_b", "_"]
-            }
+            Kernel::Matmul { .. }
+            | Kernel::MatmulTiled { .. }
+            | Kernel::Matvec { .. }
+            | Kernel::MatvecSlots { .. }
+            | Kernel::MatvecSubgroups { .. } => ["rows", "cols", "tokens", "groups_x", "row0", "rows_a", "rows_b", "_"],
             Kernel::Embed { .. } => ["cols", "tokens", "groups_x", "row0", "_", "_", "_", "_"],
-            Kernel::RmsNorm | Kernel::AddRmsNorm => ["rows", "cols", "eps (f32)", "groups_x", "_", "_", "_", "_"],
+            Kernel::RmsNorm { .. } => ["rows", "cols", "eps (f32)", "groups_x", "_", "_", "_", "_"],
             Kernel::RopeAppend => {
                 ["rows", "n_heads", "n_kv_heads", "head_dim", "rot_dim", "interleaved (0/1)", "pos0", "groups_x"]
             }
@@ -225,9 +239,12 @@ impl Kernel {
                 kernels::matvec(ty, workgroup, lanes, rows, unroll, outputs)
             }
             Kernel::MatvecSubgroups { ty, outputs } => kernels::matvec_subgroups(ty, WORKGROUP, outputs),
+            Kernel::MatvecSlots { ty, workgroup, lanes, rows, unroll, outputs } => {
+                kernels::matvec_slots(ty, workgroup, lanes, rows, unroll, outputs)
+                    .unwrap_or_else(|| kernels::matvec(ty, workgroup, lanes, rows, unroll, outputs))
+            }
             Kernel::Embed { ty } => kernels::embed(ty),
-            Kernel::RmsNorm => kernels::rms_norm(false),
-            Kernel::AddRmsNorm => kernels::rms_norm(true),
+            Kernel::RmsNorm { residual, quads } => kernels::rms_norm(residual, quads),
             Kernel::Rope => kernels::rope(),
             Kernel::RopeAppend => kernels::rope_append(),
             Kernel::Attention { head_dim, split } => kernels::attention(head_dim, split),
@@ -238,6 +255,11 @@ impl Kernel {
         }
     }
 
+    /// Whether `ty` has a slot reader for [`Kernel::MatvecSlots`].
+    pub fn has_slots(ty: TensorType) -> bool {
+        formats::slot_reader(ty).is_some()
+    }
+
     /// Whether the kernel needs the device's subgroup feature.
     pub fn needs_subgroups(&self) -> bool {
         matches!(self, Kernel::MatvecSubgroups { .. })
@@ -246,8 +268,10 @@ impl Kernel {
     /// The workgroup size the source declares.
     pub fn workgroup_size(&self) -> u32 {
         match *self {
-            Kernel::Matmul { workgroup, .. } | Kernel::Matvec { workgroup, .. } => workgroup,
-            Kernel::SiluMul | Kernel::Add | Kernel::RmsNorm | Kernel::AddRmsNorm | Kernel::Sample => 256,
+            Kernel::Matmul { workgroup, .. } | Kernel::Matvec { workgroup, .. } | Kernel::MatvecSlots { workgroup, .. } => {
+                workgroup
+            }
+            Kernel::SiluMul | Kernel::Add | Kernel::RmsNorm { .. } | Kernel::Sample => 256,
             _ => WORKGROUP,
         }
     }

@@ -7,7 +7,7 @@ use tern_shaders::{Binding, FORMATS, Kernel};
 
 fn every_kernel() -> Vec<Kernel> {
     let mut all: Vec<Kernel> = FORMATS.iter().flat_map(|&ty| Kernel::all_for(ty)).collect();
-    all.extend(Kernel::ELEMENTWISE);
+    all.extend(Kernel::elementwise());
     all
 }
 
