@@ -90,7 +90,7 @@ pub struct KernelChoice {
     /// With `tiled`: invocations per workgroup of decode products (64, 128 or 256; `lanes` at most this).
     pub workgroup: u32,
     /// With `tiled`: decode products of the formats that have one take a quant word per lane at a time
-    /// (`Kernel::MatvecSlots`) instead of a `vec4` of weights.
+    /// (`Kernel::MatvecSlots`, `unroll / 2` words per step) instead of a `vec4` of weights.
     pub slots: bool,
     /// The GPU kernels: products of several tokens tiled, decode products with lanes on consecutive `vec4`s
     /// (fast on GPUs; on a CPU rasterizer their barriers cost more than they save). With them, a token's
@@ -104,7 +104,8 @@ pub struct KernelChoice {
 }
 
 impl KernelChoice {
-    /// A GPU runs a row's `vec4`s on 32 lanes that meet in a tree, and prefill tiled. A CPU rasterizer
+    /// A GPU runs two rows on 32 lanes that meet in a tree, a quant word per lane at a time (or eight `vec4`s
+    /// of weights in flight for formats without slots), and prefill tiled. A CPU rasterizer
     /// (lavapipe) runs the invocations of a workgroup one after another and pays dearly for every barrier:
     /// there each invocation takes a whole row.
     pub fn for_adapter(report: &AdapterReport) -> Self {
@@ -310,7 +311,8 @@ impl WebGpuBackend {
         } else if k.tiled {
             let (workgroup, lanes, rows, unroll) = (k.workgroup, k.lanes, k.rows, k.unroll);
             let kernel = if k.slots && Kernel::has_slots(ty) {
-                Kernel::MatvecSlots { ty, workgroup, lanes, rows, unroll, outputs }
+                // A slot holds at least two `vec4`s of weights: half as many slots keep as many loads in flight.
+                Kernel::MatvecSlots { ty, workgroup, lanes, rows, unroll: unroll / 2, outputs }
             } else {
                 Kernel::Matvec { ty, workgroup, lanes, rows, unroll, outputs }
             };

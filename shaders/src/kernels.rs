@@ -622,33 +622,31 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
 pub(crate) fn attention(head_dim: u32, split: bool) -> String {
     let tile = ATTENTION_TILE;
     let quads = head_dim / 4;
-    // Output dimensions per invocation, unrolled: d = li + 64 e.
-    let dims = head_dim.div_ceil(tile) as usize;
-    let accs = lines((0..dims).map(|e| format!("var acc{e} = 0.0;")), 4);
-    let v_loads = |i: &str| -> String {
-        (0..dims)
-            .map(|e| {
-                let d = format!("li + {}u", e as u32 * tile);
-                format!("if ({d} < HD) {{ acc{e} += weights[{i}] * v[(j0 + {i}) * kv_cols + kvh * HD + {d}]; }}")
-            })
-            .collect::<Vec<_>>()
-            .join(" ")
+    // The weighted sum of V: invocation `li` owns `vec4` chunk `li % CHUNKS` of the head for the positions
+    // `li / CHUNKS, + GROUPS, ...` of each tile, eight loads in flight; the groups' sums meet at the end.
+    let v_step = |n: u32| {
+        let loads = lines((0..n).map(|u| format!("let v{u} = v[((j0 + i + {u}u * GROUPS) * kv_cols + kvh * HD) / 4u + c];")), 16);
+        let adds = lines((0..n).map(|u| format!("acc += weights[i + {u}u * GROUPS] * v{u};")), 16);
+        loads + &adds
     };
-    let rescale = lines((0..dims).map(|e| format!("acc{e} *= correction;")), 8);
-    let (v4, v1) = (lines((0..4).map(|u| v_loads(&format!("i + {u}u"))), 12), lines([v_loads("i")], 12));
+    let (v8, v1) = (v_step(8), v_step(1));
+    let store = |at: &str, value: &str| {
+        lines(formats::LANE.iter().enumerate().map(|(i, c)| format!("out[{at} + 4u * li + {i}u] = {value}.{c};")), 8)
+    };
     let writes = if split {
-        let accs =
-            lines((0..dims).map(|e| format!("if (li + {0}u < HD) {{ out[pb + 2u + li + {0}u] = acc{e}; }}", e as u32 * tile)), 4);
         format!(
             "    let pb = (wid.y * p.n_heads + h) * (HD + 2u);
     if (li == 0u) {{
         out[pb] = m;
         out[pb + 1u] = l;
     }}
-{accs}"
+    if (li < CHUNKS) {{
+{}    }}
+",
+            store("pb + 2u", "sum")
         )
     } else {
-        lines((0..dims).map(|e| format!("if (li + {0}u < HD) {{ out[qbase + li + {0}u] = acc{e} / l; }}", e as u32 * tile)), 4)
+        format!("    if (li < CHUNKS) {{\n        let o = sum / l;\n{}    }}\n", store("qbase", "o"))
     };
     let range = if split {
         "let t = 0u;
@@ -665,12 +663,15 @@ pub(crate) fn attention(head_dim: u32, split: bool) -> String {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(2) var<storage, read> k: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> v: array<f32>;
+@group(0) @binding(3) var<storage, read> v: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 const HD: u32 = {head_dim}u;
+const CHUNKS: u32 = HD / 4u;
+const GROUPS: u32 = {tile}u / CHUNKS;
 var<workgroup> weights: array<f32, {tile}>;
 var<workgroup> red: array<f32, {tile}>;
 var<workgroup> qs: array<vec4<f32>, {quads}>;
+var<workgroup> sums: array<vec4<f32>, {tile}>;
 const NONE: f32 = -3.0e38;
 
 @compute @workgroup_size({tile})
@@ -684,9 +685,12 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
         qs[d] = vec4<f32>(q[qbase + 4u * d], q[qbase + 4u * d + 1u], q[qbase + 4u * d + 2u], q[qbase + 4u * d + 3u]);
     }}
     workgroupBarrier();
+    let c = li % CHUNKS;
+    let g = li / CHUNKS;
     var m = NONE;
     var l = 0.0;
-{accs}    for (var j0 = first; j0 < visible; j0 += {tile}u) {{
+    var acc = vec4<f32>(0.0);
+    for (var j0 = first; j0 < visible; j0 += {tile}u) {{
         let j = j0 + li;
         var s = NONE;
         if (j < visible) {{
@@ -708,14 +712,25 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
         red[li] = e;
         workgroupBarrier();
 {tree_sum}        l = l * correction + red[0];
-{rescale}        let n = min({tile}u, visible - j0);
-        var i = 0u;
-        for (; i + 4u <= n; i += 4u) {{
-{v4}        }}
-        for (; i < n; i++) {{
-{v1}        }}
+        acc *= correction;
+        let n = min({tile}u, visible - j0);
+        if (g < GROUPS) {{
+            var i = g;
+            for (; i + 7u * GROUPS < n; i += 8u * GROUPS) {{
+{v8}            }}
+            for (; i < n; i += GROUPS) {{
+{v1}            }}
+        }}
         m = m_new;
         workgroupBarrier();
+    }}
+    sums[li] = acc;
+    workgroupBarrier();
+    var sum = vec4<f32>(0.0);
+    if (li < CHUNKS) {{
+        for (var gi = 0u; gi < GROUPS; gi++) {{
+            sum += sums[li + gi * CHUNKS];
+        }}
     }}
 {writes}}}
 "#

@@ -123,8 +123,10 @@ impl Kernel {
             }
             v.push(Kernel::MatvecSubgroups { ty, outputs });
             if Kernel::has_slots(ty) {
-                for (rows, unroll) in [(1, 4), (2, 4), (2, 8)] {
-                    v.push(Kernel::MatvecSlots { ty, workgroup: 64, lanes: 32, rows, unroll, outputs });
+                for rows in [1, 2] {
+                    for unroll in [2, 4, 8] {
+                        v.push(Kernel::MatvecSlots { ty, workgroup: 64, lanes: 32, rows, unroll, outputs });
+                    }
                 }
             }
         }
