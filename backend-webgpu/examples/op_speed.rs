@@ -124,13 +124,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     // Decode kernel variants: (workgroup, lanes, rows, unroll, slots, subgroup size).
     let mut choices = vec![
-        (64, 32, 2, 8, false, None),
-        (64, 32, 1, 4, true, None),
-        (64, 32, 2, 4, true, None),
         (64, 32, 2, 8, true, None),
-        (64, 16, 2, 4, true, None),
-        (128, 64, 2, 4, true, None),
-        (256, 32, 2, 4, true, None),
+        (64, 32, 4, 8, true, None),
+        (64, 32, 4, 16, true, None),
+        (64, 16, 4, 8, true, None),
+        (128, 32, 4, 8, true, None),
+        (128, 64, 4, 8, true, None),
+        (256, 64, 4, 8, true, None),
+        (64, 32, 2, 16, true, None),
     ];
     if let Some(size) = be.adapter().subgroup_size {
         choices.push((64, size, 1, 4, false, Some(size)));

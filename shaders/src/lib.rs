@@ -123,7 +123,7 @@ impl Kernel {
             }
             v.push(Kernel::MatvecSubgroups { ty, outputs });
             if Kernel::has_slots(ty) {
-                for rows in [1, 2] {
+                for rows in [1, 2, 4] {
                     for unroll in [2, 4, 8] {
                         v.push(Kernel::MatvecSlots { ty, workgroup: 64, lanes: 32, rows, unroll, outputs });
                     }
