@@ -1,9 +1,7 @@
 use tern_core::Backend;
 use tern_model::{KvCache, Sampler, SamplingParams, Scratch, StepInput, StopStrings, TextStream};
 
-use crate::{AnyBackend, AnyReading};
-
-use crate::{Engine, Error, Result};
+use crate::{AnyBackend, AnyReading, Engine, Error, Result};
 
 /// What one generation request asks for.
 #[derive(Debug, Clone, PartialEq)]
