@@ -102,6 +102,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut acc = be.upload(&vec![0.0f32; 4096], 1, 4096)?;
         per("add 4096", &mut || be.add(&mut acc, &h))?;
     }
+    // Attention with the tiles' reductions in workgroup-memory trees, and by subgroup operations.
+    for reductions in [false, true] {
+        if reductions && !be.adapter().subgroups {
+            continue;
+        }
+        let mut k = KernelChoice::for_adapter(be.adapter());
+        k.subgroup_reductions = reductions;
+        let b = WebGpuBackend::with_kernels(AdapterChoice::Any, Some(k))?;
+        let q = b.upload(&vec![0.5f32; 4096], 1, 4096)?;
+        let cache = b.upload(&spread_values(512 * 4096), 512, 4096)?;
+        let mut o = b.zeros(0, 0)?;
+        for pos0 in [64, 448] {
+            let a = AttentionParams { n_heads: 32, n_kv_heads: 32, head_dim: 128, pos0, scale: 0.088 };
+            b.attention(&q, &cache, &cache, &a, &mut o)?;
+            b.read(&o)?;
+            let t = Instant::now();
+            for _ in 0..100 {
+                b.attention(&q, &cache, &cache, &a, &mut o)?;
+            }
+            b.read(&o)?;
+            println!(
+                "7b attention 32x128 at {pos0}, subgroup reductions {reductions}: {:.1} us",
+                t.elapsed().as_secs_f64() * 1e4
+            );
+        }
+    }
     let small = be.upload(&[1.0f32; 16], 1, 16)?;
     let mut acc = be.upload(&[0.0f32; 16], 1, 16)?;
     time("1000 adds of 16, one read", &mut || {
@@ -147,7 +173,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let packed: Vec<(tern_core::MatrixView<'_>, usize)> =
         q4.iter().map(|m| (m.view(), m.bytes())).chain(t4.iter().map(|m| (m.view(), m.bytes()))).collect();
     for &(workgroup, lanes, rows, unroll, slots, subgroup_size) in &choices {
-        let k = KernelChoice { lanes, rows, unroll, workgroup, slots, tiled: true, tiled_rows: 2, subgroup_size };
+        let k = KernelChoice {
+            lanes,
+            rows,
+            unroll,
+            workgroup,
+            slots,
+            tiled: true,
+            tiled_rows: 2,
+            subgroup_size,
+            subgroup_reductions: false,
+        };
         let be = WebGpuBackend::with_kernels(AdapterChoice::Any, Some(k))?;
         println!(
             "decode kernels: workgroups of {workgroup}, {lanes} lanes on {rows} rows, unrolled {unroll}, subgroups {subgroup_size:?}"

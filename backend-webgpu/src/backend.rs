@@ -101,6 +101,8 @@ pub struct KernelChoice {
     /// With `tiled`: decode products summed by subgroup operations, one row per subgroup of this size (the
     /// adapter's fixed subgroup size), in place of `lanes` and `rows`.
     pub subgroup_size: Option<u32>,
+    /// Attention's per-tile maximum and sum by subgroup operations (needs the adapter's subgroups).
+    pub subgroup_reductions: bool,
 }
 
 impl KernelChoice {
@@ -120,6 +122,7 @@ impl KernelChoice {
                 tiled: true,
                 tiled_rows: 2,
                 subgroup_size: None,
+                subgroup_reductions: report.subgroups,
             }
         } else {
             KernelChoice {
@@ -131,6 +134,7 @@ impl KernelChoice {
                 tiled: false,
                 tiled_rows: 1,
                 subgroup_size: None,
+                subgroup_reductions: false,
             }
         }
     }
@@ -171,6 +175,9 @@ impl WebGpuBackend {
             mapped_at_creation: false,
         });
         let k = kernels.unwrap_or_else(|| KernelChoice::for_adapter(&gpu.report));
+        if k.subgroup_reductions && !gpu.report.subgroups {
+            return Err(Error::Device { detail: format!("subgroup reductions on {}, which has no subgroups", gpu.report.name) });
+        }
         if let Some(size) = k.subgroup_size
             && (gpu.report.subgroup_size != Some(size) || !WORKGROUP.is_multiple_of(size))
         {
@@ -688,13 +695,13 @@ impl Backend for WebGpuBackend {
             |span| [q.rows as u32, p.n_heads as u32, p.n_kv_heads as u32, hd as u32, p.pos0 as u32, p.scale.to_bits(), span, 0];
         if q.rows > 1 || visible <= span {
             let grid = Grid { dims: (p.n_heads as u32, q.rows as u32, 1) };
-            let kernel = Kernel::Attention { head_dim: hd as u32, split: false };
+            let kernel = Kernel::Attention { head_dim: hd as u32, split: false, subgroups: self.kernels.subgroup_reductions };
             return self.recorder.dispatch(&self.gpu, kernel, params(0), &[&q.buf, &k.buf, &v.buf, &out.buf], grid);
         }
         // Decode over a long context: spans of positions in workgroups of their own, then merged.
         let splits = visible.div_ceil(span);
         let parts = self.attention_parts(tensor_bytes(splits * p.n_heads * (hd + 2)))?;
-        let kernel = Kernel::Attention { head_dim: hd as u32, split: true };
+        let kernel = Kernel::Attention { head_dim: hd as u32, split: true, subgroups: self.kernels.subgroup_reductions };
         let grid = Grid { dims: (p.n_heads as u32, splits as u32, 1) };
         self.recorder.dispatch(&self.gpu, kernel, params(span as u32), &[&q.buf, &k.buf, &v.buf, &parts], grid)?;
         let combine = Kernel::AttentionCombine { head_dim: hd as u32 };

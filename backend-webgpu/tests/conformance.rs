@@ -27,6 +27,7 @@ fn backends() -> Vec<(String, Arc<WebGpuBackend>)> {
                     tiled: false,
                     tiled_rows: 1,
                     subgroup_size: None,
+                    subgroup_reductions: false,
                 }
             } else {
                 KernelChoice {
@@ -38,6 +39,7 @@ fn backends() -> Vec<(String, Arc<WebGpuBackend>)> {
                     tiled: true,
                     tiled_rows: 2,
                     subgroup_size: None,
+                    subgroup_reductions: false,
                 }
             };
             let name = native.adapter().name.clone();
@@ -45,7 +47,8 @@ fn backends() -> Vec<(String, Arc<WebGpuBackend>)> {
                 (format!("webgpu on {name} ({own:?})"), native.clone()),
                 (format!("webgpu on {name} ({other:?})"), make(Some(other))),
             ];
-            // Decode products in workgroups of 256, their lanes meeting across subgroups.
+            // Decode products in workgroups of 256, their lanes meeting across subgroups, and attention reduced
+            // by subgroup operations where the adapter has them (lavapipe does).
             let wide = KernelChoice {
                 lanes: 128,
                 rows: 2,
@@ -55,6 +58,7 @@ fn backends() -> Vec<(String, Arc<WebGpuBackend>)> {
                 tiled: true,
                 tiled_rows: 2,
                 subgroup_size: None,
+                subgroup_reductions: native.adapter().subgroups,
             };
             all.push((format!("webgpu on {name} ({wide:?})"), make(Some(wide))));
             // The subgroup decode kernel too, where the adapter has subgroups of one size.
@@ -68,6 +72,7 @@ fn backends() -> Vec<(String, Arc<WebGpuBackend>)> {
                     tiled: true,
                     tiled_rows: 1,
                     subgroup_size: Some(size),
+                    subgroup_reductions: false,
                 };
                 all.push((format!("webgpu on {name} ({k:?})"), make(Some(k))));
             }

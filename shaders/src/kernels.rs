@@ -619,7 +619,10 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
 /// `split * span..(split + 1) * span`: long contexts then keep many workgroups busy. Each writes its running
 /// maximum, sum and unnormalized output to `out` as a partial, `[m, l, acc; head_dim]` at
 /// `(split * n_heads + head) * (head_dim + 2)`, and [`attention_combine`] merges the splits.
-pub(crate) fn attention(head_dim: u32, split: bool) -> String {
+///
+/// With `subgroups`, each tile's maximum and sum are taken by `subgroupMax`/`subgroupAdd` and the subgroups'
+/// results combined through workgroup memory: two barriers a reduction instead of one per tree level.
+pub(crate) fn attention(head_dim: u32, split: bool, subgroups: bool) -> String {
     let tile = ATTENTION_TILE;
     let quads = head_dim / 4;
     // The weighted sum of V: invocation `li` owns `vec4` chunk `li % CHUNKS` of the head for the positions
@@ -657,7 +660,43 @@ pub(crate) fn attention(head_dim: u32, split: bool) -> String {
     let first = 0u;
     let visible = p.pos0 + t + 1u;"
     };
-    let (tree_max, tree_sum) = (workgroup_tree("red", tile, "max({a}, {b})", 8), workgroup_tree("red", tile, "{a} + {b}", 8));
+    // The tile's maximum of `s` into `tile_max` and sum of `e` into `tile_sum`, for every invocation.
+    let (reduce_max, reduce_sum, builtins) = if subgroups {
+        let across = |value: &str, op: &str, into: &str, combine: &str| {
+            format!(
+                "        let {into}_sg = {op}({value});
+        if (sg_lane == 0u) {{
+            red[sg] = {into}_sg;
+        }}
+        workgroupBarrier();
+        var {into} = red[0];
+        for (var i = 1u; i < sg_count; i++) {{
+            {into} = {combine};
+        }}
+"
+            )
+        };
+        (
+            across("s", "subgroupMax", "tile_max", "max(tile_max, red[i])"),
+            across("e", "subgroupAdd", "tile_sum", "tile_sum + red[i]"),
+            ",
+    @builtin(subgroup_id) sg: u32,
+    @builtin(num_subgroups) sg_count: u32,
+    @builtin(subgroup_invocation_id) sg_lane: u32",
+        )
+    } else {
+        (
+            format!(
+                "        red[li] = s;\n        workgroupBarrier();\n{}        let tile_max = red[0];\n",
+                workgroup_tree("red", tile, "max({a}, {b})", 8)
+            ),
+            format!(
+                "        red[li] = e;\n        workgroupBarrier();\n{}        let tile_sum = red[0];\n",
+                workgroup_tree("red", tile, "{a} + {b}", 8)
+            ),
+            "",
+        )
+    };
     format!(
         r#"struct Params {{ rows: u32, n_heads: u32, n_kv_heads: u32, head_dim: u32, pos0: u32, scale: f32, span: u32, _p7: u32 }}
 @group(0) @binding(0) var<uniform> p: Params;
@@ -675,7 +714,7 @@ var<workgroup> sums: array<vec4<f32>, {tile}>;
 const NONE: f32 = -3.0e38;
 
 @compute @workgroup_size({tile})
-fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>{builtins}) {{
     let h = wid.x;
     {range}
     let kvh = h / (p.n_heads / p.n_kv_heads);
@@ -701,17 +740,13 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
             }}
             s = dotp * p.scale;
         }}
-        // The tile's maximum and sum, each in a tree.
-        red[li] = s;
-        workgroupBarrier();
-{tree_max}        let m_new = max(m, red[0]);
+        // The tile's maximum and sum.
+{reduce_max}        let m_new = max(m, tile_max);
         let correction = exp(m - m_new);
         let e = select(0.0, exp(s - m_new), j < visible);
         workgroupBarrier();
         weights[li] = e;
-        red[li] = e;
-        workgroupBarrier();
-{tree_sum}        l = l * correction + red[0];
+{reduce_sum}        l = l * correction + tile_sum;
         acc *= correction;
         let n = min({tile}u, visible - j0);
         if (g < GROUPS) {{

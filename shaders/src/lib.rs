@@ -74,7 +74,8 @@ pub enum Kernel {
     /// workgroup per (query row, head), online softmax over tiles of [`ATTENTION_TILE`] positions. With `split`
     /// (decode only), one workgroup per (head, span of positions), each writing a partial result that
     /// [`Kernel::AttentionCombine`] merges.
-    Attention { head_dim: u32, split: bool },
+    /// With `subgroups`, the tiles' maximum and sum are reduced with subgroup operations.
+    Attention { head_dim: u32, split: bool, subgroups: bool },
     /// Merges the partials of a split attention, one workgroup per head.
     AttentionCombine { head_dim: u32 },
     /// `out = silu(gate) * up`.
@@ -143,8 +144,10 @@ impl Kernel {
         }
         for head_dim in [32, 64, 128, 256] {
             v.extend([
-                Kernel::Attention { head_dim, split: false },
-                Kernel::Attention { head_dim, split: true },
+                Kernel::Attention { head_dim, split: false, subgroups: false },
+                Kernel::Attention { head_dim, split: true, subgroups: false },
+                Kernel::Attention { head_dim, split: false, subgroups: true },
+                Kernel::Attention { head_dim, split: true, subgroups: true },
                 Kernel::AttentionCombine { head_dim },
             ]);
         }
@@ -249,7 +252,7 @@ impl Kernel {
             Kernel::RmsNorm { residual, quads } => kernels::rms_norm(residual, quads),
             Kernel::Rope => kernels::rope(),
             Kernel::RopeAppend => kernels::rope_append(),
-            Kernel::Attention { head_dim, split } => kernels::attention(head_dim, split),
+            Kernel::Attention { head_dim, split, subgroups } => kernels::attention(head_dim, split, subgroups),
             Kernel::AttentionCombine { head_dim } => kernels::attention_combine(head_dim),
             Kernel::SiluMul => kernels::silu_mul(),
             Kernel::Add => kernels::add(),
@@ -264,7 +267,7 @@ impl Kernel {
 
     /// Whether the kernel needs the device's subgroup feature.
     pub fn needs_subgroups(&self) -> bool {
-        matches!(self, Kernel::MatvecSubgroups { .. })
+        matches!(self, Kernel::MatvecSubgroups { .. } | Kernel::Attention { subgroups: true, .. })
     }
 
     /// The workgroup size the source declares.
