@@ -148,27 +148,22 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     )
 }
 
-/// Decode products (one token): groups of `lanes` invocations take `rows` rows, and lane `l` takes the `vec4`s
-/// `l, l + lanes, ...` of the row, so that a group's activation and weight loads are contiguous; each
-/// activation `vec4` serves all `rows` rows. The lanes' sums meet in a tree in workgroup memory.
-pub(crate) fn matvec(ty: TensorType, workgroup: u32, lanes: u32, rows: u32, unroll: u32, outputs: u32) -> String {
-    let prelude = product_prelude(&formats::quad_reader(ty), outputs);
+/// The shape both decode-product kernels share: groups of `lanes` invocations take `rows` rows; lane `l`
+/// walks the row's items (`vec4`s or quant words) `l, l + lanes, ...`, `unroll` of them per step, adding
+/// `step(n)` (the WGSL of `n` items at `i, i + LANES, ...` for every row `r0 + j` into `acc{j}`); the lanes'
+/// sums meet in a tree in workgroup memory. `items` is the WGSL count of items in a row.
+fn decode_product(
+    prelude: &str,
+    workgroup: u32,
+    lanes: u32,
+    rows: u32,
+    unroll: u32,
+    items: &str,
+    step: impl Fn(u32) -> String,
+) -> String {
     let nr = rows as usize;
     let accs = lines((0..nr).map(|j| format!("var acc{j} = 0.0;")), 4);
-    // `unroll` quads per step, loads first, so that every lane has several loads in flight.
-    let step = |indent: usize, quads: usize| {
-        let loads = lines((0..quads).map(|u| format!("let xq{u} = x[q + {u}u * LANES];")), indent);
-        let sums = lines(
-            (0..nr).map(|j| {
-                let terms: Vec<String> =
-                    (0..quads).map(|u| format!("dot(load_quad(p.row0 + r0 + {j}u, q + {u}u * LANES), xq{u})")).collect();
-                format!("if (r0 + {j}u < p.rows) {{ acc{j} += {}; }}", terms.join(" + "))
-            }),
-            indent,
-        );
-        loads + &sums
-    };
-    let (unrolled, single) = (step(12, unroll as usize), step(12, 1));
+    let (unrolled, single) = (step(unroll), step(1));
     let tree = lane_tree(&(0..nr).map(|j| format!("acc{j}")).collect::<Vec<_>>());
     let writes =
         lines((0..nr).map(|j| format!("if (r0 + {j}u < p.rows) {{ store(0u, r0 + {j}u, partial[{j}u * WG + li]); }}")), 8);
@@ -185,12 +180,12 @@ var<workgroup> partial: array<f32, {partial}>;
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
     let lane = li % LANES;
     let r0 = ((wid.x + wid.z * p.groups_x) * GROUPS + li / LANES) * {rows}u;
-    let quads = p.cols / 4u;
+    let items = {items};
 {accs}    if (r0 < p.rows) {{
-        var q = lane;
-        for (; q + {last}u * LANES < quads; q += {unroll}u * LANES) {{
+        var i = lane;
+        for (; i + {last}u * LANES < items; i += {unroll}u * LANES) {{
 {unrolled}        }}
-        for (; q < quads; q += LANES) {{
+        for (; i < items; i += LANES) {{
 {single}        }}
     }}
 {tree}    if (lane == 0u) {{
@@ -200,54 +195,38 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     )
 }
 
-/// Decode products a quant word per lane at a time ([`formats::slot_reader`]): groups of `lanes` invocations
-/// share `rows` rows, and lane `l` takes the row's slots `l, l + lanes, ...` (consecutive words, so a group's
-/// quant loads are contiguous), `unroll` of them per step; the lanes' sums meet in a tree in workgroup memory.
-/// `None` for a format without a slot reader.
+/// `if (r0 + j < p.rows) { acc{j} += term(j, 0) + term(j, 1) + ... }` for `rows` rows and `n` items.
+fn row_sums(rows: u32, n: u32, term: impl Fn(u32, u32) -> String) -> String {
+    lines(
+        (0..rows).map(|j| {
+            let terms: Vec<String> = (0..n).map(|u| term(j, u)).collect();
+            format!("if (r0 + {j}u < p.rows) {{ acc{j} += {}; }}", terms.join(" + "))
+        }),
+        12,
+    )
+}
+
+/// Decode products (one token) a `vec4` of weights per lane at a time: lane `l` takes the `vec4`s
+/// `l, l + lanes, ...` of the row, so that a group's activation and weight loads are contiguous, and each
+/// activation `vec4` (loaded first, for every item of the step) serves all `rows` rows.
+pub(crate) fn matvec(ty: TensorType, workgroup: u32, lanes: u32, rows: u32, unroll: u32, outputs: u32) -> String {
+    let prelude = product_prelude(&formats::quad_reader(ty), outputs);
+    decode_product(&prelude, workgroup, lanes, rows, unroll, "p.cols / 4u", |n| {
+        let loads = lines((0..n).map(|u| format!("let xq{u} = x[i + {u}u * LANES];")), 12);
+        loads + &row_sums(rows, n, |j, u| format!("dot(load_quad(p.row0 + r0 + {j}u, i + {u}u * LANES), xq{u})"))
+    })
+}
+
+/// Decode products a quant word per lane at a time ([`formats::slot_reader`]): lane `l` takes the row's slots
+/// `l, l + lanes, ...` (consecutive words, so a group's quant loads are contiguous). `None` for a format
+/// without a slot reader.
 pub(crate) fn matvec_slots(ty: TensorType, workgroup: u32, lanes: u32, rows: u32, unroll: u32, outputs: u32) -> Option<String> {
     let (reader, slots) = formats::slot_reader(ty)?;
     let prelude = product_prelude(&reader, outputs);
-    let nr = rows as usize;
-    let accs = lines((0..nr).map(|j| format!("var acc{j} = 0.0;")), 4);
-    let step = |quads: u32| {
-        lines(
-            (0..nr).map(|j| {
-                let terms: Vec<String> = (0..quads).map(|u| format!("slot_dot(p.row0 + r0 + {j}u, s + {u}u * LANES)")).collect();
-                format!("if (r0 + {j}u < p.rows) {{ acc{j} += {}; }}", terms.join(" + "))
-            }),
-            12,
-        )
-    };
-    let (unrolled, single) = (step(unroll), step(1));
-    let tree = lane_tree(&(0..nr).map(|j| format!("acc{j}")).collect::<Vec<_>>());
-    let writes =
-        lines((0..nr).map(|j| format!("if (r0 + {j}u < p.rows) {{ store(0u, r0 + {j}u, partial[{j}u * WG + li]); }}")), 8);
-    let partial = workgroup * rows;
-    let last = unroll - 1;
-    Some(format!(
-        r#"{prelude}
-const WG: u32 = {workgroup}u;
-const LANES: u32 = {lanes}u;
-const GROUPS: u32 = WG / LANES;
-var<workgroup> partial: array<f32, {partial}>;
-
-@compute @workgroup_size({workgroup})
-fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
-    let lane = li % LANES;
-    let r0 = ((wid.x + wid.z * p.groups_x) * GROUPS + li / LANES) * {rows}u;
-    let slots = (p.cols / 32u) * {slots}u;
-{accs}    if (r0 < p.rows) {{
-        var s = lane;
-        for (; s + {last}u * LANES < slots; s += {unroll}u * LANES) {{
-{unrolled}        }}
-        for (; s < slots; s += LANES) {{
-{single}        }}
-    }}
-{tree}    if (lane == 0u) {{
-{writes}    }}
-}}
-"#
-    ))
+    let items = format!("(p.cols / 32u) * {slots}u");
+    Some(decode_product(&prelude, workgroup, lanes, rows, unroll, &items, |n| {
+        row_sums(rows, n, |j, u| format!("slot_dot(p.row0 + r0 + {j}u, i + {u}u * LANES)"))
+    }))
 }
 
 /// Decode products on subgroups (for wgpu's native backends, which take subgroup builtins without WGSL's
@@ -382,6 +361,41 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
 /// Invocations per workgroup of RMSNorm (one workgroup per row).
 const NORM: u32 = 256;
 
+/// An RMSNorm kernel: one workgroup of 256 per row (`row`), the bindings of [`norm_bindings`], and `body`.
+fn norm_kernel(residual: bool, element: &str, body: &str) -> String {
+    let bindings = norm_bindings(residual, element);
+    format!(
+        r#"struct Params {{ rows: u32, cols: u32, eps: f32, groups_x: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}
+@group(0) @binding(0) var<uniform> p: Params;
+{bindings}
+var<workgroup> sums: array<f32, {NORM}>;
+
+@compute @workgroup_size({NORM})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
+    let row = wid.x + wid.y * p.groups_x;
+    if (row >= p.rows) {{
+        return;
+    }}
+{body}}}
+"#
+    )
+}
+
+/// The bindings of the RMSNorm kernels, over arrays of `element`: x and the weight (and with `residual`, y
+/// first, and x written back), then the output.
+fn norm_bindings(residual: bool, element: &str) -> String {
+    let names: &[(&str, &str)] = if residual {
+        &[("y", "read"), ("weight", "read"), ("x", "read_write"), ("out", "read_write")]
+    } else {
+        &[("x", "read"), ("weight", "read"), ("out", "read_write")]
+    };
+    let decls = names
+        .iter()
+        .enumerate()
+        .map(|(i, (name, access))| format!("@group(0) @binding({}) var<storage, {access}> {name}: array<{element}>;", i + 1));
+    decls.collect::<Vec<_>>().join("\n")
+}
+
 /// One workgroup per row, each invocation holding `quads` `vec4`s of it in registers: every load (and with
 /// `residual`, the sum `x + y` written back) comes before the mean square's tree, so a row costs one round of
 /// memory latency instead of one per element.
@@ -404,36 +418,15 @@ fn rms_norm_held(residual: bool, quads: u32) -> String {
     };
     let squares = k.clone().map(|k| format!("dot(v{k}, v{k})")).collect::<Vec<_>>().join(" + ");
     let writes = lines(k.map(|k| format!("if ({0} < n4) {{ out[base + {0}] = v{k} * inv * weight[{0}]; }}", at(k))), 4);
-    let bindings = if residual {
-        "@group(0) @binding(1) var<storage, read> y: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> weight: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read_write> x: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>;"
-    } else {
-        "@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> weight: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;"
-    };
-    format!(
-        r#"struct Params {{ rows: u32, cols: u32, eps: f32, groups_x: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}
-@group(0) @binding(0) var<uniform> p: Params;
-{bindings}
-var<workgroup> sums: array<f32, {NORM}>;
-
-@compute @workgroup_size({NORM})
-fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
-    let row = wid.x + wid.y * p.groups_x;
-    if (row >= p.rows) {{
-        return;
-    }}
-    let n4 = p.cols / 4u;
+    let body = format!(
+        "    let n4 = p.cols / 4u;
     let base = row * n4;
 {loads}{write_back}    sums[li] = {squares};
     workgroupBarrier();
 {tree}    let inv = inverseSqrt(sums[0] / f32(p.cols) + p.eps);
-{writes}}}
-"#
-    )
+{writes}"
+    );
+    norm_kernel(residual, "vec4<f32>", &body)
 }
 
 /// One workgroup per row: the mean square in a tree, then the scaled row. With `residual`, the row is first
@@ -443,36 +436,9 @@ pub(crate) fn rms_norm(residual: bool, quads: u32) -> String {
         return rms_norm_held(residual, quads);
     }
     let tree = workgroup_tree("sums", NORM, "{a} + {b}", 4);
-    let (bindings, load) = if residual {
-        (
-            "@group(0) @binding(1) var<storage, read> y: array<f32>;
-@group(0) @binding(2) var<storage, read> weight: array<f32>;
-@group(0) @binding(3) var<storage, read_write> x: array<f32>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;",
-            "let v = x[base + c] + y[base + c];
-        x[base + c] = v;",
-        )
-    } else {
-        (
-            "@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> weight: array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;",
-            "let v = x[base + c];",
-        )
-    };
-    format!(
-        r#"struct Params {{ rows: u32, cols: u32, eps: f32, groups_x: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}
-@group(0) @binding(0) var<uniform> p: Params;
-{bindings}
-var<workgroup> sums: array<f32, {NORM}>;
-
-@compute @workgroup_size({NORM})
-fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
-    let row = wid.x + wid.y * p.groups_x;
-    if (row >= p.rows) {{
-        return;
-    }}
-    let base = row * p.cols;
+    let load = if residual { "let v = x[base + c] + y[base + c];\n        x[base + c] = v;" } else { "let v = x[base + c];" };
+    let body = format!(
+        "    let base = row * p.cols;
     var s = 0.0;
     for (var c = li; c < p.cols; c += {NORM}u) {{
         {load}
@@ -484,9 +450,9 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     for (var c = li; c < p.cols; c += {NORM}u) {{
         out[base + c] = x[base + c] * inv * weight[c];
     }}
-}}
-"#
-    )
+"
+    );
+    norm_kernel(residual, "f32", &body)
 }
 
 /// `(cos, sin)` of pair `i`'s angle at position `pos`, as [`rope`] describes.
