@@ -343,7 +343,8 @@ impl<B: Backend> Llama<B> {
             StepInput::Tokens(tokens) => be.embed(&self.embed, tokens, &mut s.x)?,
             StepInput::Sampled => be.embed_sampled(&self.embed, &s.token, &mut s.x)?,
         }
-        // Each residual add is fused with the norm that follows it; the last one with none.
+        // Each residual add is fused with the norm that follows it.
+        let mut normed = false;
         if let Some(first) = self.layers.first() {
             be.rms_norm(&s.x, &first.attn_norm, c.rms_eps, &mut s.xn)?;
         }
@@ -360,16 +361,21 @@ impl<B: Backend> Llama<B> {
             be.silu_mul(&s.gate, &s.up, &mut s.hidden)?;
             seen(&["ffn_down"], Some(l), &s.hidden)?;
             be.matmul(&layer.down, &s.hidden, &mut s.proj)?;
+            // The last residual add goes with the output norm when every row goes to the head (always in decode).
             match self.layers.get(l + 1) {
                 Some(next) => be.add_rms_norm(&mut s.x, &s.proj, &next.attn_norm, c.rms_eps, &mut s.xn)?,
+                None if all_logits || n == 1 => {
+                    be.add_rms_norm(&mut s.x, &s.proj, &self.output_norm, c.rms_eps, &mut s.xn)?;
+                    normed = true;
+                }
                 None => be.add(&mut s.x, &s.proj)?,
             }
         }
         cache.advance(n);
         let head = self.output.as_ref().unwrap_or(&self.embed);
-        if all_logits {
+        if !normed && all_logits {
             be.rms_norm(&s.x, &self.output_norm, c.rms_eps, &mut s.xn)?;
-        } else {
+        } else if !normed {
             be.slice_rows(&s.x, n - 1, 1, &mut s.last)?;
             be.rms_norm(&s.last, &self.output_norm, c.rms_eps, &mut s.xn)?;
         }
