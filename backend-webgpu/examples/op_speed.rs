@@ -128,6 +128,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             );
         }
     }
+    // Sampling a token from a row of logits: greedy, and top-k 40 at temperature 0.8.
+    for vocab in [32000, 128256] {
+        let logits = be.upload(&spread_values(vocab), 1, vocab)?;
+        let mut token = be.zeros(0, 0)?;
+        for (name, s) in [
+            ("greedy", tern_core::TokenSampling::GREEDY),
+            ("top-k 40", tern_core::TokenSampling { temperature: 0.8, top_k: 40, top_p: 0.95, draw: 0.5 }),
+        ] {
+            be.sample(&logits, &s, &mut token)?;
+            be.read(&token)?;
+            let t = Instant::now();
+            for _ in 0..100 {
+                be.sample(&logits, &s, &mut token)?;
+            }
+            be.read(&token)?;
+            println!("sample {name} of {vocab}: {:.1} us", t.elapsed().as_secs_f64() * 1e4);
+        }
+    }
     let small = be.upload(&[1.0f32; 16], 1, 16)?;
     let mut acc = be.upload(&[0.0f32; 16], 1, 16)?;
     time("1000 adds of 16, one read", &mut || {

@@ -811,6 +811,27 @@ pub(crate) fn add() -> String {
     )
 }
 
+/// Logits each invocation of the sampling kernel loads before it uses them.
+const SCAN_UNROLL: u32 = 8;
+
+/// WGSL that runs `body` (over `i`, a logit's id, and `key`, its key) for the logits of the row, in id order
+/// for each invocation: with `strided`, ids `li, li + WG, ...`; otherwise the invocation's contiguous run
+/// `lo..hi`. The loads of [`SCAN_UNROLL`] logits (at clamped, always valid ids) come before any is used, so
+/// they are in flight together.
+fn logit_scan(strided: bool, body: &str, indent: usize) -> String {
+    let (start, stop, step, at) = if strided { ("li", "p.cols", "WG", " * WG") } else { ("lo", "hi", "1u", "") };
+    let loads = lines(
+        (0..SCAN_UNROLL).map(|u| format!("let key{u} = key_of(logits[base + min(i0 + {u}u{at}, {stop} - 1u)]);")),
+        indent + 4,
+    );
+    let bodies = lines(
+        (0..SCAN_UNROLL).map(|u| format!("if (i0 + {u}u{at} < {stop}) {{ let i = i0 + {u}u{at}; let key = key{u}; {body} }}")),
+        indent + 4,
+    );
+    let pad = " ".repeat(indent);
+    format!("{pad}for (var i0 = {start}; i0 < {stop}; i0 += {SCAN_UNROLL}u * {step}) {{\n{loads}{bodies}{pad}}}\n")
+}
+
 /// Invocations of the sampling kernel, and the radix of its selection (one histogram bin per invocation).
 const SAMPLE_WG: u32 = 256;
 /// Candidates the sampling kernel sorts: `top_k`, at most `tern_core::MAX_SAMPLED_TOP_K`. The bitonic sort
@@ -827,6 +848,15 @@ const _: () = assert!(SAMPLE_CAP.is_power_of_two() && SAMPLE_CAP <= 2 * SAMPLE_W
 /// them in order for the softmax, the `top_p` prefix and the draw, summing in the same order as the CPU
 /// reference.
 pub(crate) fn sample() -> String {
+    let greedy_scan = logit_scan(true, "if (before(key, i, bk, bi)) { bk = key; bi = i; }", 8);
+    let histogram_scan = logit_scan(true, "if ((key & mask) == prefix) { atomicAdd(&hist[(key >> shift) & 255u], 1u); }", 8);
+    let greater_scan = logit_scan(
+        true,
+        "if (key > prefix) { let slot = atomicAdd(&count, 1u); if (slot < CAP) { keys[slot] = key; ids[slot] = i; } }",
+        4,
+    );
+    let ties_count = logit_scan(false, "ties += u32(key == prefix);", 4);
+    let ties_write = logit_scan(false, "if (key == prefix && slot < k) { keys[slot] = prefix; ids[slot] = i; slot++; }", 4);
     let argmax_tree = lines(
         [
             "for (var s = WG / 2u; s > 0u; s >>= 1u) {",
@@ -882,14 +912,7 @@ fn main(@builtin(local_invocation_index) li: u32) {{
     if (p.temperature <= 0.0) {{
         var bk = 0u;
         var bi = NONE;
-        for (var i = li; i < p.cols; i += WG) {{
-            let k = key_of(logits[base + i]);
-            if (before(k, i, bk, bi)) {{
-                bk = k;
-                bi = i;
-            }}
-        }}
-        best_key[li] = bk;
+{greedy_scan}        best_key[li] = bk;
         best_id[li] = bi;
         workgroupBarrier();
 {argmax_tree}        if (li == 0u) {{
@@ -906,12 +929,7 @@ fn main(@builtin(local_invocation_index) li: u32) {{
         let shift = 24u - 8u * digit;
         atomicStore(&hist[li], 0u);
         workgroupBarrier();
-        for (var i = li; i < p.cols; i += WG) {{
-            let key = key_of(logits[base + i]);
-            if ((key & mask) == prefix) {{
-                atomicAdd(&hist[(key >> shift) & 255u], 1u);
-            }}
-        }}
+{histogram_scan}
         workgroupBarrier();
         if (li == 0u) {{
             var cum = 0u;
@@ -944,23 +962,12 @@ fn main(@builtin(local_invocation_index) li: u32) {{
         atomicStore(&count, 0u);
     }}
     workgroupBarrier();
-    for (var i = li; i < p.cols; i += WG) {{
-        let key = key_of(logits[base + i]);
-        if (key > prefix) {{
-            let slot = atomicAdd(&count, 1u);
-            if (slot < CAP) {{
-                keys[slot] = key;
-                ids[slot] = i;
-            }}
-        }}
-    }}
+{greater_scan}
     let run = (p.cols + WG - 1u) / WG;
     let lo = li * run;
     let hi = min(lo + run, p.cols);
     var ties = 0u;
-    for (var i = lo; i < hi; i++) {{
-        ties += u32(key_of(logits[base + i]) == prefix);
-    }}
+{ties_count}
     scan[li] = ties;
     workgroupBarrier();
     for (var off = 1u; off < WG; off <<= 1u) {{
@@ -973,13 +980,7 @@ fn main(@builtin(local_invocation_index) li: u32) {{
         workgroupBarrier();
     }}
     var slot = k - remaining + scan[li] - ties;
-    for (var i = lo; i < hi && slot < k; i++) {{
-        if (key_of(logits[base + i]) == prefix) {{
-            keys[slot] = prefix;
-            ids[slot] = i;
-            slot++;
-        }}
-    }}
+{ties_write}
     workgroupBarrier();
     // Bitonic sort of the CAP slots, one compare-exchange per invocation per stage.
     for (var size = 2u; size <= CAP; size <<= 1u) {{
