@@ -37,7 +37,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut out = be.zeros(0, 0)?;
     time("empty read", &mut || be.read(&x).map(|_| ()))?;
     for (rows, cols) in [(576, 576), (1536, 576), (576, 1536), (49152, 576)] {
-        let w = PackedMatrix::from_f32(TensorType::Q4_1, rows, cols, &vec![0.25f32; rows * cols]).unwrap();
+        let w = PackedMatrix::from_f32(TensorType::Q4_1, rows, cols, &vec![0.25f32; rows * cols])?;
         let m = be.upload_matrix(w.view())?;
         let xin = be.upload(&vec![0.5f32; cols], 1, cols)?;
         time(&format!("matmul q4_1 {rows}x{cols}"), &mut || {
@@ -182,12 +182,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // The matrices, packed once.
     let shapes = [(4096, 4096), (11008, 4096), (4096, 11008)];
-    let q4: Vec<PackedMatrix> =
-        shapes.iter().map(|&(r, c)| PackedMatrix::from_f32(TensorType::Q4_0, r, c, &vec![0.25f32; r * c]).unwrap()).collect();
+    let q4: Vec<PackedMatrix> = shapes
+        .iter()
+        .map(|&(r, c)| PackedMatrix::from_f32(TensorType::Q4_0, r, c, &vec![0.25f32; r * c]))
+        .collect::<Result<_, _>>()?;
     let t4: Vec<tern_quant::TernMatrix> = shapes
         .iter()
-        .map(|&(r, c)| tern_quant::TernMatrix::quantize(tern_core::TernFormat::T4, r, c, &spread_values(r * c), None).unwrap())
-        .collect();
+        .map(|&(r, c)| tern_quant::TernMatrix::quantize(tern_core::TernFormat::T4, r, c, &spread_values(r * c), None))
+        .collect::<Result<_, _>>()?;
     let packed: Vec<(tern_core::MatrixView<'_>, usize)> =
         q4.iter().map(|m| (m.view(), m.bytes())).chain(t4.iter().map(|m| (m.view(), m.bytes()))).collect();
     for &(workgroup, lanes, rows, unroll, slots, subgroup_size) in &choices {
@@ -250,7 +252,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     for (rows, cols) in [(4096, 4096), (11008, 4096), (4096, 11008)] {
         for ty in [TensorType::Q4_0, TensorType::Q8_0] {
-            let w = PackedMatrix::from_f32(ty, rows, cols, &vec![0.25f32; rows * cols]).unwrap();
+            let w = PackedMatrix::from_f32(ty, rows, cols, &vec![0.25f32; rows * cols])?;
             let m = be.upload_matrix(w.view())?;
             let xin = be.upload(&vec![0.5f32; cols], 1, cols)?;
             let n = 20;
@@ -269,7 +271,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("{:<32} {:>10.1} GB/s", "  weights read", bytes / t.elapsed().as_secs_f64() / 1e9);
         }
     }
-    let w = PackedMatrix::from_f32(TensorType::Q4_1, 576, 576, &vec![0.25f32; 576 * 576]).unwrap();
+    let w = PackedMatrix::from_f32(TensorType::Q4_1, 576, 576, &vec![0.25f32; 576 * 576])?;
     let m = be.upload_matrix(w.view())?;
     time("100 matmuls 576x576, one read", &mut || {
         for _ in 0..100 {

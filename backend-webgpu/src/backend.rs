@@ -111,33 +111,36 @@ impl KernelChoice {
     /// (lavapipe) runs the invocations of a workgroup one after another and pays dearly for every barrier:
     /// there each invocation takes a whole row.
     pub fn for_adapter(report: &AdapterReport) -> Self {
-        if report.is_gpu {
-            // The subgroup matvec measured no faster on an H100 (and slower on 4096x11008), so it is opt-in.
-            KernelChoice {
-                lanes: 32,
-                rows: 2,
-                unroll: 8,
-                workgroup: 64,
-                slots: true,
-                tiled: true,
-                tiled_rows: 2,
-                subgroup_size: None,
-                subgroup_reductions: report.subgroups,
-            }
-        } else {
-            KernelChoice {
-                lanes: 1,
-                rows: 1,
-                unroll: 4,
-                workgroup: 64,
-                slots: false,
-                tiled: false,
-                tiled_rows: 1,
-                subgroup_size: None,
-                subgroup_reductions: false,
-            }
-        }
+        if report.is_gpu { KernelChoice { subgroup_reductions: report.subgroups, ..Self::GPU } } else { Self::CPU_RASTERIZER }
     }
+
+    /// The GPU family (`for_adapter` on a GPU, less the subgroup reductions it adds where the adapter has
+    /// subgroups). The subgroup matvec measured no faster on an H100 (and slower on 4096x11008), so it is
+    /// opt-in.
+    pub const GPU: KernelChoice = KernelChoice {
+        lanes: 32,
+        rows: 2,
+        unroll: 8,
+        workgroup: 64,
+        slots: true,
+        tiled: true,
+        tiled_rows: 2,
+        subgroup_size: None,
+        subgroup_reductions: false,
+    };
+
+    /// The CPU-rasterizer family: a whole row per invocation, no barriers.
+    pub const CPU_RASTERIZER: KernelChoice = KernelChoice {
+        lanes: 1,
+        rows: 1,
+        unroll: 4,
+        workgroup: 64,
+        slots: false,
+        tiled: false,
+        tiled_rows: 1,
+        subgroup_size: None,
+        subgroup_reductions: false,
+    };
 }
 
 impl std::fmt::Debug for WebGpuBackend {
@@ -338,9 +341,12 @@ impl WebGpuBackend {
         let rows_of = |i: usize| ws.get(i).map_or(0, |m| m.rows as u32);
         let params = [rows as u32, w.cols as u32, x.rows as u32, x_groups, w.first_row as u32, rows_of(0), rows_of(1), 0];
         let [q, s, mn, u] = &w.parts;
-        let mut buffers = vec![q, s, mn, u, &x.buf];
-        buffers.extend(outs.iter().map(|o| &o.buf));
-        self.recorder.dispatch(&self.gpu, kernel, params, &buffers, grid)
+        // Parts, activations, then up to three outputs: a fixed array, so a dispatch allocates nothing.
+        let mut buffers: [&wgpu::Buffer; 8] = [q, s, mn, u, &x.buf, q, q, q];
+        for (slot, out) in buffers[5..].iter_mut().zip(outs.iter()) {
+            *slot = &out.buf;
+        }
+        self.recorder.dispatch(&self.gpu, kernel, params, &buffers[..5 + outs.len()], grid)
     }
 
     /// The buffer of split attention's partials, at least `bytes` long.

@@ -17,31 +17,7 @@ fn backends() -> Vec<(String, Arc<WebGpuBackend>)> {
             };
             let native = make(None);
             let own = KernelChoice::for_adapter(native.adapter());
-            let other = if own.tiled {
-                KernelChoice {
-                    lanes: 1,
-                    rows: 1,
-                    unroll: 4,
-                    workgroup: 64,
-                    slots: false,
-                    tiled: false,
-                    tiled_rows: 1,
-                    subgroup_size: None,
-                    subgroup_reductions: false,
-                }
-            } else {
-                KernelChoice {
-                    lanes: 32,
-                    rows: 2,
-                    unroll: 8,
-                    workgroup: 64,
-                    slots: true,
-                    tiled: true,
-                    tiled_rows: 2,
-                    subgroup_size: None,
-                    subgroup_reductions: false,
-                }
-            };
+            let other = if own.tiled { KernelChoice::CPU_RASTERIZER } else { KernelChoice::GPU };
             let name = native.adapter().name.clone();
             let mut all = vec![
                 (format!("webgpu on {name} ({own:?})"), native.clone()),
@@ -51,28 +27,21 @@ fn backends() -> Vec<(String, Arc<WebGpuBackend>)> {
             // by subgroup operations where the adapter has them (lavapipe does).
             let wide = KernelChoice {
                 lanes: 128,
-                rows: 2,
-                unroll: 8,
                 workgroup: 256,
                 slots: false,
-                tiled: true,
-                tiled_rows: 2,
-                subgroup_size: None,
                 subgroup_reductions: native.adapter().subgroups,
+                ..KernelChoice::GPU
             };
             all.push((format!("webgpu on {name} ({wide:?})"), make(Some(wide))));
             // The subgroup decode kernel too, where the adapter has subgroups of one size.
             if let Some(size) = native.adapter().subgroup_size.filter(|s| 64 % s == 0) {
                 let k = KernelChoice {
-                    lanes: 32,
                     rows: 1,
                     unroll: 4,
-                    workgroup: 64,
                     slots: false,
-                    tiled: true,
                     tiled_rows: 1,
                     subgroup_size: Some(size),
-                    subgroup_reductions: false,
+                    ..KernelChoice::GPU
                 };
                 all.push((format!("webgpu on {name} ({k:?})"), make(Some(k))));
             }

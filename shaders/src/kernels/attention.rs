@@ -1,0 +1,202 @@
+//! Causal attention over the KV cache, and the merge of a split decode attention.
+
+use super::{lines, workgroup_tree};
+use crate::{ATTENTION_TILE, formats};
+
+/// One workgroup per (query row, head). Each tile of positions: every invocation scores one position, the
+/// tile's maximum rescales the running sums (online softmax), and each invocation accumulates its own output
+/// dimensions over the tile.
+///
+/// With `split`, the kernel takes one query row (decode) and workgroup (head, split) covers only positions
+/// `split * span..(split + 1) * span`: long contexts then keep many workgroups busy. Each writes its running
+/// maximum, sum and unnormalized output to `out` as a partial, `[m, l, acc; head_dim]` at
+/// `(split * n_heads + head) * (head_dim + 2)`, and [`attention_combine`] merges the splits.
+///
+/// With `subgroups`, each tile's maximum and sum are taken by `subgroupMax`/`subgroupAdd` and the subgroups'
+/// results combined through workgroup memory: two barriers a reduction instead of one per tree level.
+pub(crate) fn attention(head_dim: u32, split: bool, subgroups: bool) -> String {
+    let tile = ATTENTION_TILE;
+    let quads = head_dim / 4;
+    // The weighted sum of V: invocation `li` owns `vec4` chunk `li % CHUNKS` of the head for the positions
+    // `li / CHUNKS, + GROUPS, ...` of each tile, eight loads in flight; the groups' sums meet at the end.
+    let v_step = |n: u32| {
+        let loads = lines((0..n).map(|u| format!("let v{u} = v[((j0 + i + {u}u * GROUPS) * kv_cols + kvh * HD) / 4u + c];")), 16);
+        let adds = lines((0..n).map(|u| format!("acc += weights[i + {u}u * GROUPS] * v{u};")), 16);
+        loads + &adds
+    };
+    let (v8, v1) = (v_step(8), v_step(1));
+    let store = |at: &str, value: &str| {
+        lines(formats::LANE.iter().enumerate().map(|(i, c)| format!("out[{at} + 4u * li + {i}u] = {value}.{c};")), 8)
+    };
+    let writes = if split {
+        format!(
+            "    let pb = (wid.y * p.n_heads + h) * (HD + 2u);
+    if (li == 0u) {{
+        out[pb] = m;
+        out[pb + 1u] = l;
+    }}
+    if (li < CHUNKS) {{
+{}    }}
+",
+            store("pb + 2u", "sum")
+        )
+    } else {
+        format!("    if (li < CHUNKS) {{\n        let o = sum / l;\n{}    }}\n", store("qbase", "o"))
+    };
+    let range = if split {
+        "let t = 0u;
+    let first = wid.y * p.span;
+    let visible = min(p.pos0 + 1u, first + p.span);"
+    } else {
+        "let t = wid.y;
+    let first = 0u;
+    let visible = p.pos0 + t + 1u;"
+    };
+    // The tile's maximum of `s` into `tile_max` and sum of `e` into `tile_sum`, for every invocation.
+    let (reduce_max, reduce_sum, builtins) = if subgroups {
+        let across = |value: &str, op: &str, into: &str, combine: &str| {
+            format!(
+                "        let {into}_sg = {op}({value});
+        if (sg_lane == 0u) {{
+            red[sg] = {into}_sg;
+        }}
+        workgroupBarrier();
+        var {into} = red[0];
+        for (var i = 1u; i < sg_count; i++) {{
+            {into} = {combine};
+        }}
+"
+            )
+        };
+        (
+            across("s", "subgroupMax", "tile_max", "max(tile_max, red[i])"),
+            across("e", "subgroupAdd", "tile_sum", "tile_sum + red[i]"),
+            ",
+    @builtin(subgroup_id) sg: u32,
+    @builtin(num_subgroups) sg_count: u32,
+    @builtin(subgroup_invocation_id) sg_lane: u32",
+        )
+    } else {
+        (
+            format!(
+                "        red[li] = s;\n        workgroupBarrier();\n{}        let tile_max = red[0];\n",
+                workgroup_tree("red", tile, "max({a}, {b})", 8)
+            ),
+            format!(
+                "        red[li] = e;\n        workgroupBarrier();\n{}        let tile_sum = red[0];\n",
+                workgroup_tree("red", tile, "{a} + {b}", 8)
+            ),
+            "",
+        )
+    };
+    format!(
+        r#"struct Params {{ rows: u32, n_heads: u32, n_kv_heads: u32, head_dim: u32, pos0: u32, scale: f32, span: u32, _p7: u32 }}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> q: array<f32>;
+@group(0) @binding(2) var<storage, read> k: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> v: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+const HD: u32 = {head_dim}u;
+const CHUNKS: u32 = HD / 4u;
+const GROUPS: u32 = {tile}u / CHUNKS;
+var<workgroup> weights: array<f32, {tile}>;
+var<workgroup> red: array<f32, {tile}>;
+var<workgroup> qs: array<vec4<f32>, {quads}>;
+var<workgroup> sums: array<vec4<f32>, {tile}>;
+const NONE: f32 = -3.0e38;
+
+@compute @workgroup_size({tile})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>{builtins}) {{
+    let h = wid.x;
+    {range}
+    let kvh = h / (p.n_heads / p.n_kv_heads);
+    let kv_cols = p.n_kv_heads * HD;
+    let qbase = (t * p.n_heads + h) * HD;
+    for (var d = li; d < HD / 4u; d += {tile}u) {{
+        qs[d] = vec4<f32>(q[qbase + 4u * d], q[qbase + 4u * d + 1u], q[qbase + 4u * d + 2u], q[qbase + 4u * d + 3u]);
+    }}
+    workgroupBarrier();
+    let c = li % CHUNKS;
+    let g = li / CHUNKS;
+    var m = NONE;
+    var l = 0.0;
+    var acc = vec4<f32>(0.0);
+    for (var j0 = first; j0 < visible; j0 += {tile}u) {{
+        let j = j0 + li;
+        var s = NONE;
+        if (j < visible) {{
+            let kb = (j * kv_cols + kvh * HD) / 4u;
+            var dotp = 0.0;
+            for (var d = 0u; d < HD / 4u; d++) {{
+                dotp += dot(qs[d], k[kb + d]);
+            }}
+            s = dotp * p.scale;
+        }}
+        // The tile's maximum and sum.
+{reduce_max}        let m_new = max(m, tile_max);
+        let correction = exp(m - m_new);
+        let e = select(0.0, exp(s - m_new), j < visible);
+        workgroupBarrier();
+        weights[li] = e;
+{reduce_sum}        l = l * correction + tile_sum;
+        acc *= correction;
+        let n = min({tile}u, visible - j0);
+        if (g < GROUPS) {{
+            var i = g;
+            for (; i + 7u * GROUPS < n; i += 8u * GROUPS) {{
+{v8}            }}
+            for (; i < n; i += GROUPS) {{
+{v1}            }}
+        }}
+        m = m_new;
+        workgroupBarrier();
+    }}
+    sums[li] = acc;
+    workgroupBarrier();
+    var sum = vec4<f32>(0.0);
+    if (li < CHUNKS) {{
+        for (var gi = 0u; gi < GROUPS; gi++) {{
+            sum += sums[li + gi * CHUNKS];
+        }}
+    }}
+{writes}}}
+"#
+    )
+}
+
+/// One workgroup per head merges the partials of a split [`attention`]: each split's sums are rescaled to the
+/// largest maximum, added, and the output divided by the total.
+pub(crate) fn attention_combine(head_dim: u32) -> String {
+    let tile = ATTENTION_TILE;
+    let dims = head_dim.div_ceil(tile) as usize;
+    let accs = lines((0..dims).map(|e| format!("var acc{e} = 0.0;")), 4);
+    let adds = lines(
+        (0..dims).map(|e| format!("if (li + {0}u < HD) {{ acc{e} += w * parts[pb + 2u + li + {0}u]; }}", e as u32 * tile)),
+        8,
+    );
+    let writes =
+        lines((0..dims).map(|e| format!("if (li + {0}u < HD) {{ out[h * HD + li + {0}u] = acc{e} / l; }}", e as u32 * tile)), 4);
+    format!(
+        r#"struct Params {{ n_heads: u32, splits: u32, _p2: u32, _p3: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> parts: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+const HD: u32 = {head_dim}u;
+
+@compute @workgroup_size({tile})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
+    let h = wid.x;
+    var m = -3.0e38;
+    for (var s = 0u; s < p.splits; s++) {{
+        m = max(m, parts[(s * p.n_heads + h) * (HD + 2u)]);
+    }}
+    var l = 0.0;
+{accs}    for (var s = 0u; s < p.splits; s++) {{
+        let pb = (s * p.n_heads + h) * (HD + 2u);
+        let w = exp(parts[pb] - m);
+        l += w * parts[pb + 1u];
+{adds}    }}
+{writes}}}
+"#
+    )
+}

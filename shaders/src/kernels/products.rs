@@ -1,0 +1,313 @@
+//! Products of a weight matrix with activation rows: decode (one token) and prefill (a batch).
+
+use tern_core::TensorType;
+
+use super::lines;
+use crate::{WORKGROUP, formats};
+
+/// The parameters, activation and output bindings every product kernel shares, `store`, then the format's
+/// reader.
+///
+/// A product may run several matrices stored one after another (rows `row0..row0 + rows` of the bound
+/// buffers) into `outputs` tensors: rows `0..rows_a` go to the first, the next `rows_b` to the second, the rest
+/// to the third. `store(t, r, v)` puts row `r`'s product for token `t` where it belongs.
+fn product_prelude(reader: &str, outputs: u32) -> String {
+    let store = match outputs {
+        1 => "out[t * p.rows + r] = v;".to_string(),
+        2 => "if (r < p.rows_a) {
+        out[t * p.rows_a + r] = v;
+    } else {
+        out1[t * (p.rows - p.rows_a) + r - p.rows_a] = v;
+    }"
+        .to_string(),
+        _ => "if (r < p.rows_a) {
+        out[t * p.rows_a + r] = v;
+    } else if (r < p.rows_a + p.rows_b) {
+        out1[t * p.rows_b + r - p.rows_a] = v;
+    } else {
+        out2[t * (p.rows - p.rows_a - p.rows_b) + r - p.rows_a - p.rows_b] = v;
+    }"
+        .to_string(),
+    };
+    let more =
+        lines((1..outputs).map(|i| format!("@group(0) @binding({}) var<storage, read_write> out{i}: array<f32>;", 6 + i)), 0);
+    format!(
+        "struct Params {{ rows: u32, cols: u32, tokens: u32, groups_x: u32, row0: u32, rows_a: u32, rows_b: u32, _p7: u32 }}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(5) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> out: array<f32>;
+{more}
+fn store(t: u32, r: u32, v: f32) {{
+    {store}
+}}
+{reader}"
+    )
+}
+
+/// The lanes' sums `accs` meeting in a tree in workgroup memory: sum `i` of invocation `li` sits at
+/// `partial[i * WG + li]`, and afterwards the group's lane 0 holds the totals there.
+fn lane_tree(accs: &[String]) -> String {
+    let store = lines(accs.iter().enumerate().map(|(i, a)| format!("partial[{i}u * WG + li] = {a};")), 4);
+    let add = lines((0..accs.len()).map(|i| format!("partial[{i}u * WG + li] += partial[{i}u * WG + li + s];")), 12);
+    format!(
+        "{store}    workgroupBarrier();
+    for (var s = LANES / 2u; s > 0u; s >>= 1u) {{
+        if (lane < s) {{
+{add}        }}
+        workgroupBarrier();
+    }}
+"
+    )
+}
+
+/// Products of a matrix with activation rows: `workgroup / lanes` groups of `lanes` invocations, each group
+/// taking `rows` rows by up to `tokens` tokens.
+///
+/// Each of a group's `lanes` invocations walks every `lanes`-th block of 32 columns: it loads the activations of
+/// the block once (for every token) and multiplies them with the block of each of its `rows` rows, dequantized
+/// once; the lanes' partial sums meet in a tree in workgroup memory. A row's sum for a token is taken in the
+/// same order whatever the batch, so products are batch invariant. Loops over rows and tokens are unrolled into
+/// one accumulator each.
+pub(crate) fn matmul(ty: TensorType, workgroup: u32, lanes: u32, rows: u32, tokens: u32, outputs: u32) -> String {
+    let prelude = product_prelude(&formats::reader(ty), outputs);
+    let partial = workgroup * tokens * rows;
+    let (nr, nt) = (rows as usize, tokens as usize);
+    let pairs: Vec<(usize, usize)> = (0..nr).flat_map(|j| (0..nt).map(move |t| (j, t))).collect();
+    let accs = lines(pairs.iter().map(|(j, t)| format!("var acc{j}_{t} = 0.0;")), 4);
+    let mut products = lines(
+        (0..nt).flat_map(|t| {
+            (0..8).map(move |i| {
+                format!("var x{t}_{i} = vec4<f32>(0.0); if (nt > {t}u) {{ x{t}_{i} = x[xb + {t}u * cols4 + {i}u]; }}")
+            })
+        }),
+        12,
+    );
+    for j in 0..nr {
+        let sums = lines((0..nt).map(|t| format!("acc{j}_{t} += {};", formats::block_dot("w", |i| format!("x{t}_{i}")))), 16);
+        products.push_str(&format!(
+            "            if (r0 + {j}u < p.rows) {{\n                let w = load_block(p.row0 + r0 + {j}u, blk);\n{sums}            }}\n"
+        ));
+    }
+    let reduce = if lanes > 1 {
+        let names: Vec<String> = pairs.iter().map(|(j, t)| format!("acc{j}_{t}")).collect();
+        let load = lines(names.iter().enumerate().map(|(i, a)| format!("{a} = partial[{i}u * WG + li];")), 4);
+        lane_tree(&names) + &load
+    } else {
+        String::new()
+    };
+    let writes = lines(
+        pairs.iter().map(|(j, t)| format!("if (nt > {t}u && r0 + {j}u < p.rows) {{ store(t0 + {t}u, r0 + {j}u, acc{j}_{t}); }}")),
+        8,
+    );
+    let shared = if lanes > 1 { format!("var<workgroup> partial: array<f32, {partial}>;") } else { String::new() };
+    format!(
+        r#"{prelude}
+const WG: u32 = {workgroup}u;
+const LANES: u32 = {lanes}u;
+const GROUPS: u32 = WG / LANES;
+const TOKENS: u32 = {tokens}u;
+{shared}
+
+@compute @workgroup_size({workgroup})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
+    let lane = li % LANES;
+    let r0 = ((wid.x + wid.z * p.groups_x) * GROUPS + li / LANES) * {rows}u;
+    let t0 = wid.y * TOKENS;
+    let nt = min(TOKENS, p.tokens - t0);
+    let cols4 = p.cols / 4u;
+    let blocks = p.cols / 32u;
+{accs}    if (r0 < p.rows) {{
+        for (var blk = lane; blk < blocks; blk += LANES) {{
+            let xb = t0 * cols4 + 8u * blk;
+{products}        }}
+    }}
+{reduce}    if (lane == 0u) {{
+{writes}    }}
+}}
+"#
+    )
+}
+
+/// The shape both decode-product kernels share: groups of `lanes` invocations take `rows` rows; lane `l`
+/// walks the row's items (`vec4`s or quant words) `l, l + lanes, ...`, `unroll` of them per step, adding
+/// `step(n)` (the WGSL of `n` items at `i, i + LANES, ...` for every row `r0 + j` into `acc{j}`); the lanes'
+/// sums meet in a tree in workgroup memory. `items` is the WGSL count of items in a row.
+fn decode_product(
+    prelude: &str,
+    workgroup: u32,
+    lanes: u32,
+    rows: u32,
+    unroll: u32,
+    items: &str,
+    step: impl Fn(u32) -> String,
+) -> String {
+    let nr = rows as usize;
+    let accs = lines((0..nr).map(|j| format!("var acc{j} = 0.0;")), 4);
+    let (unrolled, single) = (step(unroll), step(1));
+    let tree = lane_tree(&(0..nr).map(|j| format!("acc{j}")).collect::<Vec<_>>());
+    let writes =
+        lines((0..nr).map(|j| format!("if (r0 + {j}u < p.rows) {{ store(0u, r0 + {j}u, partial[{j}u * WG + li]); }}")), 8);
+    let partial = workgroup * rows;
+    let last = unroll - 1;
+    format!(
+        r#"{prelude}
+const WG: u32 = {workgroup}u;
+const LANES: u32 = {lanes}u;
+const GROUPS: u32 = WG / LANES;
+var<workgroup> partial: array<f32, {partial}>;
+
+@compute @workgroup_size({workgroup})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
+    let lane = li % LANES;
+    let r0 = ((wid.x + wid.z * p.groups_x) * GROUPS + li / LANES) * {rows}u;
+    let items = {items};
+{accs}    if (r0 < p.rows) {{
+        var i = lane;
+        for (; i + {last}u * LANES < items; i += {unroll}u * LANES) {{
+{unrolled}        }}
+        for (; i < items; i += LANES) {{
+{single}        }}
+    }}
+{tree}    if (lane == 0u) {{
+{writes}    }}
+}}
+"#
+    )
+}
+
+/// `if (r0 + j < p.rows) { acc{j} += term(j, 0) + term(j, 1) + ... }` for `rows` rows and `n` items.
+fn row_sums(rows: u32, n: u32, term: impl Fn(u32, u32) -> String) -> String {
+    lines(
+        (0..rows).map(|j| {
+            let terms: Vec<String> = (0..n).map(|u| term(j, u)).collect();
+            format!("if (r0 + {j}u < p.rows) {{ acc{j} += {}; }}", terms.join(" + "))
+        }),
+        12,
+    )
+}
+
+/// Decode products (one token) a `vec4` of weights per lane at a time: lane `l` takes the `vec4`s
+/// `l, l + lanes, ...` of the row, so that a group's activation and weight loads are contiguous, and each
+/// activation `vec4` (loaded first, for every item of the step) serves all `rows` rows.
+pub(crate) fn matvec(ty: TensorType, workgroup: u32, lanes: u32, rows: u32, unroll: u32, outputs: u32) -> String {
+    let prelude = product_prelude(&formats::quad_reader(ty), outputs);
+    decode_product(&prelude, workgroup, lanes, rows, unroll, "p.cols / 4u", |n| {
+        let loads = lines((0..n).map(|u| format!("let xq{u} = x[i + {u}u * LANES];")), 12);
+        loads + &row_sums(rows, n, |j, u| format!("dot(load_quad(p.row0 + r0 + {j}u, i + {u}u * LANES), xq{u})"))
+    })
+}
+
+/// Decode products a quant word per lane at a time ([`formats::slot_reader`]): lane `l` takes the row's slots
+/// `l, l + lanes, ...` (consecutive words, so a group's quant loads are contiguous). `None` for a format
+/// without a slot reader.
+pub(crate) fn matvec_slots(ty: TensorType, workgroup: u32, lanes: u32, rows: u32, unroll: u32, outputs: u32) -> Option<String> {
+    let (reader, slots) = formats::slot_reader(ty)?;
+    let prelude = product_prelude(&reader, outputs);
+    let items = format!("(p.cols / 32u) * {slots}u");
+    Some(decode_product(&prelude, workgroup, lanes, rows, unroll, &items, |n| {
+        row_sums(rows, n, |j, u| format!("slot_dot(p.row0 + r0 + {j}u, i + {u}u * LANES)"))
+    }))
+}
+
+/// Decode products on subgroups (for wgpu's native backends, which take subgroup builtins without WGSL's
+/// `enable subgroups;`, a directive naga does not parse yet; a browser build must add it): each subgroup of the
+/// workgroup takes one row, its invocations the row's `vec4`s
+/// `i, i + size, ...`, and `subgroupAdd` sums them: no workgroup memory and no barriers. The host must know the
+/// subgroup size (the adapter's minimum and maximum agree) to size the dispatch: `WG / size` rows per workgroup.
+pub(crate) fn matvec_subgroups(ty: TensorType, workgroup: u32, outputs: u32) -> String {
+    let prelude = product_prelude(&formats::quad_reader(ty), outputs);
+    let four = lines((0..4).map(|u| format!("let xq{u} = x[q + {u}u * sg_size];")), 12)
+        + &lines(
+            [format!(
+                "acc += {};",
+                (0..4).map(|u| format!("dot(load_quad(p.row0 + r, q + {u}u * sg_size), xq{u})")).collect::<Vec<_>>().join(" + ")
+            )],
+            12,
+        );
+    format!(
+        r#"{prelude}
+@compute @workgroup_size({workgroup})
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(subgroup_id) sg: u32,
+    @builtin(num_subgroups) sg_count: u32,
+    @builtin(subgroup_invocation_id) lane: u32,
+    @builtin(subgroup_size) sg_size: u32,
+) {{
+    let r = (wid.x + wid.z * p.groups_x) * sg_count + sg;
+    let quads = p.cols / 4u;
+    var acc = 0.0;
+    if (r < p.rows) {{
+        var q = lane;
+        for (; q + 3u * sg_size < quads; q += 4u * sg_size) {{
+{four}        }}
+        for (; q < quads; q += sg_size) {{
+            acc += dot(load_quad(p.row0 + r, q), x[q]);
+        }}
+    }}
+    let total = subgroupAdd(acc);
+    if (lane == 0u && r < p.rows) {{
+        store(0u, r, total);
+    }}
+}}
+"#
+    )
+}
+
+/// Prefill products: each of the workgroup's invocations owns `rows` rows (spaced a workgroup apart) and
+/// `tokens` sums per row. Block by block, the
+/// workgroup stages the tokens' 32 activations in workgroup memory, and every invocation dequantizes its row's
+/// block once and multiplies it with all of them: weights are read once per `tokens` tokens and activations
+/// once per workgroup of rows.
+pub(crate) fn matmul_tiled(ty: TensorType, tokens: u32, rows: u32, outputs: u32) -> String {
+    let prelude = product_prelude(&formats::reader(ty), outputs);
+    let staged = tokens * 8;
+    let (nt, nr) = (tokens as usize, rows as usize);
+    let accs = lines((0..nr).flat_map(|j| (0..nt).map(move |t| format!("var acc{j}_{t} = 0.0;"))), 4);
+    // Each staged activation vec4 is read once and serves all the invocation's rows.
+    let blocks_in =
+        lines((0..nr).map(|j| format!("var w{j}: Block; if (r{j} < p.rows) {{ w{j} = load_block(p.row0 + r{j}, blk); }}")), 8);
+    let mut products = String::new();
+    for t in 0..nt {
+        products += &lines((0..8).map(|i| format!("let x{t}_{i} = xs[{}u];", 8 * t + i)), 8);
+        products += &lines(
+            (0..nr).map(|j| format!("acc{j}_{t} += {};", formats::block_dot(&format!("w{j}"), |i| format!("x{t}_{i}")))),
+            8,
+        );
+    }
+    let rows_of = lines((0..nr).map(|j| format!("let r{j} = base + {}u + li;", j as u32 * WORKGROUP)), 4);
+    let writes = lines(
+        (0..nr).flat_map(|j| {
+            (0..nt).map(move |t| format!("if (nt > {t}u && r{j} < p.rows) {{ store(t0 + {t}u, r{j}, acc{j}_{t}); }}"))
+        }),
+        4,
+    );
+    format!(
+        r#"{prelude}
+const WG: u32 = {WORKGROUP}u;
+const TOKENS: u32 = {tokens}u;
+var<workgroup> xs: array<vec4<f32>, {staged}>;
+
+@compute @workgroup_size({WORKGROUP})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
+    let base = (wid.x + wid.z * p.groups_x) * WG * {rows}u;
+{rows_of}    let t0 = wid.y * TOKENS;
+    let nt = min(TOKENS, p.tokens - t0);
+    let cols4 = p.cols / 4u;
+    let blocks = p.cols / 32u;
+{accs}    for (var blk = 0u; blk < blocks; blk++) {{
+        for (var j = li; j < TOKENS * 8u; j += WG) {{
+            let t = j / 8u;
+            var v = vec4<f32>(0.0);
+            if (t < nt) {{
+                v = x[(t0 + t) * cols4 + 8u * blk + j % 8u];
+            }}
+            xs[j] = v;
+        }}
+        workgroupBarrier();
+{blocks_in}{products}        workgroupBarrier();
+    }}
+{writes}}}
+"#
+    )
+}

@@ -1,0 +1,288 @@
+//! Kernels over activation rows: the embedding lookup, RMSNorm, RoPE (with the KV append) and the
+//! elementwise ops.
+
+use tern_core::TensorType;
+
+use super::{lines, workgroup_tree};
+use crate::{WORKGROUP, formats};
+
+/// One invocation per block of 32 output elements: the table's rows for `ids`, dequantized.
+pub(crate) fn embed(ty: TensorType) -> String {
+    let reader = formats::reader(ty);
+    let writes = lines((0..8).map(|k| format!("out[base + {k}u] = w.w{k};")), 4);
+    format!(
+        r#"struct Params {{ cols: u32, tokens: u32, groups_x: u32, row0: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(5) var<storage, read> ids: array<u32>;
+@group(0) @binding(6) var<storage, read_write> out: array<vec4<f32>>;
+{reader}
+@compute @workgroup_size({WORKGROUP})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
+    let i = (wid.x + wid.y * p.groups_x) * {WORKGROUP}u + li;
+    let blocks = p.cols / 32u;
+    let t = i / blocks;
+    if (t >= p.tokens) {{
+        return;
+    }}
+    let b = i % blocks;
+    let w = load_block(p.row0 + ids[t], b);
+    let base = t * (p.cols / 4u) + 8u * b;
+{writes}}}
+"#
+    )
+}
+
+/// Invocations per workgroup of RMSNorm (one workgroup per row).
+const NORM: u32 = 256;
+
+/// An RMSNorm kernel: one workgroup of 256 per row (`row`), the bindings of [`norm_bindings`], and `body`.
+fn norm_kernel(residual: bool, element: &str, body: &str) -> String {
+    let bindings = norm_bindings(residual, element);
+    format!(
+        r#"struct Params {{ rows: u32, cols: u32, eps: f32, groups_x: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}
+@group(0) @binding(0) var<uniform> p: Params;
+{bindings}
+var<workgroup> sums: array<f32, {NORM}>;
+
+@compute @workgroup_size({NORM})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
+    let row = wid.x + wid.y * p.groups_x;
+    if (row >= p.rows) {{
+        return;
+    }}
+{body}}}
+"#
+    )
+}
+
+/// The bindings of the RMSNorm kernels, over arrays of `element`: x and the weight (and with `residual`, y
+/// first, and x written back), then the output.
+fn norm_bindings(residual: bool, element: &str) -> String {
+    let names: &[(&str, &str)] = if residual {
+        &[("y", "read"), ("weight", "read"), ("x", "read_write"), ("out", "read_write")]
+    } else {
+        &[("x", "read"), ("weight", "read"), ("out", "read_write")]
+    };
+    let decls = names
+        .iter()
+        .enumerate()
+        .map(|(i, (name, access))| format!("@group(0) @binding({}) var<storage, {access}> {name}: array<{element}>;", i + 1));
+    decls.collect::<Vec<_>>().join("\n")
+}
+
+/// One workgroup per row, each invocation holding `quads` `vec4`s of it in registers: every load (and with
+/// `residual`, the sum `x + y` written back) comes before the mean square's tree, so a row costs one round of
+/// memory latency instead of one per element.
+fn rms_norm_held(residual: bool, quads: u32) -> String {
+    let tree = workgroup_tree("sums", NORM, "{a} + {b}", 4);
+    let k = 0..quads;
+    let at = |k: u32| format!("li + {}u", k * NORM);
+    let loads = lines(
+        k.clone().map(|k| {
+            let i = at(k);
+            let add = if residual { format!(" + y[base + {i}]") } else { String::new() };
+            format!("var v{k} = vec4<f32>(0.0); if ({i} < n4) {{ v{k} = x[base + {i}]{add}; }}")
+        }),
+        4,
+    );
+    let write_back = if residual {
+        lines(k.clone().map(|k| format!("if ({0} < n4) {{ x[base + {0}] = v{k}; }}", at(k))), 4)
+    } else {
+        String::new()
+    };
+    let squares = k.clone().map(|k| format!("dot(v{k}, v{k})")).collect::<Vec<_>>().join(" + ");
+    let writes = lines(k.map(|k| format!("if ({0} < n4) {{ out[base + {0}] = v{k} * inv * weight[{0}]; }}", at(k))), 4);
+    let body = format!(
+        "    let n4 = p.cols / 4u;
+    let base = row * n4;
+{loads}{write_back}    sums[li] = {squares};
+    workgroupBarrier();
+{tree}    let inv = inverseSqrt(sums[0] / f32(p.cols) + p.eps);
+{writes}"
+    );
+    norm_kernel(residual, "vec4<f32>", &body)
+}
+
+/// One workgroup per row: the mean square in a tree, then the scaled row. With `residual`, the row is first
+/// `x += y` (written back), the residual connection before the norm.
+pub(crate) fn rms_norm(residual: bool, quads: u32) -> String {
+    if quads > 0 {
+        return rms_norm_held(residual, quads);
+    }
+    let tree = workgroup_tree("sums", NORM, "{a} + {b}", 4);
+    let load = if residual { "let v = x[base + c] + y[base + c];\n        x[base + c] = v;" } else { "let v = x[base + c];" };
+    let body = format!(
+        "    let base = row * p.cols;
+    var s = 0.0;
+    for (var c = li; c < p.cols; c += {NORM}u) {{
+        {load}
+        s += v * v;
+    }}
+    sums[li] = s;
+    workgroupBarrier();
+{tree}    let inv = inverseSqrt(sums[0] / f32(p.cols) + p.eps);
+    for (var c = li; c < p.cols; c += {NORM}u) {{
+        out[base + c] = x[base + c] * inv * weight[c];
+    }}
+"
+    );
+    norm_kernel(residual, "f32", &body)
+}
+
+/// `(cos, sin)` of pair `i`'s angle at position `pos`, as [`rope`] describes.
+const ROTATION: &str = "
+fn rotation(pos: u32, i: u32) -> vec2<f32> {
+    let angle = f32(pos) * inv_freq[i];
+    let k = round(angle * 0.15915494309189535);
+    let reduced = (angle - k * 6.28125) - k * 0.0019353071795864769;
+    return vec2<f32>(cos(reduced), sin(reduced));
+}
+";
+
+/// One step's attention inputs in one pass: one invocation per pair of elements of every head of `q`, `k` and
+/// `v`. Pairs of `q` and `k` within `rot_dim` are rotated as [`rope`] does, in place; `k`'s pairs (rotated or
+/// not) and `v`'s are also written to the caches' rows `pos0 + t`. Pairs past `rot_dim` are the elements
+/// `rot_dim + 2j, rot_dim + 2j + 1` in both layouts.
+pub(crate) fn rope_append() -> String {
+    format!(
+        r#"struct Params {{ rows: u32, n_heads: u32, n_kv_heads: u32, head_dim: u32, rot_dim: u32, interleaved: u32, pos0: u32, groups_x: u32 }}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> inv_freq: array<f32>;
+@group(0) @binding(2) var<storage, read> v: array<f32>;
+@group(0) @binding(3) var<storage, read_write> q: array<f32>;
+@group(0) @binding(4) var<storage, read_write> k: array<f32>;
+@group(0) @binding(5) var<storage, read_write> k_cache: array<f32>;
+@group(0) @binding(6) var<storage, read_write> v_cache: array<f32>;
+{ROTATION}
+@compute @workgroup_size({WORKGROUP})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
+    let g = (wid.x + wid.y * p.groups_x) * {WORKGROUP}u + li;
+    let half = p.head_dim / 2u;
+    let half_rot = p.rot_dim / 2u;
+    let per_row = (p.n_heads + 2u * p.n_kv_heads) * half;
+    let t = g / per_row;
+    if (t >= p.rows) {{
+        return;
+    }}
+    let head = (g % per_row) / half;
+    let i = g % half;
+    var a = p.rot_dim + 2u * (i - min(i, half_rot));
+    var b = a + 1u;
+    if (i < half_rot) {{
+        a = i;
+        b = i + half_rot;
+        if (p.interleaved == 1u) {{
+            a = 2u * i;
+            b = a + 1u;
+        }}
+    }}
+    var cs = vec2<f32>(1.0, 0.0);
+    if (i < half_rot) {{
+        cs = rotation(p.pos0 + t, i);
+    }}
+    let kv_cols = p.n_kv_heads * p.head_dim;
+    if (head < p.n_heads) {{
+        let base = (t * p.n_heads + head) * p.head_dim;
+        if (i < half_rot) {{
+            let x0 = q[base + a];
+            let x1 = q[base + b];
+            q[base + a] = x0 * cs.x - x1 * cs.y;
+            q[base + b] = x0 * cs.y + x1 * cs.x;
+        }}
+        return;
+    }}
+    let kh = (head - p.n_heads) % p.n_kv_heads;
+    let base = t * kv_cols + kh * p.head_dim;
+    let cached = (p.pos0 + t) * kv_cols + kh * p.head_dim;
+    if (head < p.n_heads + p.n_kv_heads) {{
+        let x0 = k[base + a];
+        let x1 = k[base + b];
+        let y0 = x0 * cs.x - x1 * cs.y;
+        let y1 = x0 * cs.y + x1 * cs.x;
+        k[base + a] = y0;
+        k[base + b] = y1;
+        k_cache[cached + a] = y0;
+        k_cache[cached + b] = y1;
+    }} else {{
+        v_cache[cached + a] = v[base + a];
+        v_cache[cached + b] = v[base + b];
+    }}
+}}
+"#
+    )
+}
+
+/// One invocation per rotated pair. The angles are `pos * inv_freq[i]` in f32, as on the CPU, reduced to
+/// `[-pi, pi]` (Cody-Waite, two-part 2 pi) before `sin`/`cos`, whose precision GPUs only promise there.
+pub(crate) fn rope() -> String {
+    format!(
+        r#"struct Params {{ rows: u32, n_heads: u32, head_dim: u32, rot_dim: u32, interleaved: u32, pos0: u32, groups_x: u32, _p7: u32 }}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> inv_freq: array<f32>;
+@group(0) @binding(2) var<storage, read_write> x: array<f32>;
+{ROTATION}
+@compute @workgroup_size({WORKGROUP})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
+    let g = (wid.x + wid.y * p.groups_x) * {WORKGROUP}u + li;
+    let half_rot = p.rot_dim / 2u;
+    let per_row = p.n_heads * half_rot;
+    let t = g / per_row;
+    if (t >= p.rows) {{
+        return;
+    }}
+    let h = (g % per_row) / half_rot;
+    let i = g % half_rot;
+    let cs = rotation(p.pos0 + t, i);
+    let c = cs.x;
+    let s = cs.y;
+    let base = (t * p.n_heads + h) * p.head_dim;
+    var a = base + i;
+    var b = base + i + half_rot;
+    if (p.interleaved == 1u) {{
+        a = base + 2u * i;
+        b = a + 1u;
+    }}
+    let x0 = x[a];
+    let x1 = x[b];
+    x[a] = x0 * c - x1 * s;
+    x[b] = x0 * s + x1 * c;
+}}
+"#
+    )
+}
+
+/// A 1-D elementwise kernel over `p.len` elements, 256 per workgroup, with `body` run for index `i`.
+fn elementwise(bindings: &str, body: &str) -> String {
+    format!(
+        r#"struct Params {{ len: u32, groups_x: u32, _p2: u32, _p3: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}
+@group(0) @binding(0) var<uniform> p: Params;
+{bindings}
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
+    let i = (wid.x + wid.y * p.groups_x) * 256u + li;
+    if (i >= p.len) {{
+        return;
+    }}
+    {body}
+}}
+"#
+    )
+}
+
+pub(crate) fn silu_mul() -> String {
+    elementwise(
+        "@group(0) @binding(1) var<storage, read> gate: array<f32>;
+@group(0) @binding(2) var<storage, read> up: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;",
+        "let g = gate[i];
+    out[i] = g / (1.0 + exp(-g)) * up[i];",
+    )
+}
+
+pub(crate) fn add() -> String {
+    elementwise(
+        "@group(0) @binding(1) var<storage, read> y: array<f32>;
+@group(0) @binding(2) var<storage, read_write> x: array<f32>;",
+        "x[i] += y[i];",
+    )
+}
