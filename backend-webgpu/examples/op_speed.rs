@@ -166,19 +166,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         t.elapsed().as_secs_f64() * 1e6,
         recorded.as_secs_f64() * 1e3
     );
-    // Decode kernel variants: (workgroup, lanes, rows, unroll, slots, subgroup size).
+    // Decode kernel variants: (workgroup, lanes, rows, unroll, slots, int8, subgroup size).
     let mut choices = vec![
-        (64, 32, 2, 8, true, None),
-        (64, 32, 4, 8, true, None),
-        (64, 32, 4, 16, true, None),
-        (64, 16, 4, 8, true, None),
-        (128, 32, 4, 8, true, None),
-        (128, 64, 4, 8, true, None),
-        (256, 64, 4, 8, true, None),
-        (64, 32, 2, 16, true, None),
+        (64, 32, 2, 8, true, false, None),
+        (64, 32, 2, 4, false, true, None),
+        (64, 32, 2, 8, false, true, None),
+        (64, 32, 2, 16, false, true, None),
+        (64, 32, 1, 8, false, true, None),
+        (64, 32, 4, 8, false, true, None),
+        (64, 16, 2, 8, false, true, None),
+        (128, 32, 2, 8, false, true, None),
+        (256, 32, 2, 8, false, true, None),
+        (256, 64, 2, 8, false, true, None),
     ];
     if let Some(size) = be.adapter().subgroup_size {
-        choices.push((64, size, 1, 4, false, Some(size)));
+        choices.push((64, size, 1, 4, false, false, Some(size)));
     }
     // The matrices, packed once.
     let shapes = [(4096, 4096), (11008, 4096), (4096, 11008)];
@@ -186,13 +188,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .iter()
         .map(|&(r, c)| PackedMatrix::from_f32(TensorType::Q4_0, r, c, &vec![0.25f32; r * c]))
         .collect::<Result<_, _>>()?;
-    let t4: Vec<tern_quant::TernMatrix> = shapes
+    let tern: Vec<tern_quant::TernMatrix> = [tern_core::TernFormat::T4, tern_core::TernFormat::T2]
         .iter()
-        .map(|&(r, c)| tern_quant::TernMatrix::quantize(tern_core::TernFormat::T4, r, c, &spread_values(r * c), None))
+        .flat_map(|&f| shapes.iter().map(move |&(r, c)| tern_quant::TernMatrix::quantize(f, r, c, &spread_values(r * c), None)))
         .collect::<Result<_, _>>()?;
     let packed: Vec<(tern_core::MatrixView<'_>, usize)> =
-        q4.iter().map(|m| (m.view(), m.bytes())).chain(t4.iter().map(|m| (m.view(), m.bytes()))).collect();
-    for &(workgroup, lanes, rows, unroll, slots, subgroup_size) in &choices {
+        q4.iter().map(|m| (m.view(), m.bytes())).chain(tern.iter().map(|m| (m.view(), m.bytes()))).collect();
+    for &(workgroup, lanes, rows, unroll, slots, int8, subgroup_size) in &choices {
         let k = KernelChoice {
             lanes,
             rows,
@@ -203,10 +205,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             tiled_rows: 2,
             subgroup_size,
             subgroup_reductions: false,
+            int8,
         };
         let be = WebGpuBackend::with_kernels(AdapterChoice::Any, Some(k))?;
         println!(
-            "decode kernels: workgroups of {workgroup}, {lanes} lanes on {rows} rows, unrolled {unroll}, subgroups {subgroup_size:?}"
+            "decode kernels: workgroups of {workgroup}, {lanes} lanes on {rows} rows, unrolled {unroll}, slots {slots}, \
+             int8 {int8}, subgroups {subgroup_size:?}"
         );
         let mut out = be.zeros(0, 0)?;
         for (view, bytes) in &packed {

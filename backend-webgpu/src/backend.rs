@@ -73,6 +73,8 @@ pub struct WebGpuBackend {
     inv_freq: Mutex<HashMap<(u32, usize), wgpu::Buffer>>,
     /// The partial results of split decode attention (grown as needed; every layer reuses it in turn).
     attention_parts: Mutex<Option<wgpu::Buffer>>,
+    /// A decode product's activations quantized to int8 (grown as needed; every product reuses it in turn).
+    int8_activations: Mutex<Option<wgpu::Buffer>>,
     /// Buffers of dropped tensors, for the next ones.
     pool: Arc<BufferPool>,
     kernels: KernelChoice,
@@ -103,6 +105,10 @@ pub struct KernelChoice {
     pub subgroup_size: Option<u32>,
     /// Attention's per-tile maximum and sum by subgroup operations (needs the adapter's subgroups).
     pub subgroup_reductions: bool,
+    /// With `tiled` and no `subgroup_size`: decode products of the formats that have one take their activations
+    /// quantized to int8 per block of 32 (as the CPU backend does) and multiply four quants at a time with
+    /// integer dot products (`Kernel::MatvecInt8`, `unroll / 4` blocks per step), in place of `slots`.
+    pub int8: bool,
 }
 
 impl KernelChoice {
@@ -127,6 +133,7 @@ impl KernelChoice {
         tiled_rows: 2,
         subgroup_size: None,
         subgroup_reductions: false,
+        int8: true,
     };
 
     /// The CPU-rasterizer family: a whole row per invocation, no barriers.
@@ -140,6 +147,7 @@ impl KernelChoice {
         tiled_rows: 1,
         subgroup_size: None,
         subgroup_reductions: false,
+        int8: false,
     };
 }
 
@@ -213,6 +221,7 @@ impl WebGpuBackend {
             empty,
             inv_freq: Mutex::new(HashMap::new()),
             attention_parts: Mutex::new(None),
+            int8_activations: Mutex::new(None),
             pool: Arc::new(BufferPool::default()),
             kernels: k,
         })
@@ -310,7 +319,16 @@ impl WebGpuBackend {
         let outputs = ws.len() as u32;
         // Decode takes a kernel of its own: no batch to share the weights with.
         let (ty, k) = (w.ty, self.kernels);
-        let (kernel, rows_per_group, tokens) = if x.rows > 1 && k.tiled {
+        let int8 = x.rows == 1 && k.tiled && k.int8 && k.subgroup_size.is_none() && Kernel::has_int8(ty);
+        let (kernel, rows_per_group, tokens) = if int8 {
+            let (workgroup, lanes, rows) = (k.workgroup, k.lanes, k.rows);
+            // A block holds four `vec4`s of weights: a quarter as many blocks keep as many loads in flight.
+            (
+                Kernel::MatvecInt8 { ty, workgroup, lanes, rows, unroll: (k.unroll / 4).max(1), outputs },
+                workgroup / lanes * rows,
+                1,
+            )
+        } else if x.rows > 1 && k.tiled {
             (
                 Kernel::MatmulTiled { ty, tokens: TILED_TOKENS, rows: k.tiled_rows, outputs },
                 WORKGROUP * k.tiled_rows,
@@ -342,11 +360,34 @@ impl WebGpuBackend {
         let params = [rows as u32, w.cols as u32, x.rows as u32, x_groups, w.first_row as u32, rows_of(0), rows_of(1), 0];
         let [q, s, mn, u] = &w.parts;
         // Parts, activations, then up to three outputs: a fixed array, so a dispatch allocates nothing.
-        let mut buffers: [&wgpu::Buffer; 8] = [q, s, mn, u, &x.buf, q, q, q];
+        let quantized = if int8 { Some(self.quantize_activations(x)?) } else { None };
+        let mut buffers: [&wgpu::Buffer; 8] = [q, s, mn, u, quantized.as_ref().unwrap_or(&x.buf), q, q, q];
         for (slot, out) in buffers[5..].iter_mut().zip(outs.iter()) {
             *slot = &out.buf;
         }
         self.recorder.dispatch(&self.gpu, kernel, params, &buffers[..5 + outs.len()], grid)
+    }
+
+    /// Records `x` (rows of whole blocks of 32) quantized to int8 into the backend's activation buffer, in
+    /// `Kernel::MatvecInt8`'s layout (48 bytes a block), and returns it.
+    fn quantize_activations(&self, x: &GpuTensor) -> Result<wgpu::Buffer> {
+        let blocks = x.len() / 32;
+        let bytes = blocks as u64 * 48;
+        let mut held =
+            self.int8_activations.lock().map_err(|_| Error::Device { detail: "a thread panicked during a product".into() })?;
+        let buffer = match held.as_ref() {
+            Some(b) if b.size() >= bytes => b.clone(),
+            _ => {
+                let bytes = bytes.max(16).next_power_of_two();
+                self.check_binding(|| "int8 activations".into(), bytes)?;
+                let b = self.storage("tern int8 activations", bytes);
+                *held = Some(b.clone());
+                b
+            }
+        };
+        drop(held);
+        self.elementwise(Kernel::QuantizeRows, blocks, &[&x.buf, &buffer])?;
+        Ok(buffer)
     }
 
     /// The buffer of split attention's partials, at least `bytes` long.

@@ -263,29 +263,31 @@ fn load_quad(ty: TensorType) -> String {
     format!("fn load_quad(r: u32, q: u32) -> vec4<f32> {{\n    {body}\n}}\n")
 }
 
+/// WGSL for a tern format's block codes: `sc` and `mn` (as f32) of block `b` of row `r`, with `nb` blocks per
+/// row, then `scale` (`D * sc`) and `offset` (`M * mn`; 0 for T8).
+fn tern_codes(f: TernFormat) -> String {
+    let codes = match f {
+        TernFormat::T2 => "let sc = f32(code & 15u); let mn = f32((code >> 4u) & 15u);",
+        TernFormat::T3 | TernFormat::T4 => "let sc = f32(code & 255u); let mn = f32((code >> 8u) & 255u);",
+        TernFormat::T8 => "let sc = f32(code & 255u); let mn = 0.0;",
+    };
+    format!(
+        "let code_words = (nb * {bits}u + 31u) / 32u;
+    let bit = b * {bits}u;
+    let code = scales[r * code_words + bit / 32u] >> (bit % 32u);
+    {codes}
+    let scale = row_units[2u * r] * sc;
+    let offset = row_units[2u * r + 1u] * mn;",
+        bits = f.code_bits()
+    )
+}
+
 /// `slot_dot(r, s)` for decode products that give each lane one quant word at a time: slot `s` of row `r` is
 /// word `s % SLOTS` of block `s / SLOTS`, and `slot_dot` is its weights' dot product with the matching elements
 /// of the activation row `x` (one token). Each slot decodes its block's scale once for all the weights of its
 /// word (8 of a 4-bit format, 16 of a 2- or 3-bit one), so a lane issues one quant load and a few activation
 /// loads per word. The formats with such a reader, and their slots per block.
 pub fn slot_reader(ty: TensorType) -> Option<(String, u32)> {
-    // Per format: slots per block, the per-block prologue, and each (quad index within the block, value) the
-    // slot's word gives, in WGSL over `w` (the slot's word number) and `q` (the word).
-    let tern_codes = |f: TernFormat| {
-        let codes = match f {
-            TernFormat::T2 => "let sc = f32(code & 15u); let mn = f32((code >> 4u) & 15u);",
-            _ => "let sc = f32(code & 255u); let mn = f32((code >> 8u) & 255u);",
-        };
-        format!(
-            "let code_words = (nb * {bits}u + 31u) / 32u;
-    let bit = b * {bits}u;
-    let code = scales[r * code_words + bit / 32u] >> (bit % 32u);
-    {codes}
-    let scale = row_units[2u * r] * sc;
-    let offset = row_units[2u * r + 1u] * mn;",
-            bits = f.code_bits()
-        )
-    };
     let (slots, prologue, quads): (u32, String, Vec<(String, String)>) = match ty {
         TensorType::Q4_0 | TensorType::Q4_1 => {
             let v = |shift| {
@@ -342,6 +344,80 @@ pub fn slot_reader(ty: TensorType) -> Option<(String, u32)> {
         terms.join(" + ")
     );
     Some((format!("{COMMON}\n{body}"), slots))
+}
+
+/// `block_i8(r, b, xa, xb, xs)` for decode products on int8 activations: block `b` of row `r` times the same
+/// block of a row quantized to int8 (`xa` holds its elements 0..15 packed four to a word, `xb` 16..31, `xs` its
+/// scale `d` and `d` times the sum of its quants, as the CPU backend quantizes activations). The quants meet the
+/// activations four at a time in `dot4I8Packed` (one instruction where the adapter has integer dot products),
+/// and the block's scale (and minimum or offset, through `xs.y`) apply once to the integer sum. `None` for a
+/// format without one (the float formats).
+pub fn int8_reader(ty: TensorType) -> Option<String> {
+    // The (quant word, activation word) pairs of the block, as WGSL over words of u32 fields that are small
+    // non-negative (or, for 8-bit formats, signed) bytes.
+    let act = |i: usize| if i < 4 { format!("xa.{}", LANE[i]) } else { format!("xb.{}", LANE[i - 4]) };
+    let mut prologue = String::new();
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    match ty {
+        // Word c: low nibbles are elements 4c..4c+3, high nibbles 16 + 4c...
+        TensorType::Q4_0 | TensorType::Q4_1 | TensorType::T4 => {
+            prologue += "let q = quants[g];\n    let lo = q & vec4<u32>(0x0f0f0f0fu);\n    let hi = (q >> vec4<u32>(4u)) & vec4<u32>(0x0f0f0f0fu);";
+            for (i, c) in LANE.iter().enumerate() {
+                pairs.push((format!("lo.{c}"), act(i)));
+            }
+            for (i, c) in LANE.iter().enumerate() {
+                pairs.push((format!("hi.{c}"), act(i + 4)));
+            }
+        }
+        TensorType::Q8_0 | TensorType::T8 => {
+            prologue += "let q0 = quants[2u * g];\n    let q1 = quants[2u * g + 1u];";
+            for (i, c) in LANE.iter().enumerate() {
+                pairs.push((format!("q0.{c}"), act(i)));
+                pairs.push((format!("q1.{c}"), act(i + 4)));
+            }
+        }
+        // Word w's bit plane k holds elements 8k + 4w..8k + 4w + 3, one per byte; T3's high bits for them are
+        // bits 8k + 4w.. of the third word, spread one to a byte by a multiply.
+        TensorType::T2 | TensorType::T3 => {
+            let qw = if ty == TensorType::T2 { 2 } else { 3 };
+            prologue += &format!("let a = word({qw}u * g);\n    let a1 = word({qw}u * g + 1u);");
+            if ty == TensorType::T3 {
+                prologue += "\n    let hi = word(3u * g + 2u);";
+            }
+            for k in 0..4 {
+                for (w, src) in ["a", "a1"].iter().enumerate() {
+                    let mut q = format!("((({src}) >> {}u) & 0x03030303u)", 2 * k);
+                    if ty == TensorType::T3 {
+                        q = format!("({q} | ((((hi >> {}u) & 15u) * 0x00204081u) & 0x01010101u) << 2u)", 8 * k + 4 * w);
+                    }
+                    pairs.push((q, act(2 * k + w)));
+                }
+            }
+        }
+        _ => return None,
+    }
+    let combine = match ty {
+        TensorType::Q4_0 => "return scale_at(g) * (xs.x * f32(sumi) - 8.0 * xs.y);".to_string(),
+        TensorType::Q4_1 => "return scale_at(g) * xs.x * f32(sumi) + min_at(g) * xs.y;".to_string(),
+        TensorType::Q8_0 => "return scale_at(g) * xs.x * f32(sumi);".to_string(),
+        _ => {
+            let f = ty.tern_format().unwrap_or(TernFormat::T4);
+            format!("{}\n    return scale * xs.x * f32(sumi) - offset * xs.y;", tern_codes(f))
+        }
+    };
+    let sum: Vec<String> = pairs.iter().map(|(q, x)| format!("dot4I8Packed({q}, {x})")).collect();
+    let body = format!(
+        "fn block_i8(r: u32, b: u32, xa: vec4<u32>, xb: vec4<u32>, xs: vec2<f32>) -> f32 {{
+    let nb = p.cols / 32u;
+    let g = r * nb + b;
+    {prologue}
+    let sumi = {};
+    {combine}
+}}
+",
+        sum.join("\n        + ")
+    );
+    Some(format!("{COMMON}\n{body}"))
 }
 
 /// The WGSL that reads `ty`: the matrix bindings, `Block` and `load_block`.

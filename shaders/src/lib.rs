@@ -54,6 +54,14 @@ pub enum Kernel {
     /// scale decoded once for all of them; for the formats with a slot reader (Q4_0, Q4_1, T2, T3, T4).
     /// Otherwise as [`Kernel::Matvec`].
     MatvecSlots { ty: TensorType, workgroup: u32, lanes: u32, rows: u32, unroll: u32, outputs: u32 },
+    /// Decode products on a GPU on activations quantized to int8 ([`Kernel::QuantizeRows`]), for the formats
+    /// with an int8 reader (Q4_0, Q4_1, Q8_0 and tern's): lane `l` takes blocks `l, l + lanes, ...` of the row,
+    /// `unroll` blocks per step, and multiplies quants and activations four at a time (`dot4I8Packed`).
+    /// Otherwise as [`Kernel::Matvec`]. Only for formats where [`Kernel::has_int8`].
+    MatvecInt8 { ty: TensorType, workgroup: u32, lanes: u32, rows: u32, unroll: u32, outputs: u32 },
+    /// Activation rows quantized to int8 per block of 32, as the CPU backend quantizes them, for
+    /// [`Kernel::MatvecInt8`]: one invocation per block (`len` counts blocks).
+    QuantizeRows,
     /// Decode products on a GPU with subgroup operations: one row per subgroup, summed by `subgroupAdd`.
     MatvecSubgroups { ty: TensorType, outputs: u32 },
     /// Prefill products on a GPU: one row per invocation, `tokens` tokens per workgroup, the activations staged
@@ -130,13 +138,22 @@ impl Kernel {
                     }
                 }
             }
+            if Kernel::has_int8(ty) {
+                for (workgroup, lanes) in [(64, 32), (64, 16), (128, 32), (256, 32)] {
+                    for rows in [1, 2, 4] {
+                        for unroll in [1, 2, 4] {
+                            v.push(Kernel::MatvecInt8 { ty, workgroup, lanes, rows, unroll, outputs });
+                        }
+                    }
+                }
+            }
         }
         v
     }
 
     /// Every kernel that does not depend on a weight format.
     pub fn elementwise() -> Vec<Kernel> {
-        let mut v = vec![Kernel::Rope, Kernel::RopeAppend, Kernel::SiluMul, Kernel::Add, Kernel::Sample];
+        let mut v = vec![Kernel::Rope, Kernel::RopeAppend, Kernel::SiluMul, Kernel::Add, Kernel::Sample, Kernel::QuantizeRows];
         for residual in [false, true] {
             for quads in 0..=MAX_NORM_QUADS {
                 v.push(Kernel::RmsNorm { residual, quads });
@@ -167,6 +184,9 @@ impl Kernel {
                 format!("matvec {ty} wg{workgroup} lanes{lanes} rows{rows} unroll{unroll} outputs{outputs}")
             }
             Kernel::MatvecSubgroups { ty, outputs } => format!("matvec {ty} subgroups outputs{outputs}"),
+            Kernel::MatvecInt8 { ty, workgroup, lanes, rows, unroll, outputs } => {
+                format!("matvec int8 {ty} wg{workgroup} lanes{lanes} rows{rows} unroll{unroll} outputs{outputs}")
+            }
             Kernel::MatvecSlots { ty, workgroup, lanes, rows, unroll, outputs } => {
                 format!("matvec slots {ty} wg{workgroup} lanes{lanes} rows{rows} unroll{unroll} outputs{outputs}")
             }
@@ -179,16 +199,19 @@ impl Kernel {
     pub fn bindings(&self) -> &'static [Binding] {
         use Binding::*;
         match self {
-            // quants, scales, mins, row units, x | outputs
+            // quants, scales, mins, row units, x (MatvecInt8: x quantized) | outputs
             Kernel::Matmul { outputs, .. }
             | Kernel::MatmulTiled { outputs, .. }
             | Kernel::Matvec { outputs, .. }
             | Kernel::MatvecSlots { outputs, .. }
-            | Kernel::MatvecSubgroups { outputs, .. } => match outputs {
+            | Kernel::MatvecSubgroups { outputs, .. }
+            | Kernel::MatvecInt8 { outputs, .. } => match outputs {
                 1 => &[Params, Read, Read, Read, Read, Read, ReadWrite],
                 2 => &[Params, Read, Read, Read, Read, Read, ReadWrite, ReadWrite],
                 _ => &[Params, Read, Read, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite],
             },
+            // x | int8 blocks
+            Kernel::QuantizeRows => &[Params, Read, ReadWrite],
             // quants, scales, mins, row units, ids | out
             Kernel::Embed { .. } => &[Params, Read, Read, Read, Read, Read, ReadWrite],
             // x, weight | out
@@ -219,7 +242,8 @@ impl Kernel {
             | Kernel::MatmulTiled { .. }
             | Kernel::Matvec { .. }
             | Kernel::MatvecSlots { .. }
-            | Kernel::MatvecSubgroups { .. } => ["rows", "cols", "tokens", "groups_x", "row0", "rows_a", "rows_b", "_"],
+            | Kernel::MatvecSubgroups { .. }
+            | Kernel::MatvecInt8 { .. } => ["rows", "cols", "tokens", "groups_x", "row0", "rows_a", "rows_b", "_"],
             Kernel::Embed { .. } => ["cols", "tokens", "groups_x", "row0", "_", "_", "_", "_"],
             Kernel::RmsNorm { .. } => ["rows", "cols", "eps (f32)", "groups_x", "_", "_", "_", "_"],
             Kernel::RopeAppend => {
@@ -229,6 +253,7 @@ impl Kernel {
             Kernel::Attention { .. } => ["rows", "n_heads", "n_kv_heads", "head_dim", "pos0", "scale (f32)", "span", "_"],
             Kernel::AttentionCombine { .. } => ["n_heads", "splits", "_", "_", "_", "_", "_", "_"],
             Kernel::SiluMul | Kernel::Add => ["len", "groups_x", "_", "_", "_", "_", "_", "_"],
+            Kernel::QuantizeRows => ["len", "groups_x", "_", "_", "_", "_", "_", "_"],
             Kernel::Sample => ["cols", "row", "top_k", "temperature (f32)", "top_p (f32)", "draw (f32)", "_", "_"],
         }
     }
@@ -248,6 +273,12 @@ impl Kernel {
                 kernels::matvec_slots(ty, workgroup, lanes, rows, unroll, outputs)
                     .unwrap_or_else(|| kernels::matvec(ty, workgroup, lanes, rows, unroll, outputs))
             }
+            Kernel::MatvecInt8 { ty, workgroup, lanes, rows, unroll, outputs } => {
+                // Without an int8 reader there is no kernel: a source with no entry point, which fails to build.
+                kernels::matvec_int8(ty, workgroup, lanes, rows, unroll, outputs)
+                    .unwrap_or_else(|| format!("// {ty} has no int8 reader: see Kernel::has_int8\n"))
+            }
+            Kernel::QuantizeRows => kernels::quantize_rows(),
             Kernel::Embed { ty } => kernels::embed(ty),
             Kernel::RmsNorm { residual, quads } => kernels::rms_norm(residual, quads),
             Kernel::Rope => kernels::rope(),
@@ -265,6 +296,11 @@ impl Kernel {
         formats::slot_reader(ty).is_some()
     }
 
+    /// Whether `ty` has an int8 reader for [`Kernel::MatvecInt8`].
+    pub fn has_int8(ty: TensorType) -> bool {
+        formats::int8_reader(ty).is_some()
+    }
+
     /// Whether the kernel needs the device's subgroup feature.
     pub fn needs_subgroups(&self) -> bool {
         matches!(self, Kernel::MatvecSubgroups { .. } | Kernel::Attention { subgroups: true, .. })
@@ -273,10 +309,11 @@ impl Kernel {
     /// The workgroup size the source declares.
     pub fn workgroup_size(&self) -> u32 {
         match *self {
-            Kernel::Matmul { workgroup, .. } | Kernel::Matvec { workgroup, .. } | Kernel::MatvecSlots { workgroup, .. } => {
-                workgroup
-            }
-            Kernel::SiluMul | Kernel::Add | Kernel::RmsNorm { .. } | Kernel::Sample => 256,
+            Kernel::Matmul { workgroup, .. }
+            | Kernel::Matvec { workgroup, .. }
+            | Kernel::MatvecSlots { workgroup, .. }
+            | Kernel::MatvecInt8 { workgroup, .. } => workgroup,
+            Kernel::SiluMul | Kernel::Add | Kernel::RmsNorm { .. } | Kernel::Sample | Kernel::QuantizeRows => 256,
             _ => WORKGROUP,
         }
     }

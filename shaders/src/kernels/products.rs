@@ -6,12 +6,14 @@ use super::lines;
 use crate::{WORKGROUP, formats};
 
 /// The parameters, activation and output bindings every product kernel shares, `store`, then the format's
-/// reader.
+/// reader. The activations are binding 5: `x`, a row-major f32 matrix read as `vec4`s; or, with `int8`, `xq`, a
+/// row quantized to int8 per block of 32, three `vec4<u32>` a block: its 32 quants packed four to a word, then
+/// the f32 bits of its scale and of the scale times the sum of its quants. The outputs follow, from binding 6.
 ///
 /// A product may run several matrices stored one after another (rows `row0..row0 + rows` of the bound
 /// buffers) into `outputs` tensors: rows `0..rows_a` go to the first, the next `rows_b` to the second, the rest
 /// to the third. `store(t, r, v)` puts row `r`'s product for token `t` where it belongs.
-fn product_prelude(reader: &str, outputs: u32) -> String {
+fn product_prelude(reader: &str, outputs: u32, int8: bool) -> String {
     let store = match outputs {
         1 => "out[t * p.rows + r] = v;".to_string(),
         2 => "if (r < p.rows_a) {
@@ -29,12 +31,17 @@ fn product_prelude(reader: &str, outputs: u32) -> String {
     }"
         .to_string(),
     };
+    let activations = if int8 {
+        "@group(0) @binding(5) var<storage, read> xq: array<vec4<u32>>;"
+    } else {
+        "@group(0) @binding(5) var<storage, read> x: array<vec4<f32>>;"
+    };
     let more =
         lines((1..outputs).map(|i| format!("@group(0) @binding({}) var<storage, read_write> out{i}: array<f32>;", 6 + i)), 0);
     format!(
         "struct Params {{ rows: u32, cols: u32, tokens: u32, groups_x: u32, row0: u32, rows_a: u32, rows_b: u32, _p7: u32 }}
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(5) var<storage, read> x: array<vec4<f32>>;
+{activations}
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
 {more}
 fn store(t: u32, r: u32, v: f32) {{
@@ -69,7 +76,7 @@ fn lane_tree(accs: &[String]) -> String {
 /// same order whatever the batch, so products are batch invariant. Loops over rows and tokens are unrolled into
 /// one accumulator each.
 pub(crate) fn matmul(ty: TensorType, workgroup: u32, lanes: u32, rows: u32, tokens: u32, outputs: u32) -> String {
-    let prelude = product_prelude(&formats::reader(ty), outputs);
+    let prelude = product_prelude(&formats::reader(ty), outputs, false);
     let partial = workgroup * tokens * rows;
     let (nr, nt) = (rows as usize, tokens as usize);
     let pairs: Vec<(usize, usize)> = (0..nr).flat_map(|j| (0..nt).map(move |t| (j, t))).collect();
@@ -190,7 +197,7 @@ fn row_sums(rows: u32, n: u32, term: impl Fn(u32, u32) -> String) -> String {
 /// `l, l + lanes, ...` of the row, so that a group's activation and weight loads are contiguous, and each
 /// activation `vec4` (loaded first, for every item of the step) serves all `rows` rows.
 pub(crate) fn matvec(ty: TensorType, workgroup: u32, lanes: u32, rows: u32, unroll: u32, outputs: u32) -> String {
-    let prelude = product_prelude(&formats::quad_reader(ty), outputs);
+    let prelude = product_prelude(&formats::quad_reader(ty), outputs, false);
     decode_product(&prelude, workgroup, lanes, rows, unroll, "p.cols / 4u", |n| {
         let loads = lines((0..n).map(|u| format!("let xq{u} = x[i + {u}u * LANES];")), 12);
         loads + &row_sums(rows, n, |j, u| format!("dot(load_quad(p.row0 + r0 + {j}u, i + {u}u * LANES), xq{u})"))
@@ -202,11 +209,52 @@ pub(crate) fn matvec(ty: TensorType, workgroup: u32, lanes: u32, rows: u32, unro
 /// without a slot reader.
 pub(crate) fn matvec_slots(ty: TensorType, workgroup: u32, lanes: u32, rows: u32, unroll: u32, outputs: u32) -> Option<String> {
     let (reader, slots) = formats::slot_reader(ty)?;
-    let prelude = product_prelude(&reader, outputs);
+    let prelude = product_prelude(&reader, outputs, false);
     let items = format!("(p.cols / 32u) * {slots}u");
     Some(decode_product(&prelude, workgroup, lanes, rows, unroll, &items, |n| {
         row_sums(rows, n, |j, u| format!("slot_dot(p.row0 + r0 + {j}u, i + {u}u * LANES)"))
     }))
+}
+
+/// Decode products on int8 activations ([`formats::int8_reader`]): lane `l` takes the row's blocks
+/// `l, l + lanes, ...`, loading each block's activations once (for all `rows` rows) and its quants in one
+/// 16-byte load (4-bit formats). `None` for a format without an int8 reader.
+pub(crate) fn matvec_int8(ty: TensorType, workgroup: u32, lanes: u32, rows: u32, unroll: u32, outputs: u32) -> Option<String> {
+    let prelude = product_prelude(&formats::int8_reader(ty)?, outputs, true);
+    Some(decode_product(&prelude, workgroup, lanes, rows, unroll, "p.cols / 32u", |n| {
+        let loads = lines(
+            (0..n).map(|u| {
+                format!(
+                    "let b{u} = i + {u}u * LANES; let xa{u} = xq[3u * b{u}]; let xb{u} = xq[3u * b{u} + 1u]; \
+                     let xs{u} = bitcast<vec2<f32>>(xq[3u * b{u} + 2u].xy);"
+                )
+            }),
+            12,
+        );
+        loads + &row_sums(rows, n, |j, u| format!("block_i8(p.row0 + r0 + {j}u, b{u}, xa{u}, xb{u}, xs{u})"))
+    }))
+}
+
+/// Activation rows quantized to int8 per block of 32 for [`matvec_int8`] (in its layout), one invocation per
+/// block, as the CPU backend quantizes them: the scale `d = max |x| / 127`, quants `x / d` rounded half away from zero.
+pub(crate) fn quantize_rows() -> String {
+    let loads = lines((0..8).map(|i| format!("let v{i} = x[8u * i + {i}u];")), 4);
+    let amax = (1..8).fold("abs(v0)".to_string(), |a, i| format!("max({a}, abs(v{i}))"));
+    let quants = lines((0..8).map(|i| format!("let q{i} = vec4<i32>(sign(v{i}) * floor(abs(v{i}) * id + 0.5));")), 4);
+    let sum = (0..8).map(|i| format!("q{i}")).collect::<Vec<_>>().join(" + ");
+    super::rows::elementwise(
+        "@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> xq: array<vec4<u32>>;",
+        &format!(
+            "{loads}    let m = {amax};
+    let d = max(max(m.x, m.y), max(m.z, m.w)) / 127.0;
+    let id = select(0.0, 1.0 / d, d != 0.0);
+{quants}    xq[3u * i] = vec4<u32>(pack4xI8(q0), pack4xI8(q1), pack4xI8(q2), pack4xI8(q3));
+    xq[3u * i + 1u] = vec4<u32>(pack4xI8(q4), pack4xI8(q5), pack4xI8(q6), pack4xI8(q7));
+    let s = {sum};
+    xq[3u * i + 2u] = vec4<u32>(bitcast<u32>(d), bitcast<u32>(d * f32(s.x + s.y + s.z + s.w)), 0u, 0u);"
+        ),
+    )
 }
 
 /// Decode products on subgroups (for wgpu's native backends, which take subgroup builtins without WGSL's
@@ -215,7 +263,7 @@ pub(crate) fn matvec_slots(ty: TensorType, workgroup: u32, lanes: u32, rows: u32
 /// `i, i + size, ...`, and `subgroupAdd` sums them: no workgroup memory and no barriers. The host must know the
 /// subgroup size (the adapter's minimum and maximum agree) to size the dispatch: `WG / size` rows per workgroup.
 pub(crate) fn matvec_subgroups(ty: TensorType, workgroup: u32, outputs: u32) -> String {
-    let prelude = product_prelude(&formats::quad_reader(ty), outputs);
+    let prelude = product_prelude(&formats::quad_reader(ty), outputs, false);
     let four = lines((0..4).map(|u| format!("let xq{u} = x[q + {u}u * sg_size];")), 12)
         + &lines(
             [format!(
@@ -260,7 +308,7 @@ fn main(
 /// block once and multiplies it with all of them: weights are read once per `tokens` tokens and activations
 /// once per workgroup of rows.
 pub(crate) fn matmul_tiled(ty: TensorType, tokens: u32, rows: u32, outputs: u32) -> String {
-    let prelude = product_prelude(&formats::reader(ty), outputs);
+    let prelude = product_prelude(&formats::reader(ty), outputs, false);
     let staged = tokens * 8;
     let (nt, nr) = (tokens as usize, rows as usize);
     let accs = lines((0..nr).flat_map(|j| (0..nt).map(move |t| format!("var acc{j}_{t} = 0.0;"))), 4);

@@ -252,7 +252,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
 }
 
 /// A 1-D elementwise kernel over `p.len` elements, 256 per workgroup, with `body` run for index `i`.
-fn elementwise(bindings: &str, body: &str) -> String {
+pub(super) fn elementwise(bindings: &str, body: &str) -> String {
     format!(
         r#"struct Params {{ len: u32, groups_x: u32, _p2: u32, _p3: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}
 @group(0) @binding(0) var<uniform> p: Params;
