@@ -169,15 +169,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Decode kernel variants: (workgroup, lanes, rows, unroll, slots, int8, subgroup size).
     let mut choices = vec![
         (64, 32, 2, 8, true, false, None),
-        (64, 32, 2, 4, false, true, None),
         (64, 32, 2, 8, false, true, None),
-        (64, 32, 2, 16, false, true, None),
-        (64, 32, 1, 8, false, true, None),
-        (64, 32, 4, 8, false, true, None),
-        (64, 16, 2, 8, false, true, None),
         (128, 32, 2, 8, false, true, None),
-        (256, 32, 2, 8, false, true, None),
+        (128, 64, 2, 8, false, true, None),
         (256, 64, 2, 8, false, true, None),
+        (256, 64, 2, 16, false, true, None),
+        (256, 64, 4, 8, false, true, None),
+        (256, 64, 1, 8, false, true, None),
+        (256, 128, 2, 8, false, true, None),
+        (256, 32, 4, 8, false, true, None),
+        (256, 256, 4, 4, false, true, None),
     ];
     if let Some(size) = be.adapter().subgroup_size {
         choices.push((64, size, 1, 4, false, false, Some(size)));

@@ -17,7 +17,11 @@ pub struct GpuTensor {
     buf: wgpu::Buffer,
     rows: usize,
     cols: usize,
-    /// Where the buffer goes when the tensor is dropped.
+    /// The tensor quantized to int8 for decode products (`Kernel::MatvecInt8`'s layout), which the ops that can
+    /// write it together with the tensor do; valid while `int8_ready`, which every other write clears.
+    int8: Option<wgpu::Buffer>,
+    int8_ready: bool,
+    /// Where the buffers go when the tensor is dropped.
     pool: Arc<BufferPool>,
 }
 
@@ -25,11 +29,19 @@ impl GpuTensor {
     fn len(&self) -> usize {
         self.rows * self.cols
     }
+
+    /// Marks the tensor written by an op that does not write its int8 form.
+    fn written(&mut self) {
+        self.int8_ready = false;
+    }
 }
 
 impl Drop for GpuTensor {
     fn drop(&mut self) {
         self.pool.give(self.buf.clone());
+        if let Some(b) = self.int8.take() {
+            self.pool.give(b);
+        }
     }
 }
 
@@ -284,7 +296,31 @@ impl WebGpuBackend {
         }
         t.rows = rows;
         t.cols = cols;
+        t.written();
         Ok(())
+    }
+
+    /// Whether decode products take int8 activations.
+    fn int8_products(&self) -> bool {
+        let k = self.kernels;
+        k.tiled && k.int8 && k.subgroup_size.is_none()
+    }
+
+    /// The buffer for the int8 form of `t` (already shaped), for an op that writes both, when decode products
+    /// take int8 activations and `t` is one row of whole blocks of 32; `t` then counts its int8 form as written.
+    fn int8_output(&self, t: &mut GpuTensor) -> Result<Option<wgpu::Buffer>> {
+        if !self.int8_products() || t.rows != 1 || !t.cols.is_multiple_of(32) {
+            return Ok(None);
+        }
+        let bytes = (t.cols / 32) as u64 * 48;
+        if t.int8.as_ref().is_none_or(|b| b.size() < bytes) {
+            self.check_binding(|| format!("int8 form of a 1x{} tensor", t.cols), size_class(bytes))?;
+            if let Some(old) = t.int8.replace(self.pool.take(&self.gpu.device, bytes)) {
+                self.pool.give(old);
+            }
+        }
+        t.int8_ready = true;
+        Ok(t.int8.clone())
     }
 
     fn max_groups(&self) -> u32 {
@@ -319,7 +355,7 @@ impl WebGpuBackend {
         let outputs = ws.len() as u32;
         // Decode takes a kernel of its own: no batch to share the weights with.
         let (ty, k) = (w.ty, self.kernels);
-        let int8 = x.rows == 1 && k.tiled && k.int8 && k.subgroup_size.is_none() && Kernel::has_int8(ty);
+        let int8 = x.rows == 1 && self.int8_products() && Kernel::has_int8(ty);
         let (kernel, rows_per_group, tokens) = if int8 {
             let (workgroup, lanes, rows) = (k.workgroup, k.lanes, k.rows);
             // A block holds four `vec4`s of weights: a quarter as many blocks keep as many loads in flight.
@@ -360,7 +396,11 @@ impl WebGpuBackend {
         let params = [rows as u32, w.cols as u32, x.rows as u32, x_groups, w.first_row as u32, rows_of(0), rows_of(1), 0];
         let [q, s, mn, u] = &w.parts;
         // Parts, activations, then up to three outputs: a fixed array, so a dispatch allocates nothing.
-        let quantized = if int8 { Some(self.quantize_activations(x)?) } else { None };
+        let quantized = match (int8, &x.int8, x.int8_ready) {
+            (false, ..) => None,
+            (true, Some(ready), true) => Some(ready.clone()),
+            (true, ..) => Some(self.quantize_activations(x)?),
+        };
         let mut buffers: [&wgpu::Buffer; 8] = [q, s, mn, u, quantized.as_ref().unwrap_or(&x.buf), q, q, q];
         for (slot, out) in buffers[5..].iter_mut().zip(outs.iter()) {
             *slot = &out.buf;
@@ -443,7 +483,7 @@ impl Backend for WebGpuBackend {
         let buf = self.pool.take(&self.gpu.device, bytes);
         // A reused buffer holds its last user's values.
         self.recorder.clear(&self.gpu, &buf)?;
-        Ok(GpuTensor { buf, rows, cols, pool: self.pool.clone() })
+        Ok(GpuTensor { buf, rows, cols, int8: None, int8_ready: false, pool: self.pool.clone() })
     }
 
     fn upload(&self, data: &[f32], rows: usize, cols: usize) -> Result<GpuTensor> {
@@ -455,7 +495,8 @@ impl Backend for WebGpuBackend {
         let mut contents: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
         contents.resize(bytes as usize, 0);
         // A fresh buffer, written at creation: a reused one would need a write ordered after recorded work.
-        Ok(GpuTensor { buf: self.storage_with("tern tensor", &contents), rows, cols, pool: self.pool.clone() })
+        let buf = self.storage_with("tern tensor", &contents);
+        Ok(GpuTensor { buf, rows, cols, int8: None, int8_ready: false, pool: self.pool.clone() })
     }
 
     fn read(&self, t: &GpuTensor) -> Result<Vec<f32>> {
@@ -618,8 +659,13 @@ impl Backend for WebGpuBackend {
         self.resize("rms_norm", out, x.rows, x.cols)?;
         let (grid, groups_x) = Grid::folded(x.rows as u64, self.max_groups());
         let params = [x.rows as u32, x.cols as u32, eps.to_bits(), groups_x, 0, 0, 0, 0];
-        let kernel = Kernel::RmsNorm { residual: false, quads: norm_quads(x.cols) };
-        self.recorder.dispatch(&self.gpu, kernel, params, &[&x.buf, &weight.buf, &out.buf], grid)
+        let quads = norm_quads(x.cols);
+        let int8 = if quads > 0 { self.int8_output(out)? } else { None };
+        let kernel = Kernel::RmsNorm { residual: false, quads, int8: int8.is_some() };
+        match &int8 {
+            Some(q) => self.recorder.dispatch(&self.gpu, kernel, params, &[&x.buf, &weight.buf, &out.buf, q], grid),
+            None => self.recorder.dispatch(&self.gpu, kernel, params, &[&x.buf, &weight.buf, &out.buf], grid),
+        }
     }
 
     fn add_rms_norm(&self, x: &mut GpuTensor, y: &GpuTensor, weight: &GpuTensor, eps: f32, out: &mut GpuTensor) -> Result<()> {
@@ -630,8 +676,14 @@ impl Backend for WebGpuBackend {
         self.resize("add_rms_norm", out, x.rows, x.cols)?;
         let (grid, groups_x) = Grid::folded(x.rows as u64, self.max_groups());
         let params = [x.rows as u32, x.cols as u32, eps.to_bits(), groups_x, 0, 0, 0, 0];
-        let kernel = Kernel::RmsNorm { residual: true, quads: norm_quads(x.cols) };
-        self.recorder.dispatch(&self.gpu, kernel, params, &[&y.buf, &weight.buf, &x.buf, &out.buf], grid)
+        x.written();
+        let quads = norm_quads(x.cols);
+        let int8 = if quads > 0 { self.int8_output(out)? } else { None };
+        let kernel = Kernel::RmsNorm { residual: true, quads, int8: int8.is_some() };
+        match &int8 {
+            Some(q) => self.recorder.dispatch(&self.gpu, kernel, params, &[&y.buf, &weight.buf, &x.buf, &out.buf, q], grid),
+            None => self.recorder.dispatch(&self.gpu, kernel, params, &[&y.buf, &weight.buf, &x.buf, &out.buf], grid),
+        }
     }
 
     fn rope_and_append(
@@ -686,6 +738,9 @@ impl Backend for WebGpuBackend {
             p.pos0 as u32,
             groups_x,
         ];
+        for t in [&mut *q, &mut *k, &mut *k_cache, &mut *v_cache] {
+            t.written();
+        }
         let buffers = [&freqs, &v.buf, &q.buf, &k.buf, &k_cache.buf, &v_cache.buf];
         self.recorder.dispatch(&self.gpu, Kernel::RopeAppend, params, &buffers, grid)
     }
@@ -703,6 +758,7 @@ impl Backend for WebGpuBackend {
         let interleaved = u32::from(p.style == RopeStyle::Interleaved);
         let params =
             [x.rows as u32, p.n_heads as u32, p.head_dim as u32, p.rot_dim as u32, interleaved, p.pos0 as u32, groups_x, 0];
+        x.written();
         self.recorder.dispatch(&self.gpu, Kernel::Rope, params, &[&freqs, &x.buf], grid)
     }
 
@@ -714,6 +770,7 @@ impl Backend for WebGpuBackend {
             ));
         }
         let row_bytes = dst.cols as u64 * 4;
+        dst.written();
         self.recorder.copy(&self.gpu, &src.buf, 0, &dst.buf, row as u64 * row_bytes, src.rows as u64 * row_bytes)
     }
 
@@ -759,11 +816,15 @@ impl Backend for WebGpuBackend {
     fn silu_mul(&self, gate: &GpuTensor, up: &GpuTensor, out: &mut GpuTensor) -> Result<()> {
         Self::same_shape("silu_mul", gate, up)?;
         self.resize("silu_mul", out, gate.rows, gate.cols)?;
-        self.elementwise(Kernel::SiluMul, gate.len(), &[&gate.buf, &up.buf, &out.buf])
+        match self.int8_output(out)? {
+            Some(q) => self.elementwise(Kernel::SiluMul { int8: true }, gate.len() / 32, &[&gate.buf, &up.buf, &out.buf, &q]),
+            None => self.elementwise(Kernel::SiluMul { int8: false }, gate.len(), &[&gate.buf, &up.buf, &out.buf]),
+        }
     }
 
     fn add(&self, x: &mut GpuTensor, y: &GpuTensor) -> Result<()> {
         Self::same_shape("add", x, y)?;
+        x.written();
         self.elementwise(Kernel::Add, x.len(), &[&y.buf, &x.buf])
     }
 }

@@ -414,6 +414,52 @@ pub fn elementwise_ops_match_reference<B: Backend>(be: &B, label: &str) {
     assert!(be.silu_mul(&at, &wrong, &mut out).is_err());
 }
 
+/// A product of an op's output equals the product of the same values uploaded afresh, for every op that may
+/// write more than its values (a backend may keep a quantized form beside a tensor), and after every in-place
+/// write that must make such a form stale.
+pub fn products_of_op_outputs_match_fresh_uploads<B: Backend>(be: &B, label: &str) {
+    let (rows, cols) = (20, 96);
+    let w = PackedMatrix::from_f32(TensorType::Q4_0, rows, cols, &values(rows * cols, 40, 1.0)).unwrap();
+    let m = be.upload_matrix(w.view()).unwrap();
+    let check = |t: &B::Tensor, what: &str| {
+        let fresh = be.upload(&be.read(t).unwrap(), 1, cols).unwrap();
+        let (mut a, mut b) = (be.zeros(0, 0).unwrap(), be.zeros(0, 0).unwrap());
+        be.matmul(&m, t, &mut a).unwrap();
+        be.matmul(&m, &fresh, &mut b).unwrap();
+        assert_eq!(be.read(&a).unwrap(), be.read(&b).unwrap(), "a product of {what} on {label}");
+    };
+    let x = be.upload(&values(cols, 41, 2.0), 1, cols).unwrap();
+    let y = be.upload(&values(cols, 42, 2.0), 1, cols).unwrap();
+    let weight = be.upload(&values(cols, 43, 1.0), 1, cols).unwrap();
+    let mut out = be.zeros(0, 0).unwrap();
+    be.rms_norm(&x, &weight, 1e-5, &mut out).unwrap();
+    check(&out, "rms_norm");
+    be.add(&mut out, &y).unwrap();
+    check(&out, "add after rms_norm");
+    let mut residual = be.upload(&values(cols, 44, 2.0), 1, cols).unwrap();
+    be.add_rms_norm(&mut residual, &y, &weight, 1e-5, &mut out).unwrap();
+    check(&out, "add_rms_norm");
+    check(&residual, "add_rms_norm's residual");
+    be.rms_norm(&x, &weight, 1e-5, &mut residual).unwrap();
+    be.add_rms_norm(&mut residual, &y, &weight, 1e-5, &mut out).unwrap();
+    check(&residual, "add_rms_norm's residual after rms_norm");
+    be.silu_mul(&x, &y, &mut out).unwrap();
+    check(&out, "silu_mul");
+    be.write_rows(&y, &mut out, 0).unwrap();
+    check(&out, "write_rows after silu_mul");
+    be.silu_mul(&x, &y, &mut out).unwrap();
+    let p = RopeParams { n_heads: 3, head_dim: 32, rot_dim: 32, freq_base: 10000.0, style: RopeStyle::Interleaved, pos0: 5 };
+    be.rope(&mut out, &p).unwrap();
+    check(&out, "rope after silu_mul");
+    let (mut k, v) = (be.upload(&values(cols, 45, 1.0), 1, cols).unwrap(), be.upload(&values(cols, 46, 1.0), 1, cols).unwrap());
+    let (mut k_cache, mut v_cache) = (be.zeros(8, cols).unwrap(), be.zeros(8, cols).unwrap());
+    be.silu_mul(&x, &y, &mut out).unwrap();
+    be.rms_norm(&x, &weight, 1e-5, &mut k).unwrap();
+    be.rope_and_append(&mut out, &mut k, &v, &p, 3, (&mut k_cache, &mut v_cache)).unwrap();
+    check(&out, "rope_and_append's q after silu_mul");
+    check(&k, "rope_and_append's k after rms_norm");
+}
+
 pub fn row_copies<B: Backend>(be: &B, _label: &str) {
     let src = values(2 * 8, 12, 1.0);
     let mut cache = be.zeros(5, 8).unwrap();
@@ -593,6 +639,7 @@ macro_rules! conformance_suite {
                 attention_rejects_positions_past_the_cache,
                 elementwise_ops_match_reference,
                 row_copies,
+                products_of_op_outputs_match_fresh_uploads,
                 matmul_many_equals_separate_products,
                 matrices_uploaded_together_multiply_as_apart,
                 matmul_is_batch_invariant,

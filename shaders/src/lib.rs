@@ -73,7 +73,9 @@ pub enum Kernel {
     /// back). With `quads` (1 to [`MAX_NORM_QUADS`]), each invocation holds that many `vec4`s of the row in
     /// registers, all loaded before any store (rows of up to `quads * 1024` elements, a multiple of 4); with
     /// 0, any row length, element by element.
-    RmsNorm { residual: bool, quads: u32 },
+    ///
+    /// With `int8` (only with `quads`), the output is also written quantized to int8 for [`Kernel::MatvecInt8`].
+    RmsNorm { residual: bool, quads: u32, int8: bool },
     /// Rotary position embedding, in place.
     Rope,
     /// RoPE on `q` and `k` in place, and `k` and `v` appended to the KV caches.
@@ -86,8 +88,9 @@ pub enum Kernel {
     Attention { head_dim: u32, split: bool, subgroups: bool },
     /// Merges the partials of a split attention, one workgroup per head.
     AttentionCombine { head_dim: u32 },
-    /// `out = silu(gate) * up`.
-    SiluMul,
+    /// `out = silu(gate) * up`. With `int8`, one invocation per block of 32 (`len` counts blocks), which also
+    /// writes the block quantized to int8 for [`Kernel::MatvecInt8`].
+    SiluMul { int8: bool },
     /// `x += y`.
     Add,
     /// A token picked from a row of logits (tern's sampling rule: greedy, or top-k, temperature, top-p and a
@@ -153,10 +156,20 @@ impl Kernel {
 
     /// Every kernel that does not depend on a weight format.
     pub fn elementwise() -> Vec<Kernel> {
-        let mut v = vec![Kernel::Rope, Kernel::RopeAppend, Kernel::SiluMul, Kernel::Add, Kernel::Sample, Kernel::QuantizeRows];
+        let mut v = vec![
+            Kernel::Rope,
+            Kernel::RopeAppend,
+            Kernel::SiluMul { int8: false },
+            Kernel::SiluMul { int8: true },
+            Kernel::Add,
+            Kernel::Sample,
+            Kernel::QuantizeRows,
+        ];
         for residual in [false, true] {
-            for quads in 0..=MAX_NORM_QUADS {
-                v.push(Kernel::RmsNorm { residual, quads });
+            v.push(Kernel::RmsNorm { residual, quads: 0, int8: false });
+            for quads in 1..=MAX_NORM_QUADS {
+                v.push(Kernel::RmsNorm { residual, quads, int8: false });
+                v.push(Kernel::RmsNorm { residual, quads, int8: true });
             }
         }
         for head_dim in [32, 64, 128, 256] {
@@ -191,6 +204,7 @@ impl Kernel {
                 format!("matvec slots {ty} wg{workgroup} lanes{lanes} rows{rows} unroll{unroll} outputs{outputs}")
             }
             Kernel::Embed { ty } => format!("embed {ty}"),
+            Kernel::SiluMul { int8 } => if *int8 { "silumul int8" } else { "silumul" }.to_string(),
             other => format!("{other:?}").to_lowercase(),
         }
     }
@@ -214,10 +228,12 @@ impl Kernel {
             Kernel::QuantizeRows => &[Params, Read, ReadWrite],
             // quants, scales, mins, row units, ids | out
             Kernel::Embed { .. } => &[Params, Read, Read, Read, Read, Read, ReadWrite],
-            // x, weight | out
-            Kernel::RmsNorm { residual: false, .. } => &[Params, Read, Read, ReadWrite],
+            // x, weight | out (, int8 out)
+            Kernel::RmsNorm { residual: false, int8: false, .. } => &[Params, Read, Read, ReadWrite],
+            Kernel::RmsNorm { residual: false, int8: true, .. } => &[Params, Read, Read, ReadWrite, ReadWrite],
             // y, weight | x, out
-            Kernel::RmsNorm { residual: true, .. } => &[Params, Read, Read, ReadWrite, ReadWrite],
+            Kernel::RmsNorm { residual: true, int8: false, .. } => &[Params, Read, Read, ReadWrite, ReadWrite],
+            Kernel::RmsNorm { residual: true, int8: true, .. } => &[Params, Read, Read, ReadWrite, ReadWrite, ReadWrite],
             // inverse frequencies | x
             Kernel::Rope => &[Params, Read, ReadWrite],
             // inverse frequencies, v | q, k, k cache, v cache
@@ -227,7 +243,9 @@ impl Kernel {
             // partials | out
             Kernel::AttentionCombine { .. } => &[Params, Read, ReadWrite],
             // gate, up | out
-            Kernel::SiluMul => &[Params, Read, Read, ReadWrite],
+            Kernel::SiluMul { int8: false } => &[Params, Read, Read, ReadWrite],
+            // gate, up | out, int8 out
+            Kernel::SiluMul { int8: true } => &[Params, Read, Read, ReadWrite, ReadWrite],
             // y | x
             Kernel::Add => &[Params, Read, ReadWrite],
             // logits | token id
@@ -252,7 +270,7 @@ impl Kernel {
             Kernel::Rope => ["rows", "n_heads", "head_dim", "rot_dim", "interleaved (0/1)", "pos0", "groups_x", "_"],
             Kernel::Attention { .. } => ["rows", "n_heads", "n_kv_heads", "head_dim", "pos0", "scale (f32)", "span", "_"],
             Kernel::AttentionCombine { .. } => ["n_heads", "splits", "_", "_", "_", "_", "_", "_"],
-            Kernel::SiluMul | Kernel::Add => ["len", "groups_x", "_", "_", "_", "_", "_", "_"],
+            Kernel::SiluMul { .. } | Kernel::Add => ["len", "groups_x", "_", "_", "_", "_", "_", "_"],
             Kernel::QuantizeRows => ["len", "groups_x", "_", "_", "_", "_", "_", "_"],
             Kernel::Sample => ["cols", "row", "top_k", "temperature (f32)", "top_p (f32)", "draw (f32)", "_", "_"],
         }
@@ -280,12 +298,12 @@ impl Kernel {
             }
             Kernel::QuantizeRows => kernels::quantize_rows(),
             Kernel::Embed { ty } => kernels::embed(ty),
-            Kernel::RmsNorm { residual, quads } => kernels::rms_norm(residual, quads),
+            Kernel::RmsNorm { residual, quads, int8 } => kernels::rms_norm(residual, quads, int8),
             Kernel::Rope => kernels::rope(),
             Kernel::RopeAppend => kernels::rope_append(),
             Kernel::Attention { head_dim, split, subgroups } => kernels::attention(head_dim, split, subgroups),
             Kernel::AttentionCombine { head_dim } => kernels::attention_combine(head_dim),
-            Kernel::SiluMul => kernels::silu_mul(),
+            Kernel::SiluMul { int8 } => kernels::silu_mul(int8),
             Kernel::Add => kernels::add(),
             Kernel::Sample => kernels::sample(),
         }
@@ -313,7 +331,7 @@ impl Kernel {
             | Kernel::Matvec { workgroup, .. }
             | Kernel::MatvecSlots { workgroup, .. }
             | Kernel::MatvecInt8 { workgroup, .. } => workgroup,
-            Kernel::SiluMul | Kernel::Add | Kernel::RmsNorm { .. } | Kernel::Sample | Kernel::QuantizeRows => 256,
+            Kernel::SiluMul { .. } | Kernel::Add | Kernel::RmsNorm { .. } | Kernel::Sample | Kernel::QuantizeRows => 256,
             _ => WORKGROUP,
         }
     }

@@ -235,25 +235,36 @@ pub(crate) fn matvec_int8(ty: TensorType, workgroup: u32, lanes: u32, rows: u32,
     }))
 }
 
-/// Activation rows quantized to int8 per block of 32 for [`matvec_int8`] (in its layout), one invocation per
-/// block, as the CPU backend quantizes them: the scale `d = max |x| / 127`, quants `x / d` rounded half away from zero.
+/// WGSL statements that quantize one block of 32 values to int8 for [`matvec_int8`], as the CPU backend
+/// quantizes activations: the scale `d = max |x| / 127`, quants `x / d` rounded half away from zero. `v0..v7`
+/// must hold the block's `vec4`s; the result goes to block `dst` of `xq` (an `array<vec4<u32>>`, three words
+/// a block: the quants, then the f32 bits of `d` and of `d` times the quants' sum).
+pub(crate) fn quantize_block(dst: &str, indent: usize) -> String {
+    let amax = (1..8).fold("abs(v0)".to_string(), |a, i| format!("max({a}, abs(v{i}))"));
+    let sum = (0..8).map(|i| format!("q{i}")).collect::<Vec<_>>().join(" + ");
+    let mut out = vec![
+        format!("let m = {amax};"),
+        "let d = max(max(m.x, m.y), max(m.z, m.w)) / 127.0;".to_string(),
+        "let id = select(0.0, 1.0 / d, d != 0.0);".to_string(),
+    ];
+    out.extend((0..8).map(|i| format!("let q{i} = vec4<i32>(sign(v{i}) * floor(abs(v{i}) * id + 0.5));")));
+    out.push(format!("xq[3u * ({dst})] = vec4<u32>(pack4xI8(q0), pack4xI8(q1), pack4xI8(q2), pack4xI8(q3));"));
+    out.push(format!("xq[3u * ({dst}) + 1u] = vec4<u32>(pack4xI8(q4), pack4xI8(q5), pack4xI8(q6), pack4xI8(q7));"));
+    out.push(format!("let s = {sum};"));
+    out.push(format!(
+        "xq[3u * ({dst}) + 2u] = vec4<u32>(bitcast<u32>(d), bitcast<u32>(d * f32(s.x + s.y + s.z + s.w)), 0u, 0u);"
+    ));
+    lines(out, indent)
+}
+
+/// Activation rows quantized to int8 per block of 32 for [`matvec_int8`] ([`quantize_block`]), one invocation
+/// per block.
 pub(crate) fn quantize_rows() -> String {
     let loads = lines((0..8).map(|i| format!("let v{i} = x[8u * i + {i}u];")), 4);
-    let amax = (1..8).fold("abs(v0)".to_string(), |a, i| format!("max({a}, abs(v{i}))"));
-    let quants = lines((0..8).map(|i| format!("let q{i} = vec4<i32>(sign(v{i}) * floor(abs(v{i}) * id + 0.5));")), 4);
-    let sum = (0..8).map(|i| format!("q{i}")).collect::<Vec<_>>().join(" + ");
     super::rows::elementwise(
         "@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> xq: array<vec4<u32>>;",
-        &format!(
-            "{loads}    let m = {amax};
-    let d = max(max(m.x, m.y), max(m.z, m.w)) / 127.0;
-    let id = select(0.0, 1.0 / d, d != 0.0);
-{quants}    xq[3u * i] = vec4<u32>(pack4xI8(q0), pack4xI8(q1), pack4xI8(q2), pack4xI8(q3));
-    xq[3u * i + 1u] = vec4<u32>(pack4xI8(q4), pack4xI8(q5), pack4xI8(q6), pack4xI8(q7));
-    let s = {sum};
-    xq[3u * i + 2u] = vec4<u32>(bitcast<u32>(d), bitcast<u32>(d * f32(s.x + s.y + s.z + s.w)), 0u, 0u);"
-        ),
+        &format!("{loads}{}", quantize_block("i", 4)),
     )
 }
 

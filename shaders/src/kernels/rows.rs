@@ -36,8 +36,8 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
 const NORM: u32 = 256;
 
 /// An RMSNorm kernel: one workgroup of 256 per row (`row`), the bindings of [`norm_bindings`], and `body`.
-fn norm_kernel(residual: bool, element: &str, body: &str) -> String {
-    let bindings = norm_bindings(residual, element);
+fn norm_kernel(residual: bool, int8: bool, element: &str, body: &str) -> String {
+    let bindings = norm_bindings(residual, int8, element);
     format!(
         r#"struct Params {{ rows: u32, cols: u32, eps: f32, groups_x: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}
 @group(0) @binding(0) var<uniform> p: Params;
@@ -56,8 +56,8 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
 }
 
 /// The bindings of the RMSNorm kernels, over arrays of `element`: x and the weight (and with `residual`, y
-/// first, and x written back), then the output.
-fn norm_bindings(residual: bool, element: &str) -> String {
+/// first, and x written back), then the output (and with `int8`, the output quantized for decode products).
+fn norm_bindings(residual: bool, int8: bool, element: &str) -> String {
     let names: &[(&str, &str)] = if residual {
         &[("y", "read"), ("weight", "read"), ("x", "read_write"), ("out", "read_write")]
     } else {
@@ -67,13 +67,19 @@ fn norm_bindings(residual: bool, element: &str) -> String {
         .iter()
         .enumerate()
         .map(|(i, (name, access))| format!("@group(0) @binding({}) var<storage, {access}> {name}: array<{element}>;", i + 1));
-    decls.collect::<Vec<_>>().join("\n")
+    let mut decls = decls.collect::<Vec<_>>();
+    if int8 {
+        decls.push(format!("@group(0) @binding({}) var<storage, read_write> xq: array<vec4<u32>>;", names.len() + 1));
+    }
+    decls.join("\n")
 }
 
 /// One workgroup per row, each invocation holding `quads` `vec4`s of it in registers: every load (and with
 /// `residual`, the sum `x + y` written back) comes before the mean square's tree, so a row costs one round of
-/// memory latency instead of one per element.
-fn rms_norm_held(residual: bool, quads: u32) -> String {
+/// memory latency instead of one per element. With `int8` (rows of whole blocks of 32), the workgroup then reads
+/// its output back block by block and writes it quantized to int8 for decode products
+/// ([`super::products::quantize_block`]).
+fn rms_norm_held(residual: bool, quads: u32, int8: bool) -> String {
     let tree = workgroup_tree("sums", NORM, "{a} + {b}", 4);
     let k = 0..quads;
     let at = |k: u32| format!("li + {}u", k * NORM);
@@ -92,22 +98,35 @@ fn rms_norm_held(residual: bool, quads: u32) -> String {
     };
     let squares = k.clone().map(|k| format!("dot(v{k}, v{k})")).collect::<Vec<_>>().join(" + ");
     let writes = lines(k.map(|k| format!("if ({0} < n4) {{ out[base + {0}] = v{k} * inv * weight[{0}]; }}", at(k))), 4);
+    let quantize = if int8 {
+        let loads = lines((0..8).map(|i| format!("let v{i} = out[base + 8u * b + {i}u];")), 8);
+        format!(
+            "    storageBarrier();
+    let blocks = p.cols / 32u;
+    for (var b = li; b < blocks; b += {NORM}u) {{
+{loads}{}    }}
+",
+            super::products::quantize_block("row * blocks + b", 8)
+        )
+    } else {
+        String::new()
+    };
     let body = format!(
         "    let n4 = p.cols / 4u;
     let base = row * n4;
 {loads}{write_back}    sums[li] = {squares};
     workgroupBarrier();
 {tree}    let inv = inverseSqrt(sums[0] / f32(p.cols) + p.eps);
-{writes}"
+{writes}{quantize}"
     );
-    norm_kernel(residual, "vec4<f32>", &body)
+    norm_kernel(residual, int8, "vec4<f32>", &body)
 }
 
 /// One workgroup per row: the mean square in a tree, then the scaled row. With `residual`, the row is first
 /// `x += y` (written back), the residual connection before the norm.
-pub(crate) fn rms_norm(residual: bool, quads: u32) -> String {
+pub(crate) fn rms_norm(residual: bool, quads: u32, int8: bool) -> String {
     if quads > 0 {
-        return rms_norm_held(residual, quads);
+        return rms_norm_held(residual, quads, int8);
     }
     let tree = workgroup_tree("sums", NORM, "{a} + {b}", 4);
     let load = if residual { "let v = x[base + c] + y[base + c];\n        x[base + c] = v;" } else { "let v = x[base + c];" };
@@ -126,7 +145,7 @@ pub(crate) fn rms_norm(residual: bool, quads: u32) -> String {
     }}
 "
     );
-    norm_kernel(residual, "f32", &body)
+    norm_kernel(residual, false, "f32", &body)
 }
 
 /// `(cos, sin)` of pair `i`'s angle at position `pos`, as [`rope`] describes.
@@ -269,7 +288,23 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     )
 }
 
-pub(crate) fn silu_mul() -> String {
+/// `out = silu(gate) * up`; with `int8`, one invocation per block of 32 (`p.len` counts blocks), which also
+/// writes the block quantized to int8 for decode products ([`super::products::quantize_block`]).
+pub(crate) fn silu_mul(int8: bool) -> String {
+    if int8 {
+        let values = lines(
+            (0..8).map(|i| format!("let g{i} = gate[8u * i + {i}u]; let v{i} = g{i} / (1.0 + exp(-g{i})) * up[8u * i + {i}u];")),
+            4,
+        );
+        let writes = lines((0..8).map(|i| format!("out[8u * i + {i}u] = v{i};")), 4);
+        return elementwise(
+            "@group(0) @binding(1) var<storage, read> gate: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> up: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> xq: array<vec4<u32>>;",
+            &format!("{values}{writes}{}", super::products::quantize_block("i", 4)),
+        );
+    }
     elementwise(
         "@group(0) @binding(1) var<storage, read> gate: array<f32>;
 @group(0) @binding(2) var<storage, read> up: array<f32>;
