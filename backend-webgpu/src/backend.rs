@@ -426,7 +426,7 @@ impl WebGpuBackend {
             }
         };
         drop(held);
-        self.elementwise(Kernel::QuantizeRows, blocks, &[&x.buf, &buffer])?;
+        self.elementwise(Kernel::QuantizeRows, x.len() / 4, &[&x.buf, &buffer])?;
         Ok(buffer)
     }
 
@@ -817,7 +817,7 @@ impl Backend for WebGpuBackend {
         Self::same_shape("silu_mul", gate, up)?;
         self.resize("silu_mul", out, gate.rows, gate.cols)?;
         match self.int8_output(out)? {
-            Some(q) => self.elementwise(Kernel::SiluMul { int8: true }, gate.len() / 32, &[&gate.buf, &up.buf, &out.buf, &q]),
+            Some(q) => self.elementwise(Kernel::SiluMul { int8: true }, gate.len() / 4, &[&gate.buf, &up.buf, &out.buf, &q]),
             None => self.elementwise(Kernel::SiluMul { int8: false }, gate.len(), &[&gate.buf, &up.buf, &out.buf]),
         }
     }

@@ -418,7 +418,14 @@ pub fn elementwise_ops_match_reference<B: Backend>(be: &B, label: &str) {
 /// write more than its values (a backend may keep a quantized form beside a tensor), and after every in-place
 /// write that must make such a form stale.
 pub fn products_of_op_outputs_match_fresh_uploads<B: Backend>(be: &B, label: &str) {
-    let (rows, cols) = (20, 96);
+    // A row of three blocks, and one that several invocations (or workgroups) share unevenly.
+    for cols in [96, 2080] {
+        op_outputs_in_products(be, label, cols);
+    }
+}
+
+fn op_outputs_in_products<B: Backend>(be: &B, label: &str, cols: usize) {
+    let rows = 20;
     let w = PackedMatrix::from_f32(TensorType::Q4_0, rows, cols, &values(rows * cols, 40, 1.0)).unwrap();
     let m = be.upload_matrix(w.view()).unwrap();
     let check = |t: &B::Tensor, what: &str| {
@@ -426,7 +433,7 @@ pub fn products_of_op_outputs_match_fresh_uploads<B: Backend>(be: &B, label: &st
         let (mut a, mut b) = (be.zeros(0, 0).unwrap(), be.zeros(0, 0).unwrap());
         be.matmul(&m, t, &mut a).unwrap();
         be.matmul(&m, &fresh, &mut b).unwrap();
-        assert_eq!(be.read(&a).unwrap(), be.read(&b).unwrap(), "a product of {what} on {label}");
+        assert_eq!(be.read(&a).unwrap(), be.read(&b).unwrap(), "a product of {what} (1x{cols}) on {label}");
     };
     let x = be.upload(&values(cols, 41, 2.0), 1, cols).unwrap();
     let y = be.upload(&values(cols, 42, 2.0), 1, cols).unwrap();
@@ -448,14 +455,15 @@ pub fn products_of_op_outputs_match_fresh_uploads<B: Backend>(be: &B, label: &st
     be.write_rows(&y, &mut out, 0).unwrap();
     check(&out, "write_rows after silu_mul");
     be.silu_mul(&x, &y, &mut out).unwrap();
-    let p = RopeParams { n_heads: 3, head_dim: 32, rot_dim: 32, freq_base: 10000.0, style: RopeStyle::Interleaved, pos0: 5 };
+    let p =
+        RopeParams { n_heads: cols / 32, head_dim: 32, rot_dim: 32, freq_base: 10000.0, style: RopeStyle::Interleaved, pos0: 5 };
     be.rope(&mut out, &p).unwrap();
     check(&out, "rope after silu_mul");
     let (mut k, v) = (be.upload(&values(cols, 45, 1.0), 1, cols).unwrap(), be.upload(&values(cols, 46, 1.0), 1, cols).unwrap());
     let (mut k_cache, mut v_cache) = (be.zeros(8, cols).unwrap(), be.zeros(8, cols).unwrap());
     be.silu_mul(&x, &y, &mut out).unwrap();
     be.rms_norm(&x, &weight, 1e-5, &mut k).unwrap();
-    be.rope_and_append(&mut out, &mut k, &v, &p, 3, (&mut k_cache, &mut v_cache)).unwrap();
+    be.rope_and_append(&mut out, &mut k, &v, &p, cols / 32, (&mut k_cache, &mut v_cache)).unwrap();
     check(&out, "rope_and_append's q after silu_mul");
     check(&k, "rope_and_append's k after rms_norm");
 }

@@ -60,7 +60,7 @@ pub enum Kernel {
     /// Otherwise as [`Kernel::Matvec`]. Only for formats where [`Kernel::has_int8`].
     MatvecInt8 { ty: TensorType, workgroup: u32, lanes: u32, rows: u32, unroll: u32, outputs: u32 },
     /// Activation rows quantized to int8 per block of 32, as the CPU backend quantizes them, for
-    /// [`Kernel::MatvecInt8`]: one invocation per block (`len` counts blocks).
+    /// [`Kernel::MatvecInt8`]: one invocation per `vec4` (`len` counts them), eight to a block.
     QuantizeRows,
     /// Decode products on a GPU with subgroup operations: one row per subgroup, summed by `subgroupAdd`.
     MatvecSubgroups { ty: TensorType, outputs: u32 },
@@ -88,8 +88,8 @@ pub enum Kernel {
     Attention { head_dim: u32, split: bool, subgroups: bool },
     /// Merges the partials of a split attention, one workgroup per head.
     AttentionCombine { head_dim: u32 },
-    /// `out = silu(gate) * up`. With `int8`, one invocation per block of 32 (`len` counts blocks), which also
-    /// writes the block quantized to int8 for [`Kernel::MatvecInt8`].
+    /// `out = silu(gate) * up`. With `int8`, one invocation per `vec4` (`len` counts them), and the row also
+    /// written quantized to int8 for [`Kernel::MatvecInt8`].
     SiluMul { int8: bool },
     /// `x += y`.
     Add,

@@ -235,36 +235,63 @@ pub(crate) fn matvec_int8(ty: TensorType, workgroup: u32, lanes: u32, rows: u32,
     }))
 }
 
-/// WGSL statements that quantize one block of 32 values to int8 for [`matvec_int8`], as the CPU backend
-/// quantizes activations: the scale `d = max |x| / 127`, quants `x / d` rounded half away from zero. `v0..v7`
-/// must hold the block's `vec4`s; the result goes to block `dst` of `xq` (an `array<vec4<u32>>`, three words
-/// a block: the quants, then the f32 bits of `d` and of `d` times the quants' sum).
-pub(crate) fn quantize_block(dst: &str, indent: usize) -> String {
-    let amax = (1..8).fold("abs(v0)".to_string(), |a, i| format!("max({a}, abs(v{i}))"));
-    let sum = (0..8).map(|i| format!("q{i}")).collect::<Vec<_>>().join(" + ");
-    let mut out = vec![
-        format!("let m = {amax};"),
-        "let d = max(max(m.x, m.y), max(m.z, m.w)) / 127.0;".to_string(),
-        "let id = select(0.0, 1.0 / d, d != 0.0);".to_string(),
-    ];
-    out.extend((0..8).map(|i| format!("let q{i} = vec4<i32>(sign(v{i}) * floor(abs(v{i}) * id + 0.5));")));
-    out.push(format!("xq[3u * ({dst})] = vec4<u32>(pack4xI8(q0), pack4xI8(q1), pack4xI8(q2), pack4xI8(q3));"));
-    out.push(format!("xq[3u * ({dst}) + 1u] = vec4<u32>(pack4xI8(q4), pack4xI8(q5), pack4xI8(q6), pack4xI8(q7));"));
-    out.push(format!("let s = {sum};"));
-    out.push(format!(
-        "xq[3u * ({dst}) + 2u] = vec4<u32>(bitcast<u32>(d), bitcast<u32>(d * f32(s.x + s.y + s.z + s.w)), 0u, 0u);"
-    ));
-    lines(out, indent)
+/// The workgroup arrays [`quantize_quads`] uses, for workgroups of 256.
+pub(crate) const QUANTIZE_SHARED: &str = "var<workgroup> qmax: array<f32, 256>;
+var<workgroup> qsum: array<i32, 256>;";
+
+/// WGSL statements, for every invocation `li` of a workgroup of 256 (in uniform control flow: they hold
+/// barriers), that quantize `vec4`s to int8 for [`matvec_int8`] as the CPU backend quantizes activations: per
+/// block of 32, the scale `d = max |x| / 127` and quants `x / d` rounded half away from zero. Invocations
+/// `8j..8j + 7` hold the eight `vec4`s of one block, in order, in `v` (zeros where `active` is false); the block
+/// goes to block `block` of `xq` (an `array<vec4<u32>>`, three words a block: the quants, then the f32 bits of
+/// `d` and of `d` times the quants' sum). Needs [`QUANTIZE_SHARED`].
+pub(crate) fn quantize_quads(v: &str, block: &str, active: &str, indent: usize) -> String {
+    let group_max = (1..8).fold("qmax[g8]".to_string(), |a, j| format!("max({a}, qmax[g8 + {j}u])"));
+    let group_sum = (1..8).fold("qsum[g8]".to_string(), |a, j| format!("{a} + qsum[g8 + {j}u]"));
+    let body = format!(
+        "{{
+    let qv = {v};
+    let g8 = li & ~7u;
+    qmax[li] = max(max(abs(qv.x), abs(qv.y)), max(abs(qv.z), abs(qv.w)));
+    workgroupBarrier();
+    let d = {group_max} / 127.0;
+    let id = select(0.0, 1.0 / d, d != 0.0);
+    let q = vec4<i32>(sign(qv) * floor(abs(qv) * id + 0.5));
+    qsum[li] = q.x + q.y + q.z + q.w;
+    workgroupBarrier();
+    if ({active}) {{
+        let b = {block};
+        xq[3u * b + (li & 7u) / 4u][li & 3u] = pack4xI8(q);
+        if ((li & 7u) == 0u) {{
+            xq[3u * b + 2u] = vec4<u32>(bitcast<u32>(d), bitcast<u32>(d * f32({group_sum})), 0u, 0u);
+        }}
+    }}
+    workgroupBarrier();
+}}"
+    );
+    lines(body.lines().map(str::to_string), indent)
 }
 
-/// Activation rows quantized to int8 per block of 32 for [`matvec_int8`] ([`quantize_block`]), one invocation
-/// per block.
+/// Activation rows quantized to int8 per block of 32 for [`matvec_int8`] ([`quantize_quads`]), one invocation
+/// per `vec4` (`p.len` counts them).
 pub(crate) fn quantize_rows() -> String {
-    let loads = lines((0..8).map(|i| format!("let v{i} = x[8u * i + {i}u];")), 4);
-    super::rows::elementwise(
-        "@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read_write> xq: array<vec4<u32>>;",
-        &format!("{loads}{}", quantize_block("i", 4)),
+    let quantize = quantize_quads("v", "i / 8u", "i < p.len", 4);
+    format!(
+        r#"struct Params {{ len: u32, groups_x: u32, _p2: u32, _p3: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> xq: array<vec4<u32>>;
+{QUANTIZE_SHARED}
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
+    let i = (wid.x + wid.y * p.groups_x) * 256u + li;
+    var v = vec4<f32>(0.0);
+    if (i < p.len) {{
+        v = x[i];
+    }}
+{quantize}}}
+"#
     )
 }
 

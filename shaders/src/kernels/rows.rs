@@ -38,11 +38,13 @@ const NORM: u32 = 256;
 /// An RMSNorm kernel: one workgroup of 256 per row (`row`), the bindings of [`norm_bindings`], and `body`.
 fn norm_kernel(residual: bool, int8: bool, element: &str, body: &str) -> String {
     let bindings = norm_bindings(residual, int8, element);
+    let shared = if int8 { super::products::QUANTIZE_SHARED } else { "" };
     format!(
         r#"struct Params {{ rows: u32, cols: u32, eps: f32, groups_x: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}
 @group(0) @binding(0) var<uniform> p: Params;
 {bindings}
 var<workgroup> sums: array<f32, {NORM}>;
+{shared}
 
 @compute @workgroup_size({NORM})
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
@@ -76,9 +78,9 @@ fn norm_bindings(residual: bool, int8: bool, element: &str) -> String {
 
 /// One workgroup per row, each invocation holding `quads` `vec4`s of it in registers: every load (and with
 /// `residual`, the sum `x + y` written back) comes before the mean square's tree, so a row costs one round of
-/// memory latency instead of one per element. With `int8` (rows of whole blocks of 32), the workgroup then reads
-/// its output back block by block and writes it quantized to int8 for decode products
-/// ([`super::products::quantize_block`]).
+/// memory latency instead of one per element. With `int8` (rows of whole blocks of 32), the output is also
+/// written quantized to int8 for decode products, by the invocations holding each block
+/// ([`super::products::quantize_quads`]).
 fn rms_norm_held(residual: bool, quads: u32, int8: bool) -> String {
     let tree = workgroup_tree("sums", NORM, "{a} + {b}", 4);
     let k = 0..quads;
@@ -97,17 +99,20 @@ fn rms_norm_held(residual: bool, quads: u32, int8: bool) -> String {
         String::new()
     };
     let squares = k.clone().map(|k| format!("dot(v{k}, v{k})")).collect::<Vec<_>>().join(" + ");
-    let writes = lines(k.map(|k| format!("if ({0} < n4) {{ out[base + {0}] = v{k} * inv * weight[{0}]; }}", at(k))), 4);
+    let writes = lines(
+        k.clone().map(|k| {
+            format!(
+                "var o{k} = vec4<f32>(0.0); if ({0} < n4) {{ o{k} = v{k} * inv * weight[{0}]; out[base + {0}] = o{k}; }}",
+                at(k)
+            )
+        }),
+        4,
+    );
     let quantize = if int8 {
-        let loads = lines((0..8).map(|i| format!("let v{i} = out[base + 8u * b + {i}u];")), 8);
-        format!(
-            "    storageBarrier();
-    let blocks = p.cols / 32u;
-    for (var b = li; b < blocks; b += {NORM}u) {{
-{loads}{}    }}
-",
-            super::products::quantize_block("row * blocks + b", 8)
-        )
+        k.map(|k| {
+            super::products::quantize_quads(&format!("o{k}"), &format!("(base + {}) / 8u", at(k)), &format!("{} < n4", at(k)), 4)
+        })
+        .collect()
     } else {
         String::new()
     };
@@ -288,21 +293,32 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     )
 }
 
-/// `out = silu(gate) * up`; with `int8`, one invocation per block of 32 (`p.len` counts blocks), which also
-/// writes the block quantized to int8 for decode products ([`super::products::quantize_block`]).
+/// `out = silu(gate) * up`; with `int8`, one invocation per `vec4` (`p.len` counts them), which also writes
+/// the row quantized to int8 for decode products ([`super::products::quantize_quads`]).
 pub(crate) fn silu_mul(int8: bool) -> String {
     if int8 {
-        let values = lines(
-            (0..8).map(|i| format!("let g{i} = gate[8u * i + {i}u]; let v{i} = g{i} / (1.0 + exp(-g{i})) * up[8u * i + {i}u];")),
-            4,
-        );
-        let writes = lines((0..8).map(|i| format!("out[8u * i + {i}u] = v{i};")), 4);
-        return elementwise(
-            "@group(0) @binding(1) var<storage, read> gate: array<vec4<f32>>;
+        let quantize = super::products::quantize_quads("o", "i / 8u", "i < p.len", 4);
+        return format!(
+            r#"struct Params {{ len: u32, groups_x: u32, _p2: u32, _p3: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> gate: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> up: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> xq: array<vec4<u32>>;",
-            &format!("{values}{writes}{}", super::products::quantize_block("i", 4)),
+@group(0) @binding(4) var<storage, read_write> xq: array<vec4<u32>>;
+{}
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
+    let i = (wid.x + wid.y * p.groups_x) * 256u + li;
+    var o = vec4<f32>(0.0);
+    if (i < p.len) {{
+        let g = gate[i];
+        o = g / (1.0 + exp(-g)) * up[i];
+        out[i] = o;
+    }}
+{quantize}}}
+"#,
+            super::products::QUANTIZE_SHARED
         );
     }
     elementwise(
