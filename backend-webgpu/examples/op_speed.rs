@@ -229,7 +229,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             be.read(&out)?;
             let s = t.elapsed().as_secs_f64();
-            println!("  {ty} {r}x{c}: {:.1} us, {:.0} GB/s", s * 1e6 / n as f64, *bytes as f64 * n as f64 / s / 1e9);
+            // The product kernel's own time on the GPU, from timestamps (where the adapter has them).
+            let gpu = if be.start_profiling().is_ok() {
+                for _ in 0..n {
+                    be.matmul(&m, &xin, &mut out)?;
+                }
+                be.read(&out)?;
+                let p = be.stop_profiling()?;
+                p.kernels.iter().find(|k| k.label.starts_with("matvec")).map(|k| k.total_us / k.calls as f64)
+            } else {
+                None
+            };
+            let gpu = gpu.map_or(String::new(), |us| format!("; kernel {us:.1} us, {:.0} GB/s", *bytes as f64 / us / 1e3));
+            println!("  {ty} {r}x{c}: {:.1} us, {:.0} GB/s{gpu}", s * 1e6 / n as f64, *bytes as f64 * n as f64 / s / 1e9);
         }
     }
     // Prefill products of 512 tokens.

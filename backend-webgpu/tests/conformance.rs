@@ -23,12 +23,13 @@ fn backends() -> Vec<(String, Arc<WebGpuBackend>)> {
                 (format!("webgpu on {name} ({own:?})"), native.clone()),
                 (format!("webgpu on {name} ({other:?})"), make(Some(other))),
             ];
-            // Decode products on float activations in workgroups of 256, their lanes meeting across subgroups,
-            // and attention reduced by subgroup operations where the adapter has them (lavapipe does).
+            // Decode products on float activations (a quant word per lane) in workgroups of 256, their lanes
+            // meeting across subgroups, and attention reduced by subgroup operations where the adapter has them
+            // (lavapipe does).
             let wide = KernelChoice {
                 lanes: 128,
                 workgroup: 256,
-                slots: false,
+                slots: true,
                 int8: false,
                 subgroup_reductions: native.adapter().subgroups,
                 ..KernelChoice::GPU
