@@ -797,20 +797,30 @@ impl Backend for WebGpuBackend {
         let span = ATTENTION_SPAN as usize;
         let params =
             |span| [q.rows as u32, p.n_heads as u32, p.n_kv_heads as u32, hd as u32, p.pos0 as u32, p.scale.to_bits(), span, 0];
+        // Decode writes its output quantized to int8 as well, for the product that follows.
+        let int8 = if hd.is_multiple_of(32) { self.int8_output(out)? } else { None };
+        let subgroups = self.kernels.subgroup_reductions;
         if q.rows > 1 || visible <= span {
             let grid = Grid { dims: (p.n_heads as u32, q.rows as u32, 1) };
-            let kernel = Kernel::Attention { head_dim: hd as u32, split: false, subgroups: self.kernels.subgroup_reductions };
-            return self.recorder.dispatch(&self.gpu, kernel, params(0), &[&q.buf, &k.buf, &v.buf, &out.buf], grid);
+            let kernel = Kernel::Attention { head_dim: hd as u32, split: false, subgroups, int8: int8.is_some() };
+            return match &int8 {
+                Some(x8) => self.recorder.dispatch(&self.gpu, kernel, params(0), &[&q.buf, &k.buf, &v.buf, &out.buf, x8], grid),
+                None => self.recorder.dispatch(&self.gpu, kernel, params(0), &[&q.buf, &k.buf, &v.buf, &out.buf], grid),
+            };
         }
         // Decode over a long context: spans of positions in workgroups of their own, then merged.
         let splits = visible.div_ceil(span);
         let parts = self.attention_parts(tensor_bytes(splits * p.n_heads * (hd + 2)))?;
-        let kernel = Kernel::Attention { head_dim: hd as u32, split: true, subgroups: self.kernels.subgroup_reductions };
+        let kernel = Kernel::Attention { head_dim: hd as u32, split: true, subgroups, int8: false };
         let grid = Grid { dims: (p.n_heads as u32, splits as u32, 1) };
         self.recorder.dispatch(&self.gpu, kernel, params(span as u32), &[&q.buf, &k.buf, &v.buf, &parts], grid)?;
-        let combine = Kernel::AttentionCombine { head_dim: hd as u32 };
+        let combine = Kernel::AttentionCombine { head_dim: hd as u32, int8: int8.is_some() };
         let params = [p.n_heads as u32, splits as u32, 0, 0, 0, 0, 0, 0];
-        self.recorder.dispatch(&self.gpu, combine, params, &[&parts, &out.buf], Grid { dims: (p.n_heads as u32, 1, 1) })
+        let grid = Grid { dims: (p.n_heads as u32, 1, 1) };
+        match &int8 {
+            Some(x8) => self.recorder.dispatch(&self.gpu, combine, params, &[&parts, &out.buf, x8], grid),
+            None => self.recorder.dispatch(&self.gpu, combine, params, &[&parts, &out.buf], grid),
+        }
     }
 
     fn silu_mul(&self, gate: &GpuTensor, up: &GpuTensor, out: &mut GpuTensor) -> Result<()> {

@@ -466,6 +466,15 @@ fn op_outputs_in_products<B: Backend>(be: &B, label: &str, cols: usize) {
     be.rope_and_append(&mut out, &mut k, &v, &p, cols / 32, (&mut k_cache, &mut v_cache)).unwrap();
     check(&out, "rope_and_append's q after silu_mul");
     check(&k, "rope_and_append's k after rms_norm");
+    // Attention over a few positions, and over more than a backend may take in one workgroup.
+    let positions = 300;
+    let kc = be.upload(&values(positions * cols, 47, 1.0), positions, cols).unwrap();
+    let vc = be.upload(&values(positions * cols, 48, 1.0), positions, cols).unwrap();
+    for pos0 in [5, positions - 1] {
+        let a = AttentionParams { n_heads: cols / 32, n_kv_heads: cols / 32, head_dim: 32, pos0, scale: 0.2 };
+        be.attention(&x, &kc, &vc, &a, &mut out).unwrap();
+        check(&out, &format!("attention at position {pos0}"));
+    }
 }
 
 pub fn row_copies<B: Backend>(be: &B, _label: &str) {

@@ -84,10 +84,13 @@ pub enum Kernel {
     /// workgroup per (query row, head), online softmax over tiles of [`ATTENTION_TILE`] positions. With `split`
     /// (decode only), one workgroup per (head, span of positions), each writing a partial result that
     /// [`Kernel::AttentionCombine`] merges.
-    /// With `subgroups`, the tiles' maximum and sum are reduced with subgroup operations.
-    Attention { head_dim: u32, split: bool, subgroups: bool },
-    /// Merges the partials of a split attention, one workgroup per head.
-    AttentionCombine { head_dim: u32 },
+    /// With `subgroups`, the tiles' maximum and sum are reduced with subgroup operations. With `int8` (not
+    /// with `split`; one query row, heads of whole blocks of 32), the output is also written quantized to int8
+    /// for [`Kernel::MatvecInt8`].
+    Attention { head_dim: u32, split: bool, subgroups: bool, int8: bool },
+    /// Merges the partials of a split attention, one workgroup per head; with `int8` (heads of whole blocks of
+    /// 32), the output is also written quantized to int8 for [`Kernel::MatvecInt8`].
+    AttentionCombine { head_dim: u32, int8: bool },
     /// `out = silu(gate) * up`. With `int8`, one invocation per `vec4` (`len` counts them), and the row also
     /// written quantized to int8 for [`Kernel::MatvecInt8`].
     SiluMul { int8: bool },
@@ -173,13 +176,14 @@ impl Kernel {
             }
         }
         for head_dim in [32, 64, 128, 256] {
-            v.extend([
-                Kernel::Attention { head_dim, split: false, subgroups: false },
-                Kernel::Attention { head_dim, split: true, subgroups: false },
-                Kernel::Attention { head_dim, split: false, subgroups: true },
-                Kernel::Attention { head_dim, split: true, subgroups: true },
-                Kernel::AttentionCombine { head_dim },
-            ]);
+            for subgroups in [false, true] {
+                v.extend([
+                    Kernel::Attention { head_dim, split: false, subgroups, int8: false },
+                    Kernel::Attention { head_dim, split: false, subgroups, int8: true },
+                    Kernel::Attention { head_dim, split: true, subgroups, int8: false },
+                ]);
+            }
+            v.extend([Kernel::AttentionCombine { head_dim, int8: false }, Kernel::AttentionCombine { head_dim, int8: true }]);
         }
         v
     }
@@ -239,9 +243,12 @@ impl Kernel {
             // inverse frequencies, v | q, k, k cache, v cache
             Kernel::RopeAppend => &[Params, Read, Read, ReadWrite, ReadWrite, ReadWrite, ReadWrite],
             // q, k, v | out (or partials)
-            Kernel::Attention { .. } => &[Params, Read, Read, Read, ReadWrite],
-            // partials | out
-            Kernel::AttentionCombine { .. } => &[Params, Read, ReadWrite],
+            Kernel::Attention { int8: false, .. } => &[Params, Read, Read, Read, ReadWrite],
+            // q, k, v | out, int8 out
+            Kernel::Attention { int8: true, .. } => &[Params, Read, Read, Read, ReadWrite, ReadWrite],
+            // partials | out (, int8 out)
+            Kernel::AttentionCombine { int8: false, .. } => &[Params, Read, ReadWrite],
+            Kernel::AttentionCombine { int8: true, .. } => &[Params, Read, ReadWrite, ReadWrite],
             // gate, up | out
             Kernel::SiluMul { int8: false } => &[Params, Read, Read, ReadWrite],
             // gate, up | out, int8 out
@@ -301,8 +308,8 @@ impl Kernel {
             Kernel::RmsNorm { residual, quads, int8 } => kernels::rms_norm(residual, quads, int8),
             Kernel::Rope => kernels::rope(),
             Kernel::RopeAppend => kernels::rope_append(),
-            Kernel::Attention { head_dim, split, subgroups } => kernels::attention(head_dim, split, subgroups),
-            Kernel::AttentionCombine { head_dim } => kernels::attention_combine(head_dim),
+            Kernel::Attention { head_dim, split, subgroups, int8 } => kernels::attention(head_dim, split, subgroups, int8),
+            Kernel::AttentionCombine { head_dim, int8 } => kernels::attention_combine(head_dim, int8),
             Kernel::SiluMul { int8 } => kernels::silu_mul(int8),
             Kernel::Add => kernels::add(),
             Kernel::Sample => kernels::sample(),

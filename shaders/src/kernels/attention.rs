@@ -14,7 +14,10 @@ use crate::{ATTENTION_TILE, formats};
 ///
 /// With `subgroups`, each tile's maximum and sum are taken by `subgroupMax`/`subgroupAdd` and the subgroups'
 /// results combined through workgroup memory: two barriers a reduction instead of one per tree level.
-pub(crate) fn attention(head_dim: u32, split: bool, subgroups: bool) -> String {
+///
+/// With `int8` (not with `split`; heads of whole blocks of 32, one query row), the output is also written
+/// quantized to int8 for decode products ([`super::products::quantize_quads`]).
+pub(crate) fn attention(head_dim: u32, split: bool, subgroups: bool, int8: bool) -> String {
     let tile = ATTENTION_TILE;
     let quads = head_dim / 4;
     // The weighted sum of V: invocation `li` owns `vec4` chunk `li % CHUNKS` of the head for the positions
@@ -40,8 +43,19 @@ pub(crate) fn attention(head_dim: u32, split: bool, subgroups: bool) -> String {
 ",
             store("pb + 2u", "sum")
         )
+    } else if int8 {
+        format!(
+            "    var o = vec4<f32>(0.0);\n    if (li < CHUNKS) {{\n        o = sum / l;\n{}    }}\n{}",
+            store("qbase", "o"),
+            super::products::quantize_quads("o", "(qbase / 4u + li) / 8u", "li < CHUNKS", 4)
+        )
     } else {
         format!("    if (li < CHUNKS) {{\n        let o = sum / l;\n{}    }}\n", store("qbase", "o"))
+    };
+    let int8_decls = if int8 {
+        format!("@group(0) @binding(5) var<storage, read_write> xq: array<vec4<u32>>;\n{}", super::products::QUANTIZE_SHARED)
+    } else {
+        String::new()
     };
     let range = if split {
         "let t = 0u;
@@ -96,6 +110,7 @@ pub(crate) fn attention(head_dim: u32, split: bool, subgroups: bool) -> String {
 @group(0) @binding(2) var<storage, read> k: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> v: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
+{int8_decls}
 const HD: u32 = {head_dim}u;
 const CHUNKS: u32 = HD / 4u;
 const GROUPS: u32 = {tile}u / CHUNKS;
@@ -165,8 +180,10 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
 }
 
 /// One workgroup per head merges the partials of a split [`attention`]: each split's sums are rescaled to the
-/// largest maximum, added, and the output divided by the total.
-pub(crate) fn attention_combine(head_dim: u32) -> String {
+/// largest maximum, added, and the output divided by the total. With `int8` (heads of whole blocks of 32), the
+/// workgroup then reads its head's output back a `vec4` per invocation and writes it quantized to int8 for
+/// decode products ([`super::products::quantize_quads`]).
+pub(crate) fn attention_combine(head_dim: u32, int8: bool) -> String {
     let tile = ATTENTION_TILE;
     let dims = head_dim.div_ceil(tile) as usize;
     let accs = lines((0..dims).map(|e| format!("var acc{e} = 0.0;")), 4);
@@ -174,13 +191,27 @@ pub(crate) fn attention_combine(head_dim: u32) -> String {
         (0..dims).map(|e| format!("if (li + {0}u < HD) {{ acc{e} += w * parts[pb + 2u + li + {0}u]; }}", e as u32 * tile)),
         8,
     );
-    let writes =
+    let mut writes =
         lines((0..dims).map(|e| format!("if (li + {0}u < HD) {{ out[h * HD + li + {0}u] = acc{e} / l; }}", e as u32 * tile)), 4);
+    let mut int8_decls = String::new();
+    if int8 {
+        int8_decls =
+            format!("@group(0) @binding(3) var<storage, read_write> xq: array<vec4<u32>>;\n{}", super::products::QUANTIZE_SHARED);
+        writes += "    storageBarrier();
+    var o = vec4<f32>(0.0);
+    if (li < HD / 4u) {
+        let b = h * HD + 4u * li;
+        o = vec4<f32>(out[b], out[b + 1u], out[b + 2u], out[b + 3u]);
+    }
+";
+        writes += &super::products::quantize_quads("o", "(h * HD / 4u + li) / 8u", "li < HD / 4u", 4);
+    }
     format!(
         r#"struct Params {{ n_heads: u32, splits: u32, _p2: u32, _p3: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> parts: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
+{int8_decls}
 const HD: u32 = {head_dim}u;
 
 @compute @workgroup_size({tile})
