@@ -418,8 +418,9 @@ pub fn elementwise_ops_match_reference<B: Backend>(be: &B, label: &str) {
 /// write more than its values (a backend may keep a quantized form beside a tensor), and after every in-place
 /// write that must make such a form stale.
 pub fn products_of_op_outputs_match_fresh_uploads<B: Backend>(be: &B, label: &str) {
-    // A row of three blocks, and one that several invocations (or workgroups) share unevenly.
-    for cols in [96, 2080] {
+    // A row of three blocks, and rows that several invocations (or workgroups) share unevenly, one of them past
+    // 4096 (a backend may take wide rows in parts).
+    for cols in [96, 2080, 4160] {
         op_outputs_in_products(be, label, cols);
     }
 }

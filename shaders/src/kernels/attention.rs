@@ -47,13 +47,13 @@ pub(crate) fn attention(head_dim: u32, split: bool, subgroups: bool, int8: bool)
         format!(
             "    var o = vec4<f32>(0.0);\n    if (li < CHUNKS) {{\n        o = sum / l;\n{}    }}\n{}",
             store("qbase", "o"),
-            super::products::quantize_quads("o", "(qbase / 4u + li) / 8u", "li < CHUNKS", 4)
+            super::products::quantize_quads(&[super::products::quad("o", "(qbase / 4u + li) / 8u", "li < CHUNKS")], 4)
         )
     } else {
         format!("    if (li < CHUNKS) {{\n        let o = sum / l;\n{}    }}\n", store("qbase", "o"))
     };
     let int8_decls = if int8 {
-        format!("@group(0) @binding(5) var<storage, read_write> xq: array<vec4<u32>>;\n{}", super::products::QUANTIZE_SHARED)
+        format!("@group(0) @binding(5) var<storage, read_write> xq: array<vec4<u32>>;\n{}", super::products::quantize_shared(1))
     } else {
         String::new()
     };
@@ -195,8 +195,10 @@ pub(crate) fn attention_combine(head_dim: u32, int8: bool) -> String {
         lines((0..dims).map(|e| format!("if (li + {0}u < HD) {{ out[h * HD + li + {0}u] = acc{e} / l; }}", e as u32 * tile)), 4);
     let mut int8_decls = String::new();
     if int8 {
-        int8_decls =
-            format!("@group(0) @binding(3) var<storage, read_write> xq: array<vec4<u32>>;\n{}", super::products::QUANTIZE_SHARED);
+        int8_decls = format!(
+            "@group(0) @binding(3) var<storage, read_write> xq: array<vec4<u32>>;\n{}",
+            super::products::quantize_shared(1)
+        );
         writes += "    storageBarrier();
     var o = vec4<f32>(0.0);
     if (li < HD / 4u) {
@@ -204,7 +206,7 @@ pub(crate) fn attention_combine(head_dim: u32, int8: bool) -> String {
         o = vec4<f32>(out[b], out[b + 1u], out[b + 2u], out[b + 3u]);
     }
 ";
-        writes += &super::products::quantize_quads("o", "(h * HD / 4u + li) / 8u", "li < HD / 4u", 4);
+        writes += &super::products::quantize_quads(&[super::products::quad("o", "(h * HD / 4u + li) / 8u", "li < HD / 4u")], 4);
     }
     format!(
         r#"struct Params {{ n_heads: u32, splits: u32, _p2: u32, _p3: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}

@@ -235,53 +235,74 @@ pub(crate) fn matvec_int8(ty: TensorType, workgroup: u32, lanes: u32, rows: u32,
     }))
 }
 
-/// The workgroup arrays [`quantize_quads`] uses, for workgroups of 256.
-pub(crate) const QUANTIZE_SHARED: &str = "var<workgroup> qmax: array<f32, 256>;
-var<workgroup> qsum: array<i32, 256>;";
+/// The most `vec4`s per invocation one [`quantize_quads`] takes.
+pub(crate) const QUANTIZE_MAX_QUADS: usize = 4;
 
-/// WGSL statements, for every invocation `li` of a workgroup of 256 (in uniform control flow: they hold
+/// The workgroup arrays [`quantize_quads`] uses, for workgroups of up to 256 and up to `items` items at a time
+/// (2 KiB an item).
+pub(crate) fn quantize_shared(items: usize) -> String {
+    let n = 256 * items.clamp(1, QUANTIZE_MAX_QUADS);
+    format!("var<workgroup> qmax: array<f32, {n}>;\nvar<workgroup> qsum: array<i32, {n}>;")
+}
+
+/// WGSL statements, for every invocation `li` of a workgroup of up to 256 (in uniform control flow: they hold
 /// barriers), that quantize `vec4`s to int8 for [`matvec_int8`] as the CPU backend quantizes activations: per
-/// block of 32, the scale `d = max |x| / 127` and quants `x / d` rounded half away from zero. Invocations
-/// `8j..8j + 7` hold the eight `vec4`s of one block, in order, in `v` (zeros where `active` is false); the block
-/// goes to block `block` of `xq` (an `array<vec4<u32>>`, three words a block: the quants, then the f32 bits of
-/// `d` and of `d` times the quants' sum). Needs [`QUANTIZE_SHARED`].
-pub(crate) fn quantize_quads(v: &str, block: &str, active: &str, indent: usize) -> String {
-    let group_max = (1..8).fold("qmax[g8]".to_string(), |a, j| format!("max({a}, qmax[g8 + {j}u])"));
-    let group_sum = (1..8).fold("qsum[g8]".to_string(), |a, j| format!("{a} + qsum[g8 + {j}u]"));
-    let body = format!(
-        "{{
-    let qv = {v};
-    let g8 = li & ~7u;
-    qmax[li] = max(max(abs(qv.x), abs(qv.y)), max(abs(qv.z), abs(qv.w)));
-    workgroupBarrier();
-    let d = {group_max} / 127.0;
-    let id = select(0.0, 1.0 / d, d != 0.0);
-    let q = vec4<i32>(sign(qv) * floor(abs(qv) * id + 0.5));
-    qsum[li] = q.x + q.y + q.z + q.w;
-    workgroupBarrier();
-    if ({active}) {{
+/// block of 32, the scale `d = max |x| / 127` and quants `x / d` rounded half away from zero. For each of the
+/// (up to [`QUANTIZE_MAX_QUADS`]) items `(v, block, active)`, invocations `8j..8j + 7` hold the eight `vec4`s of
+/// one block, in order, in `v` (zeros where `active` is false), and the block goes to block `block` of `xq` (an
+/// `array<vec4<u32>>`, three words a block: the quants, then the f32 bits of `d` and of `d` times the quants'
+/// sum). All items share three barriers. Needs [`quantize_shared`] for as many items.
+pub(crate) fn quantize_quads(items: &[(String, String, String)], indent: usize) -> String {
+    let mut body = vec!["{".to_string(), "    let g8 = li & ~7u;".to_string()];
+    for (k, (v, _, _)) in items.iter().enumerate() {
+        body.push(format!("    let qv{k} = {v};"));
+        body.push(format!(
+            "    qmax[{}u + li] = max(max(abs(qv{k}.x), abs(qv{k}.y)), max(abs(qv{k}.z), abs(qv{k}.w)));",
+            256 * k
+        ));
+    }
+    body.push("    workgroupBarrier();".into());
+    for k in 0..items.len() {
+        let at = |j: usize| format!("qmax[{}u + g8 + {j}u]", 256 * k);
+        let group_max = (1..8).fold(at(0), |a, j| format!("max({a}, {})", at(j)));
+        body.push(format!("    let d{k} = {group_max} / 127.0;"));
+        body.push(format!("    let id{k} = select(0.0, 1.0 / d{k}, d{k} != 0.0);"));
+        body.push(format!("    let q{k} = vec4<i32>(sign(qv{k}) * floor(abs(qv{k}) * id{k} + 0.5));"));
+        body.push(format!("    qsum[{}u + li] = q{k}.x + q{k}.y + q{k}.z + q{k}.w;", 256 * k));
+    }
+    body.push("    workgroupBarrier();".into());
+    for (k, (_, block, active)) in items.iter().enumerate() {
+        let group_sum = (1..8).fold(format!("qsum[{}u + g8]", 256 * k), |a, j| format!("{a} + qsum[{}u + g8 + {j}u]", 256 * k));
+        body.push(format!(
+            "    if ({active}) {{
         let b = {block};
-        xq[3u * b + (li & 7u) / 4u][li & 3u] = pack4xI8(q);
+        xq[3u * b + (li & 7u) / 4u][li & 3u] = pack4xI8(q{k});
         if ((li & 7u) == 0u) {{
-            xq[3u * b + 2u] = vec4<u32>(bitcast<u32>(d), bitcast<u32>(d * f32({group_sum})), 0u, 0u);
+            xq[3u * b + 2u] = vec4<u32>(bitcast<u32>(d{k}), bitcast<u32>(d{k} * f32({group_sum})), 0u, 0u);
         }}
-    }}
-    workgroupBarrier();
-}}"
-    );
-    lines(body.lines().map(str::to_string), indent)
+    }}"
+        ));
+    }
+    body.push("    workgroupBarrier();".into());
+    body.push("}".into());
+    lines(body.join("\n").lines().map(str::to_string), indent)
+}
+
+/// One item for [`quantize_quads`].
+pub(crate) fn quad(v: &str, block: &str, active: &str) -> (String, String, String) {
+    (v.to_string(), block.to_string(), active.to_string())
 }
 
 /// Activation rows quantized to int8 per block of 32 for [`matvec_int8`] ([`quantize_quads`]), one invocation
 /// per `vec4` (`p.len` counts them).
 pub(crate) fn quantize_rows() -> String {
-    let quantize = quantize_quads("v", "i / 8u", "i < p.len", 4);
+    let quantize = quantize_quads(&[quad("v", "i / 8u", "i < p.len")], 4);
     format!(
         r#"struct Params {{ len: u32, groups_x: u32, _p2: u32, _p3: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> xq: array<vec4<u32>>;
-{QUANTIZE_SHARED}
+{}
 
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
@@ -291,7 +312,8 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
         v = x[i];
     }}
 {quantize}}}
-"#
+"#,
+        quantize_shared(1)
     )
 }
 

@@ -35,10 +35,12 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
 /// Invocations per workgroup of RMSNorm (one workgroup per row).
 const NORM: u32 = 256;
 
-/// An RMSNorm kernel: one workgroup of 256 per row (`row`), the bindings of [`norm_bindings`], and `body`.
-fn norm_kernel(residual: bool, int8: bool, element: &str, body: &str) -> String {
+/// An RMSNorm kernel: one workgroup of 256 per row (`row`), the bindings of [`norm_bindings`], and `body`; with
+/// `int8_items` (quantizing that many `vec4`s per invocation at a time), the int8 output and its arrays.
+fn norm_kernel(residual: bool, int8_items: usize, element: &str, body: &str) -> String {
+    let int8 = int8_items > 0;
     let bindings = norm_bindings(residual, int8, element);
-    let shared = if int8 { super::products::QUANTIZE_SHARED } else { "" };
+    let shared = if int8 { super::products::quantize_shared(int8_items) } else { String::new() };
     format!(
         r#"struct Params {{ rows: u32, cols: u32, eps: f32, groups_x: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}
 @group(0) @binding(0) var<uniform> p: Params;
@@ -109,10 +111,10 @@ fn rms_norm_held(residual: bool, quads: u32, int8: bool) -> String {
         4,
     );
     let quantize = if int8 {
-        k.map(|k| {
-            super::products::quantize_quads(&format!("o{k}"), &format!("(base + {}) / 8u", at(k)), &format!("{} < n4", at(k)), 4)
-        })
-        .collect()
+        let items: Vec<_> = k
+            .map(|k| super::products::quad(&format!("o{k}"), &format!("(base + {}) / 8u", at(k)), &format!("{} < n4", at(k))))
+            .collect();
+        items.chunks(super::products::QUANTIZE_MAX_QUADS).map(|c| super::products::quantize_quads(c, 4)).collect()
     } else {
         String::new()
     };
@@ -124,7 +126,8 @@ fn rms_norm_held(residual: bool, quads: u32, int8: bool) -> String {
 {tree}    let inv = inverseSqrt(sums[0] / f32(p.cols) + p.eps);
 {writes}{quantize}"
     );
-    norm_kernel(residual, int8, "vec4<f32>", &body)
+    let items = if int8 { (quads as usize).min(super::products::QUANTIZE_MAX_QUADS) } else { 0 };
+    norm_kernel(residual, items, "vec4<f32>", &body)
 }
 
 /// One workgroup per row: the mean square in a tree, then the scaled row. With `residual`, the row is first
@@ -150,7 +153,7 @@ pub(crate) fn rms_norm(residual: bool, quads: u32, int8: bool) -> String {
     }}
 "
     );
-    norm_kernel(residual, false, "f32", &body)
+    norm_kernel(residual, 0, "f32", &body)
 }
 
 /// `(cos, sin)` of pair `i`'s angle at position `pos`, as [`rope`] describes.
@@ -297,7 +300,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
 /// the row quantized to int8 for decode products ([`super::products::quantize_quads`]).
 pub(crate) fn silu_mul(int8: bool) -> String {
     if int8 {
-        let quantize = super::products::quantize_quads("o", "i / 8u", "i < p.len", 4);
+        let quantize = super::products::quantize_quads(&[super::products::quad("o", "i / 8u", "i < p.len")], 4);
         return format!(
             r#"struct Params {{ len: u32, groups_x: u32, _p2: u32, _p3: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}
 @group(0) @binding(0) var<uniform> p: Params;
@@ -318,7 +321,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     }}
 {quantize}}}
 "#,
-            super::products::QUANTIZE_SHARED
+            super::products::quantize_shared(1)
         );
     }
     elementwise(
