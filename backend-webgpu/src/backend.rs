@@ -85,7 +85,9 @@ pub struct WebGpuBackend {
     inv_freq: Mutex<HashMap<(u32, usize), wgpu::Buffer>>,
     /// The partial results of split decode attention (grown as needed; every layer reuses it in turn).
     attention_parts: Mutex<Option<wgpu::Buffer>>,
-    /// A decode product's activations quantized to int8 (grown as needed; every product reuses it in turn).
+    /// A decode product's activations quantized to int8 (grown as needed; every product reuses it in turn). Like
+    /// `attention_parts`, it assumes one thread records at a time: two threads recording products on one backend
+    /// at once could interleave their quantizing and their products.
     int8_activations: Mutex<Option<wgpu::Buffer>>,
     /// Buffers of dropped tensors, for the next ones.
     pool: Arc<BufferPool>,
@@ -306,8 +308,9 @@ impl WebGpuBackend {
         k.tiled && k.int8 && k.subgroup_size.is_none()
     }
 
-    /// The buffer for the int8 form of `t` (already shaped), for an op that writes both, when decode products
-    /// take int8 activations and `t` is one row of whole blocks of 32; `t` then counts its int8 form as written.
+    /// The buffer for the int8 form of `t` (already shaped, and so marked stale), for an op that writes both,
+    /// when decode products take int8 activations and `t` is one row of whole blocks of 32. The op sets
+    /// `int8_ready` once its dispatch is recorded.
     fn int8_output(&self, t: &mut GpuTensor) -> Result<Option<wgpu::Buffer>> {
         if !self.int8_products() || t.rows != 1 || !t.cols.is_multiple_of(32) {
             return Ok(None);
@@ -319,7 +322,6 @@ impl WebGpuBackend {
                 self.pool.give(old);
             }
         }
-        t.int8_ready = true;
         Ok(t.int8.clone())
     }
 
@@ -663,9 +665,11 @@ impl Backend for WebGpuBackend {
         let int8 = if quads > 0 { self.int8_output(out)? } else { None };
         let kernel = Kernel::RmsNorm { residual: false, quads, int8: int8.is_some() };
         match &int8 {
-            Some(q) => self.recorder.dispatch(&self.gpu, kernel, params, &[&x.buf, &weight.buf, &out.buf, q], grid),
-            None => self.recorder.dispatch(&self.gpu, kernel, params, &[&x.buf, &weight.buf, &out.buf], grid),
+            Some(q) => self.recorder.dispatch(&self.gpu, kernel, params, &[&x.buf, &weight.buf, &out.buf, q], grid)?,
+            None => self.recorder.dispatch(&self.gpu, kernel, params, &[&x.buf, &weight.buf, &out.buf], grid)?,
         }
+        out.int8_ready = int8.is_some();
+        Ok(())
     }
 
     fn add_rms_norm(&self, x: &mut GpuTensor, y: &GpuTensor, weight: &GpuTensor, eps: f32, out: &mut GpuTensor) -> Result<()> {
@@ -681,9 +685,11 @@ impl Backend for WebGpuBackend {
         let int8 = if quads > 0 { self.int8_output(out)? } else { None };
         let kernel = Kernel::RmsNorm { residual: true, quads, int8: int8.is_some() };
         match &int8 {
-            Some(q) => self.recorder.dispatch(&self.gpu, kernel, params, &[&y.buf, &weight.buf, &x.buf, &out.buf, q], grid),
-            None => self.recorder.dispatch(&self.gpu, kernel, params, &[&y.buf, &weight.buf, &x.buf, &out.buf], grid),
+            Some(q) => self.recorder.dispatch(&self.gpu, kernel, params, &[&y.buf, &weight.buf, &x.buf, &out.buf, q], grid)?,
+            None => self.recorder.dispatch(&self.gpu, kernel, params, &[&y.buf, &weight.buf, &x.buf, &out.buf], grid)?,
         }
+        out.int8_ready = int8.is_some();
+        Ok(())
     }
 
     fn rope_and_append(
@@ -803,10 +809,14 @@ impl Backend for WebGpuBackend {
         if q.rows > 1 || visible <= span {
             let grid = Grid { dims: (p.n_heads as u32, q.rows as u32, 1) };
             let kernel = Kernel::Attention { head_dim: hd as u32, split: false, subgroups, int8: int8.is_some() };
-            return match &int8 {
-                Some(x8) => self.recorder.dispatch(&self.gpu, kernel, params(0), &[&q.buf, &k.buf, &v.buf, &out.buf, x8], grid),
-                None => self.recorder.dispatch(&self.gpu, kernel, params(0), &[&q.buf, &k.buf, &v.buf, &out.buf], grid),
-            };
+            match &int8 {
+                Some(x8) => {
+                    self.recorder.dispatch(&self.gpu, kernel, params(0), &[&q.buf, &k.buf, &v.buf, &out.buf, x8], grid)?
+                }
+                None => self.recorder.dispatch(&self.gpu, kernel, params(0), &[&q.buf, &k.buf, &v.buf, &out.buf], grid)?,
+            }
+            out.int8_ready = int8.is_some();
+            return Ok(());
         }
         // Decode over a long context: spans of positions in workgroups of their own, then merged.
         let splits = visible.div_ceil(span);
@@ -818,18 +828,23 @@ impl Backend for WebGpuBackend {
         let params = [p.n_heads as u32, splits as u32, 0, 0, 0, 0, 0, 0];
         let grid = Grid { dims: (p.n_heads as u32, 1, 1) };
         match &int8 {
-            Some(x8) => self.recorder.dispatch(&self.gpu, combine, params, &[&parts, &out.buf, x8], grid),
-            None => self.recorder.dispatch(&self.gpu, combine, params, &[&parts, &out.buf], grid),
+            Some(x8) => self.recorder.dispatch(&self.gpu, combine, params, &[&parts, &out.buf, x8], grid)?,
+            None => self.recorder.dispatch(&self.gpu, combine, params, &[&parts, &out.buf], grid)?,
         }
+        out.int8_ready = int8.is_some();
+        Ok(())
     }
 
     fn silu_mul(&self, gate: &GpuTensor, up: &GpuTensor, out: &mut GpuTensor) -> Result<()> {
         Self::same_shape("silu_mul", gate, up)?;
         self.resize("silu_mul", out, gate.rows, gate.cols)?;
-        match self.int8_output(out)? {
-            Some(q) => self.elementwise(Kernel::SiluMul { int8: true }, gate.len() / 4, &[&gate.buf, &up.buf, &out.buf, &q]),
-            None => self.elementwise(Kernel::SiluMul { int8: false }, gate.len(), &[&gate.buf, &up.buf, &out.buf]),
+        let int8 = self.int8_output(out)?;
+        match &int8 {
+            Some(q) => self.elementwise(Kernel::SiluMul { int8: true }, gate.len() / 4, &[&gate.buf, &up.buf, &out.buf, q])?,
+            None => self.elementwise(Kernel::SiluMul { int8: false }, gate.len(), &[&gate.buf, &up.buf, &out.buf])?,
         }
+        out.int8_ready = int8.is_some();
+        Ok(())
     }
 
     fn add(&self, x: &mut GpuTensor, y: &GpuTensor) -> Result<()> {

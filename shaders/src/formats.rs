@@ -388,7 +388,7 @@ pub fn int8_reader(ty: TensorType) -> Option<String> {
                 for (w, src) in ["a", "a1"].iter().enumerate() {
                     let mut q = format!("((({src}) >> {}u) & 0x03030303u)", 2 * k);
                     if ty == TensorType::T3 {
-                        q = format!("({q} | ((((hi >> {}u) & 15u) * 0x00204081u) & 0x01010101u) << 2u)", 8 * k + 4 * w);
+                        q = format!("({q} | (((((hi >> {}u) & 15u) * 0x00204081u) & 0x01010101u) << 2u))", 8 * k + 4 * w);
                     }
                     pairs.push((q, act(2 * k + w)));
                 }

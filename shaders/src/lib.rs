@@ -57,7 +57,8 @@ pub enum Kernel {
     /// Decode products on a GPU on activations quantized to int8 ([`Kernel::QuantizeRows`]), for the formats
     /// with an int8 reader (Q4_0, Q4_1, Q8_0 and tern's): lane `l` takes blocks `l, l + lanes, ...` of the row,
     /// `unroll` blocks per step, and multiplies quants and activations four at a time (`dot4I8Packed`).
-    /// Otherwise as [`Kernel::Matvec`]. Only for formats where [`Kernel::has_int8`].
+    /// Only for formats where [`Kernel::has_int8`] (for others its source has no entry point and fails to
+    /// build).
     MatvecInt8 { ty: TensorType, workgroup: u32, lanes: u32, rows: u32, unroll: u32, outputs: u32 },
     /// Activation rows quantized to int8 per block of 32, as the CPU backend quantizes them, for
     /// [`Kernel::MatvecInt8`]: one invocation per `vec4` (`len` counts them), eight to a block.
@@ -233,19 +234,21 @@ impl Kernel {
             // quants, scales, mins, row units, ids | out
             Kernel::Embed { .. } => &[Params, Read, Read, Read, Read, Read, ReadWrite],
             // x, weight | out (, int8 out)
-            Kernel::RmsNorm { residual: false, int8: false, .. } => &[Params, Read, Read, ReadWrite],
-            Kernel::RmsNorm { residual: false, int8: true, .. } => &[Params, Read, Read, ReadWrite, ReadWrite],
+            Kernel::RmsNorm { residual: false, int8: true, quads } if *quads > 0 => &[Params, Read, Read, ReadWrite, ReadWrite],
+            Kernel::RmsNorm { residual: false, .. } => &[Params, Read, Read, ReadWrite],
             // y, weight | x, out
-            Kernel::RmsNorm { residual: true, int8: false, .. } => &[Params, Read, Read, ReadWrite, ReadWrite],
-            Kernel::RmsNorm { residual: true, int8: true, .. } => &[Params, Read, Read, ReadWrite, ReadWrite, ReadWrite],
+            Kernel::RmsNorm { residual: true, int8: true, quads } if *quads > 0 => {
+                &[Params, Read, Read, ReadWrite, ReadWrite, ReadWrite]
+            }
+            Kernel::RmsNorm { residual: true, .. } => &[Params, Read, Read, ReadWrite, ReadWrite],
             // inverse frequencies | x
             Kernel::Rope => &[Params, Read, ReadWrite],
             // inverse frequencies, v | q, k, k cache, v cache
             Kernel::RopeAppend => &[Params, Read, Read, ReadWrite, ReadWrite, ReadWrite, ReadWrite],
-            // q, k, v | out (or partials)
-            Kernel::Attention { int8: false, .. } => &[Params, Read, Read, Read, ReadWrite],
             // q, k, v | out, int8 out
-            Kernel::Attention { int8: true, .. } => &[Params, Read, Read, Read, ReadWrite, ReadWrite],
+            Kernel::Attention { int8: true, split: false, .. } => &[Params, Read, Read, Read, ReadWrite, ReadWrite],
+            // q, k, v | out (or partials)
+            Kernel::Attention { .. } => &[Params, Read, Read, Read, ReadWrite],
             // partials | out (, int8 out)
             Kernel::AttentionCombine { int8: false, .. } => &[Params, Read, ReadWrite],
             Kernel::AttentionCombine { int8: true, .. } => &[Params, Read, ReadWrite, ReadWrite],

@@ -267,7 +267,12 @@ pub(crate) fn quantize_quads(items: &[(String, String, String)], indent: usize) 
         let group_max = (1..8).fold(at(0), |a, j| format!("max({a}, {})", at(j)));
         body.push(format!("    let d{k} = {group_max} / 127.0;"));
         body.push(format!("    let id{k} = select(0.0, 1.0 / d{k}, d{k} != 0.0);"));
-        body.push(format!("    let q{k} = vec4<i32>(sign(qv{k}) * floor(abs(qv{k}) * id{k} + 0.5));"));
+        // Half away from zero without adding 0.5 (which rounds 0.49999997 up): the fraction decides.
+        body.push(format!("    let a{k} = abs(qv{k}) * id{k};"));
+        body.push(format!("    let t{k} = trunc(a{k});"));
+        body.push(format!(
+            "    let q{k} = vec4<i32>(sign(qv{k}) * (t{k} + select(vec4<f32>(0.0), vec4<f32>(1.0), a{k} - t{k} >= vec4<f32>(0.5))));"
+        ));
         body.push(format!("    qsum[{}u + li] = q{k}.x + q{k}.y + q{k}.z + q{k}.w;", 256 * k));
     }
     body.push("    workgroupBarrier();".into());
