@@ -298,27 +298,35 @@ pub(crate) fn quad(v: &str, block: &str, active: &str) -> (String, String, Strin
     (v.to_string(), block.to_string(), active.to_string())
 }
 
-/// Activation rows quantized to int8 per block of 32 for [`matvec_int8`] ([`quantize_quads`]), one invocation
-/// per `vec4` (`p.len` counts them).
-pub(crate) fn quantize_rows() -> String {
+/// A kernel of one invocation per `vec4` (`p.len` counts them, 256 per workgroup) that sets `v` for index `i`
+/// with `value` (statements, run where `i < p.len`) and writes the row quantized to int8 for [`matvec_int8`]
+/// ([`quantize_quads`]); `bindings` declare the kernel's buffers, `xq` among them.
+pub(crate) fn quantizing_elementwise(bindings: &str, value: &str) -> String {
     let quantize = quantize_quads(&[quad("v", "i / 8u", "i < p.len")], 4);
     format!(
-        r#"struct Params {{ len: u32, groups_x: u32, _p2: u32, _p3: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read_write> xq: array<vec4<u32>>;
+        r#"{}
+{bindings}
 {}
 
-@compute @workgroup_size(256)
-fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
-    let i = (wid.x + wid.y * p.groups_x) * 256u + li;
+{}
     var v = vec4<f32>(0.0);
     if (i < p.len) {{
-        v = x[i];
+        {value}
     }}
 {quantize}}}
 "#,
-        quantize_shared(1)
+        super::rows::ELEMENTWISE_PARAMS,
+        quantize_shared(1),
+        super::rows::ELEMENTWISE_MAIN
+    )
+}
+
+/// Activation rows quantized to int8 per block of 32 for [`matvec_int8`], one invocation per `vec4`.
+pub(crate) fn quantize_rows() -> String {
+    quantizing_elementwise(
+        "@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> xq: array<vec4<u32>>;",
+        "v = x[i];",
     )
 }
 

@@ -278,15 +278,22 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     )
 }
 
+/// The parameter block of the 1-D kernels: `len` items, `groups_x` workgroups in the grid's first dimension.
+pub(super) const ELEMENTWISE_PARAMS: &str =
+    "struct Params { len: u32, groups_x: u32, _p2: u32, _p3: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }
+@group(0) @binding(0) var<uniform> p: Params;";
+
+/// The entry point of the 1-D kernels, up to the item index `i` (256 invocations per workgroup).
+pub(super) const ELEMENTWISE_MAIN: &str = "@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let i = (wid.x + wid.y * p.groups_x) * 256u + li;";
+
 /// A 1-D elementwise kernel over `p.len` elements, 256 per workgroup, with `body` run for index `i`.
 pub(super) fn elementwise(bindings: &str, body: &str) -> String {
     format!(
-        r#"struct Params {{ len: u32, groups_x: u32, _p2: u32, _p3: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}
-@group(0) @binding(0) var<uniform> p: Params;
+        r#"{ELEMENTWISE_PARAMS}
 {bindings}
-@compute @workgroup_size(256)
-fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
-    let i = (wid.x + wid.y * p.groups_x) * 256u + li;
+{ELEMENTWISE_MAIN}
     if (i >= p.len) {{
         return;
     }}
@@ -300,28 +307,14 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
 /// the row quantized to int8 for decode products ([`super::products::quantize_quads`]).
 pub(crate) fn silu_mul(int8: bool) -> String {
     if int8 {
-        let quantize = super::products::quantize_quads(&[super::products::quad("o", "i / 8u", "i < p.len")], 4);
-        return format!(
-            r#"struct Params {{ len: u32, groups_x: u32, _p2: u32, _p3: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> gate: array<vec4<f32>>;
+        return super::products::quantizing_elementwise(
+            "@group(0) @binding(1) var<storage, read> gate: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> up: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> xq: array<vec4<u32>>;
-{}
-
-@compute @workgroup_size(256)
-fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
-    let i = (wid.x + wid.y * p.groups_x) * 256u + li;
-    var o = vec4<f32>(0.0);
-    if (i < p.len) {{
-        let g = gate[i];
-        o = g / (1.0 + exp(-g)) * up[i];
-        out[i] = o;
-    }}
-{quantize}}}
-"#,
-            super::products::quantize_shared(1)
+@group(0) @binding(4) var<storage, read_write> xq: array<vec4<u32>>;",
+            "let g = gate[i];
+        v = g / (1.0 + exp(-g)) * up[i];
+        out[i] = v;",
         );
     }
     elementwise(
