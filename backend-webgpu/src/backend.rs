@@ -398,21 +398,16 @@ impl WebGpuBackend {
         let params = [rows as u32, w.cols as u32, x.rows as u32, x_groups, w.first_row as u32, rows_of(0), rows_of(1), 0];
         let [q, s, mn, u] = &w.parts;
         // Parts, activations, then up to three outputs: a fixed array, so a dispatch allocates nothing.
-        let quantized = if int8 { Some(self.int8_input(x)?) } else { None };
+        let quantized = match (int8, &x.int8, x.int8_ready) {
+            (false, ..) => None,
+            (true, Some(ready), true) => Some(ready.clone()),
+            (true, ..) => Some(self.quantize_activations(x)?),
+        };
         let mut buffers: [&wgpu::Buffer; 8] = [q, s, mn, u, quantized.as_ref().unwrap_or(&x.buf), q, q, q];
         for (slot, out) in buffers[5..].iter_mut().zip(outs.iter()) {
             *slot = &out.buf;
         }
         self.recorder.dispatch(&self.gpu, kernel, params, &buffers[..5 + outs.len()], grid)
-    }
-
-    /// `x` quantized to int8 for a decode product: its own int8 form where the op that wrote it made one, else
-    /// quantized now ([`WebGpuBackend::quantize_activations`]).
-    fn int8_input(&self, x: &GpuTensor) -> Result<wgpu::Buffer> {
-        match (&x.int8, x.int8_ready) {
-            (Some(ready), true) => Ok(ready.clone()),
-            _ => self.quantize_activations(x),
-        }
     }
 
     /// Records `x` (rows of whole blocks of 32) quantized to int8 into the backend's activation buffer, in
@@ -656,41 +651,6 @@ impl Backend for WebGpuBackend {
         for (w, out) in ws.iter().zip(outs.iter_mut()) {
             self.products(&[w], x, &mut [&mut **out])?;
         }
-        Ok(())
-    }
-
-    fn gated_product(
-        &self,
-        gate: &GpuMatrix,
-        up: &GpuMatrix,
-        x: &GpuTensor,
-        (g, u): (&mut GpuTensor, &mut GpuTensor),
-        out: &mut GpuTensor,
-    ) -> Result<()> {
-        // One pass for a decode step on int8 activations, over matrices stored together whose output rows fill
-        // whole workgroups (and int8 blocks) of 32.
-        let fused = x.rows == 1
-            && self.int8_products()
-            && Kernel::has_int8(gate.ty)
-            && GpuMatrix::stored_together(&[gate, up])
-            && gate.rows == up.rows
-            && gate.rows.is_multiple_of(32)
-            && x.cols == gate.cols;
-        if !fused {
-            self.matmul_many(&[gate, up], x, &mut [&mut *g, &mut *u])?;
-            return self.silu_mul(g, u, out);
-        }
-        self.resize("gated_product", out, 1, gate.rows)?;
-        let Some(int8) = self.int8_output(out)? else {
-            return Err(Error::Device { detail: "gated_product: no int8 output for a decode row".into() });
-        };
-        let xq = self.int8_input(x)?;
-        let (grid, groups_x) = Grid::folded((gate.rows / 32) as u64, self.max_groups());
-        let params = [gate.rows as u32, gate.cols as u32, 1, groups_x, gate.first_row as u32, gate.rows as u32, 0, 0];
-        let [q, s, mn, units] = &gate.parts;
-        let kernel = Kernel::MatvecGated { ty: gate.ty };
-        self.recorder.dispatch(&self.gpu, kernel, params, &[q, s, mn, units, &xq, &out.buf, &int8], grid)?;
-        out.int8_ready = true;
         Ok(())
     }
 

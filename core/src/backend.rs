@@ -130,20 +130,6 @@ pub trait Backend: Send + Sync {
         }
         Ok(())
     }
-    /// The feed-forward's gated product, `out = silu(gate x) * (up x)`, which a backend can run as one pass
-    /// for matrices it stores together; `g` and `u` take the two products where they are computed apart. This
-    /// default runs [`Backend::matmul_many`] into them, then [`Backend::silu_mul`].
-    fn gated_product(
-        &self,
-        gate: &Self::Matrix,
-        up: &Self::Matrix,
-        x: &Self::Tensor,
-        (g, u): (&mut Self::Tensor, &mut Self::Tensor),
-        out: &mut Self::Tensor,
-    ) -> Result<()> {
-        self.matmul_many(&[gate, up], x, &mut [&mut *g, &mut *u])?;
-        self.silu_mul(g, u, out)
-    }
     /// `out[t] = x[t] / rms(x[t]) * weight`, with `weight` a `1 x cols` tensor.
     fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Tensor, eps: f32, out: &mut Self::Tensor) -> Result<()>;
     /// `x += y`, then `out = rms_norm(x)`: a residual connection and the norm after it, which a backend can

@@ -285,29 +285,6 @@ impl Backend for AnyBackend {
         }
     }
 
-    fn gated_product(
-        &self,
-        gate: &AnyMatrix,
-        up: &AnyMatrix,
-        x: &AnyTensor,
-        (g, u): (&mut AnyTensor, &mut AnyTensor),
-        out: &mut AnyTensor,
-    ) -> Result<()> {
-        dispatch!(self, "gated_product", |be,
-                                          gate: AnyMatrix,
-                                          up: AnyMatrix,
-                                          x: AnyTensor,
-                                          g: AnyTensor,
-                                          u: AnyTensor,
-                                          out: AnyTensor| be.gated_product(
-            gate,
-            up,
-            x,
-            (g, u),
-            out
-        ))
-    }
-
     fn rms_norm(&self, x: &AnyTensor, weight: &AnyTensor, eps: f32, out: &mut AnyTensor) -> Result<()> {
         dispatch!(self, "rms_norm", |be, x: AnyTensor, weight: AnyTensor, out: AnyTensor| be.rms_norm(x, weight, eps, out))
     }

@@ -357,7 +357,8 @@ impl<B: Backend> Llama<B> {
             be.matmul(&layer.wo, &s.att, &mut s.proj)?;
             be.add_rms_norm(&mut s.x, &s.proj, &layer.ffn_norm, c.rms_eps, &mut s.xn)?;
             seen(&["ffn_gate", "ffn_up"], Some(l), &s.xn)?;
-            be.gated_product(&layer.gate, &layer.up, &s.xn, (&mut s.gate, &mut s.up), &mut s.hidden)?;
+            be.matmul_many(&[&layer.gate, &layer.up], &s.xn, &mut [&mut s.gate, &mut s.up])?;
+            be.silu_mul(&s.gate, &s.up, &mut s.hidden)?;
             seen(&["ffn_down"], Some(l), &s.hidden)?;
             be.matmul(&layer.down, &s.hidden, &mut s.proj)?;
             // The last residual add goes with the output norm when every row goes to the head (always in decode).

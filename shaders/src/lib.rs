@@ -60,11 +60,6 @@ pub enum Kernel {
     /// Only for formats where [`Kernel::has_int8`] (for others its source has no entry point and fails to
     /// build).
     MatvecInt8 { ty: TensorType, workgroup: u32, lanes: u32, rows: u32, unroll: u32, outputs: u32 },
-    /// The feed-forward's gated decode product on int8 activations, `out = silu(gate x) * (up x)`, for gate and
-    /// up stored together (up's rows `rows_a` after gate's; gate's rows a multiple of 32), `out` also written
-    /// quantized to int8 for the down product: 32 output rows per workgroup of 64. Only for formats where
-    /// [`Kernel::has_int8`].
-    MatvecGated { ty: TensorType },
     /// Activation rows quantized to int8 per block of 32, as the CPU backend quantizes them, for
     /// [`Kernel::MatvecInt8`]: one invocation per `vec4` (`len` counts them), eight to a block.
     QuantizeRows,
@@ -150,9 +145,6 @@ impl Kernel {
                     }
                 }
             }
-            if Kernel::has_int8(ty) && outputs == 1 {
-                v.push(Kernel::MatvecGated { ty });
-            }
             if Kernel::has_int8(ty) {
                 for (workgroup, lanes) in [(64, 32), (64, 16), (128, 32), (256, 32)] {
                     for rows in [1, 2, 4] {
@@ -210,7 +202,6 @@ impl Kernel {
                 format!("matvec {ty} wg{workgroup} lanes{lanes} rows{rows} unroll{unroll} outputs{outputs}")
             }
             Kernel::MatvecSubgroups { ty, outputs } => format!("matvec {ty} subgroups outputs{outputs}"),
-            Kernel::MatvecGated { ty } => format!("matvec gated {ty}"),
             Kernel::MatvecInt8 { ty, workgroup, lanes, rows, unroll, outputs } => {
                 format!("matvec int8 {ty} wg{workgroup} lanes{lanes} rows{rows} unroll{unroll} outputs{outputs}")
             }
@@ -238,8 +229,6 @@ impl Kernel {
                 2 => &[Params, Read, Read, Read, Read, Read, ReadWrite, ReadWrite],
                 _ => &[Params, Read, Read, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite],
             },
-            // quants, scales, mins, row units, x quantized | out, out quantized
-            Kernel::MatvecGated { .. } => &[Params, Read, Read, Read, Read, Read, ReadWrite, ReadWrite],
             // x | int8 blocks
             Kernel::QuantizeRows => &[Params, Read, ReadWrite],
             // quants, scales, mins, row units, ids | out
@@ -282,8 +271,7 @@ impl Kernel {
             | Kernel::Matvec { .. }
             | Kernel::MatvecSlots { .. }
             | Kernel::MatvecSubgroups { .. }
-            | Kernel::MatvecInt8 { .. }
-            | Kernel::MatvecGated { .. } => ["rows", "cols", "tokens", "groups_x", "row0", "rows_a", "rows_b", "_"],
+            | Kernel::MatvecInt8 { .. } => ["rows", "cols", "tokens", "groups_x", "row0", "rows_a", "rows_b", "_"],
             Kernel::Embed { .. } => ["cols", "tokens", "groups_x", "row0", "_", "_", "_", "_"],
             Kernel::RmsNorm { .. } => ["rows", "cols", "eps (f32)", "groups_x", "_", "_", "_", "_"],
             Kernel::RopeAppend => {
@@ -317,9 +305,6 @@ impl Kernel {
                 // Without an int8 reader there is no kernel: a source with no entry point, which fails to build.
                 kernels::matvec_int8(ty, workgroup, lanes, rows, unroll, outputs)
                     .unwrap_or_else(|| format!("// {ty} has no int8 reader: see Kernel::has_int8\n"))
-            }
-            Kernel::MatvecGated { ty } => {
-                kernels::matvec_gated(ty).unwrap_or_else(|| format!("// {ty} has no int8 reader: see Kernel::has_int8\n"))
             }
             Kernel::QuantizeRows => kernels::quantize_rows(),
             Kernel::Embed { ty } => kernels::embed(ty),
@@ -356,7 +341,6 @@ impl Kernel {
             | Kernel::Matvec { workgroup, .. }
             | Kernel::MatvecSlots { workgroup, .. }
             | Kernel::MatvecInt8 { workgroup, .. } => workgroup,
-            Kernel::MatvecGated { .. } => 64,
             Kernel::SiluMul { .. } | Kernel::Add | Kernel::RmsNorm { .. } | Kernel::Sample | Kernel::QuantizeRows => 256,
             _ => WORKGROUP,
         }

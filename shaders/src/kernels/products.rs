@@ -253,11 +253,6 @@ pub(crate) fn quantize_shared(items: usize) -> String {
 /// `array<vec4<u32>>`, three words a block: the quants, then the f32 bits of `d` and of `d` times the quants'
 /// sum). All items share three barriers. Needs [`quantize_shared`] for as many items.
 pub(crate) fn quantize_quads(items: &[(String, String, String)], indent: usize) -> String {
-    quantize_quads_into("xq", items, indent)
-}
-
-/// [`quantize_quads`] into the array `dst` instead of `xq`.
-pub(crate) fn quantize_quads_into(dst: &str, items: &[(String, String, String)], indent: usize) -> String {
     let mut body = vec!["{".to_string(), "    let g8 = li & ~7u;".to_string()];
     for (k, (v, _, _)) in items.iter().enumerate() {
         body.push(format!("    let qv{k} = {v};"));
@@ -286,9 +281,9 @@ pub(crate) fn quantize_quads_into(dst: &str, items: &[(String, String, String)],
         body.push(format!(
             "    if ({active}) {{
         let b = {block};
-        {dst}[3u * b + (li & 7u) / 4u][li & 3u] = pack4xI8(q{k});
+        xq[3u * b + (li & 7u) / 4u][li & 3u] = pack4xI8(q{k});
         if ((li & 7u) == 0u) {{
-            {dst}[3u * b + 2u] = vec4<u32>(bitcast<u32>(d{k}), bitcast<u32>(d{k} * f32({group_sum})), 0u, 0u);
+            xq[3u * b + 2u] = vec4<u32>(bitcast<u32>(d{k}), bitcast<u32>(d{k} * f32({group_sum})), 0u, 0u);
         }}
     }}"
         ));
@@ -301,72 +296,6 @@ pub(crate) fn quantize_quads_into(dst: &str, items: &[(String, String, String)],
 /// One item for [`quantize_quads`].
 pub(crate) fn quad(v: &str, block: &str, active: &str) -> (String, String, String) {
     (v.to_string(), block.to_string(), active.to_string())
-}
-
-/// The feed-forward's gated decode product on int8 activations: `out = silu(gate x) * (up x)` for gate and up
-/// stored together (up's rows `p.rows_a` after gate's, both from `p.row0`; `p.rows` gate rows, a multiple of
-/// 32), and `out` also written quantized to int8 (`xo`) for the down product. A workgroup of 64 takes 32
-/// consecutive output rows: eight groups of eight lanes, each group four gate rows and the four matching up
-/// rows, so that each activation block loaded serves eight rows; the group's sums meet in a tree, and the
-/// eight invocations holding the 32 outputs quantize them as one block. `None` for a format without an int8
-/// reader.
-pub(crate) fn matvec_gated(ty: TensorType) -> Option<String> {
-    let prelude = product_prelude(&formats::int8_reader(ty)?, 1, true);
-    let accs: Vec<String> = (0..8).map(|j| format!("acc{j}")).collect();
-    let declare = lines(accs.iter().map(|a| format!("var {a} = 0.0;")), 4);
-    let sums = lines(
-        (0..8).map(|j| {
-            let row = if j < 4 { format!("p.row0 + pair0 + {j}u") } else { format!("p.row0 + p.rows_a + pair0 + {}u", j - 4) };
-            format!("acc{j} += block_i8({row}, b, xa, xb, xs);")
-        }),
-        12,
-    );
-    let tree = lane_tree(&accs);
-    let total = |j: u32| format!("partial[{j}u * WG + 8u * li]");
-    let quantize = quantize_quads_into("xo", &[quad("o", "first / 32u", "li < 8u")], 4);
-    Some(format!(
-        r#"{prelude}
-@group(0) @binding(7) var<storage, read_write> xo: array<vec4<u32>>;
-const WG: u32 = 64u;
-const LANES: u32 = 8u;
-var<workgroup> partial: array<f32, 512>;
-{}
-
-@compute @workgroup_size(64)
-fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
-    let lane = li % LANES;
-    let first = (wid.x + wid.y * p.groups_x) * 32u;
-    let pair0 = first + (li / LANES) * 4u;
-    let blocks = p.cols / 32u;
-{declare}    if (first < p.rows) {{
-        for (var b = lane; b < blocks; b += LANES) {{
-            let xa = xq[3u * b];
-            let xb = xq[3u * b + 1u];
-            let xs = bitcast<vec2<f32>>(xq[3u * b + 2u].xy);
-{sums}        }}
-    }}
-{tree}    var o = vec4<f32>(0.0);
-    if (li < 8u && first < p.rows) {{
-        let g = vec4<f32>({}, {}, {}, {});
-        let u = vec4<f32>({}, {}, {}, {});
-        o = g / (1.0 + exp(-g)) * u;
-        out[first + 4u * li] = o.x;
-        out[first + 4u * li + 1u] = o.y;
-        out[first + 4u * li + 2u] = o.z;
-        out[first + 4u * li + 3u] = o.w;
-    }}
-{quantize}}}
-"#,
-        quantize_shared(1),
-        total(0),
-        total(1),
-        total(2),
-        total(3),
-        total(4),
-        total(5),
-        total(6),
-        total(7)
-    ))
 }
 
 /// A kernel of one invocation per `vec4` (`p.len` counts them, 256 per workgroup) that sets `v` for index `i`
