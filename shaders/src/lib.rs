@@ -19,6 +19,9 @@ pub const WORKGROUP: u32 = 64;
 /// Positions per tile of the attention kernel (one invocation scores one position of the tile).
 pub const ATTENTION_TILE: u32 = 64;
 
+/// Invocations per workgroup of the attention kernel: four per position of a tile.
+pub const ATTENTION_INVOCATIONS: u32 = 256;
+
 /// The largest head the attention kernel takes: each invocation owns `head_dim / 64` output dimensions.
 pub const MAX_HEAD_DIM: u32 = 256;
 
@@ -341,6 +344,7 @@ impl Kernel {
             | Kernel::Matvec { workgroup, .. }
             | Kernel::MatvecSlots { workgroup, .. }
             | Kernel::MatvecInt8 { workgroup, .. } => workgroup,
+            Kernel::Attention { .. } => ATTENTION_INVOCATIONS,
             Kernel::SiluMul { .. } | Kernel::Add | Kernel::RmsNorm { .. } | Kernel::Sample | Kernel::QuantizeRows => 256,
             _ => WORKGROUP,
         }

@@ -1,11 +1,13 @@
 //! Causal attention over the KV cache, and the merge of a split decode attention.
 
 use super::{lines, workgroup_tree};
-use crate::{ATTENTION_TILE, formats};
+use crate::{ATTENTION_INVOCATIONS, ATTENTION_TILE, formats};
 
-/// One workgroup per (query row, head). Each tile of positions: every invocation scores one position, the
-/// tile's maximum rescales the running sums (online softmax), and each invocation accumulates its own output
-/// dimensions over the tile.
+/// One workgroup of [`ATTENTION_INVOCATIONS`] per (query row, head). Each tile of [`ATTENTION_TILE`] positions:
+/// four invocations score each position (a quarter of the head's dimensions each, so that a score costs a
+/// few loads in flight instead of a chain of them), the tile's maximum rescales the running sums (online
+/// softmax), and each invocation accumulates a `vec4` of the output over an eighth (for heads of 128) of the
+/// tile's positions.
 ///
 /// With `split`, the kernel takes one query row (decode) and workgroup (head, split) covers only positions
 /// `split * span..(split + 1) * span`: long contexts then keep many workgroups busy. Each writes its running
@@ -18,7 +20,7 @@ use crate::{ATTENTION_TILE, formats};
 /// With `int8` (not with `split`; heads of whole blocks of 32, one query row), the output is also written
 /// quantized to int8 for decode products ([`super::products::quantize_quads`]).
 pub(crate) fn attention(head_dim: u32, split: bool, subgroups: bool, int8: bool) -> String {
-    let tile = ATTENTION_TILE;
+    let (tile, wg) = (ATTENTION_TILE, ATTENTION_INVOCATIONS);
     let quads = head_dim / 4;
     // The weighted sum of V: invocation `li` owns `vec4` chunk `li % CHUNKS` of the head for the positions
     // `li / CHUNKS, + GROUPS, ...` of each tile, eight loads in flight; the groups' sums meet at the end.
@@ -113,21 +115,25 @@ pub(crate) fn attention(head_dim: u32, split: bool, subgroups: bool, int8: bool)
 {int8_decls}
 const HD: u32 = {head_dim}u;
 const CHUNKS: u32 = HD / 4u;
-const GROUPS: u32 = {tile}u / CHUNKS;
+const TILE: u32 = {tile}u;
+const WG: u32 = {wg}u;
+const PARTS: u32 = WG / TILE;
+const GROUPS: u32 = WG / CHUNKS;
 var<workgroup> weights: array<f32, {tile}>;
-var<workgroup> red: array<f32, {tile}>;
+var<workgroup> red: array<f32, {wg}>;
+var<workgroup> dots: array<f32, {wg}>;
 var<workgroup> qs: array<vec4<f32>, {quads}>;
-var<workgroup> sums: array<vec4<f32>, {tile}>;
+var<workgroup> sums: array<vec4<f32>, {wg}>;
 const NONE: f32 = -3.0e38;
 
-@compute @workgroup_size({tile})
+@compute @workgroup_size({wg})
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>{builtins}) {{
     let h = wid.x;
     {range}
     let kvh = h / (p.n_heads / p.n_kv_heads);
     let kv_cols = p.n_kv_heads * HD;
     let qbase = (t * p.n_heads + h) * HD;
-    for (var d = li; d < HD / 4u; d += {tile}u) {{
+    for (var d = li; d < HD / 4u; d += WG) {{
         qs[d] = vec4<f32>(q[qbase + 4u * d], q[qbase + 4u * d + 1u], q[qbase + 4u * d + 2u], q[qbase + 4u * d + 3u]);
     }}
     workgroupBarrier();
@@ -136,26 +142,40 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     var m = NONE;
     var l = 0.0;
     var acc = vec4<f32>(0.0);
-    for (var j0 = first; j0 < visible; j0 += {tile}u) {{
+    for (var j0 = first; j0 < visible; j0 += TILE) {{
+        // Position `li / PARTS` of the tile, dimensions `part, part + PARTS, ...` of it.
+        let jq = j0 + li / PARTS;
+        var part_dot = 0.0;
+        if (jq < visible) {{
+            let kb = (jq * kv_cols + kvh * HD) / 4u;
+            for (var d = li % PARTS; d < CHUNKS; d += PARTS) {{
+                part_dot += dot(qs[d], k[kb + d]);
+            }}
+        }}
+        dots[li] = part_dot;
+        workgroupBarrier();
+        // Invocation `li < TILE` holds position `j0 + li`'s score.
         let j = j0 + li;
+        let mine = li < TILE && j < visible;
         var s = NONE;
-        if (j < visible) {{
-            let kb = (j * kv_cols + kvh * HD) / 4u;
+        if (mine) {{
             var dotp = 0.0;
-            for (var d = 0u; d < HD / 4u; d++) {{
-                dotp += dot(qs[d], k[kb + d]);
+            for (var i = 0u; i < PARTS; i++) {{
+                dotp += dots[PARTS * li + i];
             }}
             s = dotp * p.scale;
         }}
         // The tile's maximum and sum.
 {reduce_max}        let m_new = max(m, tile_max);
         let correction = exp(m - m_new);
-        let e = select(0.0, exp(s - m_new), j < visible);
+        let e = select(0.0, exp(s - m_new), mine);
         workgroupBarrier();
-        weights[li] = e;
+        if (li < TILE) {{
+            weights[li] = e;
+        }}
 {reduce_sum}        l = l * correction + tile_sum;
         acc *= correction;
-        let n = min({tile}u, visible - j0);
+        let n = min(TILE, visible - j0);
         if (g < GROUPS) {{
             var i = g;
             for (; i + 7u * GROUPS < n; i += 8u * GROUPS) {{
