@@ -117,7 +117,8 @@ pub struct KernelChoice {
     /// With `tiled`: decode products summed by subgroup operations, one row per subgroup of this size (the
     /// adapter's fixed subgroup size), in place of `lanes` and `rows`.
     pub subgroup_size: Option<u32>,
-    /// Attention's per-tile maximum and sum by subgroup operations (needs the adapter's subgroups).
+    /// Attention's per-tile maximum and sum, and RMSNorm's mean square, by subgroup operations (needs the
+    /// adapter's subgroups).
     pub subgroup_reductions: bool,
     /// With `tiled` and no `subgroup_size`: decode products of the formats that have one take their activations
     /// quantized to int8 per block of 32 (as the CPU backend does) and multiply four quants at a time with
@@ -663,7 +664,8 @@ impl Backend for WebGpuBackend {
         let params = [x.rows as u32, x.cols as u32, eps.to_bits(), groups_x, 0, 0, 0, 0];
         let quads = norm_quads(x.cols);
         let int8 = if quads > 0 { self.int8_output(out)? } else { None };
-        let kernel = Kernel::RmsNorm { residual: false, quads, int8: int8.is_some() };
+        let subgroups = quads > 0 && self.kernels.subgroup_reductions;
+        let kernel = Kernel::RmsNorm { residual: false, quads, int8: int8.is_some(), subgroups };
         match &int8 {
             Some(q) => self.recorder.dispatch(&self.gpu, kernel, params, &[&x.buf, &weight.buf, &out.buf, q], grid)?,
             None => self.recorder.dispatch(&self.gpu, kernel, params, &[&x.buf, &weight.buf, &out.buf], grid)?,
@@ -683,7 +685,8 @@ impl Backend for WebGpuBackend {
         x.written();
         let quads = norm_quads(x.cols);
         let int8 = if quads > 0 { self.int8_output(out)? } else { None };
-        let kernel = Kernel::RmsNorm { residual: true, quads, int8: int8.is_some() };
+        let subgroups = quads > 0 && self.kernels.subgroup_reductions;
+        let kernel = Kernel::RmsNorm { residual: true, quads, int8: int8.is_some(), subgroups };
         match &int8 {
             Some(q) => self.recorder.dispatch(&self.gpu, kernel, params, &[&y.buf, &weight.buf, &x.buf, &out.buf, q], grid)?,
             None => self.recorder.dispatch(&self.gpu, kernel, params, &[&y.buf, &weight.buf, &x.buf, &out.buf], grid)?,

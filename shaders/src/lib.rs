@@ -78,8 +78,9 @@ pub enum Kernel {
     /// registers, all loaded before any store (rows of up to `quads * 1024` elements, a multiple of 4); with
     /// 0, any row length, element by element.
     ///
-    /// With `int8` (only with `quads`), the output is also written quantized to int8 for [`Kernel::MatvecInt8`].
-    RmsNorm { residual: bool, quads: u32, int8: bool },
+    /// With `int8` (only with `quads`), the output is also written quantized to int8 for [`Kernel::MatvecInt8`];
+    /// with `subgroups` (only with `quads`), the mean square is summed by subgroup operations.
+    RmsNorm { residual: bool, quads: u32, int8: bool, subgroups: bool },
     /// Rotary position embedding, in place.
     Rope,
     /// RoPE on `q` and `k` in place, and `k` and `v` appended to the KV caches.
@@ -173,10 +174,11 @@ impl Kernel {
             Kernel::QuantizeRows,
         ];
         for residual in [false, true] {
-            v.push(Kernel::RmsNorm { residual, quads: 0, int8: false });
+            v.push(Kernel::RmsNorm { residual, quads: 0, int8: false, subgroups: false });
             for quads in 1..=MAX_NORM_QUADS {
-                v.push(Kernel::RmsNorm { residual, quads, int8: false });
-                v.push(Kernel::RmsNorm { residual, quads, int8: true });
+                for (int8, subgroups) in [(false, false), (true, false), (false, true), (true, true)] {
+                    v.push(Kernel::RmsNorm { residual, quads, int8, subgroups });
+                }
             }
         }
         for head_dim in [32, 64, 128, 256] {
@@ -237,10 +239,12 @@ impl Kernel {
             // quants, scales, mins, row units, ids | out
             Kernel::Embed { .. } => &[Params, Read, Read, Read, Read, Read, ReadWrite],
             // x, weight | out (, int8 out)
-            Kernel::RmsNorm { residual: false, int8: true, quads } if *quads > 0 => &[Params, Read, Read, ReadWrite, ReadWrite],
+            Kernel::RmsNorm { residual: false, int8: true, quads, .. } if *quads > 0 => {
+                &[Params, Read, Read, ReadWrite, ReadWrite]
+            }
             Kernel::RmsNorm { residual: false, .. } => &[Params, Read, Read, ReadWrite],
             // y, weight | x, out
-            Kernel::RmsNorm { residual: true, int8: true, quads } if *quads > 0 => {
+            Kernel::RmsNorm { residual: true, int8: true, quads, .. } if *quads > 0 => {
                 &[Params, Read, Read, ReadWrite, ReadWrite, ReadWrite]
             }
             Kernel::RmsNorm { residual: true, .. } => &[Params, Read, Read, ReadWrite, ReadWrite],
@@ -311,7 +315,7 @@ impl Kernel {
             }
             Kernel::QuantizeRows => kernels::quantize_rows(),
             Kernel::Embed { ty } => kernels::embed(ty),
-            Kernel::RmsNorm { residual, quads, int8 } => kernels::rms_norm(residual, quads, int8),
+            Kernel::RmsNorm { residual, quads, int8, subgroups } => kernels::rms_norm(residual, quads, int8, subgroups),
             Kernel::Rope => kernels::rope(),
             Kernel::RopeAppend => kernels::rope_append(),
             Kernel::Attention { head_dim, split, subgroups, int8 } => kernels::attention(head_dim, split, subgroups, int8),
@@ -334,7 +338,12 @@ impl Kernel {
 
     /// Whether the kernel needs the device's subgroup feature.
     pub fn needs_subgroups(&self) -> bool {
-        matches!(self, Kernel::MatvecSubgroups { .. } | Kernel::Attention { subgroups: true, .. })
+        matches!(
+            self,
+            Kernel::MatvecSubgroups { .. }
+                | Kernel::Attention { subgroups: true, .. }
+                | Kernel::RmsNorm { subgroups: true, quads: 1.., .. }
+        )
     }
 
     /// The workgroup size the source declares.

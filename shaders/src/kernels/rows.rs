@@ -37,8 +37,16 @@ const NORM: u32 = 256;
 
 /// An RMSNorm kernel: one workgroup of 256 per row (`row`), the bindings of [`norm_bindings`], and `body`; with
 /// `int8_items` (quantizing that many `vec4`s per invocation at a time), the int8 output and its arrays.
-fn norm_kernel(residual: bool, int8_items: usize, element: &str, body: &str) -> String {
+fn norm_kernel(residual: bool, int8_items: usize, subgroups: bool, element: &str, body: &str) -> String {
     let int8 = int8_items > 0;
+    let builtins = if subgroups {
+        ",
+    @builtin(subgroup_id) sg: u32,
+    @builtin(num_subgroups) sg_count: u32,
+    @builtin(subgroup_invocation_id) sg_lane: u32"
+    } else {
+        ""
+    };
     let bindings = norm_bindings(residual, int8, element);
     let shared = if int8 { super::products::quantize_shared(int8_items) } else { String::new() };
     format!(
@@ -49,7 +57,7 @@ var<workgroup> sums: array<f32, {NORM}>;
 {shared}
 
 @compute @workgroup_size({NORM})
-fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>{builtins}) {{
     let row = wid.x + wid.y * p.groups_x;
     if (row >= p.rows) {{
         return;
@@ -82,9 +90,30 @@ fn norm_bindings(residual: bool, int8: bool, element: &str) -> String {
 /// `residual`, the sum `x + y` written back) comes before the mean square's tree, so a row costs one round of
 /// memory latency instead of one per element. With `int8` (rows of whole blocks of 32), the output is also
 /// written quantized to int8 for decode products, by the invocations holding each block
-/// ([`super::products::quantize_quads`]).
-fn rms_norm_held(residual: bool, quads: u32, int8: bool) -> String {
-    let tree = workgroup_tree("sums", NORM, "{a} + {b}", 4);
+/// ([`super::products::quantize_quads`]). With `subgroups`, the mean square is summed by `subgroupAdd` and the
+/// subgroups' sums through workgroup memory: one barrier instead of one per tree level.
+fn rms_norm_held(residual: bool, quads: u32, int8: bool, subgroups: bool) -> String {
+    let total = if subgroups {
+        "    let sg_sum = subgroupAdd(squares);
+    if (sg_lane == 0u) {
+        sums[sg] = sg_sum;
+    }
+    workgroupBarrier();
+    var total = 0.0;
+    for (var i = 0u; i < sg_count; i++) {
+        total += sums[i];
+    }
+"
+        .to_string()
+    } else {
+        format!(
+            "    sums[li] = squares;
+    workgroupBarrier();
+{}    let total = sums[0];
+",
+            workgroup_tree("sums", NORM, "{a} + {b}", 4)
+        )
+    };
     let k = 0..quads;
     let at = |k: u32| format!("li + {}u", k * NORM);
     let loads = lines(
@@ -121,20 +150,19 @@ fn rms_norm_held(residual: bool, quads: u32, int8: bool) -> String {
     let body = format!(
         "    let n4 = p.cols / 4u;
     let base = row * n4;
-{loads}{write_back}    sums[li] = {squares};
-    workgroupBarrier();
-{tree}    let inv = inverseSqrt(sums[0] / f32(p.cols) + p.eps);
+{loads}{write_back}    let squares = {squares};
+{total}    let inv = inverseSqrt(total / f32(p.cols) + p.eps);
 {writes}{quantize}"
     );
     let items = if int8 { (quads as usize).min(super::products::QUANTIZE_MAX_QUADS) } else { 0 };
-    norm_kernel(residual, items, "vec4<f32>", &body)
+    norm_kernel(residual, items, subgroups, "vec4<f32>", &body)
 }
 
 /// One workgroup per row: the mean square in a tree, then the scaled row. With `residual`, the row is first
 /// `x += y` (written back), the residual connection before the norm.
-pub(crate) fn rms_norm(residual: bool, quads: u32, int8: bool) -> String {
+pub(crate) fn rms_norm(residual: bool, quads: u32, int8: bool, subgroups: bool) -> String {
     if quads > 0 {
-        return rms_norm_held(residual, quads, int8);
+        return rms_norm_held(residual, quads, int8, subgroups);
     }
     let tree = workgroup_tree("sums", NORM, "{a} + {b}", 4);
     let load = if residual { "let v = x[base + c] + y[base + c];\n        x[base + c] = v;" } else { "let v = x[base + c];" };
@@ -153,7 +181,7 @@ pub(crate) fn rms_norm(residual: bool, quads: u32, int8: bool) -> String {
     }}
 "
     );
-    norm_kernel(residual, 0, "f32", &body)
+    norm_kernel(residual, 0, false, "f32", &body)
 }
 
 /// `(cos, sin)` of pair `i`'s angle at position `pos`, as [`rope`] describes.
