@@ -120,7 +120,10 @@ fn rms_norm_held(residual: bool, quads: u32, int8: bool, subgroups: bool) -> Str
         k.clone().map(|k| {
             let i = at(k);
             let add = if residual { format!(" + y[base + {i}]") } else { String::new() };
-            format!("var v{k} = vec4<f32>(0.0); if ({i} < n4) {{ v{k} = x[base + {i}]{add}; }}")
+            // The weight is loaded with the row, not after the mean square's barriers.
+            format!(
+                "var v{k} = vec4<f32>(0.0); var w{k} = vec4<f32>(0.0); if ({i} < n4) {{ v{k} = x[base + {i}]{add}; w{k} = weight[{i}]; }}"
+            )
         }),
         4,
     );
@@ -132,10 +135,7 @@ fn rms_norm_held(residual: bool, quads: u32, int8: bool, subgroups: bool) -> Str
     let squares = k.clone().map(|k| format!("dot(v{k}, v{k})")).collect::<Vec<_>>().join(" + ");
     let writes = lines(
         k.clone().map(|k| {
-            format!(
-                "var o{k} = vec4<f32>(0.0); if ({0} < n4) {{ o{k} = v{k} * inv * weight[{0}]; out[base + {0}] = o{k}; }}",
-                at(k)
-            )
+            format!("var o{k} = vec4<f32>(0.0); if ({0} < n4) {{ o{k} = v{k} * inv * w{k}; out[base + {0}] = o{k}; }}", at(k))
         }),
         4,
     );
