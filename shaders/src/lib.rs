@@ -22,7 +22,8 @@ pub const ATTENTION_TILE: u32 = 64;
 /// Invocations per workgroup of the attention kernel: four per position of a tile.
 pub const ATTENTION_INVOCATIONS: u32 = 256;
 
-/// The largest head the attention kernel takes: each invocation owns `head_dim / 64` output dimensions.
+/// The largest head the attention kernel takes (the merge of a split attention gives each of its 64 invocations
+/// `head_dim / 64` output dimensions).
 pub const MAX_HEAD_DIM: u32 = 256;
 
 /// The most `vec4`s per invocation of the register-held RMSNorm ([`Kernel::RmsNorm`]): rows up to 8192 wide.
