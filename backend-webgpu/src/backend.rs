@@ -1,78 +1,18 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use tern_core::{AttentionParams, Backend, Error, MatrixView, Result, RopeParams, RopeStyle, TensorType, TokenSampling};
-use tern_shaders::{ATTENTION_SPAN, Kernel, MATMUL_TOKENS, MAX_HEAD_DIM, MAX_NORM_QUADS, TILED_TOKENS, WORKGROUP};
+use tern_core::{AttentionParams, Backend, Error, MatrixView, Result, RopeParams, RopeStyle, TokenSampling};
+use tern_shaders::{ATTENTION_SPAN, Kernel, MAX_HEAD_DIM, MAX_NORM_QUADS, WORKGROUP};
 use wgpu::util::DeviceExt;
 
+mod products;
+
+use crate::choice::KernelChoice;
 use crate::device::{AdapterChoice, AdapterReport, Gpu};
 use crate::pool::{BufferPool, size_class};
 use crate::profile::Profile;
 use crate::recorder::{GpuReading, Grid, Recorder};
-
-/// An f32 activation matrix in a GPU storage buffer, row-major. The buffer may be larger than the shape (it is
-/// reused as ops resize their outputs).
-#[derive(Debug)]
-pub struct GpuTensor {
-    buf: wgpu::Buffer,
-    rows: usize,
-    cols: usize,
-    /// The tensor quantized to int8 for decode products (`Kernel::MatvecInt8`'s layout), which the ops that can
-    /// write it together with the tensor do; valid while `int8_ready`, which every other write clears.
-    int8: Option<wgpu::Buffer>,
-    int8_ready: bool,
-    /// Where the buffers go when the tensor is dropped.
-    pool: Arc<BufferPool>,
-}
-
-impl GpuTensor {
-    fn len(&self) -> usize {
-        self.rows * self.cols
-    }
-
-    /// Marks the tensor written by an op that does not write its int8 form.
-    fn written(&mut self) {
-        self.int8_ready = false;
-    }
-}
-
-impl Drop for GpuTensor {
-    fn drop(&mut self) {
-        self.pool.give(self.buf.clone());
-        if let Some(b) = self.int8.take() {
-            self.pool.give(b);
-        }
-    }
-}
-
-/// A packed weight matrix: its four word arrays in GPU storage buffers (a shared empty one for absent parts).
-/// Matrices uploaded together share their buffers, each from its own first row.
-#[derive(Debug)]
-pub struct GpuMatrix {
-    ty: TensorType,
-    rows: usize,
-    cols: usize,
-    /// The matrix's first row in the buffers.
-    first_row: usize,
-    /// quants, scales (tern: block codes), mins, row units.
-    parts: [wgpu::Buffer; 4],
-}
-
-impl GpuMatrix {
-    /// The matrix's first row in the buffers it shares with the matrices uploaded together with it (0 when it
-    /// has buffers of its own).
-    pub fn first_row(&self) -> usize {
-        self.first_row
-    }
-
-    /// Whether `ws` lie one after another in the same buffers, so that one product kernel can run them all.
-    fn stored_together(ws: &[&GpuMatrix]) -> bool {
-        ws.windows(2).all(|p| {
-            let (a, b) = (p[0], p[1]);
-            a.parts[0] == b.parts[0] && a.ty == b.ty && a.cols == b.cols && a.first_row + a.rows == b.first_row
-        })
-    }
-}
+use crate::tensor::{GpuMatrix, GpuTensor, tensor_bytes};
 
 /// tern's [`Backend`] on wgpu: every op is a WGSL kernel (`tern-shaders`), recorded into one command encoder
 /// that is submitted when a result is read.
@@ -94,78 +34,6 @@ pub struct WebGpuBackend {
     kernels: KernelChoice,
 }
 
-/// Which matmul kernels a [`WebGpuBackend`] uses; [`KernelChoice::for_adapter`] picks them by default.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KernelChoice {
-    /// Invocations sharing rows in decode products (a power of two up to 64).
-    pub lanes: u32,
-    /// Rows those invocations share in decode products (1 to 4): each activation loaded serves that many.
-    pub rows: u32,
-    /// With `tiled`: `vec4`s each lane of a decode product loads before using them (4, 8 or 16).
-    pub unroll: u32,
-    /// With `tiled`: invocations per workgroup of decode products (64, 128 or 256; `lanes` at most this).
-    pub workgroup: u32,
-    /// With `tiled`: decode products of the formats that have one take a quant word per lane at a time
-    /// (`Kernel::MatvecSlots`, `unroll / 2` words per step) instead of a `vec4` of weights.
-    pub slots: bool,
-    /// The GPU kernels: products of several tokens tiled, decode products with lanes on consecutive `vec4`s
-    /// (fast on GPUs; on a CPU rasterizer their barriers cost more than they save). With them, a token's
-    /// products in a batch and alone may differ by float rounding.
-    pub tiled: bool,
-    /// With `tiled`: rows per invocation in prefill products (1 or 2; each staged activation serves them all).
-    pub tiled_rows: u32,
-    /// With `tiled`: decode products summed by subgroup operations, one row per subgroup of this size (the
-    /// adapter's fixed subgroup size), in place of `lanes` and `rows`.
-    pub subgroup_size: Option<u32>,
-    /// Attention's per-tile maximum and sum, and RMSNorm's mean square, by subgroup operations (needs the
-    /// adapter's subgroups).
-    pub subgroup_reductions: bool,
-    /// With `tiled` and no `subgroup_size`: decode products of the formats that have one take their activations
-    /// quantized to int8 per block of 32 (as the CPU backend does) and multiply four quants at a time with
-    /// integer dot products (`Kernel::MatvecInt8`, `unroll / 4` blocks per step), in place of `slots`.
-    pub int8: bool,
-}
-
-impl KernelChoice {
-    /// A GPU runs two rows on 32 lanes that meet in a tree, a quant word per lane at a time (or eight `vec4`s
-    /// of weights in flight for formats without slots), and prefill tiled. A CPU rasterizer
-    /// (lavapipe) runs the invocations of a workgroup one after another and pays dearly for every barrier:
-    /// there each invocation takes a whole row.
-    pub fn for_adapter(report: &AdapterReport) -> Self {
-        if report.is_gpu { KernelChoice { subgroup_reductions: report.subgroups, ..Self::GPU } } else { Self::CPU_RASTERIZER }
-    }
-
-    /// The GPU family (`for_adapter` on a GPU, less the subgroup reductions it adds where the adapter has
-    /// subgroups). The subgroup matvec measured no faster on an H100 (and slower on 4096x11008), so it is
-    /// opt-in.
-    pub const GPU: KernelChoice = KernelChoice {
-        lanes: 32,
-        rows: 2,
-        unroll: 8,
-        workgroup: 64,
-        slots: true,
-        tiled: true,
-        tiled_rows: 2,
-        subgroup_size: None,
-        subgroup_reductions: false,
-        int8: true,
-    };
-
-    /// The CPU-rasterizer family: a whole row per invocation, no barriers.
-    pub const CPU_RASTERIZER: KernelChoice = KernelChoice {
-        lanes: 1,
-        rows: 1,
-        unroll: 4,
-        workgroup: 64,
-        slots: false,
-        tiled: false,
-        tiled_rows: 1,
-        subgroup_size: None,
-        subgroup_reductions: false,
-        int8: false,
-    };
-}
-
 impl std::fmt::Debug for WebGpuBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebGpuBackend").field("adapter", &self.gpu.report.name).field("api", &self.gpu.report.api).finish()
@@ -177,11 +45,6 @@ impl std::fmt::Debug for WebGpuBackend {
 fn norm_quads(cols: usize) -> u32 {
     let quads = cols.div_ceil(4 * 256) as u32;
     if cols.is_multiple_of(4) && quads <= MAX_NORM_QUADS { quads } else { 0 }
-}
-
-/// Bytes a tensor of `len` f32 takes: at least 16, a multiple of 16 (kernels read some as `vec4`).
-fn tensor_bytes(len: usize) -> u64 {
-    ((len as u64) * 4).max(16).next_multiple_of(16)
 }
 
 impl WebGpuBackend {
@@ -201,35 +64,7 @@ impl WebGpuBackend {
             mapped_at_creation: false,
         });
         let k = kernels.unwrap_or_else(|| KernelChoice::for_adapter(&gpu.report));
-        if k.subgroup_reductions && !gpu.report.subgroups {
-            return Err(Error::Device { detail: format!("subgroup reductions on {}, which has no subgroups", gpu.report.name) });
-        }
-        if let Some(size) = k.subgroup_size
-            && (gpu.report.subgroup_size != Some(size) || !WORKGROUP.is_multiple_of(size))
-        {
-            return Err(Error::Device {
-                detail: format!(
-                    "subgroups of {size}: the adapter's are {:?}, and {WORKGROUP} must be a multiple",
-                    gpu.report.subgroup_size
-                ),
-            });
-        }
-        if !k.lanes.is_power_of_two()
-            || ![64, 128, 256].contains(&k.workgroup)
-            || k.lanes > k.workgroup
-            || (!k.tiled && k.lanes > WORKGROUP)
-            || !(1..=4).contains(&k.rows)
-            || !(1..=2).contains(&k.tiled_rows)
-            || ![4, 8, 16].contains(&k.unroll)
-        {
-            return Err(Error::Device {
-                detail: format!(
-                    "{} lanes on {} rows in workgroups of {}, unrolled {}: expected a power of two up to the workgroup \
-                     (64, 128 or 256; 64 untiled) on 1 to 4 rows, unrolled 4, 8 or 16",
-                    k.lanes, k.rows, k.workgroup, k.unroll
-                ),
-            });
-        }
+        k.check(&gpu.report)?;
         Ok(WebGpuBackend {
             gpu,
             recorder,
@@ -303,29 +138,6 @@ impl WebGpuBackend {
         Ok(())
     }
 
-    /// Whether decode products take int8 activations.
-    fn int8_products(&self) -> bool {
-        let k = self.kernels;
-        k.tiled && k.int8 && k.subgroup_size.is_none()
-    }
-
-    /// The buffer for the int8 form of `t` (already shaped, and so marked stale), for an op that writes both,
-    /// when decode products take int8 activations and `t` is one row of whole blocks of 32. The op sets
-    /// `int8_ready` once its dispatch is recorded.
-    fn int8_output(&self, t: &mut GpuTensor) -> Result<Option<wgpu::Buffer>> {
-        if !self.int8_products() || t.rows != 1 || !t.cols.is_multiple_of(32) {
-            return Ok(None);
-        }
-        let bytes = (t.cols / 32) as u64 * 48;
-        if t.int8.as_ref().is_none_or(|b| b.size() < bytes) {
-            self.check_binding(|| format!("int8 form of a 1x{} tensor", t.cols), size_class(bytes))?;
-            if let Some(old) = t.int8.replace(self.pool.take(&self.gpu.device, bytes)) {
-                self.pool.give(old);
-            }
-        }
-        Ok(t.int8.clone())
-    }
-
     fn max_groups(&self) -> u32 {
         self.gpu.limits.max_compute_workgroups_per_dimension
     }
@@ -343,110 +155,46 @@ impl WebGpuBackend {
         Ok(buf)
     }
 
-    /// `outs[i] = ws[i] x` in one dispatch, for matrices stored together (or one matrix).
-    fn products(&self, ws: &[&GpuMatrix], x: &GpuTensor, outs: &mut [&mut GpuTensor]) -> Result<()> {
-        let (Some(w), true) = (ws.first(), ws.len() == outs.len() && ws.len() <= 3) else {
-            return Err(Error::shape("matmul", format!("{} matrices for {} outputs", ws.len(), outs.len())));
-        };
-        if x.cols != w.cols {
-            return Err(Error::shape("matmul", format!("{}x{} matrix by activations of width {}", w.rows, w.cols, x.cols)));
-        }
-        for (m, out) in ws.iter().zip(outs.iter_mut()) {
-            self.resize("matmul", out, x.rows, m.rows)?;
-        }
-        let rows: usize = ws.iter().map(|m| m.rows).sum();
-        let outputs = ws.len() as u32;
-        // Decode takes a kernel of its own: no batch to share the weights with.
-        let (ty, k) = (w.ty, self.kernels);
-        let int8 = x.rows == 1 && self.int8_products() && Kernel::has_int8(ty);
-        let (kernel, rows_per_group, tokens) = if int8 {
-            let (workgroup, lanes, rows) = (k.workgroup, k.lanes, k.rows);
-            // A block holds four `vec4`s of weights: a quarter as many blocks keep as many loads in flight.
-            (
-                Kernel::MatvecInt8 { ty, workgroup, lanes, rows, unroll: (k.unroll / 4).max(1), outputs },
-                workgroup / lanes * rows,
-                1,
-            )
-        } else if x.rows > 1 && k.tiled {
-            (
-                Kernel::MatmulTiled { ty, tokens: TILED_TOKENS, rows: k.tiled_rows, outputs },
-                WORKGROUP * k.tiled_rows,
-                TILED_TOKENS,
-            )
-        } else if let (true, Some(size)) = (k.tiled, k.subgroup_size) {
-            (Kernel::MatvecSubgroups { ty, outputs }, WORKGROUP / size, 1)
-        } else if k.tiled {
-            let (workgroup, lanes, rows, unroll) = (k.workgroup, k.lanes, k.rows, k.unroll);
-            let kernel = if k.slots && Kernel::has_slots(ty) {
-                // A slot holds at least two `vec4`s of weights: half as many slots keep as many loads in flight.
-                Kernel::MatvecSlots { ty, workgroup, lanes, rows, unroll: unroll / 2, outputs }
-            } else {
-                Kernel::Matvec { ty, workgroup, lanes, rows, unroll, outputs }
-            };
-            (kernel, k.workgroup / k.lanes * k.rows, 1)
-        } else {
-            let (tokens, rows) = if x.rows == 1 { (1, k.rows) } else { (MATMUL_TOKENS, 1) };
-            let kernel = Kernel::Matmul { ty, workgroup: WORKGROUP, lanes: k.lanes, rows, tokens, outputs };
-            (kernel, WORKGROUP / k.lanes * rows, tokens)
-        };
-        let row_groups = (rows as u64).div_ceil(rows_per_group as u64);
-        let max = self.max_groups();
-        let x_groups = row_groups.min(max as u64).max(1) as u32;
-        let z_groups = row_groups.div_ceil(x_groups as u64) as u32;
-        let token_groups = (x.rows as u64).div_ceil(tokens as u64) as u32;
-        let grid = Grid { dims: (if row_groups == 0 { 0 } else { x_groups }, token_groups, z_groups.max(1)) };
-        let rows_of = |i: usize| ws.get(i).map_or(0, |m| m.rows as u32);
-        let params = [rows as u32, w.cols as u32, x.rows as u32, x_groups, w.first_row as u32, rows_of(0), rows_of(1), 0];
-        let [q, s, mn, u] = &w.parts;
-        // Parts, activations, then up to three outputs: a fixed array, so a dispatch allocates nothing.
-        let quantized = match (int8, &x.int8, x.int8_ready) {
-            (false, ..) => None,
-            (true, Some(ready), true) => Some(ready.clone()),
-            (true, ..) => Some(self.quantize_activations(x)?),
-        };
-        let mut buffers: [&wgpu::Buffer; 8] = [q, s, mn, u, quantized.as_ref().unwrap_or(&x.buf), q, q, q];
-        for (slot, out) in buffers[5..].iter_mut().zip(outs.iter()) {
-            *slot = &out.buf;
-        }
-        self.recorder.dispatch(&self.gpu, kernel, params, &buffers[..5 + outs.len()], grid)
-    }
-
-    /// Records `x` (rows of whole blocks of 32) quantized to int8 into the backend's activation buffer, in
-    /// `Kernel::MatvecInt8`'s layout (48 bytes a block), and returns it.
-    fn quantize_activations(&self, x: &GpuTensor) -> Result<wgpu::Buffer> {
-        let blocks = x.len() / 32;
-        let bytes = blocks as u64 * 48;
-        let mut held =
-            self.int8_activations.lock().map_err(|_| Error::Device { detail: "a thread panicked during a product".into() })?;
-        let buffer = match held.as_ref() {
-            Some(b) if b.size() >= bytes => b.clone(),
-            _ => {
-                let bytes = bytes.max(16).next_power_of_two();
-                self.check_binding(|| "int8 activations".into(), bytes)?;
-                let b = self.storage("tern int8 activations", bytes);
-                *held = Some(b.clone());
-                b
-            }
-        };
-        drop(held);
-        self.elementwise(Kernel::QuantizeRows, x.len() / 4, &[&x.buf, &buffer])?;
-        Ok(buffer)
-    }
-
-    /// The buffer of split attention's partials, at least `bytes` long.
-    fn attention_parts(&self, bytes: u64) -> Result<wgpu::Buffer> {
-        let mut parts =
-            self.attention_parts.lock().map_err(|_| Error::Device { detail: "a thread panicked during attention".into() })?;
-        match parts.as_ref() {
+    /// The backend's scratch buffer in `held` (`label` names it), grown to at least `bytes` (a power of two).
+    fn scratch(&self, held: &Mutex<Option<wgpu::Buffer>>, label: &'static str, bytes: u64) -> Result<wgpu::Buffer> {
+        let mut held = held.lock().map_err(|_| Error::Device { detail: format!("a thread panicked while using the {label}") })?;
+        match held.as_ref() {
             Some(b) if b.size() >= bytes => Ok(b.clone()),
             _ => {
-                let bytes = bytes.next_power_of_two();
-                self.check_binding(|| "attention partials".into(), bytes)?;
-                let b = self.storage("tern attention partials", bytes);
-                *parts = Some(b.clone());
+                let bytes = bytes.max(16).next_power_of_two();
+                self.check_binding(|| label.into(), bytes)?;
+                let b = self.storage(label, bytes);
+                *held = Some(b.clone());
                 Ok(b)
             }
         }
+    }
+
+    /// Records `kernel` over `buffers` followed by `int8` (an op's int8 output) where there is one.
+    fn dispatch_with_int8(
+        &self,
+        kernel: Kernel,
+        params: [u32; 8],
+        buffers: &[&wgpu::Buffer],
+        int8: Option<&wgpu::Buffer>,
+        grid: Grid,
+    ) -> Result<()> {
+        let mut all: [&wgpu::Buffer; 8] = [&self.empty; 8];
+        let n = buffers.len();
+        if n >= all.len() {
+            return Err(Error::Device {
+                detail: format!("{} binds {n} buffers and an int8 output, past {}", kernel.label(), all.len()),
+            });
+        }
+        all[..n].copy_from_slice(buffers);
+        let n = match int8 {
+            Some(b) => {
+                all[n] = b;
+                n + 1
+            }
+            None => n,
+        };
+        self.recorder.dispatch(&self.gpu, kernel, params, &all[..n], grid)
     }
 
     fn same_shape(op: &'static str, a: &GpuTensor, b: &GpuTensor) -> Result<()> {
@@ -666,10 +414,7 @@ impl Backend for WebGpuBackend {
         let int8 = if quads > 0 { self.int8_output(out)? } else { None };
         let subgroups = quads > 0 && self.kernels.subgroup_reductions;
         let kernel = Kernel::RmsNorm { residual: false, quads, int8: int8.is_some(), subgroups };
-        match &int8 {
-            Some(q) => self.recorder.dispatch(&self.gpu, kernel, params, &[&x.buf, &weight.buf, &out.buf, q], grid)?,
-            None => self.recorder.dispatch(&self.gpu, kernel, params, &[&x.buf, &weight.buf, &out.buf], grid)?,
-        }
+        self.dispatch_with_int8(kernel, params, &[&x.buf, &weight.buf, &out.buf], int8.as_ref(), grid)?;
         out.int8_ready = int8.is_some();
         Ok(())
     }
@@ -687,10 +432,7 @@ impl Backend for WebGpuBackend {
         let int8 = if quads > 0 { self.int8_output(out)? } else { None };
         let subgroups = quads > 0 && self.kernels.subgroup_reductions;
         let kernel = Kernel::RmsNorm { residual: true, quads, int8: int8.is_some(), subgroups };
-        match &int8 {
-            Some(q) => self.recorder.dispatch(&self.gpu, kernel, params, &[&y.buf, &weight.buf, &x.buf, &out.buf, q], grid)?,
-            None => self.recorder.dispatch(&self.gpu, kernel, params, &[&y.buf, &weight.buf, &x.buf, &out.buf], grid)?,
-        }
+        self.dispatch_with_int8(kernel, params, &[&y.buf, &weight.buf, &x.buf, &out.buf], int8.as_ref(), grid)?;
         out.int8_ready = int8.is_some();
         Ok(())
     }
@@ -812,28 +554,21 @@ impl Backend for WebGpuBackend {
         if q.rows > 1 || visible <= span {
             let grid = Grid { dims: (p.n_heads as u32, q.rows as u32, 1) };
             let kernel = Kernel::Attention { head_dim: hd as u32, split: false, subgroups, int8: int8.is_some() };
-            match &int8 {
-                Some(x8) => {
-                    self.recorder.dispatch(&self.gpu, kernel, params(0), &[&q.buf, &k.buf, &v.buf, &out.buf, x8], grid)?
-                }
-                None => self.recorder.dispatch(&self.gpu, kernel, params(0), &[&q.buf, &k.buf, &v.buf, &out.buf], grid)?,
-            }
+            self.dispatch_with_int8(kernel, params(0), &[&q.buf, &k.buf, &v.buf, &out.buf], int8.as_ref(), grid)?;
             out.int8_ready = int8.is_some();
             return Ok(());
         }
         // Decode over a long context: spans of positions in workgroups of their own, then merged.
         let splits = visible.div_ceil(span);
-        let parts = self.attention_parts(tensor_bytes(splits * p.n_heads * (hd + 2)))?;
+        let parts =
+            self.scratch(&self.attention_parts, "tern attention partials", tensor_bytes(splits * p.n_heads * (hd + 2)))?;
         let kernel = Kernel::Attention { head_dim: hd as u32, split: true, subgroups, int8: false };
         let grid = Grid { dims: (p.n_heads as u32, splits as u32, 1) };
         self.recorder.dispatch(&self.gpu, kernel, params(span as u32), &[&q.buf, &k.buf, &v.buf, &parts], grid)?;
         let combine = Kernel::AttentionCombine { head_dim: hd as u32, int8: int8.is_some() };
         let params = [p.n_heads as u32, splits as u32, 0, 0, 0, 0, 0, 0];
         let grid = Grid { dims: (p.n_heads as u32, 1, 1) };
-        match &int8 {
-            Some(x8) => self.recorder.dispatch(&self.gpu, combine, params, &[&parts, &out.buf, x8], grid)?,
-            None => self.recorder.dispatch(&self.gpu, combine, params, &[&parts, &out.buf], grid)?,
-        }
+        self.dispatch_with_int8(combine, params, &[&parts, &out.buf], int8.as_ref(), grid)?;
         out.int8_ready = int8.is_some();
         Ok(())
     }

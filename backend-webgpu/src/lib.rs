@@ -9,12 +9,16 @@
 //!   step is one submit.
 
 mod backend;
+mod choice;
 mod device;
 mod pool;
 mod profile;
 mod recorder;
+mod tensor;
 
-pub use backend::{GpuMatrix, GpuTensor, KernelChoice, WebGpuBackend};
+pub use backend::WebGpuBackend;
+pub use choice::KernelChoice;
 pub use device::{AdapterChoice, AdapterReport, adapters};
 pub use profile::{KernelTime, Profile};
 pub use recorder::GpuReading;
+pub use tensor::{GpuMatrix, GpuTensor};
