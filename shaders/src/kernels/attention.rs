@@ -23,13 +23,31 @@ pub(crate) fn attention(head_dim: u32, split: bool, subgroups: bool, int8: bool)
     let (tile, wg) = (ATTENTION_TILE, ATTENTION_INVOCATIONS);
     let quads = head_dim / 4;
     // The weighted sum of V: invocation `li` owns `vec4` chunk `li % CHUNKS` of the head for the positions
-    // `li / CHUNKS, + GROUPS, ...` of each tile, eight loads in flight; the groups' sums meet at the end.
-    let v_step = |n: u32| {
-        let loads = lines((0..n).map(|u| format!("let v{u} = v[((j0 + i + {u}u * GROUPS) * kv_cols + kvh * HD) / 4u + c];")), 16);
-        let adds = lines((0..n).map(|u| format!("acc += weights[i + {u}u * GROUPS] * v{u};")), 16);
-        loads + &adds
-    };
-    let (v8, v1) = (v_step(8), v_step(1));
+    // `li / CHUNKS, + GROUPS, ...` of each tile; the groups' sums meet at the end. Every load of a tile is issued before its first use, so that a tile costs one trip to memory: a
+    // position's K `vec4`s (dimensions `part, part + PARTS, ...`) and an invocation's V `vec4`s (positions
+    // `g, g + GROUPS, ...` of the tile) go out together, before the scores' reductions.
+    let groups = wg / quads;
+    let k_loads = quads.div_ceil(wg / tile);
+    let v_loads = tile.div_ceil(groups);
+    let k_fetch = lines(
+        (0..k_loads).map(|u| {
+            let d = format!("part + {u}u * PARTS");
+            format!("if ({d} < CHUNKS) {{ part_dot += dot(qs[{d}], k[kb + {d}]); }}")
+        }),
+        12,
+    );
+    let v_fetch = lines(
+        (0..v_loads).map(|u| {
+            format!(
+                "var v{u} = vec4<f32>(0.0);\n        if (g < GROUPS && g + {u}u * GROUPS < n) {{ v{u} = v[((j0 + g + {u}u * GROUPS) * kv_cols + kvh * HD) / 4u + c]; }}"
+            )
+        }),
+        8,
+    );
+    let v_adds = lines(
+        (0..v_loads).map(|u| format!("if (g < GROUPS && g + {u}u * GROUPS < n) {{ acc += weights[g + {u}u * GROUPS] * v{u}; }}")),
+        8,
+    );
     let store = |at: &str, value: &str| {
         lines(formats::LANE.iter().enumerate().map(|(i, c)| format!("out[{at} + 4u * li + {i}u] = {value}.{c};")), 8)
     };
@@ -145,13 +163,12 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     for (var j0 = first; j0 < visible; j0 += TILE) {{
         // Position `li / PARTS` of the tile, dimensions `part, part + PARTS, ...` of it.
         let jq = j0 + li / PARTS;
-        var part_dot = 0.0;
+        let part = li % PARTS;
+        let n = min(TILE, visible - j0);
+{v_fetch}        var part_dot = 0.0;
         if (jq < visible) {{
             let kb = (jq * kv_cols + kvh * HD) / 4u;
-            for (var d = li % PARTS; d < CHUNKS; d += PARTS) {{
-                part_dot += dot(qs[d], k[kb + d]);
-            }}
-        }}
+{k_fetch}        }}
         dots[li] = part_dot;
         workgroupBarrier();
         // Invocation `li < TILE` holds position `j0 + li`'s score.
@@ -175,15 +192,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
         }}
 {reduce_sum}        l = l * correction + tile_sum;
         acc *= correction;
-        let n = min(TILE, visible - j0);
-        if (g < GROUPS) {{
-            var i = g;
-            for (; i + 7u * GROUPS < n; i += 8u * GROUPS) {{
-{v8}            }}
-            for (; i < n; i += GROUPS) {{
-{v1}            }}
-        }}
-        m = m_new;
+{v_adds}        m = m_new;
         workgroupBarrier();
     }}
     sums[li] = acc;
