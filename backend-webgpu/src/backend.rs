@@ -496,6 +496,22 @@ impl Backend for WebGpuBackend {
         self.recorder.dispatch(&self.gpu, Kernel::RopeAppend, params, &buffers, grid)
     }
 
+    fn attention_inputs(
+        &self,
+        ws: [&GpuMatrix; 3],
+        x: &GpuTensor,
+        rope: &RopeParams,
+        n_kv_heads: usize,
+        (q, k, v): (&mut GpuTensor, &mut GpuTensor, &mut GpuTensor),
+        (k_cache, v_cache): (&mut GpuTensor, &mut GpuTensor),
+    ) -> Result<()> {
+        if self.fused_attention_inputs(ws, x, rope, n_kv_heads, q, (&mut *k_cache, &mut *v_cache))? {
+            return Ok(());
+        }
+        self.matmul_many(&ws, x, &mut [&mut *q, &mut *k, &mut *v])?;
+        self.rope_and_append(q, k, v, rope, n_kv_heads, (k_cache, v_cache))
+    }
+
     fn rope(&self, x: &mut GpuTensor, p: &RopeParams) -> Result<()> {
         if x.cols != p.n_heads * p.head_dim || p.rot_dim > p.head_dim || !p.rot_dim.is_multiple_of(2) {
             return Err(Error::shape(

@@ -268,6 +268,58 @@ pub fn rope_and_append_matches_reference<B: Backend>(be: &B, label: &str) {
     }
 }
 
+/// A step's attention inputs (Q, K and V's products, RoPE, and the append to the caches, which a backend may do
+/// in one pass) equal the separate ops, for one token and for three, both RoPE layouts, partial rotation, GQA
+/// and matrices stored together or apart; cache rows other than the appended ones keep their values.
+pub fn attention_inputs_equal_products_then_rope<B: Backend>(be: &B, label: &str) {
+    let cols = 96;
+    for (n_heads, n_kv, hd, f) in [(6, 2, 32, TernFormat::T4), (2, 2, 64, TernFormat::T2)] {
+        let (q_rows, kv_rows, cap) = (n_heads * hd, n_kv * hd, 9);
+        let mats: Vec<TernMatrix> = [q_rows, kv_rows, kv_rows]
+            .iter()
+            .enumerate()
+            .map(|(i, &rows)| TernMatrix::quantize(f, rows, cols, &values(rows * cols, 40 + i as u64, 1.0), None).unwrap())
+            .collect();
+        let views: Vec<_> = mats.iter().map(|m| m.view()).collect();
+        let together = be.upload_matrices(&views).unwrap();
+        let apart: Vec<_> = views.iter().map(|v| be.upload_matrix(*v).unwrap()).collect();
+        let old = values(cap * kv_rows, 43, 1.0);
+        for style in [RopeStyle::Interleaved, RopeStyle::Halves] {
+            for (rot_dim, pos0, tokens) in [(hd, 0, 1), (hd / 2, 5, 1), (hd, 3, 3)] {
+                let p = RopeParams { n_heads, head_dim: hd, rot_dim, freq_base: 10000.0, style, pos0 };
+                let x = be.upload(&values(tokens * cols, 44 + pos0 as u64, 2.0), tokens, cols).unwrap();
+                let run = |ws: [&B::Matrix; 3], fused: bool| {
+                    let mut t: Vec<B::Tensor> = (0..3).map(|_| be.zeros(0, 0).unwrap()).collect();
+                    let (kc, vc) = (be.upload(&old, cap, kv_rows).unwrap(), be.upload(&old, cap, kv_rows).unwrap());
+                    let (mut kc, mut vc) = (kc, vc);
+                    let [q, k, v] = &mut t[..] else { unreachable!() };
+                    if fused {
+                        be.attention_inputs(ws, &x, &p, n_kv, (q, k, v), (&mut kc, &mut vc)).unwrap();
+                    } else {
+                        be.matmul_many(&ws, &x, &mut [&mut *q, &mut *k, &mut *v]).unwrap();
+                        be.rope_and_append(q, k, v, &p, n_kv, (&mut kc, &mut vc)).unwrap();
+                    }
+                    [be.read(q).unwrap(), be.read(&kc).unwrap(), be.read(&vc).unwrap()]
+                };
+                let want = run([&apart[0], &apart[1], &apart[2]], false);
+                for (how, ws) in
+                    [("together", [&together[0], &together[1], &together[2]]), ("apart", [&apart[0], &apart[1], &apart[2]])]
+                {
+                    let got = run(ws, true);
+                    for ((g, w), name) in got.iter().zip(&want).zip(["q", "k cache", "v cache"]) {
+                        let w: Vec<f64> = w.iter().map(|&v| v as f64).collect();
+                        let what = format!(
+                            "attention_inputs' {name}, {f:?} {n_heads}/{n_kv} heads of {hd} stored {how}, {style:?} rot {rot_dim} \
+                             pos {pos0}, {tokens} tokens on {label}"
+                        );
+                        assert_close(g, &w, |i| 1e-5 * w[i].abs().max(1.0), &what);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The residual add written back, and the norm of the sum, for the widths of [`rms_norm_matches_reference`].
 pub fn add_rms_norm_matches_reference<B: Backend>(be: &B, label: &str) {
     for cols in [96, 1028, 30] {
@@ -652,6 +704,7 @@ macro_rules! conformance_suite {
                 rms_norm_matches_reference,
                 rope_matches_reference,
                 rope_and_append_matches_reference,
+                attention_inputs_equal_products_then_rope,
                 add_rms_norm_matches_reference,
                 attention_matches_reference,
                 attention_rejects_positions_past_the_cache,

@@ -164,6 +164,23 @@ pub trait Backend: Send + Sync {
         self.write_rows(k, k_cache, rope.pos0)?;
         self.write_rows(v, v_cache, rope.pos0)
     }
+    /// A step's attention inputs from the normed activations `x`: `q`, `k` and `v` are the products with `wq`,
+    /// `wk` and `wv`, then [`Backend::rope_and_append`] rotates `q` and appends `k` and `v` to the caches. `k` and
+    /// `v` are scratch: a backend that writes them straight to the caches leaves them unspecified. This default
+    /// runs [`Backend::matmul_many`] and [`Backend::rope_and_append`].
+    #[allow(clippy::too_many_arguments)]
+    fn attention_inputs(
+        &self,
+        [wq, wk, wv]: [&Self::Matrix; 3],
+        x: &Self::Tensor,
+        rope: &RopeParams,
+        n_kv_heads: usize,
+        (q, k, v): (&mut Self::Tensor, &mut Self::Tensor, &mut Self::Tensor),
+        caches: (&mut Self::Tensor, &mut Self::Tensor),
+    ) -> Result<()> {
+        self.matmul_many(&[wq, wk, wv], x, &mut [&mut *q, &mut *k, &mut *v])?;
+        self.rope_and_append(q, k, v, rope, n_kv_heads, caches)
+    }
     /// Copies all rows of `src` into `dst` starting at row `row`: appends new K/V rows to a cache.
     fn write_rows(&self, src: &Self::Tensor, dst: &mut Self::Tensor, row: usize) -> Result<()>;
     /// Copies rows `first..first + count` of `src` into `out`.

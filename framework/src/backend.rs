@@ -318,6 +318,34 @@ impl Backend for AnyBackend {
         ))
     }
 
+    fn attention_inputs(
+        &self,
+        [wq, wk, wv]: [&AnyMatrix; 3],
+        x: &AnyTensor,
+        rope: &RopeParams,
+        n_kv_heads: usize,
+        (q, k, v): (&mut AnyTensor, &mut AnyTensor, &mut AnyTensor),
+        (k_cache, v_cache): (&mut AnyTensor, &mut AnyTensor),
+    ) -> Result<()> {
+        dispatch!(self, "attention_inputs", |be,
+                                             wq: AnyMatrix,
+                                             wk: AnyMatrix,
+                                             wv: AnyMatrix,
+                                             x: AnyTensor,
+                                             q: AnyTensor,
+                                             k: AnyTensor,
+                                             v: AnyTensor,
+                                             k_cache: AnyTensor,
+                                             v_cache: AnyTensor| be.attention_inputs(
+            [wq, wk, wv],
+            x,
+            rope,
+            n_kv_heads,
+            (q, k, v),
+            (k_cache, v_cache)
+        ))
+    }
+
     fn rope(&self, x: &mut AnyTensor, p: &RopeParams) -> Result<()> {
         dispatch!(self, "rope", |be, x: AnyTensor| be.rope(x, p))
     }

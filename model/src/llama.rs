@@ -350,8 +350,14 @@ impl<B: Backend> Llama<B> {
         }
         for (l, layer) in self.layers.iter().enumerate() {
             seen(&["attn_q", "attn_k", "attn_v"], Some(l), &s.xn)?;
-            be.matmul_many(&[&layer.wq, &layer.wk, &layer.wv], &s.xn, &mut [&mut s.q, &mut s.k, &mut s.v])?;
-            be.rope_and_append(&mut s.q, &mut s.k, &s.v, &rope(c.n_heads), c.n_kv_heads, (&mut cache.k[l], &mut cache.v[l]))?;
+            be.attention_inputs(
+                [&layer.wq, &layer.wk, &layer.wv],
+                &s.xn,
+                &rope(c.n_heads),
+                c.n_kv_heads,
+                (&mut s.q, &mut s.k, &mut s.v),
+                (&mut cache.k[l], &mut cache.v[l]),
+            )?;
             be.attention(&s.q, &cache.k[l], &cache.v[l], &attn, &mut s.att)?;
             seen(&["attn_output"], Some(l), &s.att)?;
             be.matmul(&layer.wo, &s.att, &mut s.proj)?;

@@ -64,6 +64,10 @@ pub enum Kernel {
     /// Only for formats where [`Kernel::has_int8`] (for others its source has no entry point and fails to
     /// build).
     MatvecInt8 { ty: TensorType, workgroup: u32, lanes: u32, rows: u32, unroll: u32, outputs: u32 },
+    /// A decode step's attention inputs in one pass: [`Kernel::MatvecInt8`] over Q, K and V stored together,
+    /// with RoPE (interleaved pairs, so `rows` is even: a group holds both rows of a pair) applied to Q's and
+    /// K's rows as they are written, Q's to their tensor and K's and V's straight to row `pos0` of the caches.
+    MatvecInt8Rope { ty: TensorType, workgroup: u32, lanes: u32, rows: u32, unroll: u32 },
     /// Activation rows quantized to int8 per block of 32, as the CPU backend quantizes them, for
     /// [`Kernel::MatvecInt8`]: one invocation per `vec4` (`len` counts them), eight to a block.
     QuantizeRows,
@@ -155,6 +159,9 @@ impl Kernel {
                     for rows in [1, 2, 4] {
                         for unroll in [1, 2, 4] {
                             v.push(Kernel::MatvecInt8 { ty, workgroup, lanes, rows, unroll, outputs });
+                            if outputs == 3 && rows % 2 == 0 {
+                                v.push(Kernel::MatvecInt8Rope { ty, workgroup, lanes, rows, unroll });
+                            }
                         }
                     }
                 }
@@ -211,6 +218,9 @@ impl Kernel {
             Kernel::MatvecInt8 { ty, workgroup, lanes, rows, unroll, outputs } => {
                 format!("matvec int8 {ty} wg{workgroup} lanes{lanes} rows{rows} unroll{unroll} outputs{outputs}")
             }
+            Kernel::MatvecInt8Rope { ty, workgroup, lanes, rows, unroll } => {
+                format!("matvec int8 rope {ty} wg{workgroup} lanes{lanes} rows{rows} unroll{unroll}")
+            }
             Kernel::MatvecSlots { ty, workgroup, lanes, rows, unroll, outputs } => {
                 format!("matvec slots {ty} wg{workgroup} lanes{lanes} rows{rows} unroll{unroll} outputs{outputs}")
             }
@@ -235,6 +245,8 @@ impl Kernel {
                 2 => &[Params, Read, Read, Read, Read, Read, ReadWrite, ReadWrite],
                 _ => &[Params, Read, Read, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite],
             },
+            // quants, scales, mins, row units, x quantized | q, k cache, v cache | inverse frequencies
+            Kernel::MatvecInt8Rope { .. } => &[Params, Read, Read, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite, Read],
             // x | int8 blocks
             Kernel::QuantizeRows => &[Params, Read, ReadWrite],
             // quants, scales, mins, row units, ids | out
@@ -280,6 +292,9 @@ impl Kernel {
             | Kernel::MatvecSlots { .. }
             | Kernel::MatvecSubgroups { .. }
             | Kernel::MatvecInt8 { .. } => ["rows", "cols", "tokens", "groups_x", "row0", "rows_a", "rows_b", "_"],
+            Kernel::MatvecInt8Rope { .. } => {
+                ["rows", "cols", "rope (head_dim | rot_dim << 16)", "groups_x", "row0", "rows_a", "rows_b", "pos0"]
+            }
             Kernel::Embed { .. } => ["cols", "tokens", "groups_x", "row0", "_", "_", "_", "_"],
             Kernel::RmsNorm { .. } => ["rows", "cols", "eps (f32)", "groups_x", "_", "_", "_", "_"],
             Kernel::RopeAppend => {
@@ -312,6 +327,10 @@ impl Kernel {
             Kernel::MatvecInt8 { ty, workgroup, lanes, rows, unroll, outputs } => {
                 // Without an int8 reader there is no kernel: a source with no entry point, which fails to build.
                 kernels::matvec_int8(ty, workgroup, lanes, rows, unroll, outputs)
+                    .unwrap_or_else(|| format!("// {ty} has no int8 reader: see Kernel::has_int8\n"))
+            }
+            Kernel::MatvecInt8Rope { ty, workgroup, lanes, rows, unroll } => {
+                kernels::matvec_int8_rope(ty, workgroup, lanes, rows, unroll)
                     .unwrap_or_else(|| format!("// {ty} has no int8 reader: see Kernel::has_int8\n"))
             }
             Kernel::QuantizeRows => kernels::quantize_rows(),
@@ -353,7 +372,8 @@ impl Kernel {
             Kernel::Matmul { workgroup, .. }
             | Kernel::Matvec { workgroup, .. }
             | Kernel::MatvecSlots { workgroup, .. }
-            | Kernel::MatvecInt8 { workgroup, .. } => workgroup,
+            | Kernel::MatvecInt8 { workgroup, .. }
+            | Kernel::MatvecInt8Rope { workgroup, .. } => workgroup,
             Kernel::Attention { .. } => ATTENTION_INVOCATIONS,
             Kernel::SiluMul { .. } | Kernel::Add | Kernel::RmsNorm { .. } | Kernel::Sample | Kernel::QuantizeRows => 256,
             _ => WORKGROUP,

@@ -1,6 +1,6 @@
 //! Matrix products, and the int8 activations of decode products.
 
-use tern_core::{Error, Result};
+use tern_core::{Error, Result, RopeParams, RopeStyle};
 use tern_shaders::{Kernel, MATMUL_TOKENS, TILED_TOKENS, WORKGROUP};
 
 use super::WebGpuBackend;
@@ -82,26 +82,94 @@ impl WebGpuBackend {
             let kernel = Kernel::Matmul { ty, workgroup: WORKGROUP, lanes: k.lanes, rows, tokens, outputs };
             (kernel, WORKGROUP / k.lanes * rows, tokens)
         };
-        let row_groups = (rows as u64).div_ceil(rows_per_group as u64);
-        let max = self.max_groups();
-        let x_groups = row_groups.min(max as u64).max(1) as u32;
-        let z_groups = row_groups.div_ceil(x_groups as u64) as u32;
-        let token_groups = (x.rows as u64).div_ceil(tokens as u64) as u32;
-        let grid = Grid { dims: (if row_groups == 0 { 0 } else { x_groups }, token_groups, z_groups.max(1)) };
+        let (grid, x_groups) = self.product_grid(rows, rows_per_group, x.rows, tokens);
         let rows_of = |i: usize| ws.get(i).map_or(0, |m| m.rows as u32);
         let params = [rows as u32, w.cols as u32, x.rows as u32, x_groups, w.first_row as u32, rows_of(0), rows_of(1), 0];
         let [q, s, mn, u] = &w.parts;
         // Parts, activations, then up to three outputs: a fixed array, so a dispatch allocates nothing.
-        let quantized = match (int8, &x.int8, x.int8_ready) {
-            (false, ..) => None,
-            (true, Some(ready), true) => Some(ready.clone()),
-            (true, ..) => Some(self.quantize_activations(x)?),
-        };
+        let quantized = if int8 { Some(self.int8_activations(x)?) } else { None };
         let mut buffers: [&wgpu::Buffer; 8] = [q, s, mn, u, quantized.as_ref().unwrap_or(&x.buf), q, q, q];
         for (slot, out) in buffers[5..].iter_mut().zip(outs.iter()) {
             *slot = &out.buf;
         }
         self.recorder.dispatch(&self.gpu, kernel, params, &buffers[..5 + outs.len()], grid)
+    }
+
+    /// The grid of a product of `rows` rows, `rows_per_group` a workgroup, over `tokens` rows of activations
+    /// `per_group` a workgroup, and the workgroups along x (rows past the per-dimension limit fold into z).
+    fn product_grid(&self, rows: usize, rows_per_group: u32, tokens: usize, per_group: u32) -> (Grid, u32) {
+        let row_groups = (rows as u64).div_ceil(rows_per_group as u64);
+        let x_groups = row_groups.min(self.max_groups() as u64).max(1) as u32;
+        let z_groups = row_groups.div_ceil(x_groups as u64) as u32;
+        let token_groups = (tokens as u64).div_ceil(per_group as u64) as u32;
+        (Grid { dims: (if row_groups == 0 { 0 } else { x_groups }, token_groups, z_groups.max(1)) }, x_groups)
+    }
+
+    /// The int8 form of the one-row `x` for a decode product: the one its producer wrote, or quantized now.
+    fn int8_activations(&self, x: &GpuTensor) -> Result<wgpu::Buffer> {
+        match (&x.int8, x.int8_ready) {
+            (Some(ready), true) => Ok(ready.clone()),
+            _ => self.quantize_activations(x),
+        }
+    }
+
+    /// A decode step's attention inputs in one dispatch (`Kernel::MatvecInt8Rope`): Q, K and V's products with
+    /// RoPE applied as they are written, K's and V's rows going straight to the caches. `false` (nothing
+    /// recorded) where that kernel does not apply: more than one token, products not on int8 activations,
+    /// matrices not stored together, RoPE in halves, a group of an odd number of rows, an adapter with fewer
+    /// than nine storage buffers a kernel, or shapes that do not fit (which the separate ops then report).
+    pub(super) fn fused_attention_inputs(
+        &self,
+        ws: [&GpuMatrix; 3],
+        x: &GpuTensor,
+        p: &RopeParams,
+        n_kv_heads: usize,
+        q: &mut GpuTensor,
+        (k_cache, v_cache): (&mut GpuTensor, &mut GpuTensor),
+    ) -> Result<bool> {
+        let [wq, wk, wv] = ws;
+        let k = self.kernels;
+        let (hd, kv_cols) = (p.head_dim, n_kv_heads * p.head_dim);
+        let fits = x.rows == 1
+            && self.int8_products()
+            && Kernel::has_int8(wq.ty)
+            && k.rows.is_multiple_of(2)
+            && p.style == RopeStyle::Interleaved
+            && hd.is_multiple_of(2)
+            && p.rot_dim.is_multiple_of(2)
+            && p.rot_dim <= hd
+            && hd < 1 << 16
+            && wq.rows == p.n_heads * hd
+            && wk.rows == kv_cols
+            && wv.rows == kv_cols
+            && x.cols == wq.cols
+            && [&*k_cache, &*v_cache].iter().all(|c| c.cols == kv_cols && p.pos0 < c.rows)
+            && GpuMatrix::stored_together(&ws)
+            && self.gpu.limits.max_storage_buffers_per_shader_stage >= 9;
+        if !fits {
+            return Ok(false);
+        }
+        self.resize("attention_inputs", q, 1, wq.rows)?;
+        k_cache.written();
+        v_cache.written();
+        let kernel = Kernel::MatvecInt8Rope {
+            ty: wq.ty,
+            workgroup: k.workgroup,
+            lanes: k.lanes,
+            rows: k.rows,
+            unroll: (k.unroll / 4).max(1),
+        };
+        let rows = wq.rows + 2 * kv_cols;
+        let (grid, x_groups) = self.product_grid(rows, k.workgroup / k.lanes * k.rows, 1, 1);
+        let rope = (hd | p.rot_dim << 16) as u32;
+        let params =
+            [rows as u32, wq.cols as u32, rope, x_groups, wq.first_row as u32, wq.rows as u32, kv_cols as u32, p.pos0 as u32];
+        let xq = self.int8_activations(x)?;
+        let freqs = self.inv_freq(p.freq_base, p.rot_dim)?;
+        let [qs, s, mn, u] = &wq.parts;
+        let buffers = [qs, s, mn, u, &xq, &q.buf, &k_cache.buf, &v_cache.buf, &freqs];
+        self.recorder.dispatch(&self.gpu, kernel, params, &buffers, grid)?;
+        Ok(true)
     }
 
     /// Records `x` (rows of whole blocks of 32) quantized to int8 into the backend's activation buffer, in

@@ -51,6 +51,48 @@ fn store(t: u32, r: u32, v: f32) {{
     )
 }
 
+/// [`matvec_int8_rope`]'s parameters and bindings: the int8 activations (binding 5), then Q's output, the K and
+/// V caches and RoPE's inverse frequencies; `store_pair(r, x0, x1)` rotates rows `r, r + 1` (`r` even: an
+/// interleaved pair) when they are Q's or K's and within `rot_dim`, and writes them where they belong: Q's to
+/// `out`, K's and V's to row `pos0` of their cache. Then the format's reader.
+fn rope_prelude(reader: &str) -> String {
+    format!(
+        "struct Params {{ rows: u32, cols: u32, rope: u32, groups_x: u32, row0: u32, rows_a: u32, rows_b: u32, pos0: u32 }}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(5) var<storage, read> xq: array<vec4<u32>>;
+@group(0) @binding(6) var<storage, read_write> out: array<f32>;
+@group(0) @binding(7) var<storage, read_write> k_cache: array<f32>;
+@group(0) @binding(8) var<storage, read_write> v_cache: array<f32>;
+@group(0) @binding(9) var<storage, read> inv_freq: array<f32>;
+{}
+fn store_pair(r: u32, x0: f32, x1: f32) {{
+    let head_dim = p.rope & 0xffffu;
+    let rot_dim = p.rope >> 16u;
+    let qk = p.rows_a + p.rows_b;
+    var y = vec2<f32>(x0, x1);
+    let i = (r % head_dim) / 2u;
+    if (r < qk && 2u * i < rot_dim) {{
+        let cs = rotation(p.pos0, i);
+        y = vec2<f32>(x0 * cs.x - x1 * cs.y, x0 * cs.y + x1 * cs.x);
+    }}
+    if (r < p.rows_a) {{
+        out[r] = y.x;
+        out[r + 1u] = y.y;
+    }} else if (r < qk) {{
+        let c = p.pos0 * p.rows_b + r - p.rows_a;
+        k_cache[c] = y.x;
+        k_cache[c + 1u] = y.y;
+    }} else {{
+        let c = p.pos0 * (p.rows - qk) + r - qk;
+        v_cache[c] = y.x;
+        v_cache[c + 1u] = y.y;
+    }}
+}}
+{reader}",
+        super::rows::ROTATION
+    )
+}
+
 /// The lanes' sums `accs` meeting in a tree in workgroup memory: sum `i` of invocation `li` sits at
 /// `partial[i * WG + li]`, and afterwards the group's lane 0 holds the totals there.
 fn lane_tree(accs: &[String]) -> String {
@@ -138,7 +180,9 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
 /// The shape both decode-product kernels share: groups of `lanes` invocations take `rows` rows; lane `l`
 /// walks the row's items (`vec4`s or quant words) `l, l + lanes, ...`, `unroll` of them per step, adding
 /// `step(n)` (the WGSL of `n` items at `i, i + LANES, ...` for every row `r0 + j` into `acc{j}`); the lanes'
-/// sums meet in a tree in workgroup memory. `items` is the WGSL count of items in a row.
+/// sums meet in a tree in workgroup memory. `items` is the WGSL count of items in a row. With `pairs` (`rows`
+/// even), rows go out two at a time through the prelude's `store_pair` instead of one by one through `store`.
+#[allow(clippy::too_many_arguments)]
 fn decode_product(
     prelude: &str,
     workgroup: u32,
@@ -147,13 +191,23 @@ fn decode_product(
     unroll: u32,
     items: &str,
     step: impl Fn(u32) -> String,
+    pairs: bool,
 ) -> String {
     let nr = rows as usize;
     let accs = lines((0..nr).map(|j| format!("var acc{j} = 0.0;")), 4);
     let (unrolled, single) = (step(unroll), step(1));
     let tree = lane_tree(&(0..nr).map(|j| format!("acc{j}")).collect::<Vec<_>>());
-    let writes =
-        lines((0..nr).map(|j| format!("if (r0 + {j}u < p.rows) {{ store(0u, r0 + {j}u, partial[{j}u * WG + li]); }}")), 8);
+    let writes = if pairs {
+        let pair = |j: u32| {
+            format!(
+                "if (r0 + {j}u < p.rows) {{ store_pair(r0 + {j}u, partial[{j}u * WG + li], partial[{}u * WG + li]); }}",
+                j + 1
+            )
+        };
+        lines((0..rows).step_by(2).map(pair), 8)
+    } else {
+        lines((0..nr).map(|j| format!("if (r0 + {j}u < p.rows) {{ store(0u, r0 + {j}u, partial[{j}u * WG + li]); }}")), 8)
+    };
     let partial = workgroup * rows;
     let last = unroll - 1;
     format!(
@@ -198,10 +252,19 @@ fn row_sums(rows: u32, n: u32, term: impl Fn(u32, u32) -> String) -> String {
 /// activation `vec4` (loaded first, for every item of the step) serves all `rows` rows.
 pub(crate) fn matvec(ty: TensorType, workgroup: u32, lanes: u32, rows: u32, unroll: u32, outputs: u32) -> String {
     let prelude = product_prelude(&formats::quad_reader(ty), outputs, false);
-    decode_product(&prelude, workgroup, lanes, rows, unroll, "p.cols / 4u", |n| {
-        let loads = lines((0..n).map(|u| format!("let xq{u} = x[i + {u}u * LANES];")), 12);
-        loads + &row_sums(rows, n, |j, u| format!("dot(load_quad(p.row0 + r0 + {j}u, i + {u}u * LANES), xq{u})"))
-    })
+    decode_product(
+        &prelude,
+        workgroup,
+        lanes,
+        rows,
+        unroll,
+        "p.cols / 4u",
+        |n| {
+            let loads = lines((0..n).map(|u| format!("let xq{u} = x[i + {u}u * LANES];")), 12);
+            loads + &row_sums(rows, n, |j, u| format!("dot(load_quad(p.row0 + r0 + {j}u, i + {u}u * LANES), xq{u})"))
+        },
+        false,
+    )
 }
 
 /// Decode products a quant word per lane at a time ([`formats::slot_reader`]): lane `l` takes the row's slots
@@ -211,9 +274,16 @@ pub(crate) fn matvec_slots(ty: TensorType, workgroup: u32, lanes: u32, rows: u32
     let (reader, slots) = formats::slot_reader(ty)?;
     let prelude = product_prelude(&reader, outputs, false);
     let items = format!("(p.cols / 32u) * {slots}u");
-    Some(decode_product(&prelude, workgroup, lanes, rows, unroll, &items, |n| {
-        row_sums(rows, n, |j, u| format!("slot_dot(p.row0 + r0 + {j}u, i + {u}u * LANES)"))
-    }))
+    Some(decode_product(
+        &prelude,
+        workgroup,
+        lanes,
+        rows,
+        unroll,
+        &items,
+        |n| row_sums(rows, n, |j, u| format!("slot_dot(p.row0 + r0 + {j}u, i + {u}u * LANES)")),
+        false,
+    ))
 }
 
 /// Decode products on int8 activations ([`formats::int8_reader`]): lane `l` takes the row's blocks
@@ -221,18 +291,39 @@ pub(crate) fn matvec_slots(ty: TensorType, workgroup: u32, lanes: u32, rows: u32
 /// 16-byte load (4-bit formats). `None` for a format without an int8 reader.
 pub(crate) fn matvec_int8(ty: TensorType, workgroup: u32, lanes: u32, rows: u32, unroll: u32, outputs: u32) -> Option<String> {
     let prelude = product_prelude(&formats::int8_reader(ty)?, outputs, true);
-    Some(decode_product(&prelude, workgroup, lanes, rows, unroll, "p.cols / 32u", |n| {
-        let loads = lines(
-            (0..n).map(|u| {
-                format!(
-                    "let b{u} = i + {u}u * LANES; let xa{u} = xq[3u * b{u}]; let xb{u} = xq[3u * b{u} + 1u]; \
+    Some(int8_product(&prelude, workgroup, lanes, rows, unroll, false))
+}
+
+/// [`matvec_int8`] for Q, K and V stored together, with RoPE (interleaved pairs: `rows` must be even) applied to
+/// Q's and K's rows as they are written, and K's and V's rows written straight to the caches' row `pos0`
+/// ([`rope_prelude`]). `None` for a format without an int8 reader.
+pub(crate) fn matvec_int8_rope(ty: TensorType, workgroup: u32, lanes: u32, rows: u32, unroll: u32) -> Option<String> {
+    let prelude = rope_prelude(&formats::int8_reader(ty)?);
+    Some(int8_product(&prelude, workgroup, lanes, rows, unroll, true))
+}
+
+fn int8_product(prelude: &str, workgroup: u32, lanes: u32, rows: u32, unroll: u32, pairs: bool) -> String {
+    decode_product(
+        prelude,
+        workgroup,
+        lanes,
+        rows,
+        unroll,
+        "p.cols / 32u",
+        |n| {
+            let loads = lines(
+                (0..n).map(|u| {
+                    format!(
+                        "let b{u} = i + {u}u * LANES; let xa{u} = xq[3u * b{u}]; let xb{u} = xq[3u * b{u} + 1u]; \
                      let xs{u} = bitcast<vec2<f32>>(xq[3u * b{u} + 2u].xy);"
-                )
-            }),
-            12,
-        );
-        loads + &row_sums(rows, n, |j, u| format!("block_i8(p.row0 + r0 + {j}u, b{u}, xa{u}, xb{u}, xs{u})"))
-    }))
+                    )
+                }),
+                12,
+            );
+            loads + &row_sums(rows, n, |j, u| format!("block_i8(p.row0 + r0 + {j}u, b{u}, xa{u}, xb{u}, xs{u})"))
+        },
+        pairs,
+    )
 }
 
 /// The most `vec4`s per invocation one [`quantize_quads`] takes.

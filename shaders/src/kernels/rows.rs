@@ -185,7 +185,8 @@ pub(crate) fn rms_norm(residual: bool, quads: u32, int8: bool, subgroups: bool) 
 }
 
 /// `(cos, sin)` of pair `i`'s angle at position `pos`, as [`rope`] describes.
-const ROTATION: &str = "
+/// `rotation(pos, i)`: the cosine and sine of pair `i`'s angle at position `pos` (needs `inv_freq`).
+pub(crate) const ROTATION: &str = "
 fn rotation(pos: u32, i: u32) -> vec2<f32> {
     let angle = f32(pos) * inv_freq[i];
     let k = round(angle * 0.15915494309189535);
