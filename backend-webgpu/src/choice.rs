@@ -31,9 +31,10 @@ pub struct KernelChoice {
     /// Attention's per-tile maximum and sum, and RMSNorm's mean square, by subgroup operations (needs the
     /// adapter's subgroups).
     pub subgroup_reductions: bool,
-    /// With `tiled` and no `subgroup_size`: decode products of the formats that have one take their activations
+    /// With `tiled` and no `subgroup_size`: products of the formats that have one take their activations
     /// quantized to int8 per block of 32 (as the CPU backend does) and multiply four quants at a time with
-    /// integer dot products (`Kernel::MatvecInt8`, `unroll / 4` blocks per step), in place of `slots`.
+    /// integer dot products: decode by `Kernel::MatvecInt8` (`unroll / 4` blocks per step, in place of
+    /// `slots`), prefill by `Kernel::MatmulTiledInt8`.
     pub int8: bool,
 }
 

@@ -353,6 +353,37 @@ pub fn slot_reader(ty: TensorType) -> Option<(String, u32)> {
 /// and the block's scale (and minimum or offset, through `xs.y`) apply once to the integer sum. `None` for a
 /// format without one (the float formats).
 pub fn int8_reader(ty: TensorType) -> Option<String> {
+    let (prologue, sum) = int8_parts(ty)?;
+    let (hoist, combine) = int8_combine(ty);
+    let body = format!(
+        "fn block_i8(r: u32, b: u32, xa: vec4<u32>, xb: vec4<u32>, xs: vec2<f32>) -> f32 {{
+    let nb = p.cols / 32u;
+    let g = r * nb + b;
+    {prologue}
+    let sumi = {};
+    {hoist}
+    return {combine};
+}}
+",
+        sum.join("\n        + ")
+    );
+    Some(format!("{COMMON}\n{body}"))
+}
+
+/// The WGSL that reads `ty` for prefill products on int8 activations: the matrix bindings and
+/// `block_i8_tile(r, b)`, block `b` of row `r` times the same block of each of [`crate::TILED_TOKENS`] tokens
+/// staged in the workgroup array `xs8` (three `vec4<u32>` a token, as [`int8_reader`] takes them), returned as a
+/// `Tile` (`t0`, `t1`, ...). The weights are loaded and their scale decoded once for all the tokens. `None` for
+/// a format without an int8 reader.
+pub fn int8_tile_reader(ty: TensorType) -> Option<String> {
+    let (prologue, sum) = int8_parts(ty)?;
+    let (hoist, combine) = int8_combine(ty);
+    Some(format!("{COMMON}\n{}", int8_tile(&prologue, &sum, &hoist, &combine)))
+}
+
+/// The statements that load block `g`'s quants for [`int8_reader`], and the `dot4I8Packed` terms of its integer
+/// dot product with activation words `xa` and `xb`.
+fn int8_parts(ty: TensorType) -> Option<(String, Vec<String>)> {
     // The (quant word, activation word) pairs of the block, as WGSL over words of u32 fields that are small
     // non-negative (or, for 8-bit formats, signed) bytes.
     let act = |i: usize| if i < 4 { format!("xa.{}", LANE[i]) } else { format!("xb.{}", LANE[i - 4]) };
@@ -396,28 +427,58 @@ pub fn int8_reader(ty: TensorType) -> Option<String> {
         }
         _ => return None,
     }
-    let combine = match ty {
-        TensorType::Q4_0 => "return scale_at(g) * (xs.x * f32(sumi) - 8.0 * xs.y);".to_string(),
-        TensorType::Q4_1 => "return scale_at(g) * xs.x * f32(sumi) + min_at(g) * xs.y;".to_string(),
-        TensorType::Q8_0 => "return scale_at(g) * xs.x * f32(sumi);".to_string(),
+    Some((prologue, pairs.iter().map(|(q, x)| format!("dot4I8Packed({q}, {x})")).collect()))
+}
+
+/// The statements that decode block `g`'s scale (and minimum or offset) for [`int8_reader`], and the block's
+/// value as an expression of `sumi` (the integer dot product) and `xs` (the activations' scale and scaled sum).
+fn int8_combine(ty: TensorType) -> (String, String) {
+    match ty {
+        TensorType::Q4_0 => ("let d = scale_at(g);".into(), "d * (xs.x * f32(sumi) - 8.0 * xs.y)".into()),
+        TensorType::Q4_1 => ("let d = scale_at(g);\n    let m = min_at(g);".into(), "d * xs.x * f32(sumi) + m * xs.y".into()),
+        TensorType::Q8_0 => ("let d = scale_at(g);".into(), "d * xs.x * f32(sumi)".into()),
         _ => {
             let f = ty.tern_format().unwrap_or(TernFormat::T4);
-            format!("{}\n    return scale * xs.x * f32(sumi) - offset * xs.y;", tern_codes(f))
+            (tern_codes(f), "scale * xs.x * f32(sumi) - offset * xs.y".into())
         }
-    };
-    let sum: Vec<String> = pairs.iter().map(|(q, x)| format!("dot4I8Packed({q}, {x})")).collect();
-    let body = format!(
-        "fn block_i8(r: u32, b: u32, xa: vec4<u32>, xb: vec4<u32>, xs: vec2<f32>) -> f32 {{
+    }
+}
+
+/// `block_i8_tile` of [`int8_tile_reader`], from [`int8_parts`] and [`int8_combine`].
+fn int8_tile(prologue: &str, sum: &[String], hoist: &str, combine: &str) -> String {
+    let tokens = crate::TILED_TOKENS;
+    let fields: Vec<String> = (0..tokens).map(|t| format!("t{t}: f32")).collect();
+    let per_token: String = (0..tokens)
+        .map(|t| {
+            format!(
+                "    {{
+        let xa = xs8[{a}u];
+        let xb = xs8[{b}u];
+        let xs = bitcast<vec2<f32>>(xs8[{c}u].xy);
+        let sumi = {sum};
+        o.t{t} = {combine};
+    }}
+",
+                a = 3 * t,
+                b = 3 * t + 1,
+                c = 3 * t + 2,
+                sum = sum.join(" + ")
+            )
+        })
+        .collect();
+    format!(
+        "struct Tile {{ {} }}
+fn block_i8_tile(r: u32, b: u32) -> Tile {{
     let nb = p.cols / 32u;
     let g = r * nb + b;
     {prologue}
-    let sumi = {};
-    {combine}
+    {hoist}
+    var o: Tile;
+{per_token}    return o;
 }}
 ",
-        sum.join("\n        + ")
-    );
-    Some(format!("{COMMON}\n{body}"))
+        fields.join(", ")
+    )
 }
 
 /// The WGSL that reads `ty`: the matrix bindings, `Block` and `load_block`.

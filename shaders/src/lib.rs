@@ -76,6 +76,10 @@ pub enum Kernel {
     /// Prefill products on a GPU: one row per invocation, `tokens` tokens per workgroup, the activations staged
     /// in workgroup memory a block at a time.
     MatmulTiled { ty: TensorType, tokens: u32, rows: u32, outputs: u32 },
+    /// Prefill products on a GPU on activations quantized to int8 ([`Kernel::QuantizeRows`]), for the formats
+    /// with an int8 reader: as [`Kernel::MatmulTiled`] ([`TILED_TOKENS`] tokens a workgroup), the tokens' int8
+    /// blocks staged in workgroup memory and each weight block's quants multiplied with them four at a time.
+    MatmulTiledInt8 { ty: TensorType, rows: u32, outputs: u32 },
     /// `out[t] = table[ids[t]]`, dequantized.
     Embed { ty: TensorType },
     /// `out[t] = x[t] / rms(x[t]) * weight`, one workgroup per row; with `residual`, `x += y` first (written
@@ -137,6 +141,9 @@ impl Kernel {
             }
             for rows in [1, 2] {
                 v.push(Kernel::MatmulTiled { ty, tokens: TILED_TOKENS, rows, outputs });
+                if Kernel::has_int8(ty) {
+                    v.push(Kernel::MatmulTiledInt8 { ty, rows, outputs });
+                }
             }
             for rows in [1, 2, 4] {
                 for unroll in [4, 8, 16] {
@@ -211,6 +218,7 @@ impl Kernel {
             Kernel::MatmulTiled { ty, tokens, rows, outputs } => {
                 format!("matmul tiled {ty} tokens{tokens} rows{rows} outputs{outputs}")
             }
+            Kernel::MatmulTiledInt8 { ty, rows, outputs } => format!("matmul tiled int8 {ty} rows{rows} outputs{outputs}"),
             Kernel::Matvec { ty, workgroup, lanes, rows, unroll, outputs } => {
                 format!("matvec {ty} wg{workgroup} lanes{lanes} rows{rows} unroll{unroll} outputs{outputs}")
             }
@@ -237,6 +245,7 @@ impl Kernel {
             // quants, scales, mins, row units, x (MatvecInt8: x quantized) | outputs
             Kernel::Matmul { outputs, .. }
             | Kernel::MatmulTiled { outputs, .. }
+            | Kernel::MatmulTiledInt8 { outputs, .. }
             | Kernel::Matvec { outputs, .. }
             | Kernel::MatvecSlots { outputs, .. }
             | Kernel::MatvecSubgroups { outputs, .. }
@@ -288,6 +297,7 @@ impl Kernel {
         match self {
             Kernel::Matmul { .. }
             | Kernel::MatmulTiled { .. }
+            | Kernel::MatmulTiledInt8 { .. }
             | Kernel::Matvec { .. }
             | Kernel::MatvecSlots { .. }
             | Kernel::MatvecSubgroups { .. }
@@ -316,6 +326,8 @@ impl Kernel {
                 kernels::matmul(ty, workgroup, lanes, rows, tokens, outputs)
             }
             Kernel::MatmulTiled { ty, tokens, rows, outputs } => kernels::matmul_tiled(ty, tokens, rows, outputs),
+            Kernel::MatmulTiledInt8 { ty, rows, outputs } => kernels::matmul_tiled_int8(ty, rows, outputs)
+                .unwrap_or_else(|| format!("// {ty} has no int8 reader: see Kernel::has_int8\n")),
             Kernel::Matvec { ty, workgroup, lanes, rows, unroll, outputs } => {
                 kernels::matvec(ty, workgroup, lanes, rows, unroll, outputs)
             }

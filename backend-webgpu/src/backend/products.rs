@@ -52,6 +52,8 @@ impl WebGpuBackend {
         // Decode takes a kernel of its own: no batch to share the weights with.
         let (ty, k) = (w.ty, self.kernels);
         let int8 = x.rows == 1 && self.int8_products() && Kernel::has_int8(ty);
+        // Prefill on int8 activations too, where they are whole blocks of 32.
+        let tiled_int8 = x.rows > 1 && self.int8_products() && Kernel::has_int8(ty) && x.cols.is_multiple_of(32);
         let (kernel, rows_per_group, tokens) = if int8 {
             let (workgroup, lanes, rows) = (k.workgroup, k.lanes, k.rows);
             // A block holds four `vec4`s of weights: a quarter as many blocks keep as many loads in flight.
@@ -60,6 +62,8 @@ impl WebGpuBackend {
                 workgroup / lanes * rows,
                 1,
             )
+        } else if tiled_int8 {
+            (Kernel::MatmulTiledInt8 { ty, rows: k.tiled_rows, outputs }, WORKGROUP * k.tiled_rows, TILED_TOKENS)
         } else if x.rows > 1 && k.tiled {
             (
                 Kernel::MatmulTiled { ty, tokens: TILED_TOKENS, rows: k.tiled_rows, outputs },
@@ -87,7 +91,7 @@ impl WebGpuBackend {
         let params = [rows as u32, w.cols as u32, x.rows as u32, x_groups, w.first_row as u32, rows_of(0), rows_of(1), 0];
         let [q, s, mn, u] = &w.parts;
         // Parts, activations, then up to three outputs: a fixed array, so a dispatch allocates nothing.
-        let quantized = if int8 { Some(self.int8_activations(x)?) } else { None };
+        let quantized = if int8 || tiled_int8 { Some(self.int8_activations(x)?) } else { None };
         let mut buffers: [&wgpu::Buffer; 8] = [q, s, mn, u, quantized.as_ref().unwrap_or(&x.buf), q, q, q];
         for (slot, out) in buffers[5..].iter_mut().zip(outs.iter()) {
             *slot = &out.buf;

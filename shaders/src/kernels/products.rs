@@ -3,7 +3,7 @@
 use tern_core::TensorType;
 
 use super::lines;
-use crate::{WORKGROUP, formats};
+use crate::{TILED_TOKENS, WORKGROUP, formats};
 
 /// The parameters, activation and output bindings every product kernel shares, `store`, then the format's
 /// reader. The activations are binding 5: `x`, a row-major f32 matrix read as `vec4`s; or, with `int8`, `xq`, a
@@ -471,6 +471,58 @@ fn main(
 /// workgroup stages the tokens' 32 activations in workgroup memory, and every invocation dequantizes its row's
 /// block once and multiplies it with all of them: weights are read once per `tokens` tokens and activations
 /// once per workgroup of rows.
+/// Prefill products on int8 activations ([`formats::int8_tile_reader`]): as [`matmul_tiled`], with
+/// the tokens' int8 blocks (three `vec4<u32>` each) staged in workgroup memory a block at a time and each
+/// weight block loaded and its scale decoded once for all of them. `None` for a format without an int8 reader.
+pub(crate) fn matmul_tiled_int8(ty: TensorType, rows: u32, outputs: u32) -> Option<String> {
+    let prelude = product_prelude(&formats::int8_tile_reader(ty)?, outputs, true);
+    let tokens = TILED_TOKENS;
+    let (nt, nr) = (tokens as usize, rows as usize);
+    let accs = lines((0..nr).flat_map(|j| (0..nt).map(move |t| format!("var acc{j}_{t} = 0.0;"))), 4);
+    let products = lines(
+        (0..nr).map(|j| {
+            let adds: String = (0..nt).map(|t| format!(" acc{j}_{t} += d.t{t};")).collect();
+            format!("if (r{j} < p.rows) {{ let d = block_i8_tile(p.row0 + r{j}, blk);{adds} }}")
+        }),
+        8,
+    );
+    let rows_of = lines((0..nr).map(|j| format!("let r{j} = base + {}u + li;", j as u32 * WORKGROUP)), 4);
+    let writes = lines(
+        (0..nr).flat_map(|j| {
+            (0..nt).map(move |t| format!("if (nt > {t}u && r{j} < p.rows) {{ store(t0 + {t}u, r{j}, acc{j}_{t}); }}"))
+        }),
+        4,
+    );
+    Some(format!(
+        r#"{prelude}
+const WG: u32 = {WORKGROUP}u;
+const TOKENS: u32 = {tokens}u;
+var<workgroup> xs8: array<vec4<u32>, {}>;
+
+@compute @workgroup_size({WORKGROUP})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
+    let base = (wid.x + wid.z * p.groups_x) * WG * {rows}u;
+{rows_of}    let t0 = wid.y * TOKENS;
+    let nt = min(TOKENS, p.tokens - t0);
+    let blocks = p.cols / 32u;
+{accs}    for (var blk = 0u; blk < blocks; blk++) {{
+        for (var j = li; j < TOKENS * 3u; j += WG) {{
+            let t = j / 3u;
+            var v = vec4<u32>(0u);
+            if (t < nt) {{
+                v = xq[((t0 + t) * blocks + blk) * 3u + j % 3u];
+            }}
+            xs8[j] = v;
+        }}
+        workgroupBarrier();
+{products}        workgroupBarrier();
+    }}
+{writes}}}
+"#,
+        3 * tokens
+    ))
+}
+
 pub(crate) fn matmul_tiled(ty: TensorType, tokens: u32, rows: u32, outputs: u32) -> String {
     let prelude = product_prelude(&formats::reader(ty), outputs, false);
     let staged = tokens * 8;
