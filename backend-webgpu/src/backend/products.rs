@@ -1,4 +1,4 @@
-//! Matrix products, and the int8 activations of decode products.
+//! Matrix products, and the int8 activations of the products that take them.
 
 use tern_core::{Error, Result, RopeParams, RopeStyle};
 use tern_shaders::{Kernel, MATMUL_TOKENS, TILED_TOKENS, WORKGROUP};
@@ -109,7 +109,8 @@ impl WebGpuBackend {
         (Grid { dims: (if row_groups == 0 { 0 } else { x_groups }, token_groups, z_groups.max(1)) }, x_groups)
     }
 
-    /// The int8 form of the one-row `x` for a decode product: the one its producer wrote, or quantized now.
+    /// The int8 form of `x` (rows of whole blocks of 32) for a product on int8 activations: the one its producer
+    /// wrote beside it (one-row tensors), or quantized now.
     fn int8_activations(&self, x: &GpuTensor) -> Result<wgpu::Buffer> {
         match (&x.int8, x.int8_ready) {
             (Some(ready), true) => Ok(ready.clone()),
