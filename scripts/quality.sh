@@ -118,16 +118,18 @@ if [ "$which" = all ] || [ "$which" = tern ]; then
   for bits in 2 3 4 8; do
     quantize "T$bits" --bits "$bits"
   done
-  for bits in 3 4; do
+  for bits in 2 3 4; do
     quantize "T$bits+feedback" --bits "$bits" --calibration "$out/calibration.txt" --error-feedback
   done
   for target in 2.5 3.0 3.5 4.5 5.0; do
     quantize "mix$target" --target-bpw "$target" --calibration "$out/calibration.txt" --sensitivity-tokens 128 \
       --sensitivity-cache "$out/tern.sensitivity.json" --verbose
   done
-  # The planner and error feedback together, aimed under 4.6 bits per weight.
-  quantize "mix4.55+feedback" --target-bpw 4.55 --calibration "$out/calibration.txt" --error-feedback \
-    --sensitivity-tokens 128 --sensitivity-cache "$out/tern.sensitivity.json" --verbose
+  # The planner and error feedback together: aimed under 4.6 bits per weight, and at the low targets.
+  for target in 2.5 3.0 4.55; do
+    quantize "mix$target+feedback" --target-bpw "$target" --calibration "$out/calibration.txt" --error-feedback \
+      --sensitivity-tokens 128 --sensitivity-cache "$out/tern.sensitivity.json" --verbose
+  done
   # The f32 model's log-probabilities once (about 2 GB for 40 chunks), then every model against them.
   [ -f "$out/f32.tern.logits" ] || $tern eval -m "$f32" --text "$out/eval.txt" --chunks "$chunks" --save-logits "$out/f32.tern.logits" > "$out/f32.tern.eval.log" 2>&1
   for m in "${models[@]}"; do
