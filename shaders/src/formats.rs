@@ -372,7 +372,7 @@ pub fn int8_reader(ty: TensorType) -> Option<String> {
 
 /// The WGSL that reads `ty` for prefill products on int8 activations: the matrix bindings and
 /// `block_i8_tile(r, b)`, block `b` of row `r` times the same block of each of [`crate::TILED_TOKENS`] tokens
-/// staged in the workgroup array `xs8` (three `vec4<u32>` a token, as [`int8_reader`] takes them), returned as a
+/// staged in the workgroup array `staged` (three `vec4<u32>` a token, as [`int8_reader`] takes them), returned as a
 /// `Tile` (`t0`, `t1`, ...). The weights are loaded and their scale decoded once for all the tokens. `None` for
 /// a format without an int8 reader.
 pub fn int8_tile_reader(ty: TensorType) -> Option<String> {
@@ -452,9 +452,9 @@ fn int8_tile(prologue: &str, sum: &[String], hoist: &str, combine: &str) -> Stri
         .map(|t| {
             format!(
                 "    {{
-        let xa = xs8[{a}u];
-        let xb = xs8[{b}u];
-        let xs = bitcast<vec2<f32>>(xs8[{c}u].xy);
+        let xa = staged[{a}u];
+        let xb = staged[{b}u];
+        let xs = bitcast<vec2<f32>>(staged[{c}u].xy);
         let sumi = {sum};
         o.t{t} = {combine};
     }}

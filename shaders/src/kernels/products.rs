@@ -471,74 +471,61 @@ fn main(
 /// workgroup stages the tokens' 32 activations in workgroup memory, and every invocation dequantizes its row's
 /// block once and multiplies it with all of them: weights are read once per `tokens` tokens and activations
 /// once per workgroup of rows.
-/// Prefill products on int8 activations ([`formats::int8_tile_reader`]): as [`matmul_tiled`], with
-/// the tokens' int8 blocks (three `vec4<u32>` each) staged in workgroup memory a block at a time and each
-/// weight block loaded and its scale decoded once for all of them. `None` for a format without an int8 reader.
-pub(crate) fn matmul_tiled_int8(ty: TensorType, rows: u32, outputs: u32) -> Option<String> {
-    let prelude = product_prelude(&formats::int8_tile_reader(ty)?, outputs, true);
-    let tokens = TILED_TOKENS;
-    let (nt, nr) = (tokens as usize, rows as usize);
-    let accs = lines((0..nr).flat_map(|j| (0..nt).map(move |t| format!("var acc{j}_{t} = 0.0;"))), 4);
-    let products = lines(
-        (0..nr).map(|j| {
-            let adds: String = (0..nt).map(|t| format!(" acc{j}_{t} += d.t{t};")).collect();
-            format!("if (r{j} < p.rows) {{ let d = block_i8_tile(p.row0 + r{j}, blk);{adds} }}")
-        }),
-        8,
-    );
-    let rows_of = lines((0..nr).map(|j| format!("let r{j} = base + {}u + li;", j as u32 * WORKGROUP)), 4);
-    let writes = lines(
-        (0..nr).flat_map(|j| {
-            (0..nt).map(move |t| format!("if (nt > {t}u && r{j} < p.rows) {{ store(t0 + {t}u, r{j}, acc{j}_{t}); }}"))
-        }),
-        4,
-    );
-    Some(format!(
-        r#"{prelude}
-const WG: u32 = {WORKGROUP}u;
-const TOKENS: u32 = {tokens}u;
-var<workgroup> xs8: array<vec4<u32>, {}>;
-
-@compute @workgroup_size({WORKGROUP})
-fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
-    let base = (wid.x + wid.z * p.groups_x) * WG * {rows}u;
-{rows_of}    let t0 = wid.y * TOKENS;
-    let nt = min(TOKENS, p.tokens - t0);
-    let blocks = p.cols / 32u;
-{accs}    for (var blk = 0u; blk < blocks; blk++) {{
-        for (var j = li; j < TOKENS * 3u; j += WG) {{
-            let t = j / 3u;
-            var v = vec4<u32>(0u);
-            if (t < nt) {{
-                v = xq[((t0 + t) * blocks + blk) * 3u + j % 3u];
-            }}
-            xs8[j] = v;
-        }}
-        workgroupBarrier();
-{products}        workgroupBarrier();
-    }}
-{writes}}}
-"#,
-        3 * tokens
-    ))
-}
-
 pub(crate) fn matmul_tiled(ty: TensorType, tokens: u32, rows: u32, outputs: u32) -> String {
     let prelude = product_prelude(&formats::reader(ty), outputs, false);
-    let staged = tokens * 8;
-    let (nt, nr) = (tokens as usize, rows as usize);
-    let accs = lines((0..nr).flat_map(|j| (0..nt).map(move |t| format!("var acc{j}_{t} = 0.0;"))), 4);
+    let nr = rows as usize;
     // Each staged activation vec4 is read once and serves all the invocation's rows.
-    let blocks_in =
+    let mut products =
         lines((0..nr).map(|j| format!("var w{j}: Block; if (r{j} < p.rows) {{ w{j} = load_block(p.row0 + r{j}, blk); }}")), 8);
-    let mut products = String::new();
-    for t in 0..nt {
-        products += &lines((0..8).map(|i| format!("let x{t}_{i} = xs[{}u];", 8 * t + i)), 8);
+    for t in 0..tokens as usize {
+        products += &lines((0..8).map(|i| format!("let x{t}_{i} = staged[{}u];", 8 * t + i)), 8);
         products += &lines(
             (0..nr).map(|j| format!("acc{j}_{t} += {};", formats::block_dot(&format!("w{j}"), |i| format!("x{t}_{i}")))),
             8,
         );
     }
+    let staging =
+        Staging { element: "vec4<f32>", per_token: 8, zero: "vec4<f32>(0.0)", load: "x[(t0 + t) * cols4 + 8u * blk + j % 8u]" };
+    tiled_product(&prelude, tokens, rows, &staging, &products)
+}
+
+/// Prefill products on int8 activations ([`formats::int8_tile_reader`]): as [`matmul_tiled`] ([`TILED_TOKENS`]
+/// tokens), with the tokens' int8 blocks (three `vec4<u32>` each) staged in workgroup memory a block at a time
+/// and each weight block loaded and its scale decoded once for all of them. `None` for a format without an
+/// int8 reader.
+pub(crate) fn matmul_tiled_int8(ty: TensorType, rows: u32, outputs: u32) -> Option<String> {
+    let prelude = product_prelude(&formats::int8_tile_reader(ty)?, outputs, true);
+    let products = lines(
+        (0..rows).map(|j| {
+            let adds: String = (0..TILED_TOKENS).map(|t| format!(" acc{j}_{t} += d.t{t};")).collect();
+            format!("if (r{j} < p.rows) {{ let d = block_i8_tile(p.row0 + r{j}, blk);{adds} }}")
+        }),
+        8,
+    );
+    let staging = Staging {
+        element: "vec4<u32>",
+        per_token: 3,
+        zero: "vec4<u32>(0u)",
+        load: "xq[((t0 + t) * blocks + blk) * 3u + j % 3u]",
+    };
+    Some(tiled_product(&prelude, TILED_TOKENS, rows, &staging, &products))
+}
+
+/// What a tiled prefill product stages of each token's block in the workgroup array `staged`: `per_token`
+/// elements of type `element`, element `j % per_token` of token `t` loaded by `load` (zero past the tokens).
+struct Staging {
+    element: &'static str,
+    per_token: u32,
+    zero: &'static str,
+    load: &'static str,
+}
+
+/// The shape both tiled prefill products share: workgroups of [`WORKGROUP`] invocations, each owning `rows`
+/// rows by `tokens` tokens (`acc{j}_{t}`); block by block, the tokens' activations are staged in `staged` and then
+/// `products` (WGSL over `blk`, `r{j}` and the staged block) adds to the sums.
+fn tiled_product(prelude: &str, tokens: u32, rows: u32, staging: &Staging, products: &str) -> String {
+    let (nt, nr) = (tokens as usize, rows as usize);
+    let accs = lines((0..nr).flat_map(|j| (0..nt).map(move |t| format!("var acc{j}_{t} = 0.0;"))), 4);
     let rows_of = lines((0..nr).map(|j| format!("let r{j} = base + {}u + li;", j as u32 * WORKGROUP)), 4);
     let writes = lines(
         (0..nr).flat_map(|j| {
@@ -546,11 +533,12 @@ pub(crate) fn matmul_tiled(ty: TensorType, tokens: u32, rows: u32, outputs: u32)
         }),
         4,
     );
+    let Staging { element, per_token, zero, load } = staging;
     format!(
         r#"{prelude}
 const WG: u32 = {WORKGROUP}u;
 const TOKENS: u32 = {tokens}u;
-var<workgroup> xs: array<vec4<f32>, {staged}>;
+var<workgroup> staged: array<{element}, {}>;
 
 @compute @workgroup_size({WORKGROUP})
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
@@ -560,18 +548,19 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     let cols4 = p.cols / 4u;
     let blocks = p.cols / 32u;
 {accs}    for (var blk = 0u; blk < blocks; blk++) {{
-        for (var j = li; j < TOKENS * 8u; j += WG) {{
-            let t = j / 8u;
-            var v = vec4<f32>(0.0);
+        for (var j = li; j < TOKENS * {per_token}u; j += WG) {{
+            let t = j / {per_token}u;
+            var v = {zero};
             if (t < nt) {{
-                v = x[(t0 + t) * cols4 + 8u * blk + j % 8u];
+                v = {load};
             }}
-            xs[j] = v;
+            staged[j] = v;
         }}
         workgroupBarrier();
-{blocks_in}{products}        workgroupBarrier();
+{products}        workgroupBarrier();
     }}
 {writes}}}
-"#
+"#,
+        tokens * per_token
     )
 }
