@@ -60,10 +60,27 @@ pub(crate) struct Recorder {
     pending: Mutex<Pending>,
     ring: wgpu::Buffer,
     slot_bytes: u64,
+    /// Label fragments of kernels not to dispatch ([`SKIP_VARIABLE`]): empty but when measuring.
+    skipped: Vec<String>,
 }
+
+/// A timing aid: `TERN_WEBGPU_SKIP=fragment,fragment` drops every dispatch whose kernel label contains one of
+/// them, so that a benchmark measures what those kernels cost in the real pipelined step. The results are then
+/// wrong; the backend warns when it is set.
+pub(crate) const SKIP_VARIABLE: &str = "TERN_WEBGPU_SKIP";
 
 fn lock_failed() -> Error {
     Error::Device { detail: "a thread panicked while recording GPU work; the backend cannot be used any more".into() }
+}
+
+/// The label fragments of [`SKIP_VARIABLE`], with a warning when there are any.
+fn skipped_kernels() -> Vec<String> {
+    let skipped: Vec<String> =
+        std::env::var(SKIP_VARIABLE).unwrap_or_default().split(',').filter(|s| !s.is_empty()).map(String::from).collect();
+    if !skipped.is_empty() {
+        tracing::warn!("{SKIP_VARIABLE} is set: kernels labelled with {skipped:?} are not run, and results are wrong");
+    }
+    skipped
 }
 
 impl Recorder {
@@ -89,6 +106,7 @@ impl Recorder {
             }),
             ring,
             slot_bytes,
+            skipped: skipped_kernels(),
         }
     }
 
@@ -163,6 +181,9 @@ impl Recorder {
         grid: Grid,
     ) -> Result<()> {
         let pipeline = self.pipeline(gpu, kernel)?;
+        if !self.skipped.is_empty() && self.skipped.iter().any(|s| kernel.label().contains(s.as_str())) {
+            return Ok(());
+        }
         let (x, y, z) = grid.dims;
         if x == 0 || y == 0 || z == 0 {
             return Ok(());

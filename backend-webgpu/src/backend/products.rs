@@ -13,7 +13,7 @@ use crate::tensor::{GpuMatrix, GpuTensor};
 const INT8_BLOCK_BYTES: u64 = 48;
 
 impl WebGpuBackend {
-    /// Whether decode products take int8 activations.
+    /// Whether products of the formats with an int8 reader take int8 activations (decode and prefill).
     pub(super) fn int8_products(&self) -> bool {
         let k = self.kernels;
         k.tiled && k.int8 && k.subgroup_size.is_none()
