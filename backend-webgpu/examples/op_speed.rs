@@ -1,5 +1,6 @@
 //! Times each op of a SmolLM2-sized decode step on the WebGPU backend (one op per submit, read back):
-//! `cargo run --release -p tern-backend-webgpu --example op_speed [REPEATS]`.
+//! `cargo run --release -p tern-backend-webgpu --example op_speed [REPEATS] [sample]` (`sample`: only the
+//! sampling kernels).
 
 use std::time::Instant;
 
@@ -24,6 +25,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let repeats: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(20);
     let be = WebGpuBackend::new(AdapterChoice::Any)?;
     println!("adapter: {} ({})", be.adapter().name, be.adapter().api);
+    if std::env::args().nth(2).as_deref() == Some("sample") {
+        return sampling(&be);
+    }
     let time = |name: &str, f: &mut dyn FnMut() -> tern_core::Result<()>| -> tern_core::Result<()> {
         f()?;
         let t = Instant::now();
@@ -128,24 +132,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             );
         }
     }
-    // Sampling a token from a row of logits: greedy, and top-k 40 at temperature 0.8.
-    for vocab in [32000, 128256] {
-        let logits = be.upload(&spread_values(vocab), 1, vocab)?;
-        let mut token = be.zeros(0, 0)?;
-        for (name, s) in [
-            ("greedy", tern_core::TokenSampling::GREEDY),
-            ("top-k 40", tern_core::TokenSampling { temperature: 0.8, top_k: 40, top_p: 0.95, draw: 0.5 }),
-        ] {
-            be.sample(&logits, &s, &mut token)?;
-            be.read(&token)?;
-            let t = Instant::now();
-            for _ in 0..100 {
-                be.sample(&logits, &s, &mut token)?;
-            }
-            be.read(&token)?;
-            println!("sample {name} of {vocab}: {:.1} us", t.elapsed().as_secs_f64() * 1e4);
-        }
-    }
+    sampling(&be)?;
     let small = be.upload(&[1.0f32; 16], 1, 16)?;
     let mut acc = be.upload(&[0.0f32; 16], 1, 16)?;
     time("1000 adds of 16, one read", &mut || {
@@ -300,5 +287,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         be.read(&out).map(|_| ())
     })?;
+    Ok(())
+}
+
+/// Sampling a token from a row of logits: greedy, and top-k 40 at temperature 0.8.
+fn sampling(be: &WebGpuBackend) -> Result<(), Box<dyn std::error::Error>> {
+    for vocab in [32000, 128256] {
+        let logits = be.upload(&spread_values(vocab), 1, vocab)?;
+        let mut token = be.zeros(0, 0)?;
+        for (name, s) in [
+            ("greedy", tern_core::TokenSampling::GREEDY),
+            ("top-k 40", tern_core::TokenSampling { temperature: 0.8, top_k: 40, top_p: 0.95, draw: 0.5 }),
+        ] {
+            be.sample(&logits, &s, &mut token)?;
+            be.read(&token)?;
+            let t = Instant::now();
+            for _ in 0..100 {
+                be.sample(&logits, &s, &mut token)?;
+            }
+            be.read(&token)?;
+            println!("sample {name} of {vocab}: {:.1} us", t.elapsed().as_secs_f64() * 1e4);
+        }
+    }
     Ok(())
 }

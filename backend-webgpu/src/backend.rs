@@ -2,7 +2,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tern_core::{AttentionParams, Backend, Error, MatrixView, Result, RopeParams, RopeStyle, TokenSampling};
-use tern_shaders::{ATTENTION_SPAN, Kernel, MAX_HEAD_DIM, MAX_NORM_QUADS, WORKGROUP};
+use tern_shaders::{ATTENTION_SPAN, Kernel, MAX_HEAD_DIM, MAX_NORM_QUADS, SAMPLE_CHUNK, SamplePass, WORKGROUP};
 use wgpu::util::DeviceExt;
 
 mod products;
@@ -25,6 +25,8 @@ pub struct WebGpuBackend {
     inv_freq: Mutex<HashMap<(u32, usize), wgpu::Buffer>>,
     /// The partial results of split decode attention (grown as needed; every layer reuses it in turn).
     attention_parts: Mutex<Option<wgpu::Buffer>>,
+    /// The candidates of a long row's chunks, between the two passes of sampling (grown as needed).
+    sample_candidates: Mutex<Option<wgpu::Buffer>>,
     /// A decode product's activations quantized to int8 (grown as needed; every product reuses it in turn). Like
     /// `attention_parts`, it assumes one thread records at a time: two threads recording products on one backend
     /// at once could interleave their quantizing and their products.
@@ -71,6 +73,7 @@ impl WebGpuBackend {
             empty,
             inv_freq: Mutex::new(HashMap::new()),
             attention_parts: Mutex::new(None),
+            sample_candidates: Mutex::new(None),
             int8_activations: Mutex::new(None),
             pool: Arc::new(BufferPool::default()),
             kernels: k,
@@ -373,17 +376,25 @@ impl Backend for WebGpuBackend {
             return Err(Error::shape("sample", "no logits to sample from"));
         }
         self.resize("sample", out, 1, 1)?;
-        let params = [
-            logits.cols as u32,
-            logits.rows as u32 - 1,
-            s.top_k as u32,
-            s.temperature.to_bits(),
-            s.top_p.to_bits(),
-            s.draw.to_bits(),
-            0,
-            0,
-        ];
-        self.recorder.dispatch(&self.gpu, Kernel::Sample, params, &[&logits.buf, &out.buf], Grid { dims: (1, 1, 1) })
+        let cols = logits.cols as u32;
+        let (temperature, top_p, draw) = (s.temperature.to_bits(), s.top_p.to_bits(), s.draw.to_bits());
+        let top_k = s.top_k as u32;
+        let row = logits.rows as u32 - 1;
+        if cols <= SAMPLE_CHUNK {
+            let params = [cols, row, top_k, temperature, top_p, draw, 0, 0];
+            let kernel = Kernel::Sample { pass: SamplePass::Whole };
+            return self.recorder.dispatch(&self.gpu, kernel, params, &[&logits.buf, &out.buf], Grid { dims: (1, 1, 1) });
+        }
+        // A long row: each chunk's candidates, then the pick among them.
+        let chunks = cols.div_ceil(SAMPLE_CHUNK);
+        let slots = if s.temperature <= 0.0 { 1 } else { top_k.min(SAMPLE_CHUNK) };
+        let cand = self.scratch(&self.sample_candidates, "tern sampling candidates", chunks as u64 * slots as u64 * 8)?;
+        let params = [cols, row, top_k, temperature, top_p, draw, SAMPLE_CHUNK, slots];
+        let kernel = Kernel::Sample { pass: SamplePass::Chunks };
+        self.recorder.dispatch(&self.gpu, kernel, params, &[&logits.buf, &cand], Grid { dims: (chunks, 1, 1) })?;
+        let params = [chunks * slots, 0, top_k, temperature, top_p, draw, 0, cols];
+        let kernel = Kernel::Sample { pass: SamplePass::Merge };
+        self.recorder.dispatch(&self.gpu, kernel, params, &[&cand, &out.buf], Grid { dims: (1, 1, 1) })
     }
 
     fn matmul(&self, w: &GpuMatrix, x: &GpuTensor, out: &mut GpuTensor) -> Result<()> {

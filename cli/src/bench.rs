@@ -42,6 +42,16 @@ pub struct BenchArgs {
     /// Measured repetitions of each test (after one warm-up run).
     #[arg(long, short = 'r', default_value_t = 5)]
     repetitions: usize,
+    /// Sampling temperature of the generation test; 0 (the default) is greedy. Above 0, every token is drawn
+    /// with top-k and top-p, as `tern generate` draws them.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// With --temperature: keep the K most likely tokens.
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// With --temperature: keep the most likely tokens up to this cumulative probability.
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
     /// After the tests, one more generation run on WebGPU with every kernel timed on the GPU, and a table of
     /// where a decode step's GPU time goes.
     #[arg(long)]
@@ -71,10 +81,38 @@ fn weight_type(name: &str) -> Result<TensorType, tern::Error> {
     })
 }
 
+impl BenchArgs {
+    /// How the generation test picks each token: greedy, or the sampling settings with a draw that is the same
+    /// sequence every run.
+    fn sampling(&self) -> impl FnMut() -> TokenSampling + use<> {
+        let (temperature, top_k, top_p) = (self.temperature, self.top_k, self.top_p);
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        move || {
+            if temperature <= 0.0 {
+                return TokenSampling::GREEDY;
+            }
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            TokenSampling { temperature, top_k, top_p, draw: (state >> 40) as f32 / (1u64 << 24) as f32 }
+        }
+    }
+
+    /// The generation test's name: `tgN`, and the sampling when it is not greedy.
+    fn gen_test(&self) -> String {
+        if self.temperature <= 0.0 {
+            format!("tg{}", self.gen_tokens)
+        } else {
+            format!("tg{} (temperature {}, top-k {}, top-p {})", self.gen_tokens, self.temperature, self.top_k, self.top_p)
+        }
+    }
+}
+
 pub fn run(args: &BenchArgs) -> Result<(), tern::Error> {
     if args.repetitions == 0 {
         return Err(tern::Error::Option { name: "repetitions", detail: "must be at least 1".into() });
     }
+    (args.sampling())().check()?;
     let need = args.prompt_tokens.max(args.gen_tokens) + 1;
     match (&args.model, &args.synthetic) {
         (_, Some(shape)) => {
@@ -153,15 +191,15 @@ fn measure(args: &BenchArgs, name: &str, model: &Llama<AnyBackend>) -> Result<()
     }
     if args.gen_tokens > 0 {
         let first = next_id();
-        let greedy = TokenSampling::GREEDY;
         let mut rates = Vec::new();
         for rep in 0..=args.repetitions {
             cache.truncate(0);
+            let mut sampling = args.sampling();
             let t = Instant::now();
             be.install(|| -> Result<(), tern::Error> {
-                let mut reading = model.forward_sample(StepInput::Tokens(&[first]), &mut cache, &mut scratch, &greedy)?;
+                let mut reading = model.forward_sample(StepInput::Tokens(&[first]), &mut cache, &mut scratch, &sampling())?;
                 for _ in 1..args.gen_tokens {
-                    let next = model.forward_sample(StepInput::Sampled, &mut cache, &mut scratch, &greedy)?;
+                    let next = model.forward_sample(StepInput::Sampled, &mut cache, &mut scratch, &sampling())?;
                     be.read_finish(std::mem::replace(&mut reading, next))?;
                 }
                 be.read_finish(reading)?;
@@ -172,7 +210,7 @@ fn measure(args: &BenchArgs, name: &str, model: &Llama<AnyBackend>) -> Result<()
             }
         }
         // Generation reads the KV cache of positions 0..n: on average that of the middle one.
-        row(format!("tg{}", args.gen_tokens), stats(rates), Some(model.decode_bytes(args.gen_tokens / 2)));
+        row(args.gen_test(), stats(rates), Some(model.decode_bytes(args.gen_tokens / 2)));
         if args.profile {
             profile_decode(args, model, first, &mut cache, &mut scratch)?;
         }
@@ -191,14 +229,14 @@ fn profile_decode(
     let AnyBackend::WebGpu(gpu) = model.backend() else {
         return Err(tern::Error::Option { name: "profile", detail: "kernel times need the WebGPU backend".into() });
     };
-    let greedy = TokenSampling::GREEDY;
+    let mut sampling = args.sampling();
     cache.truncate(0);
     gpu.start_profiling()?;
     let t = Instant::now();
     let be = model.backend();
-    let mut reading = model.forward_sample(StepInput::Tokens(&[first]), cache, scratch, &greedy)?;
+    let mut reading = model.forward_sample(StepInput::Tokens(&[first]), cache, scratch, &sampling())?;
     for _ in 1..args.gen_tokens {
-        let next = model.forward_sample(StepInput::Sampled, cache, scratch, &greedy)?;
+        let next = model.forward_sample(StepInput::Sampled, cache, scratch, &sampling())?;
         be.read_finish(std::mem::replace(&mut reading, next))?;
     }
     be.read_finish(reading)?;

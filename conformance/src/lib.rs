@@ -147,12 +147,13 @@ fn sampled<B: Backend>(be: &B, logits: &B::Tensor, s: &TokenSampling) -> u32 {
     got[0].to_bits()
 }
 
-/// Greedy and sampled picks follow [`pick_token`]. Each sampled candidate is drawn at the middle of its share
-/// of the probability, so that float rounding cannot move the pick; ties at the `top_k` threshold, and equal
-/// logits anywhere, go to the lower ids.
+/// Greedy and sampled picks follow [`pick_token`], on a short row and on one as long as a large vocabulary's
+/// (which a GPU samples in chunks). Each sampled candidate is drawn at the middle of its share of the
+/// probability, so that float rounding cannot move the pick; ties at the `top_k` threshold, and equal logits
+/// anywhere, go to the lower ids.
 pub fn sample_matches_reference<B: Backend>(be: &B, label: &str) {
-    let cols = 3000;
-    for seed in 0..3u64 {
+    for (cols, seed) in [(3000, 0), (3000, 1), (3000, 2), (20000, 3)] {
+        let label = &format!("{label}, {cols} logits");
         let mut logits = values(2 * cols, 40 + seed, 6.0);
         let last = cols;
         // Ties: a run of equal values around the 40th largest, and a copy of the largest.
@@ -186,6 +187,20 @@ pub fn sample_matches_reference<B: Backend>(be: &B, label: &str) {
     let flat = be.upload(&vec![0.5; 1000], 1, 1000).unwrap();
     let s = TokenSampling { temperature: 1.0, top_k: 10, top_p: 1.0, draw: 0.95 };
     assert_eq!(sampled(be, &flat, &s), 9, "equal logits on {label}");
+    // A long row whose largest values are equal and spread over it: the lowest ids among them, in order.
+    let mut long = vec![0.0; 20000];
+    let peaks = [19999, 15000, 12289, 8191, 4096, 4095, 7];
+    for &i in &peaks {
+        long[i] = 1.0;
+    }
+    let long = be.upload(&long, 1, 20000).unwrap();
+    assert_eq!(sampled(be, &long, &TokenSampling::GREEDY), 7, "greedy over equal peaks on {label}");
+    let mut sorted = peaks;
+    sorted.sort();
+    for (n, &want) in sorted[..5].iter().enumerate() {
+        let s = TokenSampling { temperature: 1.0, top_k: 5, top_p: 1.0, draw: (n as f32 + 0.5) / 5.0 };
+        assert_eq!(sampled(be, &long, &s), want as u32, "{s:?} over equal peaks on {label}");
+    }
     let mut out = be.zeros(0, 0).unwrap();
     assert!(be.sample(&flat, &TokenSampling { top_k: 0, ..s }, &mut out).is_err(), "top_k 0 is refused");
 }

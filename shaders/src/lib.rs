@@ -111,9 +111,25 @@ pub enum Kernel {
     /// `x += y`.
     Add,
     /// A token picked from a row of logits (tern's sampling rule: greedy, or top-k, temperature, top-p and a
-    /// draw), written as its id.
-    Sample,
+    /// draw), written as its id; or, for a long row, one of the two passes that do it ([`SamplePass`]).
+    Sample { pass: SamplePass },
 }
+
+/// How a [`Kernel::Sample`] dispatch takes its part in picking a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SamplePass {
+    /// One workgroup over the whole row of logits picks the token.
+    Whole,
+    /// A workgroup per `chunk` logits of the row (parameter `chunk`, [`SAMPLE_CHUNK`] by default) writes its
+    /// chunk's candidates, `valid` of them (`top_k`, or 1 when greedy; unused slots have id `u32::MAX`),
+    /// sorted, as (key, id) pairs.
+    Chunks,
+    /// One workgroup picks the token from the chunks' candidates (`cols` of them; `valid` is the row's length).
+    Merge,
+}
+
+/// Logits per workgroup of [`SamplePass::Chunks`]; rows longer than this are sampled in two passes.
+pub const SAMPLE_CHUNK: u32 = 4096;
 
 /// What a binding holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,7 +201,9 @@ impl Kernel {
             Kernel::SiluMul { int8: false },
             Kernel::SiluMul { int8: true },
             Kernel::Add,
-            Kernel::Sample,
+            Kernel::Sample { pass: SamplePass::Whole },
+            Kernel::Sample { pass: SamplePass::Chunks },
+            Kernel::Sample { pass: SamplePass::Merge },
             Kernel::QuantizeRows,
         ];
         for residual in [false, true] {
@@ -234,6 +252,7 @@ impl Kernel {
             }
             Kernel::Embed { ty } => format!("embed {ty}"),
             Kernel::SiluMul { int8 } => if *int8 { "silumul int8" } else { "silumul" }.to_string(),
+            Kernel::Sample { pass } => format!("sample {pass:?}").to_lowercase(),
             other => format!("{other:?}").to_lowercase(),
         }
     }
@@ -287,8 +306,8 @@ impl Kernel {
             Kernel::SiluMul { int8: true } => &[Params, Read, Read, ReadWrite, ReadWrite],
             // y | x
             Kernel::Add => &[Params, Read, ReadWrite],
-            // logits | token id
-            Kernel::Sample => &[Params, Read, ReadWrite],
+            // logits | token id; logits | candidates; candidates | token id
+            Kernel::Sample { .. } => &[Params, Read, ReadWrite],
         }
     }
 
@@ -315,7 +334,7 @@ impl Kernel {
             Kernel::AttentionCombine { .. } => ["n_heads", "splits", "_", "_", "_", "_", "_", "_"],
             Kernel::SiluMul { .. } | Kernel::Add => ["len", "groups_x", "_", "_", "_", "_", "_", "_"],
             Kernel::QuantizeRows => ["len", "groups_x", "_", "_", "_", "_", "_", "_"],
-            Kernel::Sample => ["cols", "row", "top_k", "temperature (f32)", "top_p (f32)", "draw (f32)", "_", "_"],
+            Kernel::Sample { .. } => ["cols", "row", "top_k", "temperature (f32)", "top_p (f32)", "draw (f32)", "chunk", "valid"],
         }
     }
 
@@ -354,7 +373,7 @@ impl Kernel {
             Kernel::AttentionCombine { head_dim, int8 } => kernels::attention_combine(head_dim, int8),
             Kernel::SiluMul { int8 } => kernels::silu_mul(int8),
             Kernel::Add => kernels::add(),
-            Kernel::Sample => kernels::sample(),
+            Kernel::Sample { pass } => kernels::sample(pass),
         }
     }
 
@@ -387,7 +406,7 @@ impl Kernel {
             | Kernel::MatvecInt8 { workgroup, .. }
             | Kernel::MatvecInt8Rope { workgroup, .. } => workgroup,
             Kernel::Attention { .. } => ATTENTION_INVOCATIONS,
-            Kernel::SiluMul { .. } | Kernel::Add | Kernel::RmsNorm { .. } | Kernel::Sample | Kernel::QuantizeRows => 256,
+            Kernel::SiluMul { .. } | Kernel::Add | Kernel::RmsNorm { .. } | Kernel::Sample { .. } | Kernel::QuantizeRows => 256,
             _ => WORKGROUP,
         }
     }

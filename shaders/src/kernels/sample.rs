@@ -1,26 +1,45 @@
 //! Picking a token from a row of logits on the GPU.
 
 use super::lines;
+use crate::SamplePass;
 
 /// Logits each invocation of the sampling kernel loads before it uses them.
 const SCAN_UNROLL: u32 = 8;
 
-/// WGSL that runs `body` (over `i`, a logit's id, and `key`, its key) for the logits of the row, in id order
-/// for each invocation: with `strided`, ids `li, li + WG, ...`; otherwise the invocation's contiguous run
-/// `lo..hi`. The loads of [`SCAN_UNROLL`] logits (at clamped, always valid ids) come before any is used, so
-/// they are in flight together.
+/// WGSL that runs `body` (over `i`, a candidate's token id, and `key`, its key) for the entries `first..stop`
+/// of the kernel's source ([`SamplePass`]), in position order for each invocation: with `strided`, positions
+/// `first + li, first + li + WG, ...`; otherwise the invocation's contiguous run `lo..hi`. Entries without a
+/// token (`NONE`, a chunk's unused candidate slots) are skipped. The loads of [`SCAN_UNROLL`] entries (at
+/// clamped, always valid positions) come before any is used, so they are in flight together.
 fn logit_scan(strided: bool, body: &str, indent: usize) -> String {
-    let (start, stop, step, at) = if strided { ("li", "p.cols", "WG", " * WG") } else { ("lo", "hi", "1u", "") };
-    let loads = lines(
-        (0..SCAN_UNROLL).map(|u| format!("let key{u} = key_of(logits[base + min(i0 + {u}u{at}, {stop} - 1u)]);")),
-        indent + 4,
-    );
+    let (start, stop, step, at) = if strided { ("first + li", "stop", "WG", " * WG") } else { ("lo", "hi", "1u", "") };
+    let loads = lines((0..SCAN_UNROLL).map(|u| format!("let e{u} = entry(min(i0 + {u}u{at}, {stop} - 1u));")), indent + 4);
     let bodies = lines(
-        (0..SCAN_UNROLL).map(|u| format!("if (i0 + {u}u{at} < {stop}) {{ let i = i0 + {u}u{at}; let key = key{u}; {body} }}")),
+        (0..SCAN_UNROLL)
+            .map(|u| format!("if (i0 + {u}u{at} < {stop} && e{u}.y != NONE) {{ let i = e{u}.y; let key = e{u}.x; {body} }}")),
         indent + 4,
     );
     let pad = " ".repeat(indent);
     format!("{pad}for (var i0 = {start}; i0 < {stop}; i0 += {SCAN_UNROLL}u * {step}) {{\n{loads}{bodies}{pad}}}\n")
+}
+
+/// WGSL that turns `scan[0..WG]` (in workgroup memory) into its inclusive prefix sums, in uniform control flow.
+fn prefix_sum(indent: usize) -> String {
+    lines(
+        [
+            "for (var off = 1u; off < WG; off <<= 1u) {",
+            "    var v = 0u;",
+            "    if (li >= off) {",
+            "        v = scan[li - off];",
+            "    }",
+            "    workgroupBarrier();",
+            "    scan[li] += v;",
+            "    workgroupBarrier();",
+            "}",
+        ]
+        .map(String::from),
+        indent,
+    )
 }
 
 /// Invocations of the sampling kernel, and the radix of its selection (one histogram bin per invocation).
@@ -30,17 +49,28 @@ const SAMPLE_WG: u32 = 256;
 const SAMPLE_CAP: u32 = tern_core::MAX_SAMPLED_TOP_K as u32;
 const _: () = assert!(SAMPLE_CAP.is_power_of_two() && SAMPLE_CAP <= 2 * SAMPLE_WG);
 
-/// One workgroup picks a token from a row of logits by tern's sampling rule (`tern_core::TokenSampling`).
+/// A token picked from a row of logits by tern's sampling rule (`tern_core::TokenSampling`), in one workgroup
+/// ([`SamplePass::Whole`]) or, for a long row, in two passes: a workgroup per [`SAMPLE_CHUNK`] logits keeps its
+/// chunk's candidates ([`SamplePass::Chunks`]) and one workgroup picks among them ([`SamplePass::Merge`]).
 ///
 /// Logits become `u32` keys that order as `f32::total_cmp` does. Greedy is an argmax tree over (key, id).
 /// Otherwise a radix selection (four passes of 8 bits, a histogram in workgroup memory) finds the key of the
-/// `top_k`-th largest logit; the logits above it, and as many equal to it as make `top_k` (the lowest ids),
-/// are gathered and sorted by (key descending, id ascending) in a bitonic network; and one invocation walks
-/// them in order for the softmax, the `top_p` prefix and the draw, summing in the same order as the CPU
-/// reference.
-pub(crate) fn sample() -> String {
+/// `top_k`-th largest entry; the entries above it, and as many equal to it as make `top_k` (the lowest ids),
+/// are gathered and sorted by (key descending, id ascending) in a bitonic network. A chunk writes those (its
+/// best entry when greedy) as its candidates; since chunks follow the row's order and each chunk's candidates
+/// are sorted, equal keys among all the candidates stand in id order, so the merge's selection over them ties
+/// as the whole row's would. Picking, one invocation walks the sorted candidates for the softmax, the `top_p`
+/// prefix and the draw, summing in the same order as the CPU reference.
+pub(crate) fn sample(pass: SamplePass) -> String {
     let greedy_scan = logit_scan(true, "if (before(key, i, bk, bi)) { bk = key; bi = i; }", 8);
-    let histogram_scan = logit_scan(true, "if ((key & mask) == prefix) { atomicAdd(&hist[(key >> shift) & 255u], 1u); }", 8);
+    // Counted in runs of one bin, so that an invocation whose entries share a bin (the top byte of logits of
+    // one sign and similar size is the same) adds once, not once an entry.
+    let histogram_scan = logit_scan(
+        true,
+        "if ((key & mask) == prefix) { let bin = (key >> shift) & 255u; \
+         if (bin != run_bin) { if (run > 0u) { atomicAdd(&hist[run_bin], run); } run_bin = bin; run = 0u; } run++; }",
+        8,
+    );
     let greater_scan = logit_scan(
         true,
         "if (key > prefix) { let slot = atomicAdd(&count, 1u); if (slot < CAP) { keys[slot] = key; ids[slot] = i; } }",
@@ -48,6 +78,8 @@ pub(crate) fn sample() -> String {
     );
     let ties_count = logit_scan(false, "ties += u32(key == prefix);", 4);
     let ties_write = logit_scan(false, "if (key == prefix && slot < k) { keys[slot] = prefix; ids[slot] = i; slot++; }", 4);
+    let bins_scan = prefix_sum(8);
+    let ties_scan = prefix_sum(4);
     let argmax_tree = lines(
         [
             "for (var s = WG / 2u; s > 0u; s >>= 1u) {",
@@ -61,11 +93,37 @@ pub(crate) fn sample() -> String {
         .map(String::from),
         8,
     );
+    let (bindings, entry, range, greedy_out, finish) = match pass {
+        SamplePass::Whole | SamplePass::Merge => {
+            let (source, entry, range) = if pass == SamplePass::Whole {
+                (
+                    "logits: array<f32>",
+                    "return vec2<u32>(key_of(logits[p.row * p.cols + i]), i);",
+                    "let first = 0u;\n    let stop = p.cols;\n    let entries = p.cols;",
+                )
+            } else {
+                ("cand: array<vec2<u32>>", "return cand[i];", "let first = 0u;\n    let stop = p.cols;\n    let entries = p.valid;")
+            };
+            let bindings = format!(
+                "@group(0) @binding(1) var<storage, read> {source};\n@group(0) @binding(2) var<storage, read_write> out: array<u32>;"
+            );
+            (bindings, entry, range, "            out[0] = select(best_id[0], 0u, best_id[0] == NONE);", PICK.to_string())
+        }
+        SamplePass::Chunks => (
+            "@group(0) @binding(1) var<storage, read> logits: array<f32>;\n\
+             @group(0) @binding(2) var<storage, read_write> cand: array<vec2<u32>>;"
+                .to_string(),
+            "return vec2<u32>(key_of(logits[p.row * p.cols + i]), i);",
+            "let first = wid.x * p.chunk;\n    let stop = min(first + p.chunk, p.cols);\n    let entries = stop - first;",
+            "            cand[wid.x] = vec2<u32>(best_key[0], best_id[0]);",
+            "    for (var j = li; j < p.valid; j += WG) {\n        cand[wid.x * p.valid + j] = vec2<u32>(keys[j], ids[j]);\n    }\n"
+                .to_string(),
+        ),
+    };
     format!(
-        r#"struct Params {{ cols: u32, row: u32, top_k: u32, temperature: f32, top_p: f32, draw: f32, _p6: u32, _p7: u32 }}
+        r#"struct Params {{ cols: u32, row: u32, top_k: u32, temperature: f32, top_p: f32, draw: f32, chunk: u32, valid: u32 }}
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> logits: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<u32>;
+{bindings}
 const WG: u32 = {SAMPLE_WG}u;
 const CAP: u32 = {SAMPLE_CAP}u;
 const NONE: u32 = 0xffffffffu;
@@ -97,9 +155,15 @@ fn before(ka: u32, ia: u32, kb: u32, ib: u32) -> bool {{
     return ib == NONE || ka > kb || (ka == kb && ia < ib);
 }}
 
+// The (key, id) of the source's entry at position `i`.
+fn entry(i: u32) -> vec2<u32> {{
+    {entry}
+}}
+
 @compute @workgroup_size({SAMPLE_WG})
-fn main(@builtin(local_invocation_index) li: u32) {{
-    let base = p.row * p.cols;
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
+    // This workgroup's positions, and how many candidates it takes.
+    {range}
     if (p.temperature <= 0.0) {{
         var bk = 0u;
         var bi = NONE;
@@ -107,11 +171,11 @@ fn main(@builtin(local_invocation_index) li: u32) {{
         best_id[li] = bi;
         workgroupBarrier();
 {argmax_tree}        if (li == 0u) {{
-            out[0] = select(best_id[0], 0u, best_id[0] == NONE);
+{greedy_out}
         }}
         return;
     }}
-    let k = min(p.top_k, p.cols);
+    let k = min(p.top_k, entries);
     // The key of the k-th largest logit, 8 bits a pass; `remaining` ends as how many equal to it are taken.
     var prefix = 0u;
     var mask = 0u;
@@ -120,20 +184,21 @@ fn main(@builtin(local_invocation_index) li: u32) {{
         let shift = 24u - 8u * digit;
         atomicStore(&hist[li], 0u);
         workgroupBarrier();
-{histogram_scan}
+        var run_bin = 0u;
+        var run = 0u;
+{histogram_scan}        if (run > 0u) {{
+            atomicAdd(&hist[run_bin], run);
+        }}
         workgroupBarrier();
-        if (li == 0u) {{
-            var cum = 0u;
-            var b = 255u;
-            loop {{
-                let h = atomicLoad(&hist[b]);
-                if (cum + h >= remaining || b == 0u) {{
-                    chosen = vec2<u32>(b, remaining - min(cum, remaining));
-                    break;
-                }}
-                cum += h;
-                b -= 1u;
-            }}
+        // The bin where the count from the top reaches `remaining` (bin 0 if none does): invocation `li` holds
+        // bin `255 - li`, and a prefix sum gives each its count from the top.
+        let b = 255u - li;
+        let h = atomicLoad(&hist[b]);
+        scan[li] = h;
+        workgroupBarrier();
+{bins_scan}        let above = scan[li] - h;
+        if ((above < remaining && above + h >= remaining) || (li == WG - 1u && above + h < remaining)) {{
+            chosen = vec2<u32>(b, remaining - min(above, remaining));
         }}
         workgroupBarrier();
         let c = chosen;
@@ -154,29 +219,25 @@ fn main(@builtin(local_invocation_index) li: u32) {{
     }}
     workgroupBarrier();
 {greater_scan}
-    let run = (p.cols + WG - 1u) / WG;
-    let lo = li * run;
-    let hi = min(lo + run, p.cols);
+    let run = (stop - first + WG - 1u) / WG;
+    let lo = min(first + li * run, stop);
+    let hi = min(lo + run, stop);
     var ties = 0u;
 {ties_count}
     scan[li] = ties;
     workgroupBarrier();
-    for (var off = 1u; off < WG; off <<= 1u) {{
-        var v = 0u;
-        if (li >= off) {{
-            v = scan[li - off];
-        }}
-        workgroupBarrier();
-        scan[li] += v;
-        workgroupBarrier();
-    }}
-    var slot = k - remaining + scan[li] - ties;
+{ties_scan}    var slot = k - remaining + scan[li] - ties;
 {ties_write}
     workgroupBarrier();
-    // Bitonic sort of the CAP slots, one compare-exchange per invocation per stage.
-    for (var size = 2u; size <= CAP; size <<= 1u) {{
+    // Bitonic sort of the first `n` slots (`n` the power of two from `k`: the rest hold no candidate), one
+    // compare-exchange per invocation per stage.
+    var n = 2u;
+    while (n < k) {{
+        n <<= 1u;
+    }}
+    for (var size = 2u; size <= n; size <<= 1u) {{
         for (var stride = size / 2u; stride > 0u; stride >>= 1u) {{
-            if (li < CAP / 2u) {{
+            if (li < n / 2u) {{
                 let a = 2u * stride * (li / stride) + li % stride;
                 let b = a + stride;
                 let ka = keys[a];
@@ -197,39 +258,43 @@ fn main(@builtin(local_invocation_index) li: u32) {{
             workgroupBarrier();
         }}
     }}
-    if (li == 0u) {{
-        let max = value_of(keys[0]);
-        var sum = 0.0;
-        for (var i = 0u; i < k; i++) {{
-            let e = exp((value_of(keys[i]) - max) / p.temperature);
-            probs[i] = e;
-            sum += e;
-        }}
-        var cum = 0.0;
-        var keep = k;
-        for (var i = 0u; i < k; i++) {{
-            probs[i] /= sum;
-            cum += probs[i];
-            if (cum >= p.top_p && keep == k) {{
-                keep = i + 1u;
-            }}
-        }}
-        var total = 0.0;
-        for (var i = 0u; i < keep; i++) {{
-            total += probs[i];
-        }}
-        var r = p.draw * total;
-        var pick = ids[keep - 1u];
-        for (var i = 0u; i < keep; i++) {{
-            r -= probs[i];
-            if (r <= 0.0) {{
-                pick = ids[i];
-                break;
-            }}
-        }}
-        out[0] = pick;
-    }}
-}}
+{finish}}}
 "#
     )
 }
+
+/// The pick from the sorted candidates `keys`/`ids` (`k` of them): the softmax at the temperature, the `top_p`
+/// prefix, and the draw walked through it, by one invocation.
+const PICK: &str = "    if (li == 0u) {
+        let max = value_of(keys[0]);
+        var sum = 0.0;
+        for (var i = 0u; i < k; i++) {
+            let e = exp((value_of(keys[i]) - max) / p.temperature);
+            probs[i] = e;
+            sum += e;
+        }
+        var cum = 0.0;
+        var keep = k;
+        for (var i = 0u; i < k; i++) {
+            probs[i] /= sum;
+            cum += probs[i];
+            if (cum >= p.top_p && keep == k) {
+                keep = i + 1u;
+            }
+        }
+        var total = 0.0;
+        for (var i = 0u; i < keep; i++) {
+            total += probs[i];
+        }
+        var r = p.draw * total;
+        var pick = ids[keep - 1u];
+        for (var i = 0u; i < keep; i++) {
+            r -= probs[i];
+            if (r <= 0.0) {
+                pick = ids[i];
+                break;
+            }
+        }
+        out[0] = pick;
+    }
+";
