@@ -296,13 +296,44 @@ fn weighted_error(q: &TernMatrix, w: &[f32], importance: Option<&[f32]>) -> f64 
     sum
 }
 
-/// Measured sensitivities, as saved in the cache file.
+/// Sensitivities measured under one set of conditions.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct SensitivityCache {
-    /// Identifies what was measured: source file, its size, tokens, importance tokens.
+    /// Identifies what was measured: the source file (path, size, modification time), the scored tokens and
+    /// the importance matrix (a fingerprint of their values), and error feedback.
     key: String,
     /// `tensor name -> format name -> KL rise`.
     kl: HashMap<String, HashMap<String, f64>>,
+}
+
+/// The cache file: the measurements of the last [`SENSITIVITY_CACHE_ENTRIES`] sets of conditions, so that
+/// runs with and without error feedback (whose candidate matrices differ) do not measure again in turn.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct SensitivityFile {
+    measurements: Vec<SensitivityCache>,
+}
+
+const SENSITIVITY_CACHE_ENTRIES: usize = 16;
+
+/// A 64-bit FNV-1a fingerprint of what the sensitivities are measured on: the scored chunk's tokens and the
+/// importance matrix's values.
+fn measurement_fingerprint(tokens: &[u32], importance: Option<&ImportanceMatrix>) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for t in tokens {
+        eat(&t.to_le_bytes());
+    }
+    for (name, values) in importance.iter().flat_map(|i| &i.columns) {
+        eat(name.as_bytes());
+        for v in values {
+            eat(&v.to_bits().to_le_bytes());
+        }
+    }
+    h
 }
 
 /// One matrix to quantize, with its float values and its quantized forms as they are made.
@@ -611,21 +642,29 @@ fn measure_sensitivities(
     let middle = chunks.len() / 2;
     let tokens = chunks.swap_remove(middle);
     let first_scored = tokens.len() / 2;
-    let file_len = std::fs::metadata(input).map(|m| m.len()).unwrap_or(0);
+    let meta = std::fs::metadata(input).ok();
+    let modified = meta.as_ref().and_then(|m| m.modified().ok()).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
     let key = format!(
-        "{} ({file_len} bytes), {} tokens from the middle, second half scored, importance over {} tokens{}",
+        "{} ({} bytes, modified {}), {} tokens from the middle, second half scored, importance over {} tokens, \
+         fingerprint {:016x}{}",
         input.display(),
+        meta.map_or(0, |m| m.len()),
+        modified.map_or(0, |d| d.as_secs()),
         tokens.len(),
         importance.map_or(0, |i| i.tokens),
+        measurement_fingerprint(&tokens, importance),
         if options.error_feedback { format!(", error feedback over {} chunks", options.feedback_chunks) } else { String::new() }
     );
-    let mut cache: SensitivityCache = options
+    let mut file: SensitivityFile = options
         .sensitivity_cache
         .as_ref()
         .and_then(|p| std::fs::read(p).ok())
-        .and_then(|b| serde_json::from_slice::<SensitivityCache>(&b).ok())
-        .filter(|c| c.key == key)
-        .unwrap_or(SensitivityCache { key, kl: HashMap::new() });
+        .and_then(|b| serde_json::from_slice::<SensitivityFile>(&b).ok())
+        .unwrap_or_default();
+    let mut cache = match file.measurements.iter().position(|c| c.key == key) {
+        Some(i) => file.measurements.remove(i),
+        None => SensitivityCache { key, kl: HashMap::new() },
+    };
 
     // The baseline is the source model itself, with float matrices and so float activations: every
     // measurement then changes exactly one product. (A baseline of tern matrices would not do: their int8
@@ -697,8 +736,12 @@ fn measure_sensitivities(
         m.kl.insert(TernFormat::T8, predicted);
     }
     if let Some(p) = &options.sensitivity_cache {
+        // The newest measurements last; the oldest go past the limit.
+        file.measurements.push(cache);
+        let excess = file.measurements.len().saturating_sub(SENSITIVITY_CACHE_ENTRIES);
+        file.measurements.drain(..excess);
         let json =
-            serde_json::to_vec_pretty(&cache).map_err(|e| Error::Option { name: "sensitivity-cache", detail: e.to_string() })?;
+            serde_json::to_vec_pretty(&file).map_err(|e| Error::Option { name: "sensitivity-cache", detail: e.to_string() })?;
         std::fs::write(p, json)
             .map_err(|source| Error::Load(tern_loader::Error::Io { path: p.display().to_string(), source }))?;
     }

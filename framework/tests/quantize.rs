@@ -143,6 +143,25 @@ fn mixed_precision_meets_its_target_by_measured_sensitivity() {
     let types = |r: &tern::QuantizeReport| r.tensors.iter().map(|t| t.ty).collect::<Vec<_>>();
     assert_eq!(types(&again), types(&report));
 
+    // What the cache holds is what the planner uses: a rise of 0 planted for a T4 matrix at T2 gives it T2.
+    let (t2, t4) = (TernFormat::T2.tensor_type(), TernFormat::T4.tensor_type());
+    let name = planned.iter().find(|t| t.ty == t4).map(|t| t.name.clone()).unwrap();
+    let find = |r: &tern::QuantizeReport| r.tensors.iter().find(|t| t.name == name).map(|t| (t.ty, t.kl)).unwrap();
+    let mut saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
+    saved["measurements"][0]["kl"][&name]["T2"] = 0.0.into();
+    std::fs::write(&cache, serde_json::to_vec(&saved).unwrap()).unwrap();
+    let planted = quantize(&model(), &out("mixed3.gguf"), &mixed_options(4.2, &cache), &mut |_| {}).unwrap();
+    assert_eq!(find(&planted), (t2, Some(0.0)), "{name}");
+    // Other calibration text is measured afresh, beside the first measurements, which stay for their runs.
+    let mut other = mixed_options(4.2, &cache);
+    other.calibration = other.calibration.map(|t| t.chars().rev().collect());
+    let fresh = quantize(&model(), &out("mixed4.gguf"), &other, &mut |_| {}).unwrap();
+    assert_ne!(find(&fresh).1, Some(0.0), "{name}");
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
+    assert_eq!(saved["measurements"].as_array().map(Vec::len), Some(2));
+    let planted = quantize(&model(), &out("mixed3.gguf"), &mixed_options(4.2, &cache), &mut |_| {}).unwrap();
+    assert_eq!(find(&planted), (t2, Some(0.0)), "{name}");
+
     let e = quantize(&model(), &out("never.gguf"), &mixed_options(3.0, &cache), &mut |_| {}).unwrap_err().to_string();
     assert!(e.contains("below the smallest this model can take"), "{e}");
 }
