@@ -27,6 +27,9 @@ pub struct WebGpuBackend {
     attention_parts: Mutex<Option<wgpu::Buffer>>,
     /// The candidates of a long row's chunks, between the two passes of sampling (grown as needed).
     sample_candidates: Mutex<Option<wgpu::Buffer>>,
+    /// The count of finished workgroups of `Kernel::MatvecInt8Norm` (zeroed at creation, and by the last
+    /// workgroup of each dispatch).
+    norm_counter: Mutex<Option<wgpu::Buffer>>,
     /// A decode product's activations quantized to int8 (grown as needed; every product reuses it in turn). Like
     /// `attention_parts`, it assumes one thread records at a time: two threads recording products on one backend
     /// at once could interleave their quantizing and their products.
@@ -44,7 +47,7 @@ impl std::fmt::Debug for WebGpuBackend {
 
 /// `vec4`s per invocation of the RMSNorm kernel for rows of `cols`: held in registers when the rows are whole
 /// `vec4`s and short enough, else 0 (the kernel that walks any row).
-fn norm_quads(cols: usize) -> u32 {
+pub(crate) fn norm_quads(cols: usize) -> u32 {
     let quads = cols.div_ceil(4 * 256) as u32;
     if cols.is_multiple_of(4) && quads <= MAX_NORM_QUADS { quads } else { 0 }
 }
@@ -74,6 +77,7 @@ impl WebGpuBackend {
             inv_freq: Mutex::new(HashMap::new()),
             attention_parts: Mutex::new(None),
             sample_candidates: Mutex::new(None),
+            norm_counter: Mutex::new(None),
             int8_activations: Mutex::new(None),
             pool: Arc::new(BufferPool::default()),
             kernels: k,
@@ -446,6 +450,23 @@ impl Backend for WebGpuBackend {
         self.dispatch_with_int8(kernel, params, &[&y.buf, &weight.buf, &x.buf, &out.buf], int8.as_ref(), grid)?;
         out.int8_ready = int8.is_some();
         Ok(())
+    }
+
+    fn matmul_add_rms_norm(
+        &self,
+        w: &GpuMatrix,
+        a: &GpuTensor,
+        y: &mut GpuTensor,
+        x: &mut GpuTensor,
+        weight: &GpuTensor,
+        eps: f32,
+        out: &mut GpuTensor,
+    ) -> Result<()> {
+        if self.fused_matmul_add_rms_norm(w, a, x, weight, eps, out)? {
+            return Ok(());
+        }
+        self.matmul(w, a, y)?;
+        self.add_rms_norm(x, y, weight, eps, out)
     }
 
     fn rope_and_append(

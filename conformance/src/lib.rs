@@ -283,6 +283,50 @@ pub fn rope_and_append_matches_reference<B: Backend>(be: &B, label: &str) {
     }
 }
 
+/// `matmul_add_rms_norm` leaves the residual and the normed row that `matmul` and then `add_rms_norm` leave,
+/// for one token (which a backend may run in one pass) and for several; the normed row feeds a product as a
+/// fresh upload of it would, and a second call in a row (as every layer makes) does the same.
+pub fn matmul_add_rms_norm_equals_product_then_add_norm<B: Backend>(be: &B, label: &str) {
+    // A row the norm's invocations share unevenly, and one of several `vec4`s per invocation.
+    for (dim, cols, f) in [(288, 96, TernFormat::T4), (2080, 64, TernFormat::T2)] {
+        let w = TernMatrix::quantize(f, dim, cols, &values(dim * cols, 50, 1.0), None).unwrap();
+        let m = be.upload_matrix(w.view()).unwrap();
+        let next = be.upload_matrix(TernMatrix::quantize(f, 32, dim, &values(32 * dim, 51, 1.0), None).unwrap().view()).unwrap();
+        let weight = be.upload(&values(dim, 52, 1.0), 1, dim).unwrap();
+        for tokens in [1, 3] {
+            let a = be.upload(&values(tokens * cols, 53, 2.0), tokens, cols).unwrap();
+            let residual = values(tokens * dim, 54, 4.0);
+            let run = |fused: bool| {
+                let (mut x, mut y, mut out) =
+                    (be.upload(&residual, tokens, dim).unwrap(), be.zeros(0, 0).unwrap(), be.zeros(0, 0).unwrap());
+                for _ in 0..2 {
+                    if fused {
+                        be.matmul_add_rms_norm(&m, &a, &mut y, &mut x, &weight, 1e-5, &mut out).unwrap();
+                    } else {
+                        be.matmul(&m, &a, &mut y).unwrap();
+                        be.add_rms_norm(&mut x, &y, &weight, 1e-5, &mut out).unwrap();
+                    }
+                }
+                let (mut p, mut fresh) = (be.zeros(0, 0).unwrap(), be.zeros(0, 0).unwrap());
+                be.matmul(&next, &out, &mut p).unwrap();
+                be.matmul(&next, &be.upload(&be.read(&out).unwrap(), tokens, dim).unwrap(), &mut fresh).unwrap();
+                assert_eq!(
+                    be.read(&p).unwrap(),
+                    be.read(&fresh).unwrap(),
+                    "a product of matmul_add_rms_norm's row ({fused}) on {label}"
+                );
+                [be.read(&x).unwrap(), be.read(&out).unwrap()]
+            };
+            let want = run(false);
+            for ((g, w), name) in run(true).iter().zip(&want).zip(["residual", "normed row"]) {
+                let w: Vec<f64> = w.iter().map(|&v| v as f64).collect();
+                let what = format!("matmul_add_rms_norm's {name}, {f:?} {dim}x{cols}, {tokens} tokens on {label}");
+                assert_close(g, &w, |i| 1e-5 * w[i].abs().max(1.0), &what);
+            }
+        }
+    }
+}
+
 /// A step's attention inputs (Q, K and V's products, RoPE, and the append to the caches, which a backend may do
 /// in one pass) equal the separate ops, for one token and for three, both RoPE layouts, partial rotation, GQA
 /// and matrices stored together or apart; cache rows other than the appended ones keep their values.
@@ -720,6 +764,7 @@ macro_rules! conformance_suite {
                 rope_matches_reference,
                 rope_and_append_matches_reference,
                 attention_inputs_equal_products_then_rope,
+                matmul_add_rms_norm_equals_product_then_add_norm,
                 add_rms_norm_matches_reference,
                 attention_matches_reference,
                 attention_rejects_positions_past_the_cache,

@@ -145,6 +145,23 @@ pub trait Backend: Send + Sync {
         self.add(x, y)?;
         self.rms_norm(x, weight, eps, out)
     }
+    /// `x += w a`, then `out = rms_norm(x)`: a product whose result joins the residual, and the norm after it
+    /// (the attention output's and the FFN's last product), which a backend can do in one pass. `y` is scratch
+    /// for the product; this default runs [`Backend::matmul`] into it and then [`Backend::add_rms_norm`].
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_add_rms_norm(
+        &self,
+        w: &Self::Matrix,
+        a: &Self::Tensor,
+        y: &mut Self::Tensor,
+        x: &mut Self::Tensor,
+        weight: &Self::Tensor,
+        eps: f32,
+        out: &mut Self::Tensor,
+    ) -> Result<()> {
+        self.matmul(w, a, y)?;
+        self.add_rms_norm(x, y, weight, eps, out)
+    }
     /// Rotates `x` in place (see [`RopeParams`]).
     fn rope(&self, x: &mut Self::Tensor, p: &RopeParams) -> Result<()>;
     /// A step's attention inputs made ready: `q` and `k` rotated in place by `rope` (its `n_heads` is `q`'s;

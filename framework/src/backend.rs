@@ -294,6 +294,26 @@ impl Backend for AnyBackend {
             .add_rms_norm(x, y, weight, eps, out))
     }
 
+    fn matmul_add_rms_norm(
+        &self,
+        w: &AnyMatrix,
+        a: &AnyTensor,
+        y: &mut AnyTensor,
+        x: &mut AnyTensor,
+        weight: &AnyTensor,
+        eps: f32,
+        out: &mut AnyTensor,
+    ) -> Result<()> {
+        dispatch!(self, "matmul_add_rms_norm", |be,
+                                                w: AnyMatrix,
+                                                a: AnyTensor,
+                                                y: AnyTensor,
+                                                x: AnyTensor,
+                                                weight: AnyTensor,
+                                                out: AnyTensor| be
+            .matmul_add_rms_norm(w, a, y, x, weight, eps, out))
+    }
+
     fn rope_and_append(
         &self,
         q: &mut AnyTensor,

@@ -360,21 +360,23 @@ impl<B: Backend> Llama<B> {
             )?;
             be.attention(&s.q, &cache.k[l], &cache.v[l], &attn, &mut s.att)?;
             seen(&["attn_output"], Some(l), &s.att)?;
-            be.matmul(&layer.wo, &s.att, &mut s.proj)?;
-            be.add_rms_norm(&mut s.x, &s.proj, &layer.ffn_norm, c.rms_eps, &mut s.xn)?;
+            be.matmul_add_rms_norm(&layer.wo, &s.att, &mut s.proj, &mut s.x, &layer.ffn_norm, c.rms_eps, &mut s.xn)?;
             seen(&["ffn_gate", "ffn_up"], Some(l), &s.xn)?;
             be.matmul_many(&[&layer.gate, &layer.up], &s.xn, &mut [&mut s.gate, &mut s.up])?;
             be.silu_mul(&s.gate, &s.up, &mut s.hidden)?;
             seen(&["ffn_down"], Some(l), &s.hidden)?;
-            be.matmul(&layer.down, &s.hidden, &mut s.proj)?;
             // The last residual add goes with the output norm when every row goes to the head (always in decode).
+            let down = (&layer.down, &s.hidden, &mut s.proj);
             match self.layers.get(l + 1) {
-                Some(next) => be.add_rms_norm(&mut s.x, &s.proj, &next.attn_norm, c.rms_eps, &mut s.xn)?,
+                Some(next) => be.matmul_add_rms_norm(down.0, down.1, down.2, &mut s.x, &next.attn_norm, c.rms_eps, &mut s.xn)?,
                 None if all_logits || n == 1 => {
-                    be.add_rms_norm(&mut s.x, &s.proj, &self.output_norm, c.rms_eps, &mut s.xn)?;
+                    be.matmul_add_rms_norm(down.0, down.1, down.2, &mut s.x, &self.output_norm, c.rms_eps, &mut s.xn)?;
                     normed = true;
                 }
-                None => be.add(&mut s.x, &s.proj)?,
+                None => {
+                    be.matmul(down.0, down.1, down.2)?;
+                    be.add(&mut s.x, &s.proj)?
+                }
             }
         }
         cache.advance(n);

@@ -29,6 +29,10 @@ pub const MAX_HEAD_DIM: u32 = 256;
 /// The most `vec4`s per invocation of the register-held RMSNorm ([`Kernel::RmsNorm`]): rows up to 8192 wide.
 pub const MAX_NORM_QUADS: u32 = 8;
 
+/// Invocations per workgroup of [`Kernel::MatvecInt8Norm`] (its RMSNorm takes a row in one workgroup, as
+/// [`Kernel::RmsNorm`] does).
+pub const NORM_PRODUCT_WORKGROUP: u32 = 256;
+
 /// Positions per workgroup of a split decode attention ([`Kernel::Attention`] with `split`).
 pub const ATTENTION_SPAN: u32 = 256;
 
@@ -68,6 +72,11 @@ pub enum Kernel {
     /// with RoPE (interleaved pairs, so `rows` is even: a group holds both rows of a pair) applied to Q's and
     /// K's rows as they are written, Q's to their tensor and K's and V's straight to row `pos0` of the caches.
     MatvecInt8Rope { ty: TensorType, workgroup: u32, lanes: u32, rows: u32, unroll: u32 },
+    /// [`Kernel::MatvecInt8`] of one matrix in workgroups of [`NORM_PRODUCT_WORKGROUP`], its rows added to the
+    /// residual row as they are written, and then that row's RMSNorm (`quads` `vec4`s per invocation, as
+    /// [`Kernel::RmsNorm`]), written in f32 and in int8, by the last workgroup to finish. For SPIR-V only,
+    /// where `storageBarrier` has device scope (see the kernel's source).
+    MatvecInt8Norm { ty: TensorType, lanes: u32, rows: u32, unroll: u32, quads: u32 },
     /// Activation rows quantized to int8 per block of 32, as the CPU backend quantizes them, for
     /// [`Kernel::MatvecInt8`]: one invocation per `vec4` (`len` counts them), eight to a block.
     QuantizeRows,
@@ -185,6 +194,11 @@ impl Kernel {
                             if outputs == 3 && rows % 2 == 0 {
                                 v.push(Kernel::MatvecInt8Rope { ty, workgroup, lanes, rows, unroll });
                             }
+                            if outputs == 1 && workgroup == NORM_PRODUCT_WORKGROUP {
+                                for quads in 1..=MAX_NORM_QUADS {
+                                    v.push(Kernel::MatvecInt8Norm { ty, lanes, rows, unroll, quads });
+                                }
+                            }
                         }
                     }
                 }
@@ -275,6 +289,10 @@ impl Kernel {
             },
             // quants, scales, mins, row units, x quantized | q, k cache, v cache | inverse frequencies
             Kernel::MatvecInt8Rope { .. } => &[Params, Read, Read, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite, Read],
+            // quants, scales, mins, row units, x quantized | residual | norm weight | out, int8 out, counter
+            Kernel::MatvecInt8Norm { .. } => {
+                &[Params, Read, Read, Read, Read, Read, ReadWrite, Read, ReadWrite, ReadWrite, ReadWrite]
+            }
             // x | int8 blocks
             Kernel::QuantizeRows => &[Params, Read, ReadWrite],
             // quants, scales, mins, row units, ids | out
@@ -324,6 +342,7 @@ impl Kernel {
             Kernel::MatvecInt8Rope { .. } => {
                 ["rows", "cols", "rope (head_dim | rot_dim << 16)", "groups_x", "row0", "rows_a", "rows_b", "pos0"]
             }
+            Kernel::MatvecInt8Norm { .. } => ["rows", "cols", "eps (f32)", "groups_x", "row0", "workgroups", "_", "_"],
             Kernel::Embed { .. } => ["cols", "tokens", "groups_x", "row0", "_", "_", "_", "_"],
             Kernel::RmsNorm { .. } => ["rows", "cols", "eps (f32)", "groups_x", "_", "_", "_", "_"],
             Kernel::RopeAppend => {
@@ -362,6 +381,10 @@ impl Kernel {
             }
             Kernel::MatvecInt8Rope { ty, workgroup, lanes, rows, unroll } => {
                 kernels::matvec_int8_rope(ty, workgroup, lanes, rows, unroll)
+                    .unwrap_or_else(|| format!("// {ty} has no int8 reader: see Kernel::has_int8\n"))
+            }
+            Kernel::MatvecInt8Norm { ty, lanes, rows, unroll, quads } => {
+                kernels::matvec_int8_norm(ty, lanes, rows, unroll, quads)
                     .unwrap_or_else(|| format!("// {ty} has no int8 reader: see Kernel::has_int8\n"))
             }
             Kernel::QuantizeRows => kernels::quantize_rows(),
@@ -405,6 +428,7 @@ impl Kernel {
             | Kernel::MatvecSlots { workgroup, .. }
             | Kernel::MatvecInt8 { workgroup, .. }
             | Kernel::MatvecInt8Rope { workgroup, .. } => workgroup,
+            Kernel::MatvecInt8Norm { .. } => NORM_PRODUCT_WORKGROUP,
             Kernel::Attention { .. } => ATTENTION_INVOCATIONS,
             Kernel::SiluMul { .. } | Kernel::Add | Kernel::RmsNorm { .. } | Kernel::Sample { .. } | Kernel::QuantizeRows => 256,
             _ => WORKGROUP,

@@ -1,12 +1,17 @@
 //! Matrix products, and the int8 activations of the products that take them.
 
 use tern_core::{Error, Result, RopeParams, RopeStyle};
-use tern_shaders::{Kernel, MATMUL_TOKENS, TILED_TOKENS, WORKGROUP};
+use tern_shaders::{Kernel, MATMUL_TOKENS, NORM_PRODUCT_WORKGROUP, TILED_TOKENS, WORKGROUP};
 
 use super::WebGpuBackend;
 use crate::pool::size_class;
 use crate::recorder::Grid;
 use crate::tensor::{GpuMatrix, GpuTensor};
+
+/// Rows per group of lanes in `Kernel::MatvecInt8Norm`: with one, a 4096-row product has 512 workgroups of
+/// 256, which spread over an H100's 132 SMs more evenly than 256 workgroups of two rows a group (7B decode,
+/// BENCHMARKS.md).
+const NORM_PRODUCT_ROWS: u32 = 1;
 
 /// Bytes of one block of 32 activations in int8 (`Kernel::MatvecInt8`'s layout): 32 quants, the scale and
 /// the scaled sum of the quants, padded to three `vec4<u32>`.
@@ -174,6 +179,54 @@ impl WebGpuBackend {
         let [qs, s, mn, u] = &wq.parts;
         let buffers = [qs, s, mn, u, &xq, &q.buf, &k_cache.buf, &v_cache.buf, &freqs];
         self.recorder.dispatch(&self.gpu, kernel, params, &buffers, grid)?;
+        Ok(true)
+    }
+
+    /// `x += w a` and `out = rms_norm(x)` in one dispatch (`Kernel::MatvecInt8Norm`): the product's rows join
+    /// the residual as they are written, and the last workgroup to finish normalizes it. `false` (nothing
+    /// recorded) where that kernel does not apply: more than one token, products not on int8 activations, an
+    /// API other than Vulkan (the kernel relies on SPIR-V's device-scope barriers), fewer than ten storage
+    /// buffers a kernel, or shapes that do not fit (which the separate ops then report).
+    pub(super) fn fused_matmul_add_rms_norm(
+        &self,
+        w: &GpuMatrix,
+        a: &GpuTensor,
+        x: &mut GpuTensor,
+        weight: &GpuTensor,
+        eps: f32,
+        out: &mut GpuTensor,
+    ) -> Result<bool> {
+        let k = self.kernels;
+        let quads = super::norm_quads(x.cols);
+        let fits = a.rows == 1
+            && x.rows == 1
+            && self.int8_products()
+            && Kernel::has_int8(w.ty)
+            && w.cols == a.cols
+            && w.rows == x.cols
+            && weight.len() == x.cols
+            && x.cols.is_multiple_of(32)
+            && quads > 0
+            && k.lanes <= NORM_PRODUCT_WORKGROUP
+            && self.gpu.report.api == "vulkan"
+            && self.gpu.limits.max_storage_buffers_per_shader_stage >= 10;
+        if !fits {
+            return Ok(false);
+        }
+        self.resize("matmul_add_rms_norm", out, 1, x.cols)?;
+        x.written();
+        let Some(int8) = self.int8_output(out)? else { return Ok(false) };
+        let (lanes, rows) = (k.lanes, NORM_PRODUCT_ROWS);
+        let kernel = Kernel::MatvecInt8Norm { ty: w.ty, lanes, rows, unroll: (k.unroll / 4).max(1), quads };
+        let (grid, x_groups) = self.product_grid(w.rows, NORM_PRODUCT_WORKGROUP / lanes * rows, 1, 1);
+        let workgroups = grid.dims.0 * grid.dims.2;
+        let params = [w.rows as u32, w.cols as u32, eps.to_bits(), x_groups, w.first_row as u32, workgroups, 0, 0];
+        let xq = self.int8_activations(a)?;
+        let counter = self.scratch(&self.norm_counter, "tern norm counter", 16)?;
+        let [qs, s, mn, u] = &w.parts;
+        let buffers = [qs, s, mn, u, &xq, &x.buf, &weight.buf, &out.buf, &int8, &counter];
+        self.recorder.dispatch(&self.gpu, kernel, params, &buffers, grid)?;
+        out.int8_ready = true;
         Ok(true)
     }
 

@@ -3,7 +3,7 @@
 use tern_core::TensorType;
 
 use super::lines;
-use crate::{TILED_TOKENS, WORKGROUP, formats};
+use crate::{NORM_PRODUCT_WORKGROUP, TILED_TOKENS, WORKGROUP, formats};
 
 /// The parameters, activation and output bindings every product kernel shares, `store`, then the format's
 /// reader. The activations are binding 5: `x`, a row-major f32 matrix read as `vec4`s; or, with `int8`, `xq`, a
@@ -192,6 +192,7 @@ fn decode_product(
     items: &str,
     step: impl Fn(u32) -> String,
     pairs: bool,
+    epilogue: &str,
 ) -> String {
     let nr = rows as usize;
     let accs = lines((0..nr).map(|j| format!("var acc{j} = 0.0;")), 4);
@@ -231,7 +232,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     }}
 {tree}    if (lane == 0u) {{
 {writes}    }}
-}}
+{epilogue}}}
 "#
     )
 }
@@ -264,6 +265,7 @@ pub(crate) fn matvec(ty: TensorType, workgroup: u32, lanes: u32, rows: u32, unro
             loads + &row_sums(rows, n, |j, u| format!("dot(load_quad(p.row0 + r0 + {j}u, i + {u}u * LANES), xq{u})"))
         },
         false,
+        "",
     )
 }
 
@@ -283,6 +285,7 @@ pub(crate) fn matvec_slots(ty: TensorType, workgroup: u32, lanes: u32, rows: u32
         &items,
         |n| row_sums(rows, n, |j, u| format!("slot_dot(p.row0 + r0 + {j}u, i + {u}u * LANES)")),
         false,
+        "",
     ))
 }
 
@@ -291,7 +294,75 @@ pub(crate) fn matvec_slots(ty: TensorType, workgroup: u32, lanes: u32, rows: u32
 /// 16-byte load (4-bit formats). `None` for a format without an int8 reader.
 pub(crate) fn matvec_int8(ty: TensorType, workgroup: u32, lanes: u32, rows: u32, unroll: u32, outputs: u32) -> Option<String> {
     let prelude = product_prelude(&formats::int8_reader(ty)?, outputs, true);
-    Some(int8_product(&prelude, workgroup, lanes, rows, unroll, false))
+    Some(int8_product(&prelude, workgroup, lanes, rows, unroll, false, ""))
+}
+
+/// [`matvec_int8`] (one matrix, workgroups of [`NORM_PRODUCT_WORKGROUP`]) whose rows are added to the
+/// residual row `xv` as they are written, followed by the RMSNorm of that row, in one dispatch: each
+/// workgroup, its rows written, counts itself done on `counter`, and the last to finish (`p.workgroups` in
+/// all) normalizes the row with weight `nw` into `hout`, and quantized to int8 into `hq`, as
+/// [`super::rows::rms_norm`] with `quads` `vec4`s per invocation would. The other workgroups' rows reach it
+/// through `storageBarrier`, which naga writes for SPIR-V as a control barrier with device memory scope and
+/// acquire-release semantics (the host takes this kernel on Vulkan only). The last workgroup sets the
+/// counter back to 0 for the next dispatch. `None` for a format without an int8 reader.
+pub(crate) fn matvec_int8_norm(ty: TensorType, lanes: u32, rows: u32, unroll: u32, quads: u32) -> Option<String> {
+    let reader = formats::int8_reader(ty)?;
+    let prelude = format!(
+        "struct Params {{ rows: u32, cols: u32, eps: f32, groups_x: u32, row0: u32, workgroups: u32, _p6: u32, _p7: u32 }}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(5) var<storage, read> xq: array<vec4<u32>>;
+@group(0) @binding(6) var<storage, read_write> xv: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read> nw: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read_write> hout: array<vec4<f32>>;
+@group(0) @binding(9) var<storage, read_write> hq: array<vec4<u32>>;
+@group(0) @binding(10) var<storage, read_write> counter: array<atomic<u32>>;
+var<workgroup> nsum: array<f32, {NORM_PRODUCT_WORKGROUP}>;
+var<workgroup> finished: u32;
+{}
+fn store(t: u32, r: u32, v: f32) {{
+    xv[r / 4u][r % 4u] += v;
+}}
+{reader}",
+        quantize_shared(quads as usize)
+    );
+    let at = |k: u32| format!("li + {}u", k * NORM_PRODUCT_WORKGROUP);
+    let loads = lines(
+        (0..quads).map(|k| {
+            let i = at(k);
+            format!("var v{k} = vec4<f32>(0.0); var w{k} = vec4<f32>(0.0); if ({i} < n4) {{ v{k} = xv[{i}]; w{k} = nw[{i}]; }}")
+        }),
+        8,
+    );
+    let squares = (0..quads).map(|k| format!("dot(v{k}, v{k})")).collect::<Vec<_>>().join(" + ");
+    let writes = lines(
+        (0..quads).map(|k| {
+            format!("var o{k} = vec4<f32>(0.0); if ({0} < n4) {{ o{k} = v{k} * inv * w{k}; hout[{0}] = o{k}; }}", at(k))
+        }),
+        8,
+    );
+    let items: Vec<_> =
+        (0..quads).map(|k| quad(&format!("o{k}"), &format!("({}) / 8u", at(k)), &format!("{} < n4", at(k)))).collect();
+    let quantize: String = items.chunks(QUANTIZE_MAX_QUADS).map(|c| quantize_quads_to("hq", c, 8)).collect();
+    let tree = super::workgroup_tree("nsum", NORM_PRODUCT_WORKGROUP, "{a} + {b}", 8);
+    let epilogue = format!(
+        "    // This workgroup's rows are in the residual: the last workgroup to finish normalizes it.
+    storageBarrier();
+    if (li == 0u) {{
+        finished = select(0u, 1u, atomicAdd(&counter[0], 1u) + 1u == p.workgroups);
+    }}
+    if (workgroupUniformLoad(&finished) == 1u) {{
+        storageBarrier();
+        let n4 = p.rows / 4u;
+{loads}        nsum[li] = {squares};
+        workgroupBarrier();
+{tree}        let inv = inverseSqrt(nsum[0] / f32(p.rows) + p.eps);
+{writes}{quantize}        if (li == 0u) {{
+            atomicStore(&counter[0], 0u);
+        }}
+    }}
+"
+    );
+    Some(int8_product(&prelude, NORM_PRODUCT_WORKGROUP, lanes, rows, unroll, false, &epilogue))
 }
 
 /// [`matvec_int8`] for Q, K and V stored together, with RoPE (interleaved pairs: `rows` must be even) applied to
@@ -299,10 +370,10 @@ pub(crate) fn matvec_int8(ty: TensorType, workgroup: u32, lanes: u32, rows: u32,
 /// ([`rope_prelude`]). `None` for a format without an int8 reader.
 pub(crate) fn matvec_int8_rope(ty: TensorType, workgroup: u32, lanes: u32, rows: u32, unroll: u32) -> Option<String> {
     let prelude = rope_prelude(&formats::int8_reader(ty)?);
-    Some(int8_product(&prelude, workgroup, lanes, rows, unroll, true))
+    Some(int8_product(&prelude, workgroup, lanes, rows, unroll, true, ""))
 }
 
-fn int8_product(prelude: &str, workgroup: u32, lanes: u32, rows: u32, unroll: u32, pairs: bool) -> String {
+fn int8_product(prelude: &str, workgroup: u32, lanes: u32, rows: u32, unroll: u32, pairs: bool, epilogue: &str) -> String {
     decode_product(
         prelude,
         workgroup,
@@ -323,6 +394,7 @@ fn int8_product(prelude: &str, workgroup: u32, lanes: u32, rows: u32, unroll: u3
             loads + &row_sums(rows, n, |j, u| format!("block_i8(p.row0 + r0 + {j}u, b{u}, xa{u}, xb{u}, xs{u})"))
         },
         pairs,
+        epilogue,
     )
 }
 
@@ -344,6 +416,11 @@ pub(crate) fn quantize_shared(items: usize) -> String {
 /// `array<vec4<u32>>`, three words a block: the quants, then the f32 bits of `d` and of `d` times the quants'
 /// sum). All items share three barriers. Needs [`quantize_shared`] for as many items.
 pub(crate) fn quantize_quads(items: &[(String, String, String)], indent: usize) -> String {
+    quantize_quads_to("xq", items, indent)
+}
+
+/// [`quantize_quads`] into the array `target` instead of `xq`.
+pub(crate) fn quantize_quads_to(target: &str, items: &[(String, String, String)], indent: usize) -> String {
     let mut body = vec!["{".to_string(), "    let g8 = li & ~7u;".to_string()];
     for (k, (v, _, _)) in items.iter().enumerate() {
         body.push(format!("    let qv{k} = {v};"));
@@ -372,9 +449,9 @@ pub(crate) fn quantize_quads(items: &[(String, String, String)], indent: usize) 
         body.push(format!(
             "    if ({active}) {{
         let b = {block};
-        xq[3u * b + (li & 7u) / 4u][li & 3u] = pack4xI8(q{k});
+        {target}[3u * b + (li & 7u) / 4u][li & 3u] = pack4xI8(q{k});
         if ((li & 7u) == 0u) {{
-            xq[3u * b + 2u] = vec4<u32>(bitcast<u32>(d{k}), bitcast<u32>(d{k} * f32({group_sum})), 0u, 0u);
+            {target}[3u * b + 2u] = vec4<u32>(bitcast<u32>(d{k}), bitcast<u32>(d{k} * f32({group_sum})), 0u, 0u);
         }}
     }}"
         ));
