@@ -30,10 +30,11 @@ pub struct WebGpuBackend {
     /// The count of finished workgroups of `Kernel::MatvecInt8Norm` (zeroed at creation, and by the last
     /// workgroup of each dispatch).
     norm_counter: Mutex<Option<wgpu::Buffer>>,
-    /// A decode product's activations quantized to int8 (grown as needed; every product reuses it in turn). Like
-    /// `attention_parts`, it assumes one thread records at a time: two threads recording products on one backend
-    /// at once could interleave their quantizing and their products.
+    /// A decode product's activations quantized to int8 (grown as needed; every product reuses it in turn).
     int8_activations: Mutex<Option<wgpu::Buffer>>,
+    /// Held while an op records the dispatches that share one of the scratch buffers above (writing it, then
+    /// reading it), so that ops recorded from several threads at once do not interleave there.
+    scratch_use: Mutex<()>,
     /// Buffers of dropped tensors, for the next ones.
     pool: Arc<BufferPool>,
     kernels: KernelChoice,
@@ -79,6 +80,7 @@ impl WebGpuBackend {
             sample_candidates: Mutex::new(None),
             norm_counter: Mutex::new(None),
             int8_activations: Mutex::new(None),
+            scratch_use: Mutex::new(()),
             pool: Arc::new(BufferPool::default()),
             kernels: k,
         })
@@ -160,6 +162,11 @@ impl WebGpuBackend {
         let buf = self.storage_with("tern rope frequencies", &freqs);
         cache.insert(key, buf.clone());
         Ok(buf)
+    }
+
+    /// The lock an op holds while it records dispatches that share a scratch buffer (`scratch_use`).
+    pub(super) fn scratch_lock(&self) -> Result<std::sync::MutexGuard<'_, ()>> {
+        self.scratch_use.lock().map_err(|_| Error::Device { detail: "a thread panicked while recording".into() })
     }
 
     /// The backend's scratch buffer in `held` (`label` names it), grown to at least `bytes` (a power of two).
@@ -376,6 +383,7 @@ impl Backend for WebGpuBackend {
 
     fn sample(&self, logits: &GpuTensor, s: &TokenSampling, out: &mut GpuTensor) -> Result<()> {
         s.check()?;
+        let _recording = self.scratch_lock()?;
         if logits.rows == 0 || logits.cols == 0 {
             return Err(Error::shape("sample", "no logits to sample from"));
         }
@@ -584,6 +592,7 @@ impl Backend for WebGpuBackend {
 
     fn attention(&self, q: &GpuTensor, k: &GpuTensor, v: &GpuTensor, p: &AttentionParams, out: &mut GpuTensor) -> Result<()> {
         p.check((q.rows, q.cols), (k.rows, k.cols), (v.rows, v.cols))?;
+        let _recording = self.scratch_lock()?;
         let hd = p.head_dim;
         if hd > MAX_HEAD_DIM as usize || !hd.is_multiple_of(4) {
             return Err(Error::shape(

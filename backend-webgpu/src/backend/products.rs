@@ -43,6 +43,7 @@ impl WebGpuBackend {
 
     /// `outs[i] = ws[i] x` in one dispatch, for matrices stored together (or one matrix).
     pub(super) fn products(&self, ws: &[&GpuMatrix], x: &GpuTensor, outs: &mut [&mut GpuTensor]) -> Result<()> {
+        let _recording = self.scratch_lock()?;
         let (Some(w), true) = (ws.first(), ws.len() == outs.len() && ws.len() <= 3) else {
             return Err(Error::shape("matmul", format!("{} matrices for {} outputs", ws.len(), outs.len())));
         };
@@ -159,6 +160,7 @@ impl WebGpuBackend {
         if !fits {
             return Ok(false);
         }
+        let _recording = self.scratch_lock()?;
         self.resize("attention_inputs", q, 1, wq.rows)?;
         k_cache.written();
         v_cache.written();
@@ -213,6 +215,7 @@ impl WebGpuBackend {
         if !fits {
             return Ok(false);
         }
+        let _recording = self.scratch_lock()?;
         self.resize("matmul_add_rms_norm", out, 1, x.cols)?;
         x.written();
         let Some(int8) = self.int8_output(out)? else { return Ok(false) };
