@@ -1,0 +1,67 @@
+//! Causal grouped-query attention against an f64 reference.
+
+use tern_core::{AttentionParams, Backend};
+
+use crate::{assert_close, values};
+
+fn attention_reference(q: &[f32], k: &[f32], v: &[f32], rows: usize, p: &AttentionParams) -> Vec<f64> {
+    let (hd, kv_width) = (p.head_dim, p.n_kv_heads * p.head_dim);
+    let group = p.n_heads / p.n_kv_heads;
+    let mut out = vec![0f64; rows * p.n_heads * hd];
+    for t in 0..rows {
+        let visible = p.pos0 + t + 1;
+        for h in 0..p.n_heads {
+            let kvh = h / group;
+            let qh = &q[(t * p.n_heads + h) * hd..][..hd];
+            let scores: Vec<f64> = (0..visible)
+                .map(|j| {
+                    let kj = &k[j * kv_width + kvh * hd..][..hd];
+                    qh.iter().zip(kj).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() * p.scale as f64
+                })
+                .collect();
+            let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+            let total: f64 = weights.iter().sum();
+            for (j, w) in weights.iter().enumerate() {
+                for d in 0..hd {
+                    out[(t * p.n_heads + h) * hd + d] += w / total * v[j * kv_width + kvh * hd + d] as f64;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Grouped-query (3 query heads per KV head), multi-head and multi-query attention, for a prefill from
+/// position 0, continuations after cached positions, a context longer than one 64-position tile, and decode
+/// steps over contexts a GPU splits into spans (257 positions: a span and one more; 701: three spans).
+pub fn attention_matches_reference<B: Backend>(be: &B, label: &str) {
+    for (n_heads, n_kv_heads, hd) in [(6, 2, 32), (4, 4, 32), (4, 1, 32), (2, 1, 128)] {
+        for (pos0, rows) in [(0, 7), (9, 3), (20, 1), (130, 2), (256, 1), (700, 1)] {
+            let p = AttentionParams { n_heads, n_kv_heads, head_dim: hd, pos0, scale: 1.0 / (hd as f32).sqrt() };
+            let len = pos0 + rows;
+            let cache_rows = len + 4; // capacity past the used length must be ignored
+            let q = values(rows * n_heads * hd, 7, 2.0);
+            let k = values(cache_rows * n_kv_heads * hd, 8, 2.0);
+            let v = values(cache_rows * n_kv_heads * hd, 9, 1.0);
+            let want = attention_reference(&q, &k, &v, rows, &p);
+            let (qt, kt, vt) = (
+                be.upload(&q, rows, n_heads * hd).unwrap(),
+                be.upload(&k, cache_rows, n_kv_heads * hd).unwrap(),
+                be.upload(&v, cache_rows, n_kv_heads * hd).unwrap(),
+            );
+            let mut out = be.zeros(0, 0).unwrap();
+            be.attention(&qt, &kt, &vt, &p, &mut out).unwrap();
+            let what = format!("attention {n_heads}/{n_kv_heads} heads of {hd}, pos0 {pos0}, {rows} rows on {label}");
+            assert_close(&be.read(&out).unwrap(), &want, |_| 1e-5, &what);
+        }
+    }
+}
+
+pub fn attention_rejects_positions_past_the_cache<B: Backend>(be: &B, _label: &str) {
+    let p = AttentionParams { n_heads: 2, n_kv_heads: 1, head_dim: 32, pos0: 5, scale: 0.1 };
+    let q = be.upload(&values(2 * 64, 1, 1.0), 2, 64).unwrap();
+    let kv = be.upload(&values(6 * 32, 2, 1.0), 6, 32).unwrap();
+    let mut out = be.zeros(0, 0).unwrap();
+    assert!(be.attention(&q, &kv, &kv, &p, &mut out).is_err(), "positions 5..7 need 7 cached rows");
+}
