@@ -95,14 +95,31 @@ impl WebGpuBackend {
         let (grid, x_groups) = self.product_grid(rows, rows_per_group, x.rows, tokens);
         let rows_of = |i: usize| ws.get(i).map_or(0, |m| m.rows as u32);
         let params = [rows as u32, w.cols as u32, x.rows as u32, x_groups, w.first_row as u32, rows_of(0), rows_of(1), 0];
-        let [q, s, mn, u] = &w.parts;
-        // Parts, activations, then up to three outputs: a fixed array, so a dispatch allocates nothing.
         let quantized = if int8 || tiled_int8 { Some(self.int8_activations(x)?) } else { None };
-        let mut buffers: [&wgpu::Buffer; 8] = [q, s, mn, u, quantized.as_ref().unwrap_or(&x.buf), q, q, q];
-        for (slot, out) in buffers[5..].iter_mut().zip(outs.iter()) {
-            *slot = &out.buf;
+        let outputs: [&wgpu::Buffer; 3] = std::array::from_fn(|i| outs.get(i).map_or(&x.buf, |o| &o.buf));
+        self.dispatch_product(kernel, params, w, quantized.as_ref().unwrap_or(&x.buf), &outputs[..outs.len()], grid)
+    }
+
+    /// Records a product `kernel` over `w`'s parts (bindings 1 to 4), the activations (binding 5) and `rest`
+    /// (its outputs and any other buffers, from binding 6), gathered in a fixed array so that a dispatch
+    /// allocates nothing.
+    fn dispatch_product(
+        &self,
+        kernel: Kernel,
+        params: [u32; 8],
+        w: &GpuMatrix,
+        activations: &wgpu::Buffer,
+        rest: &[&wgpu::Buffer],
+        grid: Grid,
+    ) -> Result<()> {
+        let [q, s, mn, u] = &w.parts;
+        let mut buffers: [&wgpu::Buffer; 10] = [q, s, mn, u, activations, q, q, q, q, q];
+        let n = 5 + rest.len();
+        if n > buffers.len() {
+            return Err(Error::Device { detail: format!("{} binds {n} buffers, past {}", kernel.label(), buffers.len()) });
         }
-        self.recorder.dispatch(&self.gpu, kernel, params, &buffers[..5 + outs.len()], grid)
+        buffers[5..n].copy_from_slice(rest);
+        self.recorder.dispatch(&self.gpu, kernel, params, &buffers[..n], grid)
     }
 
     /// The grid of a product of `rows` rows, `rows_per_group` a workgroup, over `tokens` rows of activations
@@ -178,9 +195,7 @@ impl WebGpuBackend {
             [rows as u32, wq.cols as u32, rope, x_groups, wq.first_row as u32, wq.rows as u32, kv_cols as u32, p.pos0 as u32];
         let xq = self.int8_activations(x)?;
         let freqs = self.inv_freq(p.freq_base, p.rot_dim)?;
-        let [qs, s, mn, u] = &wq.parts;
-        let buffers = [qs, s, mn, u, &xq, &q.buf, &k_cache.buf, &v_cache.buf, &freqs];
-        self.recorder.dispatch(&self.gpu, kernel, params, &buffers, grid)?;
+        self.dispatch_product(kernel, params, wq, &xq, &[&q.buf, &k_cache.buf, &v_cache.buf, &freqs], grid)?;
         Ok(true)
     }
 
@@ -217,8 +232,8 @@ impl WebGpuBackend {
         }
         let _recording = self.scratch_lock()?;
         self.resize("matmul_add_rms_norm", out, 1, x.cols)?;
-        x.written();
         let Some(int8) = self.int8_output(out)? else { return Ok(false) };
+        x.written();
         let (lanes, rows) = (k.lanes, NORM_PRODUCT_ROWS);
         let kernel = Kernel::MatvecInt8Norm { ty: w.ty, lanes, rows, unroll: (k.unroll / 4).max(1), quads };
         let (grid, x_groups) = self.product_grid(w.rows, NORM_PRODUCT_WORKGROUP / lanes * rows, 1, 1);
@@ -226,9 +241,7 @@ impl WebGpuBackend {
         let params = [w.rows as u32, w.cols as u32, eps.to_bits(), x_groups, w.first_row as u32, workgroups, 0, 0];
         let xq = self.int8_activations(a)?;
         let counter = self.scratch(&self.norm_counter, "tern norm counter", 16)?;
-        let [qs, s, mn, u] = &w.parts;
-        let buffers = [qs, s, mn, u, &xq, &x.buf, &weight.buf, &out.buf, &int8, &counter];
-        self.recorder.dispatch(&self.gpu, kernel, params, &buffers, grid)?;
+        self.dispatch_product(kernel, params, w, &xq, &[&x.buf, &weight.buf, &out.buf, &int8, &counter], grid)?;
         out.int8_ready = true;
         Ok(true)
     }

@@ -297,6 +297,9 @@ pub(crate) fn matvec_int8(ty: TensorType, workgroup: u32, lanes: u32, rows: u32,
     Some(int8_product(&prelude, workgroup, lanes, rows, unroll, false, ""))
 }
 
+// The norm epilogue takes the row in one workgroup, as the RMSNorm kernel does.
+const _: () = assert!(NORM_PRODUCT_WORKGROUP == super::rows::NORM);
+
 /// [`matvec_int8`] (one matrix, workgroups of [`NORM_PRODUCT_WORKGROUP`]) whose rows are added to the
 /// residual row `xv` as they are written, followed by the RMSNorm of that row, in one dispatch: each
 /// workgroup, its rows written, counts itself done on `counter`, and the last to finish (`p.workgroups` in
@@ -325,25 +328,19 @@ fn store(t: u32, r: u32, v: f32) {{
 {reader}",
         quantize_shared(quads as usize)
     );
-    let at = |k: u32| format!("li + {}u", k * NORM_PRODUCT_WORKGROUP);
-    let loads = lines(
-        (0..quads).map(|k| {
-            let i = at(k);
-            format!("var v{k} = vec4<f32>(0.0); var w{k} = vec4<f32>(0.0); if ({i} < n4) {{ v{k} = xv[{i}]; w{k} = nw[{i}]; }}")
-        }),
-        8,
-    );
-    let squares = (0..quads).map(|k| format!("dot(v{k}, v{k})")).collect::<Vec<_>>().join(" + ");
-    let writes = lines(
-        (0..quads).map(|k| {
-            format!("var o{k} = vec4<f32>(0.0); if ({0} < n4) {{ o{k} = v{k} * inv * w{k}; hout[{0}] = o{k}; }}", at(k))
-        }),
-        8,
-    );
-    let items: Vec<_> =
-        (0..quads).map(|k| quad(&format!("o{k}"), &format!("({}) / 8u", at(k)), &format!("{} < n4", at(k)))).collect();
-    let quantize: String = items.chunks(QUANTIZE_MAX_QUADS).map(|c| quantize_quads_to("hq", c, 8)).collect();
-    let tree = super::workgroup_tree("nsum", NORM_PRODUCT_WORKGROUP, "{a} + {b}", 8);
+    let names = super::rows::HeldNorm {
+        x: "xv",
+        residual: None,
+        weight: "nw",
+        out: "hout",
+        int8: Some("hq"),
+        cols: "p.rows",
+        eps: "p.eps",
+        base: "0u",
+        sums: "nsum",
+        subgroups: false,
+    };
+    let norm = super::rows::held_norm_body(&names, quads, 8);
     let epilogue = format!(
         "    // This workgroup's rows are in the residual: the last workgroup to finish normalizes it.
     storageBarrier();
@@ -352,11 +349,7 @@ fn store(t: u32, r: u32, v: f32) {{
     }}
     if (workgroupUniformLoad(&finished) == 1u) {{
         storageBarrier();
-        let n4 = p.rows / 4u;
-{loads}        nsum[li] = {squares};
-        workgroupBarrier();
-{tree}        let inv = inverseSqrt(nsum[0] / f32(p.rows) + p.eps);
-{writes}{quantize}        if (li == 0u) {{
+{norm}        if (li == 0u) {{
             atomicStore(&counter[0], 0u);
         }}
     }}

@@ -33,7 +33,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
 }
 
 /// Invocations per workgroup of RMSNorm (one workgroup per row).
-const NORM: u32 = 256;
+pub(crate) const NORM: u32 = 256;
 
 /// An RMSNorm kernel: one workgroup of 256 per row (`row`), the bindings of [`norm_bindings`], and `body`; with
 /// `int8_items` (quantizing that many `vec4`s per invocation at a time), the int8 output and its arrays.
@@ -93,69 +93,117 @@ fn norm_bindings(residual: bool, int8: bool, element: &str) -> String {
 /// ([`super::products::quantize_quads`]). With `subgroups`, the mean square is summed by `subgroupAdd` and the
 /// subgroups' sums through workgroup memory: one barrier instead of one per tree level.
 fn rms_norm_held(residual: bool, quads: u32, int8: bool, subgroups: bool) -> String {
-    let total = if subgroups {
-        "    let sg_sum = subgroupAdd(squares);
-    if (sg_lane == 0u) {
-        sums[sg] = sg_sum;
-    }
-    workgroupBarrier();
-    var total = 0.0;
-    for (var i = 0u; i < sg_count; i++) {
-        total += sums[i];
-    }
-"
-        .to_string()
-    } else {
-        format!(
-            "    sums[li] = squares;
-    workgroupBarrier();
-{}    let total = sums[0];
-",
-            workgroup_tree("sums", NORM, "{a} + {b}", 4)
-        )
+    let names = HeldNorm {
+        x: "x",
+        residual: residual.then_some("y"),
+        weight: "weight",
+        out: "out",
+        int8: int8.then_some("xq"),
+        cols: "p.cols",
+        eps: "p.eps",
+        base: "row * n4",
+        sums: "sums",
+        subgroups,
     };
+    let body = held_norm_body(&names, quads, 4);
+    let items = if int8 { (quads as usize).min(super::products::QUANTIZE_MAX_QUADS) } else { 0 };
+    norm_kernel(residual, items, subgroups, "vec4<f32>", &body)
+}
+
+/// What [`held_norm_body`] reads and writes: WGSL names and expressions.
+pub(crate) struct HeldNorm<'a> {
+    /// The row, an `array<vec4<f32>>` (written back with `residual`).
+    pub x: &'a str,
+    /// The array added to the row first, if any: the residual connection.
+    pub residual: Option<&'a str>,
+    /// The norm's weight, the normed row, and its int8 form (as [`super::products::quantize_quads`] writes it).
+    pub weight: &'a str,
+    pub out: &'a str,
+    pub int8: Option<&'a str>,
+    /// The row's width in elements, the norm's epsilon, and the index of the row's first `vec4` in `x`.
+    pub cols: &'a str,
+    pub eps: &'a str,
+    pub base: &'a str,
+    /// A workgroup array of [`NORM`] floats for the mean square; with `subgroups`, summed by `subgroupAdd`
+    /// first (needs the `sg`, `sg_count` and `sg_lane` builtins).
+    pub sums: &'a str,
+    pub subgroups: bool,
+}
+
+/// The statements of a register-held RMSNorm of one row by a workgroup of [`NORM`] invocations (`li`), each
+/// holding `quads` `vec4`s of it: every load (and with a residual, the sum written back) before the mean
+/// square's reduction, then the scaled row, and its int8 form by the invocations holding each block. In uniform
+/// control flow: they hold barriers.
+pub(crate) fn held_norm_body(n: &HeldNorm<'_>, quads: u32, indent: usize) -> String {
+    let (x, weight, out, sums) = (n.x, n.weight, n.out, n.sums);
+    let total = if n.subgroups {
+        [
+            "let sg_sum = subgroupAdd(squares);".to_string(),
+            "if (sg_lane == 0u) {".into(),
+            format!("    {sums}[sg] = sg_sum;"),
+            "}".into(),
+            "workgroupBarrier();".into(),
+            "var total = 0.0;".into(),
+            "for (var i = 0u; i < sg_count; i++) {".into(),
+            format!("    total += {sums}[i];"),
+            "}".into(),
+        ]
+        .to_vec()
+    } else {
+        vec![format!("{sums}[li] = squares;"), "workgroupBarrier();".into()]
+    };
+    let total = lines(total, indent)
+        + &if n.subgroups {
+            String::new()
+        } else {
+            workgroup_tree(sums, NORM, "{a} + {b}", indent) + &lines([format!("let total = {sums}[0];")], indent)
+        };
     let k = 0..quads;
     let at = |k: u32| format!("li + {}u", k * NORM);
     let loads = lines(
         k.clone().map(|k| {
             let i = at(k);
-            let add = if residual { format!(" + y[base + {i}]") } else { String::new() };
+            let add = n.residual.map_or_else(String::new, |y| format!(" + {y}[base + {i}]"));
             // The weight is loaded with the row, not after the mean square's barriers.
             format!(
-                "var v{k} = vec4<f32>(0.0); var w{k} = vec4<f32>(0.0); if ({i} < n4) {{ v{k} = x[base + {i}]{add}; w{k} = weight[{i}]; }}"
+                "var v{k} = vec4<f32>(0.0); var w{k} = vec4<f32>(0.0); if ({i} < n4) {{ v{k} = {x}[base + {i}]{add}; w{k} = {weight}[{i}]; }}"
             )
         }),
-        4,
+        indent,
     );
-    let write_back = if residual {
-        lines(k.clone().map(|k| format!("if ({0} < n4) {{ x[base + {0}] = v{k}; }}", at(k))), 4)
+    let write_back = if n.residual.is_some() {
+        lines(k.clone().map(|k| format!("if ({0} < n4) {{ {x}[base + {0}] = v{k}; }}", at(k))), indent)
     } else {
         String::new()
     };
     let squares = k.clone().map(|k| format!("dot(v{k}, v{k})")).collect::<Vec<_>>().join(" + ");
     let writes = lines(
         k.clone().map(|k| {
-            format!("var o{k} = vec4<f32>(0.0); if ({0} < n4) {{ o{k} = v{k} * inv * w{k}; out[base + {0}] = o{k}; }}", at(k))
+            format!("var o{k} = vec4<f32>(0.0); if ({0} < n4) {{ o{k} = v{k} * inv * w{k}; {out}[base + {0}] = o{k}; }}", at(k))
         }),
-        4,
+        indent,
     );
-    let quantize = if int8 {
-        let items: Vec<_> = k
-            .map(|k| super::products::quad(&format!("o{k}"), &format!("(base + {}) / 8u", at(k)), &format!("{} < n4", at(k))))
-            .collect();
-        items.chunks(super::products::QUANTIZE_MAX_QUADS).map(|c| super::products::quantize_quads(c, 4)).collect()
-    } else {
-        String::new()
+    let quantize = match n.int8 {
+        Some(target) => {
+            let items: Vec<_> = k
+                .map(|k| super::products::quad(&format!("o{k}"), &format!("(base + {}) / 8u", at(k)), &format!("{} < n4", at(k))))
+                .collect();
+            items
+                .chunks(super::products::QUANTIZE_MAX_QUADS)
+                .map(|c| super::products::quantize_quads_to(target, c, indent))
+                .collect()
+        }
+        None => String::new(),
     };
-    let body = format!(
-        "    let n4 = p.cols / 4u;
-    let base = row * n4;
-{loads}{write_back}    let squares = {squares};
-{total}    let inv = inverseSqrt(total / f32(p.cols) + p.eps);
-{writes}{quantize}"
-    );
-    let items = if int8 { (quads as usize).min(super::products::QUANTIZE_MAX_QUADS) } else { 0 };
-    norm_kernel(residual, items, subgroups, "vec4<f32>", &body)
+    let (cols, eps, base) = (n.cols, n.eps, n.base);
+    lines([format!("let n4 = {cols} / 4u;"), format!("let base = {base};")], indent)
+        + &loads
+        + &write_back
+        + &lines([format!("let squares = {squares};")], indent)
+        + &total
+        + &lines([format!("let inv = inverseSqrt(total / f32({cols}) + {eps});")], indent)
+        + &writes
+        + &quantize
 }
 
 /// One workgroup per row: the mean square in a tree, then the scaled row. With `residual`, the row is first
