@@ -27,9 +27,6 @@ pub struct WebGpuBackend {
     attention_parts: Mutex<Option<wgpu::Buffer>>,
     /// The candidates of a long row's chunks, between the two passes of sampling (grown as needed).
     sample_candidates: Mutex<Option<wgpu::Buffer>>,
-    /// The count of finished workgroups of `Kernel::MatvecInt8Norm` (zeroed at creation, and by the last
-    /// workgroup of each dispatch).
-    norm_counter: Mutex<Option<wgpu::Buffer>>,
     /// A decode product's activations quantized to int8 (grown as needed; every product reuses it in turn).
     int8_activations: Mutex<Option<wgpu::Buffer>>,
     /// Held while an op records the dispatches that share one of the scratch buffers above (writing it, then
@@ -78,7 +75,6 @@ impl WebGpuBackend {
             inv_freq: Mutex::new(HashMap::new()),
             attention_parts: Mutex::new(None),
             sample_candidates: Mutex::new(None),
-            norm_counter: Mutex::new(None),
             int8_activations: Mutex::new(None),
             scratch_use: Mutex::new(()),
             pool: Arc::new(BufferPool::default()),
@@ -144,6 +140,24 @@ impl WebGpuBackend {
         t.rows = rows;
         t.cols = cols;
         t.written();
+        // The op overwrites the whole tensor.
+        t.set_unscaled(false);
+        Ok(())
+    }
+
+    /// Applies the RMS factor to each of `ts` that waits for it (see `GpuTensor::unscaled`), in place: every
+    /// op but a scaled product calls this on the tensors it reads or writes in part, before recording.
+    fn settle(&self, ts: &[&GpuTensor]) -> Result<()> {
+        for t in ts {
+            if !t.is_unscaled() {
+                continue;
+            }
+            let Some(int8) = &t.int8 else {
+                return Err(Error::Device { detail: "a row waiting for its RMS factor has no int8 form".into() });
+            };
+            self.elementwise(Kernel::NormScale, t.len() / 4, &[&t.buf, int8])?;
+            t.set_unscaled(false);
+        }
         Ok(())
     }
 
@@ -248,7 +262,7 @@ impl Backend for WebGpuBackend {
         let buf = self.pool.take(&self.gpu.device, bytes);
         // A reused buffer holds its last user's values.
         self.recorder.clear(&self.gpu, &buf)?;
-        Ok(GpuTensor { buf, rows, cols, int8: None, int8_ready: false, pool: self.pool.clone() })
+        Ok(GpuTensor::new(buf, rows, cols, self.pool.clone()))
     }
 
     fn upload(&self, data: &[f32], rows: usize, cols: usize) -> Result<GpuTensor> {
@@ -261,7 +275,7 @@ impl Backend for WebGpuBackend {
         contents.resize(bytes as usize, 0);
         // A fresh buffer, written at creation: a reused one would need a write ordered after recorded work.
         let buf = self.storage_with("tern tensor", &contents);
-        Ok(GpuTensor { buf, rows, cols, int8: None, int8_ready: false, pool: self.pool.clone() })
+        Ok(GpuTensor::new(buf, rows, cols, self.pool.clone()))
     }
 
     fn read(&self, t: &GpuTensor) -> Result<Vec<f32>> {
@@ -270,6 +284,7 @@ impl Backend for WebGpuBackend {
     }
 
     fn read_begin(&self, t: &GpuTensor) -> Result<GpuReading> {
+        self.settle(&[t])?;
         self.recorder.read_begin(&self.gpu, &t.buf, t.len())
     }
 
@@ -377,12 +392,14 @@ impl Backend for WebGpuBackend {
         if (id.rows, id.cols) != (1, 1) {
             return Err(Error::shape("embed_sampled", format!("a {}x{} token tensor, expected 1x1", id.rows, id.cols)));
         }
+        self.settle(&[id])?;
         self.resize("embed_sampled", out, 1, table.cols)?;
         self.gather(table, &id.buf, 1, out)
     }
 
     fn sample(&self, logits: &GpuTensor, s: &TokenSampling, out: &mut GpuTensor) -> Result<()> {
         s.check()?;
+        self.settle(&[logits])?;
         let _recording = self.scratch_lock()?;
         if logits.rows == 0 || logits.cols == 0 {
             return Err(Error::shape("sample", "no logits to sample from"));
@@ -430,6 +447,7 @@ impl Backend for WebGpuBackend {
         if weight.len() != x.cols {
             return Err(Error::shape("rms_norm", format!("weight of {} for rows of {}", weight.len(), x.cols)));
         }
+        self.settle(&[x, weight])?;
         self.resize("rms_norm", out, x.rows, x.cols)?;
         let (grid, groups_x) = Grid::folded(x.rows as u64, self.max_groups());
         let params = [x.rows as u32, x.cols as u32, eps.to_bits(), groups_x, 0, 0, 0, 0];
@@ -447,6 +465,7 @@ impl Backend for WebGpuBackend {
         if weight.len() != x.cols {
             return Err(Error::shape("add_rms_norm", format!("weight of {} for rows of {}", weight.len(), x.cols)));
         }
+        self.settle(&[&*x, y, weight])?;
         self.resize("add_rms_norm", out, x.rows, x.cols)?;
         let (grid, groups_x) = Grid::folded(x.rows as u64, self.max_groups());
         let params = [x.rows as u32, x.cols as u32, eps.to_bits(), groups_x, 0, 0, 0, 0];
@@ -515,6 +534,7 @@ impl Backend for WebGpuBackend {
                 ));
             }
         }
+        self.settle(&[&*q, &*k, v, &*k_cache, &*v_cache])?;
         let freqs = self.inv_freq(p.freq_base, p.rot_dim)?;
         let pairs = (q.rows * (p.n_heads + 2 * n_kv_heads) * p.head_dim / 2) as u64;
         let (grid, groups_x) = Grid::folded(pairs.div_ceil(WORKGROUP as u64), self.max_groups());
@@ -559,6 +579,7 @@ impl Backend for WebGpuBackend {
                 format!("{} columns for {} heads of {} (rotating {})", x.cols, p.n_heads, p.head_dim, p.rot_dim),
             ));
         }
+        self.settle(&[&*x])?;
         let freqs = self.inv_freq(p.freq_base, p.rot_dim)?;
         let pairs = (x.rows * p.n_heads * p.rot_dim / 2) as u64;
         let (grid, groups_x) = Grid::folded(pairs.div_ceil(WORKGROUP as u64), self.max_groups());
@@ -576,6 +597,7 @@ impl Backend for WebGpuBackend {
                 format!("{}x{} at row {row} of {}x{}", src.rows, src.cols, dst.rows, dst.cols),
             ));
         }
+        self.settle(&[src, &*dst])?;
         let row_bytes = dst.cols as u64 * 4;
         dst.written();
         self.recorder.copy(&self.gpu, &src.buf, 0, &dst.buf, row as u64 * row_bytes, src.rows as u64 * row_bytes)
@@ -585,6 +607,7 @@ impl Backend for WebGpuBackend {
         if first + count > src.rows {
             return Err(Error::shape("slice_rows", format!("rows {first}..{} of {}", first + count, src.rows)));
         }
+        self.settle(&[src])?;
         self.resize("slice_rows", out, count, src.cols)?;
         let row_bytes = src.cols as u64 * 4;
         self.recorder.copy(&self.gpu, &src.buf, first as u64 * row_bytes, &out.buf, 0, count as u64 * row_bytes)
@@ -600,6 +623,7 @@ impl Backend for WebGpuBackend {
                 format!("heads of {hd}: the WebGPU kernel takes multiples of 4 up to {MAX_HEAD_DIM}"),
             ));
         }
+        self.settle(&[q, k, v])?;
         self.resize("attention", out, q.rows, q.cols)?;
         let visible = p.pos0 + q.rows;
         let span = ATTENTION_SPAN as usize;
@@ -632,6 +656,7 @@ impl Backend for WebGpuBackend {
 
     fn silu_mul(&self, gate: &GpuTensor, up: &GpuTensor, out: &mut GpuTensor) -> Result<()> {
         Self::same_shape("silu_mul", gate, up)?;
+        self.settle(&[gate, up])?;
         self.resize("silu_mul", out, gate.rows, gate.cols)?;
         let int8 = self.int8_output(out)?;
         match &int8 {
@@ -644,6 +669,7 @@ impl Backend for WebGpuBackend {
 
     fn add(&self, x: &mut GpuTensor, y: &GpuTensor) -> Result<()> {
         Self::same_shape("add", x, y)?;
+        self.settle(&[&*x, y])?;
         x.written();
         self.elementwise(Kernel::Add, x.len(), &[&y.buf, &x.buf])
     }

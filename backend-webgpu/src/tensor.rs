@@ -1,6 +1,7 @@
 //! The backend's tensor and matrix types: GPU buffers with their shapes.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tern_core::TensorType;
 
@@ -17,6 +18,10 @@ pub struct GpuTensor {
     /// write it together with the tensor do; valid while `int8_ready`, which every other write clears.
     pub(crate) int8: Option<wgpu::Buffer>,
     pub(crate) int8_ready: bool,
+    /// Whether both forms hold the row of an RMSNorm before its factor (`Kernel::MatvecInt8Norm`'s output):
+    /// int8 products that take it so (`scaled`) apply the factor themselves, and every other use first applies
+    /// it in place ([`crate::WebGpuBackend`]'s `settle`). Atomic because reads take the tensor shared.
+    pub(crate) unscaled: AtomicBool,
     /// Where the buffers go when the tensor is dropped.
     pub(crate) pool: Arc<BufferPool>,
 }
@@ -26,9 +31,24 @@ impl GpuTensor {
         self.rows * self.cols
     }
 
+    /// A tensor of `rows x cols` in `buf`, without an int8 form.
+    pub(crate) fn new(buf: wgpu::Buffer, rows: usize, cols: usize, pool: Arc<BufferPool>) -> GpuTensor {
+        GpuTensor { buf, rows, cols, int8: None, int8_ready: false, unscaled: AtomicBool::new(false), pool }
+    }
+
     /// Marks the tensor written by an op that does not write its int8 form.
     pub(crate) fn written(&mut self) {
         self.int8_ready = false;
+    }
+
+    /// Whether the tensor waits for its RMS factor (see `unscaled`).
+    pub(crate) fn is_unscaled(&self) -> bool {
+        self.unscaled.load(Ordering::Acquire)
+    }
+
+    /// Sets whether the tensor waits for its RMS factor.
+    pub(crate) fn set_unscaled(&self, unscaled: bool) {
+        self.unscaled.store(unscaled, Ordering::Release);
     }
 }
 

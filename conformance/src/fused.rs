@@ -1,8 +1,8 @@
 //! Ops a backend may fuse (the attention inputs; a product with the residual add and norm after it) equal the
 //! separate ops they stand for.
 
-use tern_core::{Backend, RopeParams, RopeStyle};
-use tern_quant::{TernFormat, TernMatrix};
+use tern_core::{Backend, RopeParams, RopeStyle, TensorType};
+use tern_quant::{PackedMatrix, TernFormat, TernMatrix};
 
 use crate::{assert_close, values};
 
@@ -30,14 +30,18 @@ pub fn matmul_add_rms_norm_equals_product_then_add_norm<B: Backend>(be: &B, labe
                         be.add_rms_norm(&mut x, &y, &weight, 1e-5, &mut out).unwrap();
                     }
                 }
-                let (mut p, mut fresh) = (be.zeros(0, 0).unwrap(), be.zeros(0, 0).unwrap());
+                // A product of the row as the op left it (a backend may leave the norm's factor to the
+                // product), then of the row once read: the latter exactly as the same values uploaded afresh.
+                let (mut p, mut read, mut fresh) = (be.zeros(0, 0).unwrap(), be.zeros(0, 0).unwrap(), be.zeros(0, 0).unwrap());
                 be.matmul(&next, &out, &mut p).unwrap();
                 be.matmul(&next, &be.upload(&be.read(&out).unwrap(), tokens, dim).unwrap(), &mut fresh).unwrap();
-                assert_eq!(
-                    be.read(&p).unwrap(),
-                    be.read(&fresh).unwrap(),
-                    "a product of matmul_add_rms_norm's row ({fused}) on {label}"
-                );
+                be.matmul(&next, &out, &mut read).unwrap();
+                let fresh = be.read(&fresh).unwrap();
+                let what = format!("a product of matmul_add_rms_norm's row ({fused}) on {label}");
+                assert_eq!(be.read(&read).unwrap(), fresh, "{what}, read first");
+                let top = fresh.iter().fold(1.0f64, |m, v| m.max(v.abs() as f64));
+                let want: Vec<f64> = fresh.iter().map(|&v| v as f64).collect();
+                assert_close(&be.read(&p).unwrap(), &want, |_| 1e-5 * top, &what);
                 [be.read(&x).unwrap(), be.read(&out).unwrap()]
             };
             let want = run(false);
@@ -99,5 +103,110 @@ pub fn attention_inputs_equal_products_then_rope<B: Backend>(be: &B, label: &str
                 }
             }
         }
+    }
+}
+
+/// Every op that takes `matmul_add_rms_norm`'s normed row (as an input, or as an output it writes in part)
+/// sees the values the row reads back as: a backend that leaves the norm's factor for later must apply it
+/// before any op but a product that takes the row so. Each op runs on a fresh normed row and on an upload of
+/// the values, and the two must agree exactly.
+pub fn ops_on_a_fused_norm_row_see_its_values<B: Backend>(be: &B, label: &str) {
+    let (dim, cols) = (256, 64);
+    let w = be.upload_matrix(TernMatrix::quantize(TernFormat::T4, dim, cols, &values(dim * cols, 60, 1.0), None).unwrap().view());
+    let w = w.unwrap();
+    let weight = be.upload(&values(dim, 61, 1.0), 1, dim).unwrap();
+    let a = be.upload(&values(cols, 62, 2.0), 1, cols).unwrap();
+    let other = be.upload(&values(dim, 63, 1.0), 1, dim).unwrap();
+    let normed = || {
+        let (mut x, mut y, mut out) =
+            (be.upload(&values(dim, 64, 4.0), 1, dim).unwrap(), be.zeros(0, 0).unwrap(), be.zeros(0, 0).unwrap());
+        be.matmul_add_rms_norm(&w, &a, &mut y, &mut x, &weight, 1e-5, &mut out).unwrap();
+        out
+    };
+    let seen = be.read(&normed()).unwrap();
+    let (mut x, mut y, mut want) =
+        (be.upload(&values(dim, 64, 4.0), 1, dim).unwrap(), be.zeros(0, 0).unwrap(), be.zeros(0, 0).unwrap());
+    be.matmul(&w, &a, &mut y).unwrap();
+    be.add_rms_norm(&mut x, &y, &weight, 1e-5, &mut want).unwrap();
+    let want: Vec<f64> = be.read(&want).unwrap().iter().map(|&v| v as f64).collect();
+    assert_close(&seen, &want, |i| 1e-5 * want[i].abs().max(1.0), &format!("matmul_add_rms_norm's row on {label}"));
+    let fresh = || be.upload(&seen, 1, dim).unwrap();
+    // A float matrix (no int8 product) and a product of several matrices.
+    let f16 = PackedMatrix::from_f32(TensorType::F16, 8, dim, &values(8 * dim, 65, 1.0)).unwrap();
+    let f16 = be.upload_matrix(f16.view()).unwrap();
+    let rope =
+        RopeParams { n_heads: dim / 32, head_dim: 32, rot_dim: 32, freq_base: 10000.0, style: RopeStyle::Interleaved, pos0: 3 };
+    type Op<'a, B> = Box<dyn Fn(&mut <B as Backend>::Tensor) -> <B as Backend>::Tensor + 'a>;
+    let ops: Vec<(&str, Op<'_, B>)> = vec![
+        ("read", Box::new(|t| be.upload(&be.read(t).unwrap(), 1, dim).unwrap())),
+        (
+            "matmul of an f16 matrix",
+            Box::new(|t| {
+                let mut out = be.zeros(0, 0).unwrap();
+                be.matmul(&f16, t, &mut out).unwrap();
+                out
+            }),
+        ),
+        (
+            "rms_norm",
+            Box::new(|t| {
+                let mut out = be.zeros(0, 0).unwrap();
+                be.rms_norm(t, &weight, 1e-5, &mut out).unwrap();
+                out
+            }),
+        ),
+        (
+            "add (as x)",
+            Box::new(|t| {
+                be.add(t, &other).unwrap();
+                be.upload(&be.read(t).unwrap(), 1, dim).unwrap()
+            }),
+        ),
+        (
+            "add (as y)",
+            Box::new(|t| {
+                let mut x = be.upload(&values(dim, 66, 1.0), 1, dim).unwrap();
+                be.add(&mut x, t).unwrap();
+                x
+            }),
+        ),
+        (
+            "silu_mul",
+            Box::new(|t| {
+                let mut out = be.zeros(0, 0).unwrap();
+                be.silu_mul(t, &other, &mut out).unwrap();
+                out
+            }),
+        ),
+        (
+            "rope",
+            Box::new(|t| {
+                be.rope(t, &rope).unwrap();
+                be.upload(&be.read(t).unwrap(), 1, dim).unwrap()
+            }),
+        ),
+        (
+            "write_rows (as the destination)",
+            Box::new(|t| {
+                let part = be.upload(&values(dim, 67, 1.0), 1, dim).unwrap();
+                let mut two = be.zeros(2, dim).unwrap();
+                be.write_rows(t, &mut two, 1).unwrap();
+                be.write_rows(&part, &mut two, 0).unwrap();
+                two
+            }),
+        ),
+        (
+            "slice_rows",
+            Box::new(|t| {
+                let mut out = be.zeros(0, 0).unwrap();
+                be.slice_rows(t, 0, 1, &mut out).unwrap();
+                out
+            }),
+        ),
+    ];
+    for (name, op) in &ops {
+        let got = be.read(&op(&mut normed())).unwrap();
+        let want = be.read(&op(&mut fresh())).unwrap();
+        assert_eq!(got, want, "{name} of matmul_add_rms_norm's row on {label}");
     }
 }

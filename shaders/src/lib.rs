@@ -29,9 +29,7 @@ pub const MAX_HEAD_DIM: u32 = 256;
 /// The most `vec4`s per invocation of the register-held RMSNorm ([`Kernel::RmsNorm`]): rows up to 8192 wide.
 pub const MAX_NORM_QUADS: u32 = 8;
 
-/// Invocations per workgroup of [`Kernel::MatvecInt8Norm`] (its RMSNorm takes a row in one workgroup, as
-/// [`Kernel::RmsNorm`] does).
-pub const NORM_PRODUCT_WORKGROUP: u32 = 256;
+pub use kernels::NORM_PRODUCT_ROWS;
 
 /// Positions per workgroup of a split decode attention ([`Kernel::Attention`] with `split`).
 pub const ATTENTION_SPAN: u32 = 256;
@@ -66,17 +64,25 @@ pub enum Kernel {
     /// with an int8 reader (Q4_0, Q4_1, Q8_0 and tern's): lane `l` takes blocks `l, l + lanes, ...` of the row,
     /// `unroll` blocks per step, and multiplies quants and activations four at a time (`dot4I8Packed`).
     /// Only for formats where [`Kernel::has_int8`] (for others its source has no entry point and fails to
-    /// build).
-    MatvecInt8 { ty: TensorType, workgroup: u32, lanes: u32, rows: u32, unroll: u32, outputs: u32 },
+    /// build). With `scaled`, the activations are [`Kernel::MatvecInt8Norm`]'s output, whose RMS factor the
+    /// kernel finds from its blocks and applies to every sum.
+    MatvecInt8 { ty: TensorType, workgroup: u32, lanes: u32, rows: u32, unroll: u32, outputs: u32, scaled: bool },
     /// A decode step's attention inputs in one pass: [`Kernel::MatvecInt8`] over Q, K and V stored together,
     /// with RoPE (interleaved pairs, so `rows` is even: a group holds both rows of a pair) applied to Q's and
     /// K's rows as they are written, Q's to their tensor and K's and V's straight to row `pos0` of the caches.
-    MatvecInt8Rope { ty: TensorType, workgroup: u32, lanes: u32, rows: u32, unroll: u32 },
-    /// [`Kernel::MatvecInt8`] of one matrix in workgroups of [`NORM_PRODUCT_WORKGROUP`], its rows added to the
-    /// residual row as they are written, and then that row's RMSNorm (`quads` `vec4`s per invocation, as
-    /// [`Kernel::RmsNorm`]), written in f32 and in int8, by the last workgroup to finish. For SPIR-V only,
-    /// where `storageBarrier` has device scope (see the kernel's source).
-    MatvecInt8Norm { ty: TensorType, lanes: u32, rows: u32, unroll: u32, quads: u32 },
+    /// `scaled` as for [`Kernel::MatvecInt8`].
+    MatvecInt8Rope { ty: TensorType, workgroup: u32, lanes: u32, rows: u32, unroll: u32, scaled: bool },
+    /// [`Kernel::MatvecInt8`] of one matrix, [`NORM_PRODUCT_ROWS`] rows a workgroup (one per group of `lanes`),
+    /// its rows added to the residual row as they are written; then each workgroup writes its block of the
+    /// row's RMSNorm before the row's factor (`x * weight`), in f32 and in int8, with the block's sum of
+    /// squares and `eps` in the int8 block's header. Products with `scaled` take that form as it is;
+    /// [`Kernel::NormScale`] applies the factor for everything else.
+    /// With `subgroups` (subgroups of exactly `lanes` invocations), the lanes' sums and the block's reductions
+    /// are subgroup operations.
+    MatvecInt8Norm { ty: TensorType, lanes: u32, unroll: u32, subgroups: bool },
+    /// Applies the RMS factor to a row [`Kernel::MatvecInt8Norm`] wrote, in place, in f32 and int8 (requantized
+    /// from the scaled values): one invocation per `vec4` (`len` counts them).
+    NormScale,
     /// Activation rows quantized to int8 per block of 32, as the CPU backend quantizes them, for
     /// [`Kernel::MatvecInt8`]: one invocation per `vec4` (`len` counts them), eight to a block.
     QuantizeRows,
@@ -190,14 +196,15 @@ impl Kernel {
                 for (workgroup, lanes) in [(64, 32), (64, 16), (128, 32), (256, 32)] {
                     for rows in [1, 2, 4] {
                         for unroll in [1, 2, 4] {
-                            v.push(Kernel::MatvecInt8 { ty, workgroup, lanes, rows, unroll, outputs });
-                            if outputs == 3 && rows % 2 == 0 {
-                                v.push(Kernel::MatvecInt8Rope { ty, workgroup, lanes, rows, unroll });
-                            }
-                            if outputs == 1 && workgroup == NORM_PRODUCT_WORKGROUP {
-                                for quads in 1..=MAX_NORM_QUADS {
-                                    v.push(Kernel::MatvecInt8Norm { ty, lanes, rows, unroll, quads });
+                            for scaled in [false, true] {
+                                v.push(Kernel::MatvecInt8 { ty, workgroup, lanes, rows, unroll, outputs, scaled });
+                                if outputs == 3 && rows % 2 == 0 {
+                                    v.push(Kernel::MatvecInt8Rope { ty, workgroup, lanes, rows, unroll, scaled });
                                 }
+                            }
+                            if outputs == 1 && workgroup == 64 && rows == 1 {
+                                v.push(Kernel::MatvecInt8Norm { ty, lanes, unroll, subgroups: false });
+                                v.push(Kernel::MatvecInt8Norm { ty, lanes, unroll, subgroups: true });
                             }
                         }
                     }
@@ -219,6 +226,7 @@ impl Kernel {
             Kernel::Sample { pass: SamplePass::Chunks },
             Kernel::Sample { pass: SamplePass::Merge },
             Kernel::QuantizeRows,
+            Kernel::NormScale,
         ];
         for residual in [false, true] {
             v.push(Kernel::RmsNorm { residual, quads: 0, int8: false, subgroups: false });
@@ -255,11 +263,13 @@ impl Kernel {
                 format!("matvec {ty} wg{workgroup} lanes{lanes} rows{rows} unroll{unroll} outputs{outputs}")
             }
             Kernel::MatvecSubgroups { ty, outputs } => format!("matvec {ty} subgroups outputs{outputs}"),
-            Kernel::MatvecInt8 { ty, workgroup, lanes, rows, unroll, outputs } => {
-                format!("matvec int8 {ty} wg{workgroup} lanes{lanes} rows{rows} unroll{unroll} outputs{outputs}")
+            Kernel::MatvecInt8 { ty, workgroup, lanes, rows, unroll, outputs, scaled } => {
+                let scaled = if *scaled { " scaled" } else { "" };
+                format!("matvec int8 {ty} wg{workgroup} lanes{lanes} rows{rows} unroll{unroll} outputs{outputs}{scaled}")
             }
-            Kernel::MatvecInt8Rope { ty, workgroup, lanes, rows, unroll } => {
-                format!("matvec int8 rope {ty} wg{workgroup} lanes{lanes} rows{rows} unroll{unroll}")
+            Kernel::MatvecInt8Rope { ty, workgroup, lanes, rows, unroll, scaled } => {
+                let scaled = if *scaled { " scaled" } else { "" };
+                format!("matvec int8 rope {ty} wg{workgroup} lanes{lanes} rows{rows} unroll{unroll}{scaled}")
             }
             Kernel::MatvecSlots { ty, workgroup, lanes, rows, unroll, outputs } => {
                 format!("matvec slots {ty} wg{workgroup} lanes{lanes} rows{rows} unroll{unroll} outputs{outputs}")
@@ -289,12 +299,12 @@ impl Kernel {
             },
             // quants, scales, mins, row units, x quantized | q, k cache, v cache | inverse frequencies
             Kernel::MatvecInt8Rope { .. } => &[Params, Read, Read, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite, Read],
-            // quants, scales, mins, row units, x quantized | residual | norm weight | out, int8 out, counter
-            Kernel::MatvecInt8Norm { .. } => {
-                &[Params, Read, Read, Read, Read, Read, ReadWrite, Read, ReadWrite, ReadWrite, ReadWrite]
-            }
+            // quants, scales, mins, row units, x quantized | residual | norm weight | out, int8 out
+            Kernel::MatvecInt8Norm { .. } => &[Params, Read, Read, Read, Read, Read, ReadWrite, Read, ReadWrite, ReadWrite],
             // x | int8 blocks
             Kernel::QuantizeRows => &[Params, Read, ReadWrite],
+            // | x, int8 blocks
+            Kernel::NormScale => &[Params, ReadWrite, ReadWrite],
             // quants, scales, mins, row units, ids | out
             Kernel::Embed { .. } => &[Params, Read, Read, Read, Read, Read, ReadWrite],
             // x, weight | out (, int8 out)
@@ -342,7 +352,7 @@ impl Kernel {
             Kernel::MatvecInt8Rope { .. } => {
                 ["rows", "cols", "rope (head_dim | rot_dim << 16)", "groups_x", "row0", "rows_a", "rows_b", "pos0"]
             }
-            Kernel::MatvecInt8Norm { .. } => ["rows", "cols", "eps (f32)", "groups_x", "row0", "workgroups", "_", "_"],
+            Kernel::MatvecInt8Norm { .. } => ["rows", "cols", "eps (f32)", "groups_x", "row0", "_", "_", "_"],
             Kernel::Embed { .. } => ["cols", "tokens", "groups_x", "row0", "_", "_", "_", "_"],
             Kernel::RmsNorm { .. } => ["rows", "cols", "eps (f32)", "groups_x", "_", "_", "_", "_"],
             Kernel::RopeAppend => {
@@ -352,7 +362,7 @@ impl Kernel {
             Kernel::Attention { .. } => ["rows", "n_heads", "n_kv_heads", "head_dim", "pos0", "scale (f32)", "span", "_"],
             Kernel::AttentionCombine { .. } => ["n_heads", "splits", "_", "_", "_", "_", "_", "_"],
             Kernel::SiluMul { .. } | Kernel::Add => ["len", "groups_x", "_", "_", "_", "_", "_", "_"],
-            Kernel::QuantizeRows => ["len", "groups_x", "_", "_", "_", "_", "_", "_"],
+            Kernel::QuantizeRows | Kernel::NormScale => ["len", "groups_x", "_", "_", "_", "_", "_", "_"],
             Kernel::Sample { .. } => ["cols", "row", "top_k", "temperature (f32)", "top_p (f32)", "draw (f32)", "chunk", "valid"],
         }
     }
@@ -374,20 +384,19 @@ impl Kernel {
                 kernels::matvec_slots(ty, workgroup, lanes, rows, unroll, outputs)
                     .unwrap_or_else(|| kernels::matvec(ty, workgroup, lanes, rows, unroll, outputs))
             }
-            Kernel::MatvecInt8 { ty, workgroup, lanes, rows, unroll, outputs } => {
+            Kernel::MatvecInt8 { ty, workgroup, lanes, rows, unroll, outputs, scaled } => {
                 // Without an int8 reader there is no kernel: a source with no entry point, which fails to build.
-                kernels::matvec_int8(ty, workgroup, lanes, rows, unroll, outputs)
+                kernels::matvec_int8(ty, workgroup, lanes, rows, unroll, outputs, scaled)
                     .unwrap_or_else(|| format!("// {ty} has no int8 reader: see Kernel::has_int8\n"))
             }
-            Kernel::MatvecInt8Rope { ty, workgroup, lanes, rows, unroll } => {
-                kernels::matvec_int8_rope(ty, workgroup, lanes, rows, unroll)
+            Kernel::MatvecInt8Rope { ty, workgroup, lanes, rows, unroll, scaled } => {
+                kernels::matvec_int8_rope(ty, workgroup, lanes, rows, unroll, scaled)
                     .unwrap_or_else(|| format!("// {ty} has no int8 reader: see Kernel::has_int8\n"))
             }
-            Kernel::MatvecInt8Norm { ty, lanes, rows, unroll, quads } => {
-                kernels::matvec_int8_norm(ty, lanes, rows, unroll, quads)
-                    .unwrap_or_else(|| format!("// {ty} has no int8 reader: see Kernel::has_int8\n"))
-            }
+            Kernel::MatvecInt8Norm { ty, lanes, unroll, subgroups } => kernels::matvec_int8_norm(ty, lanes, unroll, subgroups)
+                .unwrap_or_else(|| format!("// {ty} has no int8 reader: see Kernel::has_int8\n")),
             Kernel::QuantizeRows => kernels::quantize_rows(),
+            Kernel::NormScale => kernels::norm_scale(),
             Kernel::Embed { ty } => kernels::embed(ty),
             Kernel::RmsNorm { residual, quads, int8, subgroups } => kernels::rms_norm(residual, quads, int8, subgroups),
             Kernel::Rope => kernels::rope(),
@@ -417,6 +426,7 @@ impl Kernel {
             Kernel::MatvecSubgroups { .. }
                 | Kernel::Attention { subgroups: true, .. }
                 | Kernel::RmsNorm { subgroups: true, quads: 1.., .. }
+                | Kernel::MatvecInt8Norm { subgroups: true, .. }
         )
     }
 
@@ -428,9 +438,14 @@ impl Kernel {
             | Kernel::MatvecSlots { workgroup, .. }
             | Kernel::MatvecInt8 { workgroup, .. }
             | Kernel::MatvecInt8Rope { workgroup, .. } => workgroup,
-            Kernel::MatvecInt8Norm { .. } => NORM_PRODUCT_WORKGROUP,
+            Kernel::MatvecInt8Norm { lanes, .. } => NORM_PRODUCT_ROWS * lanes,
             Kernel::Attention { .. } => ATTENTION_INVOCATIONS,
-            Kernel::SiluMul { .. } | Kernel::Add | Kernel::RmsNorm { .. } | Kernel::Sample { .. } | Kernel::QuantizeRows => 256,
+            Kernel::SiluMul { .. }
+            | Kernel::Add
+            | Kernel::RmsNorm { .. }
+            | Kernel::Sample { .. }
+            | Kernel::QuantizeRows
+            | Kernel::NormScale => 256,
             _ => WORKGROUP,
         }
     }

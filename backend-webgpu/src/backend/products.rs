@@ -1,17 +1,12 @@
 //! Matrix products, and the int8 activations of the products that take them.
 
 use tern_core::{Error, Result, RopeParams, RopeStyle};
-use tern_shaders::{Kernel, MATMUL_TOKENS, NORM_PRODUCT_WORKGROUP, TILED_TOKENS, WORKGROUP};
+use tern_shaders::{Kernel, MATMUL_TOKENS, NORM_PRODUCT_ROWS, TILED_TOKENS, WORKGROUP};
 
 use super::WebGpuBackend;
 use crate::pool::size_class;
 use crate::recorder::Grid;
 use crate::tensor::{GpuMatrix, GpuTensor};
-
-/// Rows per group of lanes in `Kernel::MatvecInt8Norm`: with one, a 4096-row product has 512 workgroups of
-/// 256, which spread over an H100's 132 SMs more evenly than 256 workgroups of two rows a group (7B decode,
-/// BENCHMARKS.md).
-const NORM_PRODUCT_ROWS: u32 = 1;
 
 /// Bytes of one block of 32 activations in int8 (`Kernel::MatvecInt8`'s layout): 32 quants, the scale and
 /// the scaled sum of the quants, padded to three `vec4<u32>`.
@@ -58,13 +53,18 @@ impl WebGpuBackend {
         // Decode takes a kernel of its own: no batch to share the weights with.
         let (ty, k) = (w.ty, self.kernels);
         let int8 = x.rows == 1 && self.int8_products() && Kernel::has_int8(ty);
+        // A row that waits for its RMS factor goes as it is to an int8 decode product, which applies it.
+        let scaled = int8 && x.is_unscaled();
+        if !scaled {
+            self.settle(&[x])?;
+        }
         // Prefill on int8 activations too, where they are whole blocks of 32.
         let tiled_int8 = x.rows > 1 && self.int8_products() && Kernel::has_int8(ty) && x.cols.is_multiple_of(32);
         let (kernel, rows_per_group, tokens) = if int8 {
             let (workgroup, lanes, rows) = (k.workgroup, k.lanes, k.rows);
             // A block holds four `vec4`s of weights: a quarter as many blocks keep as many loads in flight.
             (
-                Kernel::MatvecInt8 { ty, workgroup, lanes, rows, unroll: (k.unroll / 4).max(1), outputs },
+                Kernel::MatvecInt8 { ty, workgroup, lanes, rows, unroll: (k.unroll / 4).max(1), outputs, scaled },
                 workgroup / lanes * rows,
                 1,
             )
@@ -178,6 +178,7 @@ impl WebGpuBackend {
             return Ok(false);
         }
         let _recording = self.scratch_lock()?;
+        self.settle(&[&*k_cache, &*v_cache])?;
         self.resize("attention_inputs", q, 1, wq.rows)?;
         k_cache.written();
         v_cache.written();
@@ -187,6 +188,7 @@ impl WebGpuBackend {
             lanes: k.lanes,
             rows: k.rows,
             unroll: (k.unroll / 4).max(1),
+            scaled: x.is_unscaled(),
         };
         let rows = wq.rows + 2 * kv_cols;
         let (grid, x_groups) = self.product_grid(rows, k.workgroup / k.lanes * k.rows, 1, 1);
@@ -200,10 +202,11 @@ impl WebGpuBackend {
     }
 
     /// `x += w a` and `out = rms_norm(x)` in one dispatch (`Kernel::MatvecInt8Norm`): the product's rows join
-    /// the residual as they are written, and the last workgroup to finish normalizes it. `false` (nothing
-    /// recorded) where that kernel does not apply: more than one token, products not on int8 activations, an
-    /// API other than Vulkan (the kernel relies on SPIR-V's device-scope barriers), fewer than ten storage
-    /// buffers a kernel, or shapes that do not fit (which the separate ops then report).
+    /// the residual as they are written, and each workgroup writes its block of `out` before the row's RMS
+    /// factor, which `out` then waits for (`GpuTensor::unscaled`). `false` (nothing recorded) where that
+    /// kernel does not apply: more than one token, products not on int8 activations, workgroups of
+    /// `32 x lanes` past the adapter's limit, fewer than nine storage buffers a kernel, or shapes that do not
+    /// fit (which the separate ops then report).
     pub(super) fn fused_matmul_add_rms_norm(
         &self,
         w: &GpuMatrix,
@@ -214,7 +217,8 @@ impl WebGpuBackend {
         out: &mut GpuTensor,
     ) -> Result<bool> {
         let k = self.kernels;
-        let quads = super::norm_quads(x.cols);
+        let limits = &self.gpu.limits;
+        let workgroup = NORM_PRODUCT_ROWS * k.lanes;
         let fits = a.rows == 1
             && x.rows == 1
             && self.int8_products()
@@ -222,27 +226,27 @@ impl WebGpuBackend {
             && w.cols == a.cols
             && w.rows == x.cols
             && weight.len() == x.cols
-            && x.cols.is_multiple_of(32)
-            && quads > 0
-            && k.lanes <= NORM_PRODUCT_WORKGROUP
-            && self.gpu.report.api == "vulkan"
-            && self.gpu.limits.max_storage_buffers_per_shader_stage >= 10;
+            && x.cols.is_multiple_of(NORM_PRODUCT_ROWS as usize)
+            && workgroup <= limits.max_compute_invocations_per_workgroup
+            && workgroup <= limits.max_compute_workgroup_size_x
+            && limits.max_storage_buffers_per_shader_stage >= 9;
         if !fits {
             return Ok(false);
         }
+        self.settle(&[a, &*x, weight])?;
         let _recording = self.scratch_lock()?;
         self.resize("matmul_add_rms_norm", out, 1, x.cols)?;
         let Some(int8) = self.int8_output(out)? else { return Ok(false) };
         x.written();
-        let (lanes, rows) = (k.lanes, NORM_PRODUCT_ROWS);
-        let kernel = Kernel::MatvecInt8Norm { ty: w.ty, lanes, rows, unroll: (k.unroll / 4).max(1), quads };
-        let (grid, x_groups) = self.product_grid(w.rows, NORM_PRODUCT_WORKGROUP / lanes * rows, 1, 1);
-        let workgroups = grid.dims.0 * grid.dims.2;
-        let params = [w.rows as u32, w.cols as u32, eps.to_bits(), x_groups, w.first_row as u32, workgroups, 0, 0];
+        // Subgroup reductions where a group of lanes is exactly one subgroup.
+        let subgroups = k.subgroup_reductions && self.gpu.report.subgroup_size == Some(k.lanes);
+        let kernel = Kernel::MatvecInt8Norm { ty: w.ty, lanes: k.lanes, unroll: (k.unroll / 4).max(1), subgroups };
+        let (grid, x_groups) = self.product_grid(w.rows, NORM_PRODUCT_ROWS, 1, 1);
+        let params = [w.rows as u32, w.cols as u32, eps.to_bits(), x_groups, w.first_row as u32, 0, 0, 0];
         let xq = self.int8_activations(a)?;
-        let counter = self.scratch(&self.norm_counter, "tern norm counter", 16)?;
-        self.dispatch_product(kernel, params, w, &xq, &[&x.buf, &weight.buf, &out.buf, &int8, &counter], grid)?;
+        self.dispatch_product(kernel, params, w, &xq, &[&x.buf, &weight.buf, &out.buf, &int8], grid)?;
         out.int8_ready = true;
+        out.set_unscaled(true);
         Ok(true)
     }
 

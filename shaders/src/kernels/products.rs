@@ -2,8 +2,8 @@
 
 use tern_core::TensorType;
 
-use super::lines;
-use crate::{NORM_PRODUCT_WORKGROUP, TILED_TOKENS, WORKGROUP, formats};
+use super::{lines, workgroup_tree};
+use crate::{TILED_TOKENS, WORKGROUP, formats};
 
 /// The parameters, activation and output bindings every product kernel shares, `store`, then the format's
 /// reader. The activations are binding 5: `x`, a row-major f32 matrix read as `vec4`s; or, with `int8`, `xq`, a
@@ -192,24 +192,49 @@ fn decode_product(
     items: &str,
     step: impl Fn(u32) -> String,
     pairs: bool,
-    epilogue: &str,
+    scaled: bool,
+    (prologue, epilogue): (&str, &str),
+    subgroup_sums: bool,
 ) -> String {
     let nr = rows as usize;
-    let accs = lines((0..nr).map(|j| format!("var acc{j} = 0.0;")), 4);
+    let mut sums: Vec<String> = (0..nr).map(|j| format!("acc{j}")).collect();
+    if scaled {
+        sums.push("accn".into());
+    }
+    let accs = lines(sums.iter().map(|a| format!("var {a} = 0.0;")), 4);
     let (unrolled, single) = (step(unroll), step(1));
-    let tree = lane_tree(&(0..nr).map(|j| format!("acc{j}")).collect::<Vec<_>>());
+    // The lanes' sums meet in a tree in workgroup memory, or (`subgroup_sums`: a group of lanes is one
+    // subgroup) by `subgroupAdd`, in uniform control flow, with no barriers.
+    let (tree, total): (String, Box<dyn Fn(usize) -> String>) = if subgroup_sums {
+        (
+            lines(sums.iter().enumerate().map(|(i, a)| format!("let total{i} = subgroupAdd({a});")), 4),
+            Box::new(|i| format!("total{i}")),
+        )
+    } else {
+        (lane_tree(&sums), Box::new(|i| format!("partial[{i}u * WG + li]")))
+    };
+    // A scaled row's RMS factor, from its blocks' sums of squares (summed in the tree as `accn`) and `eps`
+    // (loaded first, so that its latency hides behind the row's).
+    let (prologue, factor, times) = if scaled {
+        (
+            format!("    let eps = bitcast<f32>(xq[2u].w);\n{prologue}"),
+            lines([format!("let f = inverseSqrt({} / f32(p.cols) + eps);", total(nr))], 8),
+            "f * ",
+        )
+    } else {
+        (prologue.to_string(), String::new(), "")
+    };
     let writes = if pairs {
         let pair = |j: u32| {
-            format!(
-                "if (r0 + {j}u < p.rows) {{ store_pair(r0 + {j}u, partial[{j}u * WG + li], partial[{}u * WG + li]); }}",
-                j + 1
-            )
+            let (a, b) = (total(j as usize), total(j as usize + 1));
+            format!("if (r0 + {j}u < p.rows) {{ store_pair(r0 + {j}u, {times}{a}, {times}{b}); }}")
         };
         lines((0..rows).step_by(2).map(pair), 8)
     } else {
-        lines((0..nr).map(|j| format!("if (r0 + {j}u < p.rows) {{ store(0u, r0 + {j}u, partial[{j}u * WG + li]); }}")), 8)
+        lines((0..nr).map(|j| format!("if (r0 + {j}u < p.rows) {{ store(0u, r0 + {j}u, {times}{}); }}", total(j))), 8)
     };
-    let partial = workgroup * rows;
+    let writes = factor + &writes;
+    let partial = workgroup * sums.len() as u32;
     let last = unroll - 1;
     format!(
         r#"{prelude}
@@ -223,7 +248,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     let lane = li % LANES;
     let r0 = ((wid.x + wid.z * p.groups_x) * GROUPS + li / LANES) * {rows}u;
     let items = {items};
-{accs}    if (r0 < p.rows) {{
+{prologue}{accs}    if (r0 < p.rows) {{
         var i = lane;
         for (; i + {last}u * LANES < items; i += {unroll}u * LANES) {{
 {unrolled}        }}
@@ -265,7 +290,9 @@ pub(crate) fn matvec(ty: TensorType, workgroup: u32, lanes: u32, rows: u32, unro
             loads + &row_sums(rows, n, |j, u| format!("dot(load_quad(p.row0 + r0 + {j}u, i + {u}u * LANES), xq{u})"))
         },
         false,
-        "",
+        false,
+        ("", ""),
+        false,
     )
 }
 
@@ -285,88 +312,187 @@ pub(crate) fn matvec_slots(ty: TensorType, workgroup: u32, lanes: u32, rows: u32
         &items,
         |n| row_sums(rows, n, |j, u| format!("slot_dot(p.row0 + r0 + {j}u, i + {u}u * LANES)")),
         false,
-        "",
+        false,
+        ("", ""),
+        false,
     ))
 }
 
 /// Decode products on int8 activations ([`formats::int8_reader`]): lane `l` takes the row's blocks
 /// `l, l + lanes, ...`, loading each block's activations once (for all `rows` rows) and its quants in one
-/// 16-byte load (4-bit formats). `None` for a format without an int8 reader.
-pub(crate) fn matvec_int8(ty: TensorType, workgroup: u32, lanes: u32, rows: u32, unroll: u32, outputs: u32) -> Option<String> {
+/// 16-byte load (4-bit formats). With `scaled`, the activations are a row before its RMS factor
+/// ([`matvec_int8_norm`]'s output), which the kernel finds from the blocks and applies to each sum. `None` for a
+/// format without an int8 reader.
+pub(crate) fn matvec_int8(
+    ty: TensorType,
+    workgroup: u32,
+    lanes: u32,
+    rows: u32,
+    unroll: u32,
+    outputs: u32,
+    scaled: bool,
+) -> Option<String> {
     let prelude = product_prelude(&formats::int8_reader(ty)?, outputs, true);
-    Some(int8_product(&prelude, workgroup, lanes, rows, unroll, false, ""))
+    Some(int8_product(&prelude, workgroup, lanes, rows, unroll, false, scaled, ("", ""), false))
 }
 
-// The norm epilogue takes the row in one workgroup, as the RMSNorm kernel does.
-const _: () = assert!(NORM_PRODUCT_WORKGROUP == super::rows::NORM);
+/// Rows per workgroup of [`matvec_int8_norm`]: one block of 32 activations of its output.
+pub const NORM_PRODUCT_ROWS: u32 = 32;
 
-/// [`matvec_int8`] (one matrix, workgroups of [`NORM_PRODUCT_WORKGROUP`]) whose rows are added to the
-/// residual row `xv` as they are written, followed by the RMSNorm of that row, in one dispatch: each
-/// workgroup, its rows written, counts itself done on `counter`, and the last to finish (`p.workgroups` in
-/// all) normalizes the row with weight `nw` into `hout`, and quantized to int8 into `hq`, as
-/// [`super::rows::rms_norm`] with `quads` `vec4`s per invocation would. The other workgroups' rows reach it
-/// through `storageBarrier`, which naga writes for SPIR-V as a control barrier with device memory scope and
-/// acquire-release semantics (the host takes this kernel on Vulkan only). The last workgroup sets the
-/// counter back to 0 for the next dispatch. `None` for a format without an int8 reader.
-pub(crate) fn matvec_int8_norm(ty: TensorType, lanes: u32, rows: u32, unroll: u32, quads: u32) -> Option<String> {
+/// [`matvec_int8`] (one matrix) whose rows are added to the residual row `xv` as they are written, and which
+/// writes the RMSNorm of that row in the form a scaled product ([`matvec_int8`] with `scaled`) takes: each
+/// workgroup of [`NORM_PRODUCT_ROWS`] groups of `lanes` invocations, one row a group, holds one whole block of
+/// the residual, so it needs no other workgroup. It writes `y = x * nw` for its block into `hout` and, quantized
+/// to int8 by the CPU backend's rule, into `hq`, whose block header also carries the block's sum of squares
+/// of `x` (word 2) and `eps` (word 3). The row's factor `1 / sqrt(mean(x²) + eps)` needs every block; the
+/// products that take the row find it themselves, and any other use of the row first applies it
+/// ([`norm_scale`]). `None` for a format without an int8 reader.
+pub(crate) fn matvec_int8_norm(ty: TensorType, lanes: u32, unroll: u32, subgroups: bool) -> Option<String> {
     let reader = formats::int8_reader(ty)?;
     let prelude = format!(
-        "struct Params {{ rows: u32, cols: u32, eps: f32, groups_x: u32, row0: u32, workgroups: u32, _p6: u32, _p7: u32 }}
+        "struct Params {{ rows: u32, cols: u32, eps: f32, groups_x: u32, row0: u32, _p5: u32, _p6: u32, _p7: u32 }}
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(5) var<storage, read> xq: array<vec4<u32>>;
-@group(0) @binding(6) var<storage, read_write> xv: array<vec4<f32>>;
-@group(0) @binding(7) var<storage, read> nw: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> xv: array<f32>;
+@group(0) @binding(7) var<storage, read> nw: array<f32>;
 @group(0) @binding(8) var<storage, read_write> hout: array<vec4<f32>>;
 @group(0) @binding(9) var<storage, read_write> hq: array<vec4<u32>>;
-@group(0) @binding(10) var<storage, read_write> counter: array<atomic<u32>>;
-var<workgroup> nsum: array<f32, {NORM_PRODUCT_WORKGROUP}>;
-var<workgroup> finished: u32;
-{}
+var<workgroup> held: array<f32, {NORM_PRODUCT_ROWS}>;
+var<workgroup> weighted: array<f32, {NORM_PRODUCT_ROWS}>;
+var<private> residual: f32;
+var<private> weight: f32;
+{ROUND_I8}
 fn store(t: u32, r: u32, v: f32) {{
-    xv[r / 4u][r % 4u] += v;
+    let x = residual + v;
+    xv[r] = x;
+    held[r % {NORM_PRODUCT_ROWS}u] = x;
+    weighted[r % {NORM_PRODUCT_ROWS}u] = x * weight;
 }}
-{reader}",
-        quantize_shared(quads as usize)
+{reader}"
     );
-    let names = super::rows::HeldNorm {
-        x: "xv",
-        residual: None,
-        weight: "nw",
-        out: "hout",
-        int8: Some("hq"),
-        cols: "p.rows",
-        eps: "p.eps",
-        base: "0u",
-        sums: "nsum",
-        subgroups: false,
-    };
-    let norm = super::rows::held_norm_body(&names, quads, 8);
-    let epilogue = format!(
-        "    // This workgroup's rows are in the residual: the last workgroup to finish normalizes it.
-    storageBarrier();
-    if (li == 0u) {{
-        finished = select(0u, 1u, atomicAdd(&counter[0], 1u) + 1u == p.workgroups);
-    }}
-    if (workgroupUniformLoad(&finished) == 1u) {{
-        storageBarrier();
-{norm}        if (li == 0u) {{
-            atomicStore(&counter[0], 0u);
+    // The row's residual and norm weight are loaded before the product, so that their latency hides behind it.
+    let prologue = "    if (lane == 0u && r0 < p.rows) {
+        residual = xv[r0];
+        weight = nw[r0];
+    }
+";
+    // Eight invocations take a `vec4` of the block each; each finds the block's scale and quant sum itself
+    // from all 32 values in workgroup memory, so no more barriers are needed. With subgroups (of `lanes`, 32),
+    // every subgroup reduces the block, one value per invocation, and the first writes it.
+    let epilogue = if subgroups {
+        format!(
+            "    workgroupBarrier();
+    let nb = wid.x + wid.z * p.groups_x;
+    let xk = held[lane];
+    let yk = weighted[lane];
+    let d = subgroupMax(abs(yk)) / 127.0;
+    let id = select(0.0, 1.0 / d, d != 0.0);
+    let qk = round_i8(vec4<f32>(yk), id).x;
+    let total = subgroupAdd(qk);
+    let squares = subgroupAdd(xk * xk);
+    let quad = vec4<i32>(qk, subgroupShuffle(qk, lane + 1u), subgroupShuffle(qk, lane + 2u), subgroupShuffle(qk, lane + 3u));
+    if (li < {NORM_PRODUCT_ROWS}u && nb * {NORM_PRODUCT_ROWS}u < p.rows) {{
+        hout[8u * nb + li / 4u][li % 4u] = yk;
+        if (li % 4u == 0u) {{
+            hq[3u * nb + li / 16u][(li / 4u) % 4u] = pack4xI8(quad);
+        }}
+        if (li == 0u) {{
+            hq[3u * nb + 2u] = vec4<u32>(bitcast<u32>(d), bitcast<u32>(d * f32(total)), bitcast<u32>(squares), bitcast<u32>(p.eps));
         }}
     }}
 "
-    );
-    Some(int8_product(&prelude, NORM_PRODUCT_WORKGROUP, lanes, rows, unroll, false, &epilogue))
+        )
+    } else {
+        format!(
+        "    workgroupBarrier();
+    let nb = wid.x + wid.z * p.groups_x;
+    if (li < 8u && nb * {NORM_PRODUCT_ROWS}u < p.rows) {{
+        var amax = 0.0;
+        var squares = 0.0;
+        for (var k = 0u; k < 32u; k += 4u) {{
+            let x = vec4<f32>(held[k], held[k + 1u], held[k + 2u], held[k + 3u]);
+            let y = vec4<f32>(weighted[k], weighted[k + 1u], weighted[k + 2u], weighted[k + 3u]);
+            amax = max(amax, max(max(abs(y.x), abs(y.y)), max(abs(y.z), abs(y.w))));
+            squares += dot(x, x);
+        }}
+        let d = amax / 127.0;
+        let id = select(0.0, 1.0 / d, d != 0.0);
+        var total = 0;
+        for (var k = 0u; k < 32u; k += 4u) {{
+            let q = round_i8(vec4<f32>(weighted[k], weighted[k + 1u], weighted[k + 2u], weighted[k + 3u]), id);
+            total += q.x + q.y + q.z + q.w;
+        }}
+        let k = 4u * li;
+        let y = vec4<f32>(weighted[k], weighted[k + 1u], weighted[k + 2u], weighted[k + 3u]);
+        hout[8u * nb + li] = y;
+        hq[3u * nb + li / 4u][li % 4u] = pack4xI8(round_i8(y, id));
+        if (li == 0u) {{
+            hq[3u * nb + 2u] = vec4<u32>(bitcast<u32>(d), bitcast<u32>(d * f32(total)), bitcast<u32>(squares), bitcast<u32>(p.eps));
+        }}
+    }}
+"
+        )
+    };
+    Some(int8_product(&prelude, NORM_PRODUCT_ROWS * lanes, lanes, 1, unroll, false, false, (prologue, &epilogue), subgroups))
+}
+
+/// A row written by [`matvec_int8_norm`] given its RMS factor in place, in f32 (`x`) and int8 (`xq`,
+/// quantized afresh from the scaled values, as [`quantize_rows`] would): one invocation per `vec4` (`len`
+/// counts them), each workgroup summing the blocks' squares itself.
+pub(crate) fn norm_scale() -> String {
+    let tree = workgroup_tree("squares", 256, "{a} + {b}", 4);
+    elementwise_quantized(
+        &format!(
+            "@group(0) @binding(1) var<storage, read_write> x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> xq: array<vec4<u32>>;
+var<workgroup> squares: array<f32, 256>;
+var<workgroup> factor: f32;
+fn row_factor(li: u32) -> f32 {{
+    var s = 0.0;
+    for (var b = li; b < p.len / 8u; b += 256u) {{
+        s += bitcast<f32>(xq[3u * b + 2u].z);
+    }}
+    squares[li] = s;
+    workgroupBarrier();
+{tree}    if (li == 0u) {{
+        factor = inverseSqrt(squares[0] / f32(4u * p.len) + bitcast<f32>(xq[2u].w));
+    }}
+    return workgroupUniformLoad(&factor);
+}}"
+        ),
+        "let f = row_factor(li);",
+        "v = x[i] * f;\n        x[i] = v;",
+        true,
+    )
 }
 
 /// [`matvec_int8`] for Q, K and V stored together, with RoPE (interleaved pairs: `rows` must be even) applied to
 /// Q's and K's rows as they are written, and K's and V's rows written straight to the caches' row `pos0`
 /// ([`rope_prelude`]). `None` for a format without an int8 reader.
-pub(crate) fn matvec_int8_rope(ty: TensorType, workgroup: u32, lanes: u32, rows: u32, unroll: u32) -> Option<String> {
+pub(crate) fn matvec_int8_rope(
+    ty: TensorType,
+    workgroup: u32,
+    lanes: u32,
+    rows: u32,
+    unroll: u32,
+    scaled: bool,
+) -> Option<String> {
     let prelude = rope_prelude(&formats::int8_reader(ty)?);
-    Some(int8_product(&prelude, workgroup, lanes, rows, unroll, true, ""))
+    Some(int8_product(&prelude, workgroup, lanes, rows, unroll, true, scaled, ("", ""), false))
 }
 
-fn int8_product(prelude: &str, workgroup: u32, lanes: u32, rows: u32, unroll: u32, pairs: bool, epilogue: &str) -> String {
+#[allow(clippy::too_many_arguments)]
+fn int8_product(
+    prelude: &str,
+    workgroup: u32,
+    lanes: u32,
+    rows: u32,
+    unroll: u32,
+    pairs: bool,
+    scaled: bool,
+    ends: (&str, &str),
+    subgroup_sums: bool,
+) -> String {
     decode_product(
         prelude,
         workgroup,
@@ -377,19 +503,31 @@ fn int8_product(prelude: &str, workgroup: u32, lanes: u32, rows: u32, unroll: u3
         |n| {
             let loads = lines(
                 (0..n).map(|u| {
-                    format!(
-                        "let b{u} = i + {u}u * LANES; let xa{u} = xq[3u * b{u}]; let xb{u} = xq[3u * b{u} + 1u]; \
-                     let xs{u} = bitcast<vec2<f32>>(xq[3u * b{u} + 2u].xy);"
-                    )
+                    let head = if scaled {
+                        format!("let xh{u} = xq[3u * b{u} + 2u]; let xs{u} = bitcast<vec2<f32>>(xh{u}.xy); accn += bitcast<f32>(xh{u}.z);")
+                    } else {
+                        format!("let xs{u} = bitcast<vec2<f32>>(xq[3u * b{u} + 2u].xy);")
+                    };
+                    format!("let b{u} = i + {u}u * LANES; let xa{u} = xq[3u * b{u}]; let xb{u} = xq[3u * b{u} + 1u]; {head}")
                 }),
                 12,
             );
             loads + &row_sums(rows, n, |j, u| format!("block_i8(p.row0 + r0 + {j}u, b{u}, xa{u}, xb{u}, xs{u})"))
         },
         pairs,
-        epilogue,
+        scaled,
+        ends,
+        subgroup_sums,
     )
 }
+
+/// Rounds `a * id` to the nearest integer, half away from zero, as the CPU backend quantizes activations to
+/// int8 (without adding 0.5, which rounds 0.49999997 up: the fraction decides).
+const ROUND_I8: &str = "fn round_i8(v: vec4<f32>, id: f32) -> vec4<i32> {
+    let a = abs(v) * id;
+    let t = trunc(a);
+    return vec4<i32>(sign(v) * (t + select(vec4<f32>(0.0), vec4<f32>(1.0), a - t >= vec4<f32>(0.5))));
+}";
 
 /// The most `vec4`s per invocation one [`quantize_quads`] takes.
 pub(crate) const QUANTIZE_MAX_QUADS: usize = 4;
@@ -398,7 +536,7 @@ pub(crate) const QUANTIZE_MAX_QUADS: usize = 4;
 /// (2 KiB an item).
 pub(crate) fn quantize_shared(items: usize) -> String {
     let n = 256 * items.clamp(1, QUANTIZE_MAX_QUADS);
-    format!("var<workgroup> qmax: array<f32, {n}>;\nvar<workgroup> qsum: array<i32, {n}>;")
+    format!("var<workgroup> qmax: array<f32, {n}>;\nvar<workgroup> qsum: array<i32, {n}>;\n{ROUND_I8}")
 }
 
 /// WGSL statements, for every invocation `li` of a workgroup of up to 256 (in uniform control flow: they hold
@@ -414,6 +552,12 @@ pub(crate) fn quantize_quads(items: &[(String, String, String)], indent: usize) 
 
 /// [`quantize_quads`] into the array `target` instead of `xq`.
 pub(crate) fn quantize_quads_to(target: &str, items: &[(String, String, String)], indent: usize) -> String {
+    quantize_quads_into(target, items, false, indent)
+}
+
+/// [`quantize_quads_to`]; with `keep_zw`, each block header's last two words are left as they are (only the
+/// scale and scaled sum are stored), for a kernel whose other workgroups still read them.
+fn quantize_quads_into(target: &str, items: &[(String, String, String)], keep_zw: bool, indent: usize) -> String {
     let mut body = vec!["{".to_string(), "    let g8 = li & ~7u;".to_string()];
     for (k, (v, _, _)) in items.iter().enumerate() {
         body.push(format!("    let qv{k} = {v};"));
@@ -428,23 +572,24 @@ pub(crate) fn quantize_quads_to(target: &str, items: &[(String, String, String)]
         let group_max = (1..8).fold(at(0), |a, j| format!("max({a}, {})", at(j)));
         body.push(format!("    let d{k} = {group_max} / 127.0;"));
         body.push(format!("    let id{k} = select(0.0, 1.0 / d{k}, d{k} != 0.0);"));
-        // Half away from zero without adding 0.5 (which rounds 0.49999997 up): the fraction decides.
-        body.push(format!("    let a{k} = abs(qv{k}) * id{k};"));
-        body.push(format!("    let t{k} = trunc(a{k});"));
-        body.push(format!(
-            "    let q{k} = vec4<i32>(sign(qv{k}) * (t{k} + select(vec4<f32>(0.0), vec4<f32>(1.0), a{k} - t{k} >= vec4<f32>(0.5))));"
-        ));
+        body.push(format!("    let q{k} = round_i8(qv{k}, id{k});"));
         body.push(format!("    qsum[{}u + li] = q{k}.x + q{k}.y + q{k}.z + q{k}.w;", 256 * k));
     }
     body.push("    workgroupBarrier();".into());
     for (k, (_, block, active)) in items.iter().enumerate() {
         let group_sum = (1..8).fold(format!("qsum[{}u + g8]", 256 * k), |a, j| format!("{a} + qsum[{}u + g8 + {j}u]", 256 * k));
+        let (d, scaled_sum) = (format!("bitcast<u32>(d{k})"), format!("bitcast<u32>(d{k} * f32({group_sum}))"));
+        let header = if keep_zw {
+            format!("{target}[3u * b + 2u].x = {d};\n            {target}[3u * b + 2u].y = {scaled_sum};")
+        } else {
+            format!("{target}[3u * b + 2u] = vec4<u32>({d}, {scaled_sum}, 0u, 0u);")
+        };
         body.push(format!(
             "    if ({active}) {{
         let b = {block};
         {target}[3u * b + (li & 7u) / 4u][li & 3u] = pack4xI8(q{k});
         if ((li & 7u) == 0u) {{
-            {target}[3u * b + 2u] = vec4<u32>(bitcast<u32>(d{k}), bitcast<u32>(d{k} * f32({group_sum})), 0u, 0u);
+            {header}
         }}
     }}"
         ));
@@ -463,13 +608,20 @@ pub(crate) fn quad(v: &str, block: &str, active: &str) -> (String, String, Strin
 /// with `value` (statements, run where `i < p.len`) and writes the row quantized to int8 for [`matvec_int8`]
 /// ([`quantize_quads`]); `bindings` declare the kernel's buffers, `xq` among them.
 pub(crate) fn quantizing_elementwise(bindings: &str, value: &str) -> String {
-    let quantize = quantize_quads(&[quad("v", "i / 8u", "i < p.len")], 4);
+    elementwise_quantized(bindings, "", value, false)
+}
+
+/// [`quantizing_elementwise`] with `prologue` (statements run by every invocation first, in uniform control
+/// flow) and, with `keep_zw`, block headers whose last two words are kept ([`quantize_quads_into`]).
+fn elementwise_quantized(bindings: &str, prologue: &str, value: &str, keep_zw: bool) -> String {
+    let quantize = quantize_quads_into("xq", &[quad("v", "i / 8u", "i < p.len")], keep_zw, 4);
     format!(
         r#"{}
 {bindings}
 {}
 
 {}
+    {prologue}
     var v = vec4<f32>(0.0);
     if (i < p.len) {{
         {value}
