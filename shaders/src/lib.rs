@@ -66,12 +66,13 @@ pub enum Kernel {
     /// Only for formats where [`Kernel::has_int8`] (for others its source has no entry point and fails to
     /// build). With `scaled`, the activations are [`Kernel::MatvecInt8Norm`]'s output, whose RMS factor the
     /// kernel finds from its blocks and applies to every sum.
-    MatvecInt8 { ty: TensorType, workgroup: u32, lanes: u32, rows: u32, unroll: u32, outputs: u32, scaled: bool },
+    /// With `subgroups` (subgroups of exactly `lanes` invocations), the lanes' sums meet by `subgroupAdd`.
+    MatvecInt8 { ty: TensorType, workgroup: u32, lanes: u32, rows: u32, unroll: u32, outputs: u32, scaled: bool, subgroups: bool },
     /// A decode step's attention inputs in one pass: [`Kernel::MatvecInt8`] over Q, K and V stored together,
     /// with RoPE (interleaved pairs, so `rows` is even: a group holds both rows of a pair) applied to Q's and
     /// K's rows as they are written, Q's to their tensor and K's and V's straight to row `pos0` of the caches.
-    /// `scaled` as for [`Kernel::MatvecInt8`].
-    MatvecInt8Rope { ty: TensorType, workgroup: u32, lanes: u32, rows: u32, unroll: u32, scaled: bool },
+    /// `scaled` and `subgroups` as for [`Kernel::MatvecInt8`].
+    MatvecInt8Rope { ty: TensorType, workgroup: u32, lanes: u32, rows: u32, unroll: u32, scaled: bool, subgroups: bool },
     /// [`Kernel::MatvecInt8`] of one matrix, [`NORM_PRODUCT_ROWS`] rows a workgroup (one per group of `lanes`),
     /// its rows added to the residual row as they are written; then each workgroup writes its block of the
     /// row's RMSNorm before the row's factor (`x * weight`), in f32 and in int8, with the block's sum of
@@ -196,10 +197,10 @@ impl Kernel {
                 for (workgroup, lanes) in [(64, 32), (64, 16), (128, 32), (256, 32)] {
                     for rows in [1, 2, 4] {
                         for unroll in [1, 2, 4] {
-                            for scaled in [false, true] {
-                                v.push(Kernel::MatvecInt8 { ty, workgroup, lanes, rows, unroll, outputs, scaled });
+                            for (scaled, subgroups) in [(false, false), (true, false), (false, true), (true, true)] {
+                                v.push(Kernel::MatvecInt8 { ty, workgroup, lanes, rows, unroll, outputs, scaled, subgroups });
                                 if outputs == 3 && rows % 2 == 0 {
-                                    v.push(Kernel::MatvecInt8Rope { ty, workgroup, lanes, rows, unroll, scaled });
+                                    v.push(Kernel::MatvecInt8Rope { ty, workgroup, lanes, rows, unroll, scaled, subgroups });
                                 }
                             }
                             if outputs == 1 && workgroup == 64 && rows == 1 {
@@ -263,13 +264,17 @@ impl Kernel {
                 format!("matvec {ty} wg{workgroup} lanes{lanes} rows{rows} unroll{unroll} outputs{outputs}")
             }
             Kernel::MatvecSubgroups { ty, outputs } => format!("matvec {ty} subgroups outputs{outputs}"),
-            Kernel::MatvecInt8 { ty, workgroup, lanes, rows, unroll, outputs, scaled } => {
+            Kernel::MatvecInt8 { ty, workgroup, lanes, rows, unroll, outputs, scaled, subgroups } => {
                 let scaled = if *scaled { " scaled" } else { "" };
-                format!("matvec int8 {ty} wg{workgroup} lanes{lanes} rows{rows} unroll{unroll} outputs{outputs}{scaled}")
+                let subgroups = if *subgroups { " subgroups" } else { "" };
+                format!(
+                    "matvec int8 {ty} wg{workgroup} lanes{lanes} rows{rows} unroll{unroll} outputs{outputs}{scaled}{subgroups}"
+                )
             }
-            Kernel::MatvecInt8Rope { ty, workgroup, lanes, rows, unroll, scaled } => {
+            Kernel::MatvecInt8Rope { ty, workgroup, lanes, rows, unroll, scaled, subgroups } => {
                 let scaled = if *scaled { " scaled" } else { "" };
-                format!("matvec int8 rope {ty} wg{workgroup} lanes{lanes} rows{rows} unroll{unroll}{scaled}")
+                let subgroups = if *subgroups { " subgroups" } else { "" };
+                format!("matvec int8 rope {ty} wg{workgroup} lanes{lanes} rows{rows} unroll{unroll}{scaled}{subgroups}")
             }
             Kernel::MatvecSlots { ty, workgroup, lanes, rows, unroll, outputs } => {
                 format!("matvec slots {ty} wg{workgroup} lanes{lanes} rows{rows} unroll{unroll} outputs{outputs}")
@@ -384,13 +389,13 @@ impl Kernel {
                 kernels::matvec_slots(ty, workgroup, lanes, rows, unroll, outputs)
                     .unwrap_or_else(|| kernels::matvec(ty, workgroup, lanes, rows, unroll, outputs))
             }
-            Kernel::MatvecInt8 { ty, workgroup, lanes, rows, unroll, outputs, scaled } => {
+            Kernel::MatvecInt8 { ty, workgroup, lanes, rows, unroll, outputs, scaled, subgroups } => {
                 // Without an int8 reader there is no kernel: a source with no entry point, which fails to build.
-                kernels::matvec_int8(ty, workgroup, lanes, rows, unroll, outputs, scaled)
+                kernels::matvec_int8(ty, workgroup, lanes, rows, unroll, outputs, (scaled, subgroups))
                     .unwrap_or_else(|| format!("// {ty} has no int8 reader: see Kernel::has_int8\n"))
             }
-            Kernel::MatvecInt8Rope { ty, workgroup, lanes, rows, unroll, scaled } => {
-                kernels::matvec_int8_rope(ty, workgroup, lanes, rows, unroll, scaled)
+            Kernel::MatvecInt8Rope { ty, workgroup, lanes, rows, unroll, scaled, subgroups } => {
+                kernels::matvec_int8_rope(ty, workgroup, lanes, rows, unroll, (scaled, subgroups))
                     .unwrap_or_else(|| format!("// {ty} has no int8 reader: see Kernel::has_int8\n"))
             }
             Kernel::MatvecInt8Norm { ty, lanes, unroll, subgroups } => kernels::matvec_int8_norm(ty, lanes, unroll, subgroups)
@@ -427,6 +432,8 @@ impl Kernel {
                 | Kernel::Attention { subgroups: true, .. }
                 | Kernel::RmsNorm { subgroups: true, quads: 1.., .. }
                 | Kernel::MatvecInt8Norm { subgroups: true, .. }
+                | Kernel::MatvecInt8 { subgroups: true, .. }
+                | Kernel::MatvecInt8Rope { subgroups: true, .. }
         )
     }
 

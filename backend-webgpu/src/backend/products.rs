@@ -36,6 +36,12 @@ impl WebGpuBackend {
         Ok(t.int8.clone())
     }
 
+    /// Whether int8 decode products sum their lanes by subgroup operations: with subgroup reductions, where a
+    /// group of lanes is exactly one subgroup.
+    fn subgroup_lanes(&self) -> bool {
+        self.kernels.subgroup_reductions && self.gpu.report.subgroup_size == Some(self.kernels.lanes)
+    }
+
     /// `outs[i] = ws[i] x` in one dispatch, for matrices stored together (or one matrix).
     pub(super) fn products(&self, ws: &[&GpuMatrix], x: &GpuTensor, outs: &mut [&mut GpuTensor]) -> Result<()> {
         let _recording = self.scratch_lock()?;
@@ -64,7 +70,16 @@ impl WebGpuBackend {
             let (workgroup, lanes, rows) = (k.workgroup, k.lanes, k.rows);
             // A block holds four `vec4`s of weights: a quarter as many blocks keep as many loads in flight.
             (
-                Kernel::MatvecInt8 { ty, workgroup, lanes, rows, unroll: (k.unroll / 4).max(1), outputs, scaled },
+                Kernel::MatvecInt8 {
+                    ty,
+                    workgroup,
+                    lanes,
+                    rows,
+                    unroll: (k.unroll / 4).max(1),
+                    outputs,
+                    scaled,
+                    subgroups: self.subgroup_lanes(),
+                },
                 workgroup / lanes * rows,
                 1,
             )
@@ -189,6 +204,7 @@ impl WebGpuBackend {
             rows: k.rows,
             unroll: (k.unroll / 4).max(1),
             scaled: x.is_unscaled(),
+            subgroups: self.subgroup_lanes(),
         };
         let rows = wq.rows + 2 * kv_cols;
         let (grid, x_groups) = self.product_grid(rows, k.workgroup / k.lanes * k.rows, 1, 1);
@@ -238,8 +254,7 @@ impl WebGpuBackend {
         self.resize("matmul_add_rms_norm", out, 1, x.cols)?;
         let Some(int8) = self.int8_output(out)? else { return Ok(false) };
         x.written();
-        // Subgroup reductions where a group of lanes is exactly one subgroup.
-        let subgroups = k.subgroup_reductions && self.gpu.report.subgroup_size == Some(k.lanes);
+        let subgroups = self.subgroup_lanes();
         let kernel = Kernel::MatvecInt8Norm { ty: w.ty, lanes: k.lanes, unroll: (k.unroll / 4).max(1), subgroups };
         let (grid, x_groups) = self.product_grid(w.rows, NORM_PRODUCT_ROWS, 1, 1);
         let params = [w.rows as u32, w.cols as u32, eps.to_bits(), x_groups, w.first_row as u32, 0, 0, 0];

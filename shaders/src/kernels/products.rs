@@ -330,10 +330,10 @@ pub(crate) fn matvec_int8(
     rows: u32,
     unroll: u32,
     outputs: u32,
-    scaled: bool,
+    (scaled, subgroups): (bool, bool),
 ) -> Option<String> {
     let prelude = product_prelude(&formats::int8_reader(ty)?, outputs, true);
-    Some(int8_product(&prelude, workgroup, lanes, rows, unroll, false, scaled, ("", ""), false))
+    Some(int8_product(&prelude, workgroup, lanes, rows, unroll, false, scaled, ("", ""), subgroups))
 }
 
 /// Rows per workgroup of [`matvec_int8_norm`]: one block of 32 activations of its output.
@@ -475,10 +475,10 @@ pub(crate) fn matvec_int8_rope(
     lanes: u32,
     rows: u32,
     unroll: u32,
-    scaled: bool,
+    (scaled, subgroups): (bool, bool),
 ) -> Option<String> {
     let prelude = rope_prelude(&formats::int8_reader(ty)?);
-    Some(int8_product(&prelude, workgroup, lanes, rows, unroll, true, scaled, ("", ""), false))
+    Some(int8_product(&prelude, workgroup, lanes, rows, unroll, true, scaled, ("", ""), subgroups))
 }
 
 #[allow(clippy::too_many_arguments)]
