@@ -20,7 +20,7 @@ use crate::device::Gpu;
 use crate::profile::{Profile, Profiler};
 
 /// Storage buffers a kernel binds, at most.
-const MAX_BUFFERS: usize = 10;
+const MAX_BUFFERS: usize = 9;
 
 /// The storage buffers of one dispatch, in binding order: a bind group's cache key, with no allocation.
 type BufferSet = [Option<wgpu::Buffer>; MAX_BUFFERS];

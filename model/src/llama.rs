@@ -366,15 +366,20 @@ impl<B: Backend> Llama<B> {
             be.silu_mul(&s.gate, &s.up, &mut s.hidden)?;
             seen(&["ffn_down"], Some(l), &s.hidden)?;
             // The last residual add goes with the output norm when every row goes to the head (always in decode).
-            let down = (&layer.down, &s.hidden, &mut s.proj);
-            match self.layers.get(l + 1) {
-                Some(next) => be.matmul_add_rms_norm(down.0, down.1, down.2, &mut s.x, &next.attn_norm, c.rms_eps, &mut s.xn)?,
+            let norm = match self.layers.get(l + 1) {
+                Some(next) => Some(&next.attn_norm),
                 None if all_logits || n == 1 => {
-                    be.matmul_add_rms_norm(down.0, down.1, down.2, &mut s.x, &self.output_norm, c.rms_eps, &mut s.xn)?;
                     normed = true;
+                    Some(&self.output_norm)
+                }
+                None => None,
+            };
+            match norm {
+                Some(norm) => {
+                    be.matmul_add_rms_norm(&layer.down, &s.hidden, &mut s.proj, &mut s.x, norm, c.rms_eps, &mut s.xn)?
                 }
                 None => {
-                    be.matmul(down.0, down.1, down.2)?;
+                    be.matmul(&layer.down, &s.hidden, &mut s.proj)?;
                     be.add(&mut s.x, &s.proj)?
                 }
             }

@@ -128,7 +128,7 @@ impl WebGpuBackend {
         grid: Grid,
     ) -> Result<()> {
         let [q, s, mn, u] = &w.parts;
-        let mut buffers: [&wgpu::Buffer; 10] = [q, s, mn, u, activations, q, q, q, q, q];
+        let mut buffers: [&wgpu::Buffer; 9] = [q, s, mn, u, activations, q, q, q, q];
         let n = 5 + rest.len();
         if n > buffers.len() {
             return Err(Error::Device { detail: format!("{} binds {n} buffers, past {}", kernel.label(), buffers.len()) });

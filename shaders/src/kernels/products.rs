@@ -205,14 +205,12 @@ fn decode_product(
     let (unrolled, single) = (step(unroll), step(1));
     // The lanes' sums meet in a tree in workgroup memory, or (`subgroup_sums`: a group of lanes is one
     // subgroup) by `subgroupAdd`, in uniform control flow, with no barriers.
-    let (tree, total): (String, Box<dyn Fn(usize) -> String>) = if subgroup_sums {
-        (
-            lines(sums.iter().enumerate().map(|(i, a)| format!("let total{i} = subgroupAdd({a});")), 4),
-            Box::new(|i| format!("total{i}")),
-        )
+    let tree = if subgroup_sums {
+        lines(sums.iter().enumerate().map(|(i, a)| format!("let total{i} = subgroupAdd({a});")), 4)
     } else {
-        (lane_tree(&sums), Box::new(|i| format!("partial[{i}u * WG + li]")))
+        lane_tree(&sums)
     };
+    let total = |i: usize| if subgroup_sums { format!("total{i}") } else { format!("partial[{i}u * WG + li]") };
     // A scaled row's RMS factor, from its blocks' sums of squares (summed in the tree as `accn`) and `eps`
     // (loaded first, so that its latency hides behind the row's).
     let (prologue, factor, times) = if scaled {
@@ -234,14 +232,19 @@ fn decode_product(
         lines((0..nr).map(|j| format!("if (r0 + {j}u < p.rows) {{ store(0u, r0 + {j}u, {times}{}); }}", total(j))), 8)
     };
     let writes = factor + &writes;
-    let partial = workgroup * sums.len() as u32;
+    // Workgroup memory for the tree (none with subgroup sums).
+    let partial = if subgroup_sums {
+        String::new()
+    } else {
+        format!("var<workgroup> partial: array<f32, {}>;", workgroup * sums.len() as u32)
+    };
     let last = unroll - 1;
     format!(
         r#"{prelude}
 const WG: u32 = {workgroup}u;
 const LANES: u32 = {lanes}u;
 const GROUPS: u32 = WG / LANES;
-var<workgroup> partial: array<f32, {partial}>;
+{partial}
 
 @compute @workgroup_size({workgroup})
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
