@@ -667,6 +667,20 @@ impl Backend for WebGpuBackend {
         Ok(())
     }
 
+    fn matmul_silu_mul(
+        &self,
+        (gate, up): (&GpuMatrix, &GpuMatrix),
+        x: &GpuTensor,
+        (g, u): (&mut GpuTensor, &mut GpuTensor),
+        out: &mut GpuTensor,
+    ) -> Result<()> {
+        if self.fused_matmul_silu_mul([gate, up], x, out)? {
+            return Ok(());
+        }
+        self.matmul_many(&[gate, up], x, &mut [&mut *g, &mut *u])?;
+        self.silu_mul(g, u, out)
+    }
+
     fn add(&self, x: &mut GpuTensor, y: &GpuTensor) -> Result<()> {
         Self::same_shape("add", x, y)?;
         self.settle(&[&*x, y])?;

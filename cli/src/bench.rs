@@ -6,7 +6,7 @@
 //! token greedily on the backend, and on a GPU the next step is queued before the token is read back.
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use tern::core::{Backend, TokenSampling};
@@ -191,15 +191,19 @@ fn measure(args: &BenchArgs, name: &str, model: &Llama<AnyBackend>) -> Result<()
     }
     if args.gen_tokens > 0 {
         let first = next_id();
-        let mut rates = Vec::new();
+        let (mut rates, mut host) = (Vec::new(), Vec::new());
         for rep in 0..=args.repetitions {
             cache.truncate(0);
             let mut sampling = args.sampling();
             let t = Instant::now();
+            // The host's share of a step: recording and submitting it (the rest waits for the device).
+            let mut recording = Duration::ZERO;
             be.install(|| -> Result<(), tern::Error> {
                 let mut reading = model.forward_sample(StepInput::Tokens(&[first]), &mut cache, &mut scratch, &sampling())?;
                 for _ in 1..args.gen_tokens {
+                    let r = Instant::now();
                     let next = model.forward_sample(StepInput::Sampled, &mut cache, &mut scratch, &sampling())?;
+                    recording += r.elapsed();
                     be.read_finish(std::mem::replace(&mut reading, next))?;
                 }
                 be.read_finish(reading)?;
@@ -207,10 +211,15 @@ fn measure(args: &BenchArgs, name: &str, model: &Llama<AnyBackend>) -> Result<()
             })?;
             if rep > 0 {
                 rates.push(args.gen_tokens as f64 / t.elapsed().as_secs_f64());
+                host.push(recording.as_secs_f64() * 1e6 / (args.gen_tokens - 1).max(1) as f64);
             }
         }
         // Generation reads the KV cache of positions 0..n: on average that of the middle one.
         row(args.gen_test(), stats(rates), Some(model.decode_bytes(args.gen_tokens / 2)));
+        if be.queues_work() && !host.is_empty() {
+            let h = stats(host);
+            eprintln!("{}: the host records and submits a decode step in {:.1} µs (median)", args.gen_test(), h.median);
+        }
         if args.profile {
             profile_decode(args, model, first, &mut cache, &mut scratch)?;
         }

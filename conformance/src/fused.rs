@@ -210,3 +210,59 @@ pub fn ops_on_a_fused_norm_row_see_its_values<B: Backend>(be: &B, label: &str) {
         assert_eq!(got, want, "{name} of matmul_add_rms_norm's row on {label}");
     }
 }
+
+/// `matmul_silu_mul` (a feed-forward step's first half, which a backend may run in one pass) leaves exactly
+/// the row that `matmul_many` and then `silu_mul` leave, and that row multiplies exactly as theirs: for one
+/// token and for three, gate and up stored together and apart, and
+/// activations uploaded or left by `matmul_add_rms_norm` (whose norm factor a backend may leave to products).
+pub fn matmul_silu_mul_equals_products_then_silu_mul<B: Backend>(be: &B, label: &str) {
+    let cols = 64;
+    let norm_w =
+        be.upload_matrix(TernMatrix::quantize(TernFormat::T4, cols, 32, &values(cols * 32, 70, 1.0), None).unwrap().view());
+    let norm_w = norm_w.unwrap();
+    let weight = be.upload(&values(cols, 71, 1.0), 1, cols).unwrap();
+    for (ff, f) in [(96, TernFormat::T4), (160, TernFormat::T2)] {
+        let mats: Vec<TernMatrix> =
+            (0..2).map(|i| TernMatrix::quantize(f, ff, cols, &values(ff * cols, 72 + i, 1.0), None).unwrap()).collect();
+        let views: Vec<_> = mats.iter().map(|m| m.view()).collect();
+        let together = be.upload_matrices(&views).unwrap();
+        let apart: Vec<_> = views.iter().map(|v| be.upload_matrix(*v).unwrap()).collect();
+        let down = TernMatrix::quantize(TernFormat::T4, 32, ff, &values(32 * ff, 74, 1.0), None).unwrap();
+        let down = be.upload_matrix(down.view()).unwrap();
+        for (tokens, normed) in [(1, false), (1, true), (3, false)] {
+            // The activations afresh each run: an op may leave a normed row scaled in place.
+            let x = || {
+                let a = be.upload(&values(tokens * 32, 75, 2.0), tokens, 32).unwrap();
+                let mut x = be.upload(&values(tokens * cols, 76, 4.0), tokens, cols).unwrap();
+                if !normed {
+                    return x;
+                }
+                let (mut y, mut out) = (be.zeros(0, 0).unwrap(), be.zeros(0, 0).unwrap());
+                be.matmul_add_rms_norm(&norm_w, &a, &mut y, &mut x, &weight, 1e-5, &mut out).unwrap();
+                out
+            };
+            let run = |(gate, up): (&B::Matrix, &B::Matrix), fused: bool| {
+                let (mut g, mut u, mut h, mut p) =
+                    (be.zeros(0, 0).unwrap(), be.zeros(0, 0).unwrap(), be.zeros(0, 0).unwrap(), be.zeros(0, 0).unwrap());
+                let x = x();
+                if fused {
+                    be.matmul_silu_mul((gate, up), &x, (&mut g, &mut u), &mut h).unwrap();
+                } else {
+                    be.matmul_many(&[gate, up], &x, &mut [&mut g, &mut u]).unwrap();
+                    be.silu_mul(&g, &u, &mut h).unwrap();
+                }
+                be.matmul(&down, &h, &mut p).unwrap();
+                [be.read(&h).unwrap(), be.read(&p).unwrap()]
+            };
+            let want = run((&together[0], &together[1]), false);
+            for (how, ws) in [("together", (&together[0], &together[1])), ("apart", (&apart[0], &apart[1]))] {
+                let got = run(ws, true);
+                for ((g, w), name) in got.iter().zip(&want).zip(["row", "product of the row"]) {
+                    let what =
+                        format!("matmul_silu_mul's {name}, {f:?} {ff}x{cols} stored {how}, {tokens} tokens (normed {normed})");
+                    assert_eq!(g, w, "{what} on {label}");
+                }
+            }
+        }
+    }
+}

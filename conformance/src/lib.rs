@@ -53,6 +53,7 @@ macro_rules! conformance_suite {
                 attention_inputs_equal_products_then_rope,
                 matmul_add_rms_norm_equals_product_then_add_norm,
                 ops_on_a_fused_norm_row_see_its_values,
+                matmul_silu_mul_equals_products_then_silu_mul,
                 add_rms_norm_matches_reference,
                 attention_matches_reference,
                 attention_rejects_positions_past_the_cache,

@@ -214,6 +214,19 @@ pub trait Backend: Send + Sync {
     ) -> Result<()>;
     /// `out = silu(gate) * up`, elementwise.
     fn silu_mul(&self, gate: &Self::Tensor, up: &Self::Tensor, out: &mut Self::Tensor) -> Result<()>;
+    /// A feed-forward step's first half: `out = silu(gate x) * (up x)`, with `g` and `u` holding the two
+    /// products where the backend needs them. A backend can do it in one pass; this default runs
+    /// [`Backend::matmul_many`] and [`Backend::silu_mul`].
+    fn matmul_silu_mul(
+        &self,
+        (gate, up): (&Self::Matrix, &Self::Matrix),
+        x: &Self::Tensor,
+        (g, u): (&mut Self::Tensor, &mut Self::Tensor),
+        out: &mut Self::Tensor,
+    ) -> Result<()> {
+        self.matmul_many(&[gate, up], x, &mut [&mut *g, &mut *u])?;
+        self.silu_mul(g, u, out)
+    }
     /// `x += y`, elementwise, in place: the residual connection.
     fn add(&self, x: &mut Self::Tensor, y: &Self::Tensor) -> Result<()>;
 }

@@ -386,6 +386,27 @@ impl Backend for AnyBackend {
         dispatch!(self, "silu_mul", |be, gate: AnyTensor, up: AnyTensor, out: AnyTensor| be.silu_mul(gate, up, out))
     }
 
+    fn matmul_silu_mul(
+        &self,
+        (gate, up): (&AnyMatrix, &AnyMatrix),
+        x: &AnyTensor,
+        (g, u): (&mut AnyTensor, &mut AnyTensor),
+        out: &mut AnyTensor,
+    ) -> Result<()> {
+        dispatch!(self, "matmul_silu_mul", |be,
+                                            gate: AnyMatrix,
+                                            up: AnyMatrix,
+                                            x: AnyTensor,
+                                            g: AnyTensor,
+                                            u: AnyTensor,
+                                            out: AnyTensor| be.matmul_silu_mul(
+            (gate, up),
+            x,
+            (g, u),
+            out
+        ))
+    }
+
     fn add(&self, x: &mut AnyTensor, y: &AnyTensor) -> Result<()> {
         dispatch!(self, "add", |be, x: AnyTensor, y: AnyTensor| be.add(x, y))
     }

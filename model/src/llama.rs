@@ -362,8 +362,7 @@ impl<B: Backend> Llama<B> {
             seen(&["attn_output"], Some(l), &s.att)?;
             be.matmul_add_rms_norm(&layer.wo, &s.att, &mut s.proj, &mut s.x, &layer.ffn_norm, c.rms_eps, &mut s.xn)?;
             seen(&["ffn_gate", "ffn_up"], Some(l), &s.xn)?;
-            be.matmul_many(&[&layer.gate, &layer.up], &s.xn, &mut [&mut s.gate, &mut s.up])?;
-            be.silu_mul(&s.gate, &s.up, &mut s.hidden)?;
+            be.matmul_silu_mul((&layer.gate, &layer.up), &s.xn, (&mut s.gate, &mut s.up), &mut s.hidden)?;
             seen(&["ffn_down"], Some(l), &s.hidden)?;
             // The last residual add goes with the output norm when every row goes to the head (always in decode).
             let norm = match self.layers.get(l + 1) {

@@ -81,6 +81,11 @@ pub enum Kernel {
     /// With `subgroups` (subgroups of exactly `lanes` invocations), the lanes' sums and the block's reductions
     /// are subgroup operations.
     MatvecInt8Norm { ty: TensorType, lanes: u32, unroll: u32, subgroups: bool },
+    /// A feed-forward step's first half in one pass: [`Kernel::MatvecInt8`] over the gate and up matrices stored
+    /// together, each workgroup taking one block of [`NORM_PRODUCT_ROWS`] outputs (`pairs` gate rows and their
+    /// up rows per group of `lanes`), and writing `silu(gate) * up` for its block in f32 and int8 as
+    /// [`Kernel::SiluMul`] does. `scaled` and `subgroups` as for [`Kernel::MatvecInt8`].
+    MatvecInt8SiluMul { ty: TensorType, lanes: u32, pairs: u32, unroll: u32, scaled: bool, subgroups: bool },
     /// Applies the RMS factor to a row [`Kernel::MatvecInt8Norm`] wrote, in place, in f32 and int8 (requantized
     /// from the scaled values): one invocation per `vec4` (`len` counts them).
     NormScale,
@@ -206,6 +211,11 @@ impl Kernel {
                             if outputs == 1 && workgroup == 64 && rows == 1 {
                                 v.push(Kernel::MatvecInt8Norm { ty, lanes, unroll, subgroups: false });
                                 v.push(Kernel::MatvecInt8Norm { ty, lanes, unroll, subgroups: true });
+                                for pairs in [1, 2] {
+                                    for (scaled, subgroups) in [(false, false), (true, false), (false, true), (true, true)] {
+                                        v.push(Kernel::MatvecInt8SiluMul { ty, lanes, pairs, unroll, scaled, subgroups });
+                                    }
+                                }
                             }
                         }
                     }
@@ -276,6 +286,11 @@ impl Kernel {
                 let subgroups = if *subgroups { " subgroups" } else { "" };
                 format!("matvec int8 rope {ty} wg{workgroup} lanes{lanes} rows{rows} unroll{unroll}{scaled}{subgroups}")
             }
+            Kernel::MatvecInt8SiluMul { ty, lanes, pairs, unroll, scaled, subgroups } => {
+                let scaled = if *scaled { " scaled" } else { "" };
+                let subgroups = if *subgroups { " subgroups" } else { "" };
+                format!("matvec int8 silu {ty} lanes{lanes} pairs{pairs} unroll{unroll}{scaled}{subgroups}")
+            }
             Kernel::MatvecSlots { ty, workgroup, lanes, rows, unroll, outputs } => {
                 format!("matvec slots {ty} wg{workgroup} lanes{lanes} rows{rows} unroll{unroll} outputs{outputs}")
             }
@@ -306,6 +321,8 @@ impl Kernel {
             Kernel::MatvecInt8Rope { .. } => &[Params, Read, Read, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite, Read],
             // quants, scales, mins, row units, x quantized | residual | norm weight | out, int8 out
             Kernel::MatvecInt8Norm { .. } => &[Params, Read, Read, Read, Read, Read, ReadWrite, Read, ReadWrite, ReadWrite],
+            // quants, scales, mins, row units, x quantized | out, int8 out
+            Kernel::MatvecInt8SiluMul { .. } => &[Params, Read, Read, Read, Read, Read, ReadWrite, ReadWrite],
             // x | int8 blocks
             Kernel::QuantizeRows => &[Params, Read, ReadWrite],
             // | x, int8 blocks
@@ -358,6 +375,7 @@ impl Kernel {
                 ["rows", "cols", "rope (head_dim | rot_dim << 16)", "groups_x", "row0", "rows_a", "rows_b", "pos0"]
             }
             Kernel::MatvecInt8Norm { .. } => ["rows", "cols", "eps (f32)", "groups_x", "row0", "_", "_", "_"],
+            Kernel::MatvecInt8SiluMul { .. } => ["rows", "cols", "_", "groups_x", "row0", "rows_a", "_", "_"],
             Kernel::Embed { .. } => ["cols", "tokens", "groups_x", "row0", "_", "_", "_", "_"],
             Kernel::RmsNorm { .. } => ["rows", "cols", "eps (f32)", "groups_x", "_", "_", "_", "_"],
             Kernel::RopeAppend => {
@@ -400,6 +418,10 @@ impl Kernel {
             }
             Kernel::MatvecInt8Norm { ty, lanes, unroll, subgroups } => kernels::matvec_int8_norm(ty, lanes, unroll, subgroups)
                 .unwrap_or_else(|| format!("// {ty} has no int8 reader: see Kernel::has_int8\n")),
+            Kernel::MatvecInt8SiluMul { ty, lanes, pairs, unroll, scaled, subgroups } => {
+                kernels::matvec_int8_silu(ty, lanes, pairs, unroll, (scaled, subgroups))
+                    .unwrap_or_else(|| format!("// {ty} has no int8 reader: see Kernel::has_int8\n"))
+            }
             Kernel::QuantizeRows => kernels::quantize_rows(),
             Kernel::NormScale => kernels::norm_scale(),
             Kernel::Embed { ty } => kernels::embed(ty),
@@ -432,6 +454,7 @@ impl Kernel {
                 | Kernel::Attention { subgroups: true, .. }
                 | Kernel::RmsNorm { subgroups: true, quads: 1.., .. }
                 | Kernel::MatvecInt8Norm { subgroups: true, .. }
+                | Kernel::MatvecInt8SiluMul { subgroups: true, .. }
                 | Kernel::MatvecInt8 { subgroups: true, .. }
                 | Kernel::MatvecInt8Rope { subgroups: true, .. }
         )
@@ -446,6 +469,7 @@ impl Kernel {
             | Kernel::MatvecInt8 { workgroup, .. }
             | Kernel::MatvecInt8Rope { workgroup, .. } => workgroup,
             Kernel::MatvecInt8Norm { lanes, .. } => NORM_PRODUCT_ROWS * lanes,
+            Kernel::MatvecInt8SiluMul { lanes, pairs, .. } => NORM_PRODUCT_ROWS / pairs * lanes,
             Kernel::Attention { .. } => ATTENTION_INVOCATIONS,
             Kernel::SiluMul { .. }
             | Kernel::Add

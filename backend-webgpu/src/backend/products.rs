@@ -8,6 +8,9 @@ use crate::pool::size_class;
 use crate::recorder::Grid;
 use crate::tensor::{GpuMatrix, GpuTensor};
 
+/// Gate rows (each with its up row) per group of lanes in `Kernel::MatvecInt8SiluMul`.
+const SILU_PRODUCT_PAIRS: u32 = 1;
+
 /// Bytes of one block of 32 activations in int8 (`Kernel::MatvecInt8`'s layout): 32 quants, the scale and
 /// the scaled sum of the quants, padded to three `vec4<u32>`.
 const INT8_BLOCK_BYTES: u64 = 48;
@@ -262,6 +265,48 @@ impl WebGpuBackend {
         self.dispatch_product(kernel, params, w, &xq, &[&x.buf, &weight.buf, &out.buf, &int8], grid)?;
         out.int8_ready = true;
         out.set_unscaled(true);
+        Ok(true)
+    }
+
+    /// `out = silu(gate x) * (up x)` in one dispatch (`Kernel::MatvecInt8SiluMul`): each workgroup takes one
+    /// block of 32 outputs, its gate rows and their up rows, and writes the block in f32 and int8. `false`
+    /// (nothing recorded) where that kernel does not apply: more than one token, products not on int8
+    /// activations, matrices not stored together, outputs not whole blocks of 32, workgroups past the adapter's
+    /// limit, or shapes that do not fit (which the separate ops then report).
+    pub(super) fn fused_matmul_silu_mul(&self, ws: [&GpuMatrix; 2], x: &GpuTensor, out: &mut GpuTensor) -> Result<bool> {
+        let [gate, up] = ws;
+        let k = self.kernels;
+        let limits = &self.gpu.limits;
+        let pairs = SILU_PRODUCT_PAIRS;
+        let workgroup = NORM_PRODUCT_ROWS / pairs * k.lanes;
+        let fits = x.rows == 1
+            && self.int8_products()
+            && Kernel::has_int8(gate.ty)
+            && gate.rows == up.rows
+            && gate.cols == x.cols
+            && gate.rows.is_multiple_of(NORM_PRODUCT_ROWS as usize)
+            && GpuMatrix::stored_together(&ws)
+            && workgroup <= limits.max_compute_invocations_per_workgroup
+            && workgroup <= limits.max_compute_workgroup_size_x;
+        if !fits {
+            return Ok(false);
+        }
+        let _recording = self.scratch_lock()?;
+        self.resize("matmul_silu_mul", out, 1, gate.rows)?;
+        let Some(int8) = self.int8_output(out)? else { return Ok(false) };
+        let kernel = Kernel::MatvecInt8SiluMul {
+            ty: gate.ty,
+            lanes: k.lanes,
+            pairs,
+            unroll: (k.unroll / 4).max(1),
+            scaled: x.is_unscaled(),
+            subgroups: self.subgroup_lanes(),
+        };
+        let (grid, x_groups) = self.product_grid(gate.rows, NORM_PRODUCT_ROWS, 1, 1);
+        let params = [2 * gate.rows as u32, gate.cols as u32, 0, x_groups, gate.first_row as u32, gate.rows as u32, 0, 0];
+        let xq = self.int8_activations(x)?;
+        self.dispatch_product(kernel, params, gate, &xq, &[&out.buf, &int8], grid)?;
+        out.int8_ready = true;
         Ok(true)
     }
 

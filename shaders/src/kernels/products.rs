@@ -177,11 +177,23 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     )
 }
 
-/// The shape both decode-product kernels share: groups of `lanes` invocations take `rows` rows; lane `l`
-/// walks the row's items (`vec4`s or quant words) `l, l + lanes, ...`, `unroll` of them per step, adding
-/// `step(n)` (the WGSL of `n` items at `i, i + LANES, ...` for every row `r0 + j` into `acc{j}`); the lanes'
-/// sums meet in a tree in workgroup memory. `items` is the WGSL count of items in a row. With `pairs` (`rows`
-/// even), rows go out two at a time through the prelude's `store_pair` instead of one by one through `store`.
+/// How a decode product's group takes its rows and writes them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pairing {
+    /// Rows `r0, r0 + 1, ...`, written one by one through the prelude's `store(t, r, v)`.
+    None,
+    /// Rows `r0, r0 + 1, ...` (an even count), written two at a time through `store_pair(r, a, b)`.
+    Adjacent,
+    /// Row `r0 + j` of the first matrix (`p.rows_a` rows) and of the second (stored after it) for each `j` of
+    /// half the group's rows, written as `store_pair(r0 + j, first, second)`.
+    Halves,
+}
+
+/// The shape both decode-product kernels share: groups of `lanes` invocations take `rows` rows (`row{j}`, with
+/// `live{j}` whether it is one of the matrix's, laid out by `pairing`); lane `l` walks the row's items (`vec4`s
+/// or quant words) `l, l + lanes, ...`, `unroll` of them per step, adding `step(n)` (the WGSL of `n` items at
+/// `i, i + LANES, ...` for every row into `acc{j}`); the lanes' sums meet in a tree in workgroup memory.
+/// `items` is the WGSL count of items in a row.
 #[allow(clippy::too_many_arguments)]
 fn decode_product(
     prelude: &str,
@@ -191,12 +203,27 @@ fn decode_product(
     unroll: u32,
     items: &str,
     step: impl Fn(u32) -> String,
-    pairs: bool,
+    pairing: Pairing,
     scaled: bool,
     (prologue, epilogue): (&str, &str),
     subgroup_sums: bool,
 ) -> String {
     let nr = rows as usize;
+    let half = rows / 2;
+    let per_group = if pairing == Pairing::Halves { half } else { rows };
+    let row_defs = lines(
+        (0..rows).map(|j| {
+            let (at, live) = match pairing {
+                Pairing::Halves if j >= half => {
+                    (format!("r0 + {}u + p.rows_a", j - half), format!("r0 + {}u < p.rows_a", j - half))
+                }
+                Pairing::Halves => (format!("r0 + {j}u"), format!("r0 + {j}u < p.rows_a")),
+                _ => (format!("r0 + {j}u"), format!("r0 + {j}u < p.rows")),
+            };
+            format!("let row{j} = {at};\n    let live{j} = {live};")
+        }),
+        4,
+    );
     let mut sums: Vec<String> = (0..nr).map(|j| format!("acc{j}")).collect();
     if scaled {
         sums.push("accn".into());
@@ -222,14 +249,14 @@ fn decode_product(
     } else {
         (prologue.to_string(), String::new(), "")
     };
-    let writes = if pairs {
-        let pair = |j: u32| {
-            let (a, b) = (total(j as usize), total(j as usize + 1));
-            format!("if (r0 + {j}u < p.rows) {{ store_pair(r0 + {j}u, {times}{a}, {times}{b}); }}")
-        };
-        lines((0..rows).step_by(2).map(pair), 8)
-    } else {
-        lines((0..nr).map(|j| format!("if (r0 + {j}u < p.rows) {{ store(0u, r0 + {j}u, {times}{}); }}", total(j))), 8)
+    let pair = |j: u32, k: u32| {
+        let (a, b) = (total(j as usize), total(k as usize));
+        format!("if (live{j}) {{ store_pair(row{j}, {times}{a}, {times}{b}); }}")
+    };
+    let writes = match pairing {
+        Pairing::Adjacent => lines((0..rows).step_by(2).map(|j| pair(j, j + 1)), 8),
+        Pairing::Halves => lines((0..half).map(|j| pair(j, j + half)), 8),
+        Pairing::None => lines((0..nr).map(|j| format!("if (live{j}) {{ store(0u, row{j}, {times}{}); }}", total(j))), 8),
     };
     let writes = factor + &writes;
     // Workgroup memory for the tree (none with subgroup sums).
@@ -249,9 +276,9 @@ const GROUPS: u32 = WG / LANES;
 @compute @workgroup_size({workgroup})
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
     let lane = li % LANES;
-    let r0 = ((wid.x + wid.z * p.groups_x) * GROUPS + li / LANES) * {rows}u;
-    let items = {items};
-{prologue}{accs}    if (r0 < p.rows) {{
+    let r0 = ((wid.x + wid.z * p.groups_x) * GROUPS + li / LANES) * {per_group}u;
+{row_defs}    let items = {items};
+{prologue}{accs}    if (live0) {{
         var i = lane;
         for (; i + {last}u * LANES < items; i += {unroll}u * LANES) {{
 {unrolled}        }}
@@ -265,12 +292,12 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     )
 }
 
-/// `if (r0 + j < p.rows) { acc{j} += term(j, 0) + term(j, 1) + ... }` for `rows` rows and `n` items.
+/// `if (live{j}) { acc{j} += term(j, 0) + term(j, 1) + ... }` for `rows` rows and `n` items.
 fn row_sums(rows: u32, n: u32, term: impl Fn(u32, u32) -> String) -> String {
     lines(
         (0..rows).map(|j| {
             let terms: Vec<String> = (0..n).map(|u| term(j, u)).collect();
-            format!("if (r0 + {j}u < p.rows) {{ acc{j} += {}; }}", terms.join(" + "))
+            format!("if (live{j}) {{ acc{j} += {}; }}", terms.join(" + "))
         }),
         12,
     )
@@ -290,9 +317,9 @@ pub(crate) fn matvec(ty: TensorType, workgroup: u32, lanes: u32, rows: u32, unro
         "p.cols / 4u",
         |n| {
             let loads = lines((0..n).map(|u| format!("let xq{u} = x[i + {u}u * LANES];")), 12);
-            loads + &row_sums(rows, n, |j, u| format!("dot(load_quad(p.row0 + r0 + {j}u, i + {u}u * LANES), xq{u})"))
+            loads + &row_sums(rows, n, |j, u| format!("dot(load_quad(p.row0 + row{j}, i + {u}u * LANES), xq{u})"))
         },
-        false,
+        Pairing::None,
         false,
         ("", ""),
         false,
@@ -313,8 +340,8 @@ pub(crate) fn matvec_slots(ty: TensorType, workgroup: u32, lanes: u32, rows: u32
         rows,
         unroll,
         &items,
-        |n| row_sums(rows, n, |j, u| format!("slot_dot(p.row0 + r0 + {j}u, i + {u}u * LANES)")),
-        false,
+        |n| row_sums(rows, n, |j, u| format!("slot_dot(p.row0 + row{j}, i + {u}u * LANES)")),
+        Pairing::None,
         false,
         ("", ""),
         false,
@@ -336,7 +363,7 @@ pub(crate) fn matvec_int8(
     (scaled, subgroups): (bool, bool),
 ) -> Option<String> {
     let prelude = product_prelude(&formats::int8_reader(ty)?, outputs, true);
-    Some(int8_product(&prelude, workgroup, lanes, rows, unroll, false, scaled, ("", ""), subgroups))
+    Some(int8_product(&prelude, workgroup, lanes, rows, unroll, Pairing::None, scaled, ("", ""), subgroups))
 }
 
 /// Rows per workgroup of [`matvec_int8_norm`]: one block of 32 activations of its output.
@@ -374,49 +401,75 @@ fn store(t: u32, r: u32, v: f32) {{
 {reader}"
     );
     // The row's residual and norm weight are loaded before the product, so that their latency hides behind it.
-    let prologue = "    if (lane == 0u && r0 < p.rows) {
+    let prologue = "    if (lane == 0u && live0) {
         residual = xv[r0];
         weight = nw[r0];
     }
 ";
-    // Eight invocations take a `vec4` of the block each; each finds the block's scale and quant sum itself
-    // from all 32 values in workgroup memory, so no more barriers are needed. With subgroups (of `lanes`, 32),
-    // every subgroup reduces the block, one value per invocation, and the first writes it.
-    let epilogue = if subgroups {
+    let epilogue = block_epilogue(subgroups, true, "p.rows");
+    Some(int8_product(
+        &prelude,
+        NORM_PRODUCT_ROWS * lanes,
+        lanes,
+        1,
+        unroll,
+        Pairing::None,
+        false,
+        (prologue, &epilogue),
+        subgroups,
+    ))
+}
+
+/// The end of a decode product whose workgroup holds one block of [`NORM_PRODUCT_ROWS`] outputs in the
+/// workgroup array `weighted` (and, with `norm`, the residual they came from in `held`): the workgroup's block
+/// goes to `hout` in f32 and to `hq` quantized to int8 by the CPU backend's rule, where the row (`len` values,
+/// WGSL) has it. The int8 header's last two words hold, with `norm`, the block's sum of squares of `held` and
+/// `p.eps` ([`matvec_int8_norm`]), and otherwise zeros.
+///
+/// Eight invocations take a `vec4` of the block each; each finds the block's scale and quant sum itself from
+/// all 32 values in workgroup memory, so no more barriers are needed. With `subgroups` (of `lanes`, 32), every
+/// subgroup reduces the block, one value per invocation, and the first writes it.
+fn block_epilogue(subgroups: bool, norm: bool, len: &str) -> String {
+    let tail = if norm { "bitcast<u32>(squares), bitcast<u32>(p.eps)" } else { "0u, 0u" };
+    if subgroups {
+        let squares = if norm { "    let xk = held[lane];\n    let squares = subgroupAdd(xk * xk);\n" } else { "" };
         format!(
             "    workgroupBarrier();
     let nb = wid.x + wid.z * p.groups_x;
-    let xk = held[lane];
     let yk = weighted[lane];
     let d = subgroupMax(abs(yk)) / 127.0;
     let id = select(0.0, 1.0 / d, d != 0.0);
     let qk = round_i8(vec4<f32>(yk), id).x;
     let total = subgroupAdd(qk);
-    let squares = subgroupAdd(xk * xk);
-    let quad = vec4<i32>(qk, subgroupShuffle(qk, lane + 1u), subgroupShuffle(qk, lane + 2u), subgroupShuffle(qk, lane + 3u));
-    if (li < {NORM_PRODUCT_ROWS}u && nb * {NORM_PRODUCT_ROWS}u < p.rows) {{
+{squares}    let quad = vec4<i32>(qk, subgroupShuffle(qk, lane + 1u), subgroupShuffle(qk, lane + 2u), subgroupShuffle(qk, lane + 3u));
+    if (li < {NORM_PRODUCT_ROWS}u && nb * {NORM_PRODUCT_ROWS}u < {len}) {{
         hout[8u * nb + li / 4u][li % 4u] = yk;
         if (li % 4u == 0u) {{
             hq[3u * nb + li / 16u][(li / 4u) % 4u] = pack4xI8(quad);
         }}
         if (li == 0u) {{
-            hq[3u * nb + 2u] = vec4<u32>(bitcast<u32>(d), bitcast<u32>(d * f32(total)), bitcast<u32>(squares), bitcast<u32>(p.eps));
+            hq[3u * nb + 2u] = vec4<u32>(bitcast<u32>(d), bitcast<u32>(d * f32(total)), {tail});
         }}
     }}
 "
         )
     } else {
+        let (squares, add) = if norm {
+            (
+                "        var squares = 0.0;\n",
+                "            let x = vec4<f32>(held[k], held[k + 1u], held[k + 2u], held[k + 3u]);\n            squares += dot(x, x);\n",
+            )
+        } else {
+            ("", "")
+        };
         format!(
-        "    workgroupBarrier();
+            "    workgroupBarrier();
     let nb = wid.x + wid.z * p.groups_x;
-    if (li < 8u && nb * {NORM_PRODUCT_ROWS}u < p.rows) {{
+    if (li < 8u && nb * {NORM_PRODUCT_ROWS}u < {len}) {{
         var amax = 0.0;
-        var squares = 0.0;
-        for (var k = 0u; k < 32u; k += 4u) {{
-            let x = vec4<f32>(held[k], held[k + 1u], held[k + 2u], held[k + 3u]);
-            let y = vec4<f32>(weighted[k], weighted[k + 1u], weighted[k + 2u], weighted[k + 3u]);
+{squares}        for (var k = 0u; k < 32u; k += 4u) {{
+{add}            let y = vec4<f32>(weighted[k], weighted[k + 1u], weighted[k + 2u], weighted[k + 3u]);
             amax = max(amax, max(max(abs(y.x), abs(y.y)), max(abs(y.z), abs(y.w))));
-            squares += dot(x, x);
         }}
         let d = amax / 127.0;
         let id = select(0.0, 1.0 / d, d != 0.0);
@@ -430,13 +483,44 @@ fn store(t: u32, r: u32, v: f32) {{
         hout[8u * nb + li] = y;
         hq[3u * nb + li / 4u][li % 4u] = pack4xI8(round_i8(y, id));
         if (li == 0u) {{
-            hq[3u * nb + 2u] = vec4<u32>(bitcast<u32>(d), bitcast<u32>(d * f32(total)), bitcast<u32>(squares), bitcast<u32>(p.eps));
+            hq[3u * nb + 2u] = vec4<u32>(bitcast<u32>(d), bitcast<u32>(d * f32(total)), {tail});
         }}
     }}
 "
         )
-    };
-    Some(int8_product(&prelude, NORM_PRODUCT_ROWS * lanes, lanes, 1, unroll, false, false, (prologue, &epilogue), subgroups))
+    }
+}
+
+/// The first half of a feed-forward step in one pass: [`matvec_int8`] over the gate and up matrices stored
+/// together (`p.rows_a` rows each), whose outputs meet as `silu(gate) * up` (the separate kernel's expression)
+/// without leaving the workgroup. Each workgroup of `32 / pairs` groups of `lanes` invocations takes one block
+/// of [`NORM_PRODUCT_ROWS`] outputs, each group `pairs` of them (a gate row and its up row each), so it holds
+/// the whole block and writes it in f32 to `hout` and in int8 to `hq` ([`block_epilogue`]). `scaled` as for
+/// [`matvec_int8`]. `None` for a format without an int8 reader.
+pub(crate) fn matvec_int8_silu(
+    ty: TensorType,
+    lanes: u32,
+    pairs: u32,
+    unroll: u32,
+    (scaled, subgroups): (bool, bool),
+) -> Option<String> {
+    let reader = formats::int8_reader(ty)?;
+    let prelude = format!(
+        "struct Params {{ rows: u32, cols: u32, _p2: u32, groups_x: u32, row0: u32, rows_a: u32, _p6: u32, _p7: u32 }}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(5) var<storage, read> xq: array<vec4<u32>>;
+@group(0) @binding(6) var<storage, read_write> hout: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read_write> hq: array<vec4<u32>>;
+var<workgroup> weighted: array<f32, {NORM_PRODUCT_ROWS}>;
+{ROUND_I8}
+fn store_pair(r: u32, g: f32, u: f32) {{
+    weighted[r % {NORM_PRODUCT_ROWS}u] = g / (1.0 + exp(-g)) * u;
+}}
+{reader}"
+    );
+    let epilogue = block_epilogue(subgroups, false, "p.rows_a");
+    let workgroup = NORM_PRODUCT_ROWS / pairs * lanes;
+    Some(int8_product(&prelude, workgroup, lanes, 2 * pairs, unroll, Pairing::Halves, scaled, ("", &epilogue), subgroups))
 }
 
 /// A row written by [`matvec_int8_norm`] given its RMS factor in place, in f32 (`x`) and int8 (`xq`,
@@ -481,7 +565,7 @@ pub(crate) fn matvec_int8_rope(
     (scaled, subgroups): (bool, bool),
 ) -> Option<String> {
     let prelude = rope_prelude(&formats::int8_reader(ty)?);
-    Some(int8_product(&prelude, workgroup, lanes, rows, unroll, true, scaled, ("", ""), subgroups))
+    Some(int8_product(&prelude, workgroup, lanes, rows, unroll, Pairing::Adjacent, scaled, ("", ""), subgroups))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -491,7 +575,7 @@ fn int8_product(
     lanes: u32,
     rows: u32,
     unroll: u32,
-    pairs: bool,
+    pairing: Pairing,
     scaled: bool,
     ends: (&str, &str),
     subgroup_sums: bool,
@@ -515,9 +599,9 @@ fn int8_product(
                 }),
                 12,
             );
-            loads + &row_sums(rows, n, |j, u| format!("block_i8(p.row0 + r0 + {j}u, b{u}, xa{u}, xb{u}, xs{u})"))
+            loads + &row_sums(rows, n, |j, u| format!("block_i8(p.row0 + row{j}, b{u}, xa{u}, xb{u}, xs{u})"))
         },
-        pairs,
+        pairing,
         scaled,
         ends,
         subgroup_sums,
