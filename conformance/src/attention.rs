@@ -33,7 +33,7 @@ fn attention_reference(q: &[f32], k: &[f32], v: &[f32], rows: usize, p: &Attenti
 }
 
 /// Grouped-query (3 query heads per KV head), multi-head and multi-query attention, for a prefill from
-/// position 0, continuations after cached positions, a context longer than one 64-position tile, and decode
+/// position 0, continuations after cached positions, a context longer than one 128-position tile, and decode
 /// steps over contexts a GPU splits into spans (257 positions: a span and one more; 701: three spans).
 pub fn attention_matches_reference<B: Backend>(be: &B, label: &str) {
     for (n_heads, n_kv_heads, hd) in [(6, 2, 32), (4, 4, 32), (4, 1, 32), (2, 1, 128)] {

@@ -8,8 +8,16 @@ use crate::pool::size_class;
 use crate::recorder::Grid;
 use crate::tensor::{GpuMatrix, GpuTensor};
 
-/// Gate rows (each with its up row) per group of lanes in `Kernel::MatvecInt8SiluMul`.
-const SILU_PRODUCT_PAIRS: u32 = 1;
+/// The shapes of the fused decode products, measured in the pipelined 7B T4 step on the H100 (BENCHMARKS.md):
+/// rows per group of lanes in the Q/K/V product (`Kernel::MatvecInt8Rope`; 4 rather than the other products'
+/// 2: 400 to 412 t/s), blocks per step in the norm product (`Kernel::MatvecInt8Norm`, whose 1024 invocations a
+/// workgroup leave few registers each; 1 rather than 2: 395 to 406 t/s), and gate rows (each with its up row)
+/// per group and blocks per step in the SiLU product (`Kernel::MatvecInt8SiluMul`; workgroups of 512: 2 and 1
+/// rather than 1 and 2: 402 to 413 t/s). Together: 389-394 to 415-421 t/s.
+const QKV_PRODUCT_ROWS: u32 = 4;
+const NORM_PRODUCT_UNROLL: u32 = 1;
+const SILU_PRODUCT_PAIRS: u32 = 2;
+const SILU_PRODUCT_UNROLL: u32 = 1;
 
 /// Bytes of one block of 32 activations in int8 (`Kernel::MatvecInt8`'s layout): 32 quants, the scale and
 /// the scaled sum of the quants, padded to three `vec4<u32>`.
@@ -162,7 +170,7 @@ impl WebGpuBackend {
     /// A decode step's attention inputs in one dispatch (`Kernel::MatvecInt8Rope`): Q, K and V's products with
     /// RoPE applied as they are written, K's and V's rows going straight to the caches. `false` (nothing
     /// recorded) where that kernel does not apply: more than one token, products not on int8 activations,
-    /// matrices not stored together, RoPE in halves, a group of an odd number of rows, an adapter with fewer
+    /// matrices not stored together, RoPE in halves, an adapter with fewer
     /// than nine storage buffers a kernel, or shapes that do not fit (which the separate ops then report).
     pub(super) fn fused_attention_inputs(
         &self,
@@ -179,7 +187,6 @@ impl WebGpuBackend {
         let fits = x.rows == 1
             && self.int8_products()
             && Kernel::has_int8(wq.ty)
-            && k.rows.is_multiple_of(2)
             && p.style == RopeStyle::Interleaved
             && hd.is_multiple_of(2)
             && p.rot_dim.is_multiple_of(2)
@@ -204,13 +211,13 @@ impl WebGpuBackend {
             ty: wq.ty,
             workgroup: k.workgroup,
             lanes: k.lanes,
-            rows: k.rows,
+            rows: QKV_PRODUCT_ROWS,
             unroll: (k.unroll / 4).max(1),
             scaled: x.is_unscaled(),
             subgroups: self.subgroup_lanes(),
         };
         let rows = wq.rows + 2 * kv_cols;
-        let (grid, x_groups) = self.product_grid(rows, k.workgroup / k.lanes * k.rows, 1, 1);
+        let (grid, x_groups) = self.product_grid(rows, k.workgroup / k.lanes * QKV_PRODUCT_ROWS, 1, 1);
         let rope = (hd | p.rot_dim << 16) as u32;
         let params =
             [rows as u32, wq.cols as u32, rope, x_groups, wq.first_row as u32, wq.rows as u32, kv_cols as u32, p.pos0 as u32];
@@ -258,7 +265,7 @@ impl WebGpuBackend {
         let Some(int8) = self.int8_output(out)? else { return Ok(false) };
         x.written();
         let subgroups = self.subgroup_lanes();
-        let kernel = Kernel::MatvecInt8Norm { ty: w.ty, lanes: k.lanes, unroll: (k.unroll / 4).max(1), subgroups };
+        let kernel = Kernel::MatvecInt8Norm { ty: w.ty, lanes: k.lanes, unroll: NORM_PRODUCT_UNROLL, subgroups };
         let (grid, x_groups) = self.product_grid(w.rows, NORM_PRODUCT_ROWS, 1, 1);
         let params = [w.rows as u32, w.cols as u32, eps.to_bits(), x_groups, w.first_row as u32, 0, 0, 0];
         let xq = self.int8_activations(a)?;
@@ -298,7 +305,7 @@ impl WebGpuBackend {
             ty: gate.ty,
             lanes: k.lanes,
             pairs,
-            unroll: (k.unroll / 4).max(1),
+            unroll: SILU_PRODUCT_UNROLL,
             scaled: x.is_unscaled(),
             subgroups: self.subgroup_lanes(),
         };

@@ -1,13 +1,13 @@
 //! Causal attention over the KV cache, and the merge of a split decode attention.
 
 use super::{lines, workgroup_tree};
-use crate::{ATTENTION_INVOCATIONS, ATTENTION_TILE, formats};
+use crate::{ATTENTION_INVOCATIONS, ATTENTION_TILE, WORKGROUP, formats};
 
 /// One workgroup of [`ATTENTION_INVOCATIONS`] per (query row, head). Each tile of [`ATTENTION_TILE`] positions:
-/// four invocations score each position (a quarter of the head's dimensions each, so that a score costs a
-/// few loads in flight instead of a chain of them), the tile's maximum rescales the running sums (online
-/// softmax), and each invocation accumulates a `vec4` of the output over an eighth (for heads of 128) of the
-/// tile's positions.
+/// `ATTENTION_INVOCATIONS / ATTENTION_TILE` invocations score each position (a share of the head's dimensions
+/// each, so that a score costs loads in flight instead of a chain of them), the tile's maximum rescales the
+/// running sums (online softmax), and each invocation accumulates a `vec4` of the output over an eighth (for
+/// heads of 128) of the tile's positions.
 ///
 /// With `split`, the kernel takes one query row (decode) and workgroup (head, split) covers only positions
 /// `split * span..(split + 1) * span`: long contexts then keep many workgroups busy. Each writes its running
@@ -213,7 +213,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
 /// workgroup then reads its head's output back a `vec4` per invocation and writes it quantized to int8 for
 /// decode products ([`super::products::quantize_quads`]).
 pub(crate) fn attention_combine(head_dim: u32, int8: bool) -> String {
-    let tile = ATTENTION_TILE;
+    let tile = WORKGROUP;
     let dims = head_dim.div_ceil(tile) as usize;
     let accs = lines((0..dims).map(|e| format!("var acc{e} = 0.0;")), 4);
     let adds = lines(
