@@ -212,7 +212,7 @@ impl Kernel {
                             if outputs == 1 && workgroup == 64 && rows == 1 {
                                 v.push(Kernel::MatvecInt8Norm { ty, lanes, unroll, subgroups: false });
                                 v.push(Kernel::MatvecInt8Norm { ty, lanes, unroll, subgroups: true });
-                                for pairs in [1, 2] {
+                                for pairs in [1, 2, 4] {
                                     for (scaled, subgroups) in [(false, false), (true, false), (false, true), (true, true)] {
                                         v.push(Kernel::MatvecInt8SiluMul { ty, lanes, pairs, unroll, scaled, subgroups });
                                     }

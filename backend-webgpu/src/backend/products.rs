@@ -12,12 +12,13 @@ use crate::tensor::{GpuMatrix, GpuTensor};
 /// rows per group of lanes in the Q/K/V product (`Kernel::MatvecInt8Rope`; 4 rather than the other products'
 /// 2: 400 to 412 t/s), blocks per step in the norm product (`Kernel::MatvecInt8Norm`, whose 1024 invocations a
 /// workgroup leave few registers each; 1 rather than 2: 395 to 406 t/s), and gate rows (each with its up row)
-/// per group and blocks per step in the SiLU product (`Kernel::MatvecInt8SiluMul`; workgroups of 512: 2 and 1
-/// rather than 1 and 2: 402 to 413 t/s). Together: 389-394 to 415-421 t/s.
+/// per group and blocks per step in the SiLU product (`Kernel::MatvecInt8SiluMul`; 4 and 2, in workgroups of
+/// 256: 431 to 437 t/s against 2 and 1, which were 402 to 413 t/s against 1 and 2). Q/K/V rows 8, SiLU pairs 8,
+/// or SiLU blocks 4 a step were slower.
 const QKV_PRODUCT_ROWS: u32 = 4;
 const NORM_PRODUCT_UNROLL: u32 = 1;
-const SILU_PRODUCT_PAIRS: u32 = 2;
-const SILU_PRODUCT_UNROLL: u32 = 1;
+const SILU_PRODUCT_PAIRS: u32 = 4;
+const SILU_PRODUCT_UNROLL: u32 = 2;
 
 /// Bytes of one block of 32 activations in int8 (`Kernel::MatvecInt8`'s layout): 32 quants, the scale and
 /// the scaled sum of the quants, padded to three `vec4<u32>`.
