@@ -1,6 +1,6 @@
 //! Matrix products, and the int8 activations of the products that take them.
 
-use tern_core::{Error, Result, RopeParams, RopeStyle};
+use tern_core::{Error, Result, RopeParams, RopeStyle, TensorType};
 use tern_shaders::{Kernel, MATMUL_TOKENS, NORM_PRODUCT_ROWS, TILED_TOKENS, WORKGROUP};
 
 use super::WebGpuBackend;
@@ -8,17 +8,20 @@ use crate::pool::size_class;
 use crate::recorder::Grid;
 use crate::tensor::{GpuMatrix, GpuTensor};
 
-/// The shapes of the fused decode products, measured in the pipelined 7B T4 step on the H100 (BENCHMARKS.md):
+/// The shapes of the fused decode products, measured in the pipelined 7B step on the H100 (BENCHMARKS.md):
 /// rows per group of lanes in the Q/K/V product (`Kernel::MatvecInt8Rope`; 4 rather than the other products'
-/// 2: 400 to 412 t/s), blocks per step in the norm product (`Kernel::MatvecInt8Norm`, whose 1024 invocations a
-/// workgroup leave few registers each; 1 rather than 2: 395 to 406 t/s), and gate rows (each with its up row)
-/// per group and blocks per step in the SiLU product (`Kernel::MatvecInt8SiluMul`; 4 and 2, in workgroups of
-/// 256: 431 to 437 t/s against 2 and 1, which were 402 to 413 t/s against 1 and 2). Q/K/V rows 8, SiLU pairs 8,
-/// or SiLU blocks 4 a step were slower.
+/// 2), and gate rows (each with its up row) per group in the SiLU product (`Kernel::MatvecInt8SiluMul`, in
+/// workgroups of 256). Rows 8 or pairs 8 were slower.
 const QKV_PRODUCT_ROWS: u32 = 4;
-const NORM_PRODUCT_UNROLL: u32 = 1;
 const SILU_PRODUCT_PAIRS: u32 = 4;
-const SILU_PRODUCT_UNROLL: u32 = 2;
+
+/// Blocks per step of the norm product (`Kernel::MatvecInt8Norm`) and of the SiLU product, by the weights'
+/// bits: a block of 4 bits or more is enough loads in flight at fewer blocks a step (the norm product's 1024
+/// invocations a workgroup leave each few registers), a narrower block needs more blocks a step. Measured on the H100 at 7B: T4 with (1, 2) 437 t/s against 389-394 with
+/// (2, 2); T2 with (2, 4) 532 against 432 with (1, 2); T3 415 against 376 (BENCHMARKS.md).
+fn fused_unroll(ty: TensorType) -> (u32, u32) {
+    if ty.quant_bits() >= 4 { (1, 2) } else { (2, 4) }
+}
 
 /// Bytes of one block of 32 activations in int8 (`Kernel::MatvecInt8`'s layout): 32 quants, the scale and
 /// the scaled sum of the quants, padded to three `vec4<u32>`.
@@ -266,7 +269,7 @@ impl WebGpuBackend {
         let Some(int8) = self.int8_output(out)? else { return Ok(false) };
         x.written();
         let subgroups = self.subgroup_lanes();
-        let kernel = Kernel::MatvecInt8Norm { ty: w.ty, lanes: k.lanes, unroll: NORM_PRODUCT_UNROLL, subgroups };
+        let kernel = Kernel::MatvecInt8Norm { ty: w.ty, lanes: k.lanes, unroll: fused_unroll(w.ty).0, subgroups };
         let (grid, x_groups) = self.product_grid(w.rows, NORM_PRODUCT_ROWS, 1, 1);
         let params = [w.rows as u32, w.cols as u32, eps.to_bits(), x_groups, w.first_row as u32, 0, 0, 0];
         let xq = self.int8_activations(a)?;
@@ -306,7 +309,7 @@ impl WebGpuBackend {
             ty: gate.ty,
             lanes: k.lanes,
             pairs,
-            unroll: SILU_PRODUCT_UNROLL,
+            unroll: fused_unroll(gate.ty).1,
             scaled: x.is_unscaled(),
             subgroups: self.subgroup_lanes(),
         };
