@@ -2,7 +2,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tern_core::{AttentionParams, Backend, Error, MatrixView, Result, RopeParams, RopeStyle, TokenSampling};
-use tern_shaders::{ATTENTION_SPAN, Kernel, MAX_HEAD_DIM, MAX_NORM_QUADS, SAMPLE_CHUNK, SamplePass, WORKGROUP};
+use tern_shaders::{ATTENTION_SPAN, GREEDY_CHUNK, Kernel, MAX_HEAD_DIM, MAX_NORM_QUADS, SAMPLE_CHUNK, SamplePass, WORKGROUP};
 use wgpu::util::DeviceExt;
 
 mod products;
@@ -409,16 +409,17 @@ impl Backend for WebGpuBackend {
         let (temperature, top_p, draw) = (s.temperature.to_bits(), s.top_p.to_bits(), s.draw.to_bits());
         let top_k = s.top_k as u32;
         let row = logits.rows as u32 - 1;
-        if cols <= SAMPLE_CHUNK {
+        let chunk = if s.temperature <= 0.0 { GREEDY_CHUNK } else { SAMPLE_CHUNK };
+        if cols <= chunk {
             let params = [cols, row, top_k, temperature, top_p, draw, 0, 0];
             let kernel = Kernel::Sample { pass: SamplePass::Whole };
             return self.recorder.dispatch(&self.gpu, kernel, params, &[&logits.buf, &out.buf], Grid { dims: (1, 1, 1) });
         }
         // A long row: each chunk's candidates, then the pick among them.
-        let chunks = cols.div_ceil(SAMPLE_CHUNK);
+        let chunks = cols.div_ceil(chunk);
         let slots = if s.temperature <= 0.0 { 1 } else { top_k.min(SAMPLE_CHUNK) };
         let cand = self.scratch(&self.sample_candidates, "tern sampling candidates", chunks as u64 * slots as u64 * 8)?;
-        let params = [cols, row, top_k, temperature, top_p, draw, SAMPLE_CHUNK, slots];
+        let params = [cols, row, top_k, temperature, top_p, draw, chunk, slots];
         let kernel = Kernel::Sample { pass: SamplePass::Chunks };
         self.recorder.dispatch(&self.gpu, kernel, params, &[&logits.buf, &cand], Grid { dims: (chunks, 1, 1) })?;
         let params = [chunks * slots, 0, top_k, temperature, top_p, draw, 0, cols];

@@ -142,7 +142,7 @@ pub enum Kernel {
 pub enum SamplePass {
     /// One workgroup over the whole row of logits picks the token.
     Whole,
-    /// A workgroup per `chunk` logits of the row (parameter `chunk`, [`SAMPLE_CHUNK`] by default) writes its
+    /// A workgroup per `chunk` logits of the row (parameter `chunk`: [`SAMPLE_CHUNK`], or [`GREEDY_CHUNK`]) writes its
     /// chunk's candidates, `valid` of them (`top_k`, or 1 when greedy; unused slots have id `u32::MAX`),
     /// sorted, as (key, id) pairs.
     Chunks,
@@ -152,6 +152,11 @@ pub enum SamplePass {
 
 /// Logits per workgroup of [`SamplePass::Chunks`]; rows longer than this are sampled in two passes.
 pub const SAMPLE_CHUNK: u32 = 4096;
+
+/// Logits per workgroup of [`SamplePass::Chunks`] for a greedy pick: one an invocation, so that the chunks'
+/// pass is one load deep and the merge has few candidates (125 for 32000 logits). Rows longer than this are
+/// picked in two passes.
+pub const GREEDY_CHUNK: u32 = 256;
 
 /// What a binding holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -32,9 +32,13 @@ pub(crate) fn attention(head_dim: u32, split: bool, subgroups: bool, int8: bool)
     let k_fetch = lines(
         (0..k_loads).map(|u| {
             let d = format!("part + {u}u * PARTS");
-            format!("if ({d} < CHUNKS) {{ part_dot += dot(qs[{d}], k[kb + {d}]); }}")
+            format!("var k{u} = vec4<f32>(0.0);\n        if (jq < visible && {d} < CHUNKS) {{ k{u} = k[kb + {d}]; }}")
         }),
-        12,
+        8,
+    );
+    let k_dots = lines(
+        (0..k_loads).map(|u| format!("if (part + {u}u * PARTS < CHUNKS) {{ part_dot += dot(qs[part + {u}u * PARTS], k{u}); }}")),
+        8,
     );
     let v_fetch = lines(
         (0..v_loads).map(|u| {
@@ -151,10 +155,11 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     let kvh = h / (p.n_heads / p.n_kv_heads);
     let kv_cols = p.n_kv_heads * HD;
     let qbase = (t * p.n_heads + h) * HD;
-    for (var d = li; d < HD / 4u; d += WG) {{
-        qs[d] = vec4<f32>(q[qbase + 4u * d], q[qbase + 4u * d + 1u], q[qbase + 4u * d + 2u], q[qbase + 4u * d + 3u]);
+    // The query is loaded with the first tile's K and V: one trip to memory, not two.
+    var qv = vec4<f32>(0.0);
+    if (li < CHUNKS) {{
+        qv = vec4<f32>(q[qbase + 4u * li], q[qbase + 4u * li + 1u], q[qbase + 4u * li + 2u], q[qbase + 4u * li + 3u]);
     }}
-    workgroupBarrier();
     let c = li % CHUNKS;
     let g = li / CHUNKS;
     var m = NONE;
@@ -165,11 +170,13 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
         let jq = j0 + li / PARTS;
         let part = li % PARTS;
         let n = min(TILE, visible - j0);
-{v_fetch}        var part_dot = 0.0;
-        if (jq < visible) {{
-            let kb = (jq * kv_cols + kvh * HD) / 4u;
-{k_fetch}        }}
-        dots[li] = part_dot;
+        let kb = (jq * kv_cols + kvh * HD) / 4u;
+{k_fetch}{v_fetch}        if (j0 == first && li < CHUNKS) {{
+            qs[li] = qv;
+        }}
+        workgroupBarrier();
+        var part_dot = 0.0;
+{k_dots}        dots[li] = part_dot;
         workgroupBarrier();
         // Invocation `li < TILE` holds position `j0 + li`'s score.
         let j = j0 + li;
