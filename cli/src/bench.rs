@@ -3,8 +3,10 @@
 //! Generation rows also give the bytes a decode step reads (weights and KV cache) times its rate.
 //!
 //! Generation runs as `tern generate` does on the backend: from one random token, each step picks the next
-//! token greedily on the backend, and on a GPU the next step is queued before the token is read back.
+//! token greedily on the backend, and on a GPU the next steps (`tern::STEPS_IN_FLIGHT`) are queued before the
+//! token is read back.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -12,7 +14,7 @@ use clap::Args;
 use tern::core::{Backend, TokenSampling};
 use tern::core::{TensorType, TernFormat};
 use tern::model::{Llama, LlamaConfig, Scratch, StepInput};
-use tern::{AnyBackend, BackendChoice};
+use tern::{AnyBackend, BackendChoice, STEPS_IN_FLIGHT};
 
 use crate::ModelArgs;
 
@@ -199,14 +201,23 @@ fn measure(args: &BenchArgs, name: &str, model: &Llama<AnyBackend>) -> Result<()
             // The host's share of a step: recording and submitting it (the rest waits for the device).
             let mut recording = Duration::ZERO;
             be.install(|| -> Result<(), tern::Error> {
-                let mut reading = model.forward_sample(StepInput::Tokens(&[first]), &mut cache, &mut scratch, &sampling())?;
+                // As `tern generate` decodes: up to STEPS_IN_FLIGHT steps queued ahead of the token read back.
+                let mut readings = VecDeque::new();
+                readings.push_back(model.forward_sample(StepInput::Tokens(&[first]), &mut cache, &mut scratch, &sampling())?);
                 for _ in 1..args.gen_tokens {
                     let r = Instant::now();
                     let next = model.forward_sample(StepInput::Sampled, &mut cache, &mut scratch, &sampling())?;
                     recording += r.elapsed();
-                    be.read_finish(std::mem::replace(&mut reading, next))?;
+                    readings.push_back(next);
+                    if readings.len() > STEPS_IN_FLIGHT
+                        && let Some(oldest) = readings.pop_front()
+                    {
+                        be.read_finish(oldest)?;
+                    }
                 }
-                be.read_finish(reading)?;
+                for r in readings {
+                    be.read_finish(r)?;
+                }
                 Ok(())
             })?;
             if rep > 0 {

@@ -1,7 +1,16 @@
+use std::collections::VecDeque;
+
 use tern_core::Backend;
 use tern_model::{KvCache, Sampler, SamplingParams, Scratch, StepInput, StopStrings, TextStream};
 
 use crate::{AnyBackend, AnyReading, Engine, Error, Result};
+
+/// Decode steps queued on the device ahead of the token the host waits for, when tokens are picked on the
+/// device. With two, the host records a step while the device still runs two: a 7B step's recording and submit
+/// take the H100 machine's host about 1.5 ms against the GPU's 2.2, and with only one step ahead the host's
+/// slower steps left the GPU idle (7B T4 decode 429-445 t/s against a steady 449 with two; BENCHMARKS.md). The
+/// cost: a generation that ends early has run up to two steps that are then dropped.
+pub const STEPS_IN_FLIGHT: usize = 2;
 
 /// What one generation request asks for.
 #[derive(Debug, Clone, PartialEq)]
@@ -107,7 +116,7 @@ impl<'e> Session<'e> {
         Ok(Generation {
             session: self,
             on_device,
-            in_flight: None,
+            in_flight: VecDeque::new(),
             sampler,
             pending,
             max_tokens: options.max_tokens,
@@ -123,10 +132,12 @@ impl<'e> Session<'e> {
 #[derive(Debug)]
 pub struct Generation<'s, 'e> {
     session: &'s mut Session<'e>,
-    /// Tokens are picked on the device, and each step is queued before the previous token is read back.
+    /// Tokens are picked on the device, and up to [`STEPS_IN_FLIGHT`] steps are queued ahead of the token
+    /// being read back.
     on_device: bool,
-    /// The reading of the token the last queued step picks; that step already runs the token before it.
-    in_flight: Option<AnyReading>,
+    /// The readings of the tokens the queued steps pick, oldest first; each step after the first runs the token
+    /// the one before it picks.
+    in_flight: VecDeque<AnyReading>,
     sampler: Sampler,
     /// Tokens accepted but not yet run through the model.
     pending: Vec<u32>,
@@ -173,12 +184,12 @@ impl Generation<'_, '_> {
         let s = &mut *self.session;
         let tokenizer = &s.engine.tokenizer;
         if tokenizer.stop_ids.contains(&id) {
-            // A step queued ahead has run the end token: take it out of the cache.
-            self.in_flight = None;
+            // Steps queued ahead have run the end token (and what followed it): take them out of the cache.
+            self.in_flight.clear();
             s.cache.truncate(s.tokens.len());
             return self.end(FinishReason::EndOfSequence, id);
         }
-        if self.in_flight.is_some() {
+        if !self.in_flight.is_empty() {
             s.tokens.push(id);
         } else {
             self.pending.push(id);
@@ -203,27 +214,32 @@ impl Generation<'_, '_> {
         Ok(self.sampler.sample(&logits, &s.tokens))
     }
 
-    /// The next token, sampled on the device. Before waiting for it, the step that runs it is queued (unless no
-    /// further token will be wanted), so the device works while the host streams the token out.
+    /// The next token, sampled on the device. Before waiting for it, the steps that run it and the tokens after
+    /// it are queued, [`STEPS_IN_FLIGHT`] ahead (but none for a token that will not be wanted), so the device
+    /// works while the host streams the token out and records the next step.
     fn next_on_device(&mut self) -> Result<u32> {
         let s = &mut *self.session;
         let model = &s.engine.model;
         let be = model.backend();
-        let reading = match self.in_flight.take() {
-            Some(r) => r,
-            None => {
-                let sampling = self.sampler.next_draw();
-                let (pending, cache, scratch) = (&self.pending, &mut s.cache, &mut s.scratch);
-                let r = be.install(|| model.forward_sample(StepInput::Tokens(pending), cache, scratch, &sampling))?;
-                s.tokens.append(&mut self.pending);
-                r
-            }
-        };
-        if self.generated + 1 < self.max_tokens && s.cache.len() < s.cache.capacity() {
+        if self.in_flight.is_empty() {
+            let sampling = self.sampler.next_draw();
+            let (pending, cache, scratch) = (&self.pending, &mut s.cache, &mut s.scratch);
+            self.in_flight.push_back(be.install(|| model.forward_sample(StepInput::Tokens(pending), cache, scratch, &sampling))?);
+            s.tokens.append(&mut self.pending);
+        }
+        // A new step runs the token of the last reading: token `generated + in_flight.len()` of this generation,
+        // wanted as input only if a token follows it.
+        while self.in_flight.len() <= STEPS_IN_FLIGHT
+            && self.generated + self.in_flight.len() < self.max_tokens
+            && s.cache.len() < s.cache.capacity()
+        {
             let sampling = self.sampler.next_draw();
             let (cache, scratch) = (&mut s.cache, &mut s.scratch);
-            self.in_flight = Some(be.install(|| model.forward_sample(StepInput::Sampled, cache, scratch, &sampling))?);
+            self.in_flight.push_back(be.install(|| model.forward_sample(StepInput::Sampled, cache, scratch, &sampling))?);
         }
+        let Some(reading) = self.in_flight.pop_front() else {
+            return Err(tern_core::Error::Device { detail: "no step was queued for the next token".into() }.into());
+        };
         let values = be.read_finish(reading)?;
         values
             .first()

@@ -24,7 +24,7 @@ pub use backend::{AnyBackend, AnyMatrix, AnyReading, AnyTensor, BackendChoice};
 pub use engine::{Engine, EngineBuilder};
 pub use error::{Error, Result};
 pub use eval::{EvalOptions, EvalReport, Reference, evaluate};
-pub use generation::{FinishReason, GenerateOptions, Generation, Session, Token};
+pub use generation::{FinishReason, GenerateOptions, Generation, STEPS_IN_FLIGHT, Session, Token};
 pub use imatrix::{ImportanceMatrix, SecondMoments};
 pub use quantize::{Precision, QuantizeOptions, QuantizeReport, quantize};
 

@@ -1,4 +1,4 @@
-//! Generation with tokens picked on the device and each step queued before the last token is read back (what
+//! Generation with tokens picked on the device and steps queued ahead of the token read back (what
 //! `Session::generate` does on WebGPU) gives the tokens of the plain loop: run a step, read the logits, sample
 //! on the host. Runs on whatever adapter wgpu finds (lavapipe in CI).
 
@@ -66,12 +66,12 @@ fn device_sampling_gives_the_host_loops_tokens() {
 
 #[test]
 fn a_session_continues_after_steps_queued_ahead() {
-    // The step queued for the last token of a turn has already run it: the next turn must see the same cache
-    // as a fresh session that runs the whole conversation.
+    // The steps queued ahead of the last token of a turn have already run it and the token after it: the next
+    // turn must see the same cache as a fresh session that runs the whole conversation.
     let e = engine();
     let prompt = "Once upon a time";
     let mut session = e.session().unwrap();
-    // Two tokens of five: the step for the second is already queued when the generation is dropped.
+    // Two tokens of five: the steps for the second and third are already queued when the generation is dropped.
     let first: String = session.generate(prompt, &GenerateOptions::greedy(5)).unwrap().take(2).map(|t| t.unwrap().text).collect();
     let next_prompt = format!("{prompt}{first} and");
     let continued: String =
