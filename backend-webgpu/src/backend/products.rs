@@ -17,8 +17,9 @@ const SILU_PRODUCT_PAIRS: u32 = 4;
 
 /// Blocks per step of the norm product (`Kernel::MatvecInt8Norm`) and of the SiLU product, by the weights'
 /// bits: a block of 4 bits or more is enough loads in flight at fewer blocks a step (the norm product's 1024
-/// invocations a workgroup leave each few registers), a narrower block needs more blocks a step. Measured on the H100 at 7B: T4 with (1, 2) 437 t/s against 389-394 with
-/// (2, 2); T2 with (2, 4) 532 against 432 with (1, 2); T3 415 against 376 (BENCHMARKS.md).
+/// invocations a workgroup leave each few registers), a narrower block needs more blocks a step. Measured on
+/// the H100 at 7B: T4 with (1, 2) 437 t/s against 389-394 with (2, 2); T2 with (2, 4) 532 against 432 with
+/// (1, 2); T3 415 against 376 (BENCHMARKS.md).
 fn fused_unroll(ty: TensorType) -> (u32, u32) {
     if ty.quant_bits() >= 4 { (1, 2) } else { (2, 4) }
 }

@@ -23,9 +23,10 @@ pub(crate) fn attention(head_dim: u32, split: bool, subgroups: bool, int8: bool)
     let (tile, wg) = (ATTENTION_TILE, ATTENTION_INVOCATIONS);
     let quads = head_dim / 4;
     // The weighted sum of V: invocation `li` owns `vec4` chunk `li % CHUNKS` of the head for the positions
-    // `li / CHUNKS, + GROUPS, ...` of each tile; the groups' sums meet at the end. Every load of a tile is issued before its first use, so that a tile costs one trip to memory: a
-    // position's K `vec4`s (dimensions `part, part + PARTS, ...`) and an invocation's V `vec4`s (positions
-    // `g, g + GROUPS, ...` of the tile) go out together, before the scores' reductions.
+    // `li / CHUNKS, + GROUPS, ...` of each tile; the groups' sums meet at the end. Every load of a tile is
+    // issued before its first use, so that a tile costs one trip to memory: a position's K `vec4`s (dimensions
+    // `part, part + PARTS, ...`), an invocation's V `vec4`s (positions `g, g + GROUPS, ...` of the tile) and,
+    // in the first tile, the query go out together, before the scores' reductions.
     let groups = wg / quads;
     let k_loads = quads.div_ceil(wg / tile);
     let v_loads = tile.div_ceil(groups);
