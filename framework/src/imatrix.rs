@@ -25,6 +25,9 @@ pub struct ImportanceMatrix {
     pub columns: BTreeMap<String, Vec<f32>>,
 }
 
+/// What sees each product's input: the names of the matrices that take it, its rows and columns, and its values.
+type ProductInputs<'a> = dyn FnMut(&[String], usize, usize, &[f32]) + Send + 'a;
+
 /// Runs `engine` over `text` in chunks of `ctx` tokens (at most `max_chunks`), showing `observe` the input of
 /// every matrix product (the names of the matrices that take it, `rows x cols`, the values) and calling
 /// `progress(done, total)` after every chunk. Returns the number of chunks run.
@@ -34,7 +37,7 @@ fn observe_chunks(
     ctx: usize,
     max_chunks: Option<usize>,
     progress: &mut dyn FnMut(usize, usize),
-    observe: &mut (dyn FnMut(&[String], usize, usize, &[f32]) + Send),
+    observe: &mut ProductInputs<'_>,
 ) -> Result<usize> {
     let model = engine.model();
     let backend = model.backend();

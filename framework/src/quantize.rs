@@ -226,7 +226,7 @@ impl QuantizeReport {
                 None => out.push((t.ty, t.params, t.bits)),
             }
         }
-        out.sort_by(|a, b| b.1.cmp(&a.1));
+        out.sort_by_key(|t| std::cmp::Reverse(t.1));
         out
     }
 }
