@@ -84,14 +84,16 @@ impl CpuMatrix {
         }
     }
 
-    /// Row `r` of a tern-format matrix, with its codes running on to the end of the padded array.
-    pub(crate) fn tern_row(&self, r: usize) -> Option<TernRow<'_>> {
+    /// Rows `r0..r0 + R` of a tern-format matrix, each with its codes running on to the end of the padded array.
+    pub(crate) fn tern_rows<const R: usize>(&self, r0: usize) -> Option<[TernRow<'_>; R]> {
         let Layout::Tern(t) = &self.layout else {
             return None;
         };
-        let mut row = t.row(r);
-        row.codes = &t.codes[r * t.format.code_words(t.cols)..];
-        Some(row)
+        Some(std::array::from_fn(|i| {
+            let mut row = t.row(r0 + i);
+            row.codes = &t.codes[(r0 + i) * t.format.code_words(t.cols)..];
+            row
+        }))
     }
 
     /// Whether products with this matrix take int8 activations (GGUF block types and tern's formats).

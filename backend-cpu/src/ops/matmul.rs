@@ -86,25 +86,44 @@ fn quantized(level: SimdLevel, ws: &[&CpuMatrix], x: &QuantizedRows, dsts: &[Sha
     });
 }
 
-/// Products of the tern-format rows `rows` with every activation row: tiles of `TOKENS_PER_TILE` tokens, then
-/// the rest one by one.
+/// Products of the tern-format rows `rows` with every activation row: tiles of `TILE_ROWS` rows by
+/// `TOKENS_PER_TILE` tokens, then the rest of the tokens one by one (`DECODE_ROWS` rows at a time), then the
+/// rows left over.
 fn tern_rows(level: SimdLevel, w: &CpuMatrix, rows: std::ops::Range<usize>, x: &QuantizedRows, dst: SharedMut) {
-    let (m, tokens, nb) = (w.rows, x.rows, w.cols / 32);
-    for r in rows {
-        let Some(row) = w.tern_row(r) else { return };
-        let mut t = 0;
-        while t + TOKENS_PER_TILE <= tokens {
-            let xs: [ActRow<'_>; TOKENS_PER_TILE] = std::array::from_fn(|i| ActRow::of(x, t + i));
-            for (i, v) in qdot_tern::dot(level, row, nb, xs).into_iter().enumerate() {
-                // Safety: (t + i, r) is in bounds and belongs to this task's rows alone.
-                unsafe { dst.write((t + i) * m + r, v) };
-            }
-            t += TOKENS_PER_TILE;
+    let mut r = rows.start;
+    if x.rows >= TOKENS_PER_TILE {
+        while r + TILE_ROWS <= rows.end {
+            tern_rows_times::<TILE_ROWS>(level, w, r, x, dst);
+            r += TILE_ROWS;
         }
-        for t in t..tokens {
-            let [v] = qdot_tern::dot(level, row, nb, [ActRow::of(x, t)]);
-            // Safety: as above.
-            unsafe { dst.write(t * m + r, v) };
+    }
+    while r + DECODE_ROWS <= rows.end {
+        tern_rows_times::<DECODE_ROWS>(level, w, r, x, dst);
+        r += DECODE_ROWS;
+    }
+}
+
+/// The tern-format rows `r0..r0 + R` times every activation row, `TOKENS_PER_TILE` tokens at a time.
+fn tern_rows_times<const R: usize>(level: SimdLevel, w: &CpuMatrix, r0: usize, x: &QuantizedRows, dst: SharedMut) {
+    let (tokens, nb) = (x.rows, w.cols / 32);
+    let Some(ws) = w.tern_rows::<R>(r0) else { return };
+    let mut t = 0;
+    while t + TOKENS_PER_TILE <= tokens {
+        let xs: [ActRow<'_>; TOKENS_PER_TILE] = std::array::from_fn(|i| ActRow::of(x, t + i));
+        store(dst, w.rows, (t, r0), qdot_tern::dot(level, ws, nb, xs));
+        t += TOKENS_PER_TILE;
+    }
+    for t in t..tokens {
+        store(dst, w.rows, (t, r0), qdot_tern::dot(level, ws, nb, [ActRow::of(x, t)]));
+    }
+}
+
+/// Writes `v[i][n]` to output `(t0 + n, r0 + i)` of an output of `m` columns.
+fn store<const R: usize, const N: usize>(dst: SharedMut, m: usize, (t0, r0): (usize, usize), v: [[f32; N]; R]) {
+    for (i, row) in v.iter().enumerate() {
+        for (n, &value) in row.iter().enumerate() {
+            // Safety: (t0 + n, r0 + i) is in bounds and belongs to the calling task's rows alone.
+            unsafe { dst.write((t0 + n) * m + r0 + i, value) };
         }
     }
 }
@@ -120,24 +139,13 @@ fn rows_times<const R: usize, const N: usize>(
     t0: usize,
     dst: SharedMut,
 ) {
-    let m = w.rows;
     let mut r = rows.start;
     while r + R <= rows.end {
-        let v = dot::<R, N>(level, ty, std::array::from_fn(|i| WeightRow::of(w, ty, r + i)), xs);
-        for (i, row) in v.iter().enumerate() {
-            for (n, &value) in row.iter().enumerate() {
-                // Safety: (t0 + n, r + i) is in bounds and belongs to this task's rows alone.
-                unsafe { dst.write((t0 + n) * m + r + i, value) };
-            }
-        }
+        store(dst, w.rows, (t0, r), dot::<R, N>(level, ty, std::array::from_fn(|i| WeightRow::of(w, ty, r + i)), xs));
         r += R;
     }
     for r in r..rows.end {
-        let [v] = dot(level, ty, [WeightRow::of(w, ty, r)], xs);
-        for (n, value) in v.into_iter().enumerate() {
-            // Safety: as above.
-            unsafe { dst.write((t0 + n) * m + r, value) };
-        }
+        store(dst, w.rows, (t0, r), dot(level, ty, [WeightRow::of(w, ty, r)], xs));
     }
 }
 

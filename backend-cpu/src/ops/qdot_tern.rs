@@ -7,14 +7,19 @@ use tern_quant::TernRow;
 use super::qdot::ActRow;
 use crate::SimdLevel;
 
-/// `w · x[n]` for each of the `N` activation rows.
-pub(crate) fn dot<const N: usize>(level: SimdLevel, w: TernRow<'_>, nb: usize, x: [ActRow<'_>; N]) -> [f32; N] {
+/// `w[r] · x[n]` for each of the `R` weight rows (of one format, `nb` blocks each) and `N` activation rows.
+pub(crate) fn dot<const R: usize, const N: usize>(
+    level: SimdLevel,
+    w: [TernRow<'_>; R],
+    nb: usize,
+    x: [ActRow<'_>; N],
+) -> [[f32; N]; R] {
     #[cfg(target_arch = "x86_64")]
     if level != SimdLevel::Scalar {
         return x86::dot(level, w, nb, x);
     }
     let _ = level;
-    dot_scalar(w, nb, x)
+    w.map(|row| dot_scalar(row, nb, x))
 }
 
 /// The portable path, and the reference the SIMD paths are tested against.
@@ -49,42 +54,57 @@ mod x86 {
     const T4: u8 = 4;
     const T8: u8 = 8;
 
-    pub(super) fn dot<const N: usize>(level: SimdLevel, w: TernRow<'_>, nb: usize, x: [ActRow<'_>; N]) -> [f32; N] {
+    pub(super) fn dot<const R: usize, const N: usize>(
+        level: SimdLevel,
+        w: [TernRow<'_>; R],
+        nb: usize,
+        x: [ActRow<'_>; N],
+    ) -> [[f32; N]; R] {
         // Eight blocks' codes and activation scales are loaded at a time (lanes past `nb` masked off), so the
         // slices must reach `nb` rounded up to 8.
         let nb8 = nb.next_multiple_of(8);
-        let code_bytes = nb8 * w.format.code_bits() / 8;
-        let fits = w.quants.len() >= nb * w.format.quant_words()
-            && w.codes.len() * 4 >= code_bytes
+        let format = w[0].format;
+        let code_bytes = nb8 * format.code_bits() / 8;
+        let fits = w
+            .iter()
+            .all(|r| r.format == format && r.quants.len() >= nb * format.quant_words() && r.codes.len() * 4 >= code_bytes)
             && x.iter().all(|r| r.q.len() >= nb * 32 && r.d.len() >= nb8 && r.s.len() >= nb8);
         if !fits {
-            return dot_scalar(w, nb, x);
+            return w.map(|row| dot_scalar(row, nb, x));
         }
         // Safety: `level` was detected on this CPU, and the lengths were checked above.
         unsafe {
-            match (level, w.format) {
-                (SimdLevel::Avx512Vnni, TernFormat::T2) => vnni::<N, T2>(w, nb, x),
-                (SimdLevel::Avx512Vnni, TernFormat::T3) => vnni::<N, T3>(w, nb, x),
-                (SimdLevel::Avx512Vnni, TernFormat::T4) => vnni::<N, T4>(w, nb, x),
-                (SimdLevel::Avx512Vnni, TernFormat::T8) => vnni::<N, T8>(w, nb, x),
-                (_, TernFormat::T2) => avx2::<N, T2>(w, nb, x),
-                (_, TernFormat::T3) => avx2::<N, T3>(w, nb, x),
-                (_, TernFormat::T4) => avx2::<N, T4>(w, nb, x),
-                (_, TernFormat::T8) => avx2::<N, T8>(w, nb, x),
+            match (level, format) {
+                (SimdLevel::Avx512Vnni, TernFormat::T2) => vnni::<R, N, T2>(w, nb, x),
+                (SimdLevel::Avx512Vnni, TernFormat::T3) => vnni::<R, N, T3>(w, nb, x),
+                (SimdLevel::Avx512Vnni, TernFormat::T4) => vnni::<R, N, T4>(w, nb, x),
+                (SimdLevel::Avx512Vnni, TernFormat::T8) => vnni::<R, N, T8>(w, nb, x),
+                (_, TernFormat::T2) => avx2::<R, N, T2>(w, nb, x),
+                (_, TernFormat::T3) => avx2::<R, N, T3>(w, nb, x),
+                (_, TernFormat::T4) => avx2::<R, N, T4>(w, nb, x),
+                (_, TernFormat::T8) => avx2::<R, N, T8>(w, nb, x),
             }
         }
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn avx2<const N: usize, const F: u8>(w: TernRow<'_>, nb: usize, x: [ActRow<'_>; N]) -> [f32; N] {
+    unsafe fn avx2<const R: usize, const N: usize, const F: u8>(
+        w: [TernRow<'_>; R],
+        nb: usize,
+        x: [ActRow<'_>; N],
+    ) -> [[f32; N]; R] {
         // Safety: forwarded from the caller.
-        unsafe { body::<N, F, false>(w, nb, x) }
+        unsafe { body::<R, N, F, false>(w, nb, x) }
     }
 
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn vnni<const N: usize, const F: u8>(w: TernRow<'_>, nb: usize, x: [ActRow<'_>; N]) -> [f32; N] {
+    unsafe fn vnni<const R: usize, const N: usize, const F: u8>(
+        w: [TernRow<'_>; R],
+        nb: usize,
+        x: [ActRow<'_>; N],
+    ) -> [[f32; N]; R] {
         // Safety: forwarded from the caller.
-        unsafe { body::<N, F, true>(w, nb, x) }
+        unsafe { body::<R, N, F, true>(w, nb, x) }
     }
 
     /// Block `b`'s 32 quants as bytes in element order (unsigned for T2/T3/T4, signed for T8).
@@ -143,52 +163,69 @@ mod x86 {
         }
     }
 
+    /// `R` rows against `N` activation rows: each activation block is loaded once for all the rows, each
+    /// weight block unpacked once for all the tokens. The minimum terms go into the same accumulators as the
+    /// products (lane by lane; the lanes are summed at the end), so `R x N` registers hold every sum.
+    ///
     /// # Safety
     /// The CPU has AVX2, FMA and F16C (and AVX-512 VNNI/VL when `VNNI`); the slices are as long as `dot` checks.
     #[inline(always)]
-    unsafe fn body<const N: usize, const F: u8, const VNNI: bool>(w: TernRow<'_>, nb: usize, x: [ActRow<'_>; N]) -> [f32; N] {
+    unsafe fn body<const R: usize, const N: usize, const F: u8, const VNNI: bool>(
+        w: [TernRow<'_>; R],
+        nb: usize,
+        x: [ActRow<'_>; N],
+    ) -> [[f32; N]; R] {
         unsafe {
-            let q = w.quants.as_ptr() as *const u8;
-            let codes = w.codes.as_ptr() as *const u8;
+            let q = w.map(|r| r.quants.as_ptr() as *const u8);
+            let codes = w.map(|r| r.codes.as_ptr() as *const u8);
             let ones = _mm256_set1_epi16(1);
-            let mut acc = [_mm256_setzero_ps(); N];
-            let mut extra = [_mm256_setzero_ps(); N];
-            let mut scales = [[0f32; 8]; N];
+            let mut acc = [[_mm256_setzero_ps(); N]; R];
+            let mut scales = [[[0f32; 8]; N]; R];
             let mut g = 0;
             while g < nb {
                 let count = (nb - g).min(8);
                 let mask = _mm256_loadu_ps(MASK.as_ptr().add(8 - count) as *const f32);
-                let (sc, mn) = codes8::<F>(codes, g);
-                let sc = _mm256_and_ps(_mm256_mul_ps(sc, _mm256_set1_ps(w.d)), mask);
-                let mn = _mm256_and_ps(_mm256_mul_ps(mn, _mm256_set1_ps(w.m)), mask);
-                for n in 0..N {
-                    let xd = _mm256_loadu_ps(x[n].d.as_ptr().add(g));
-                    _mm256_storeu_ps(scales[n].as_mut_ptr(), _mm256_mul_ps(sc, xd));
-                    if F != T8 {
-                        extra[n] = _mm256_fmadd_ps(mn, _mm256_loadu_ps(x[n].s.as_ptr().add(g)), extra[n]);
+                for r in 0..R {
+                    let (sc, mn) = codes8::<F>(codes[r], g);
+                    let sc = _mm256_and_ps(_mm256_mul_ps(sc, _mm256_set1_ps(w[r].d)), mask);
+                    let mn = _mm256_and_ps(_mm256_mul_ps(mn, _mm256_set1_ps(w[r].m)), mask);
+                    for n in 0..N {
+                        let xd = _mm256_loadu_ps(x[n].d.as_ptr().add(g));
+                        _mm256_storeu_ps(scales[r][n].as_mut_ptr(), _mm256_mul_ps(sc, xd));
+                        if F != T8 {
+                            acc[r][n] = _mm256_fnmadd_ps(mn, _mm256_loadu_ps(x[n].s.as_ptr().add(g)), acc[r][n]);
+                        }
                     }
                 }
                 for j in 0..count {
                     let b = g + j;
-                    let wv = unpack::<F>(q, b);
-                    let wu = if F == T8 { _mm256_sign_epi8(wv, wv) } else { wv };
+                    let mut wv = [_mm256_setzero_si256(); R];
+                    let mut wu = [_mm256_setzero_si256(); R];
+                    for r in 0..R {
+                        wv[r] = unpack::<F>(q[r], b);
+                        wu[r] = if F == T8 { _mm256_sign_epi8(wv[r], wv[r]) } else { wv[r] };
+                    }
                     for n in 0..N {
                         let xv = _mm256_loadu_si256(x[n].q.as_ptr().add(32 * b) as *const __m256i);
-                        let xs = if F == T8 { _mm256_sign_epi8(xv, wv) } else { xv };
-                        let p = if VNNI {
-                            _mm256_dpbusd_epi32(_mm256_setzero_si256(), wu, xs)
-                        } else {
-                            _mm256_madd_epi16(_mm256_maddubs_epi16(wu, xs), ones)
-                        };
-                        let d = _mm256_broadcast_ss(scales[n].get_unchecked(j));
-                        acc[n] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[n]);
+                        for r in 0..R {
+                            let xs = if F == T8 { _mm256_sign_epi8(xv, wv[r]) } else { xv };
+                            let p = if VNNI {
+                                _mm256_dpbusd_epi32(_mm256_setzero_si256(), wu[r], xs)
+                            } else {
+                                _mm256_madd_epi16(_mm256_maddubs_epi16(wu[r], xs), ones)
+                            };
+                            let d = _mm256_broadcast_ss(scales[r][n].get_unchecked(j));
+                            acc[r][n] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[r][n]);
+                        }
                     }
                 }
                 g += count;
             }
-            let mut out = [0f32; N];
-            for n in 0..N {
-                out[n] = hsum(_mm256_sub_ps(acc[n], extra[n]));
+            let mut out = [[0f32; N]; R];
+            for r in 0..R {
+                for n in 0..N {
+                    out[r][n] = hsum(acc[r][n]);
+                }
             }
             out
         }
