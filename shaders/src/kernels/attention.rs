@@ -18,7 +18,7 @@ use crate::{ATTENTION_INVOCATIONS, ATTENTION_TILE, WORKGROUP, formats};
 /// results combined through workgroup memory: two barriers a reduction instead of one per tree level.
 ///
 /// With `int8` (not with `split`; heads of whole blocks of 32, one query row), the output is also written
-/// quantized to int8 for decode products ([`super::products::quantize_quads`]).
+/// quantized to int8 for decode products ([`super::quantize::quantize_quads`]).
 pub(crate) fn attention(head_dim: u32, split: bool, subgroups: bool, int8: bool) -> String {
     let (tile, wg) = (ATTENTION_TILE, ATTENTION_INVOCATIONS);
     let quads = head_dim / 4;
@@ -72,13 +72,13 @@ pub(crate) fn attention(head_dim: u32, split: bool, subgroups: bool, int8: bool)
         format!(
             "    var o = vec4<f32>(0.0);\n    if (li < CHUNKS) {{\n        o = sum / l;\n{}    }}\n{}",
             store("qbase", "o"),
-            super::products::quantize_quads(&[super::products::quad("o", "(qbase / 4u + li) / 8u", "li < CHUNKS")], 4)
+            super::quantize::quantize_quads(&[super::quantize::quad("o", "(qbase / 4u + li) / 8u", "li < CHUNKS")], 4)
         )
     } else {
         format!("    if (li < CHUNKS) {{\n        let o = sum / l;\n{}    }}\n", store("qbase", "o"))
     };
     let int8_decls = if int8 {
-        format!("@group(0) @binding(5) var<storage, read_write> xq: array<vec4<u32>>;\n{}", super::products::quantize_shared(1))
+        format!("@group(0) @binding(5) var<storage, read_write> xq: array<vec4<u32>>;\n{}", super::quantize::quantize_shared(1))
     } else {
         String::new()
     };
@@ -219,7 +219,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
 /// One workgroup per head merges the partials of a split [`attention`]: each split's sums are rescaled to the
 /// largest maximum, added, and the output divided by the total. With `int8` (heads of whole blocks of 32), the
 /// workgroup then reads its head's output back a `vec4` per invocation and writes it quantized to int8 for
-/// decode products ([`super::products::quantize_quads`]).
+/// decode products ([`super::quantize::quantize_quads`]).
 pub(crate) fn attention_combine(head_dim: u32, int8: bool) -> String {
     let tile = WORKGROUP;
     let dims = head_dim.div_ceil(tile) as usize;
@@ -234,7 +234,7 @@ pub(crate) fn attention_combine(head_dim: u32, int8: bool) -> String {
     if int8 {
         int8_decls = format!(
             "@group(0) @binding(3) var<storage, read_write> xq: array<vec4<u32>>;\n{}",
-            super::products::quantize_shared(1)
+            super::quantize::quantize_shared(1)
         );
         writes += "    storageBarrier();
     var o = vec4<f32>(0.0);
@@ -243,7 +243,7 @@ pub(crate) fn attention_combine(head_dim: u32, int8: bool) -> String {
         o = vec4<f32>(out[b], out[b + 1u], out[b + 2u], out[b + 3u]);
     }
 ";
-        writes += &super::products::quantize_quads(&[super::products::quad("o", "(h * HD / 4u + li) / 8u", "li < HD / 4u")], 4);
+        writes += &super::quantize::quantize_quads(&[super::quantize::quad("o", "(h * HD / 4u + li) / 8u", "li < HD / 4u")], 4);
     }
     format!(
         r#"struct Params {{ n_heads: u32, splits: u32, _p2: u32, _p3: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}

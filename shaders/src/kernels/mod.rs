@@ -1,16 +1,19 @@
 //! The kernel sources, by concern. Each one's bindings and parameter words are listed in [`crate::Kernel`].
 
 mod attention;
+mod fused;
 mod products;
+mod quantize;
 mod rows;
 mod sample;
 
 pub(crate) use attention::{attention, attention_combine};
-pub use products::NORM_PRODUCT_ROWS;
+pub use fused::NORM_PRODUCT_ROWS;
+pub(crate) use fused::{matvec_int8_norm, matvec_int8_silu, norm_scale};
 pub(crate) use products::{
-    matmul, matmul_tiled, matmul_tiled_int8, matvec, matvec_int8, matvec_int8_norm, matvec_int8_rope, matvec_int8_silu,
-    matvec_slots, matvec_subgroups, norm_scale, quantize_rows,
+    matmul, matmul_tiled, matmul_tiled_int8, matvec, matvec_int8, matvec_int8_rope, matvec_slots, matvec_subgroups,
 };
+pub(crate) use quantize::quantize_rows;
 pub(crate) use rows::{add, embed, rms_norm, rope, rope_append, silu_mul};
 pub(crate) use sample::sample;
 

@@ -2,7 +2,7 @@
 
 use tern_core::TensorType;
 
-use super::{lines, workgroup_tree};
+use super::lines;
 use crate::{TILED_TOKENS, WORKGROUP, formats};
 
 /// The parameters, activation and output bindings every product kernel shares, `store`, then the format's
@@ -179,7 +179,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
 
 /// How a decode product's group takes its rows and writes them.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Pairing {
+pub(super) enum Pairing {
     /// Rows `r0, r0 + 1, ...`, written one by one through the prelude's `store(t, r, v)`.
     None,
     /// Rows `r0, r0 + 1, ...` (an even count), written two at a time through `store_pair(r, a, b)`.
@@ -351,7 +351,7 @@ pub(crate) fn matvec_slots(ty: TensorType, workgroup: u32, lanes: u32, rows: u32
 /// Decode products on int8 activations ([`formats::int8_reader`]): lane `l` takes the row's blocks
 /// `l, l + lanes, ...`, loading each block's activations once (for all `rows` rows) and its quants in one
 /// 16-byte load (4-bit formats). With `scaled`, the activations are a row before its RMS factor
-/// ([`matvec_int8_norm`]'s output), which the kernel finds from the blocks and applies to each sum. `None` for a
+/// (`matvec_int8_norm`'s output), which the kernel finds from the blocks and applies to each sum. `None` for a
 /// format without an int8 reader.
 pub(crate) fn matvec_int8(
     ty: TensorType,
@@ -364,193 +364,6 @@ pub(crate) fn matvec_int8(
 ) -> Option<String> {
     let prelude = product_prelude(&formats::int8_reader(ty)?, outputs, true);
     Some(int8_product(&prelude, workgroup, lanes, rows, unroll, Pairing::None, scaled, ("", ""), subgroups))
-}
-
-/// Rows per workgroup of [`matvec_int8_norm`]: one block of 32 activations of its output.
-pub const NORM_PRODUCT_ROWS: u32 = 32;
-
-/// [`matvec_int8`] (one matrix) whose rows are added to the residual row `xv` as they are written, and which
-/// writes the RMSNorm of that row in the form a scaled product ([`matvec_int8`] with `scaled`) takes: each
-/// workgroup of [`NORM_PRODUCT_ROWS`] groups of `lanes` invocations, one row a group, holds one whole block of
-/// the residual, so it needs no other workgroup. It writes `y = x * nw` for its block into `hout` and, quantized
-/// to int8 by the CPU backend's rule, into `hq`, whose block header also carries the block's sum of squares
-/// of `x` (word 2) and `eps` (word 3). The row's factor `1 / sqrt(mean(x²) + eps)` needs every block; the
-/// products that take the row find it themselves, and any other use of the row first applies it
-/// ([`norm_scale`]). `None` for a format without an int8 reader.
-pub(crate) fn matvec_int8_norm(ty: TensorType, lanes: u32, unroll: u32, subgroups: bool) -> Option<String> {
-    let reader = formats::int8_reader(ty)?;
-    let prelude = format!(
-        "struct Params {{ rows: u32, cols: u32, eps: f32, groups_x: u32, row0: u32, _p5: u32, _p6: u32, _p7: u32 }}
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(5) var<storage, read> xq: array<vec4<u32>>;
-@group(0) @binding(6) var<storage, read_write> xv: array<f32>;
-@group(0) @binding(7) var<storage, read> nw: array<f32>;
-@group(0) @binding(8) var<storage, read_write> hout: array<vec4<f32>>;
-@group(0) @binding(9) var<storage, read_write> hq: array<vec4<u32>>;
-var<workgroup> held: array<f32, {NORM_PRODUCT_ROWS}>;
-var<workgroup> weighted: array<f32, {NORM_PRODUCT_ROWS}>;
-var<private> residual: f32;
-var<private> weight: f32;
-{ROUND_I8}
-fn store(t: u32, r: u32, v: f32) {{
-    let x = residual + v;
-    xv[r] = x;
-    held[r % {NORM_PRODUCT_ROWS}u] = x;
-    weighted[r % {NORM_PRODUCT_ROWS}u] = x * weight;
-}}
-{reader}"
-    );
-    // The row's residual and norm weight are loaded before the product, so that their latency hides behind it.
-    let prologue = "    if (lane == 0u && live0) {
-        residual = xv[r0];
-        weight = nw[r0];
-    }
-";
-    let epilogue = block_epilogue(subgroups, true, "p.rows");
-    Some(int8_product(
-        &prelude,
-        NORM_PRODUCT_ROWS * lanes,
-        lanes,
-        1,
-        unroll,
-        Pairing::None,
-        false,
-        (prologue, &epilogue),
-        subgroups,
-    ))
-}
-
-/// The end of a decode product whose workgroup holds one block of [`NORM_PRODUCT_ROWS`] outputs in the
-/// workgroup array `weighted` (and, with `norm`, the residual they came from in `held`): the workgroup's block
-/// goes to `hout` in f32 and to `hq` quantized to int8 by the CPU backend's rule, where the row (`len` values,
-/// WGSL) has it. The int8 header's last two words hold, with `norm`, the block's sum of squares of `held` and
-/// `p.eps` ([`matvec_int8_norm`]), and otherwise zeros.
-///
-/// Eight invocations take a `vec4` of the block each; each finds the block's scale and quant sum itself from
-/// all 32 values in workgroup memory, so no more barriers are needed. With `subgroups` (of `lanes`, 32), every
-/// subgroup reduces the block, one value per invocation, and the first writes it.
-fn block_epilogue(subgroups: bool, norm: bool, len: &str) -> String {
-    let tail = if norm { "bitcast<u32>(squares), bitcast<u32>(p.eps)" } else { "0u, 0u" };
-    if subgroups {
-        let squares = if norm { "    let xk = held[lane];\n    let squares = subgroupAdd(xk * xk);\n" } else { "" };
-        format!(
-            "    workgroupBarrier();
-    let nb = wid.x + wid.z * p.groups_x;
-    let yk = weighted[lane];
-    let d = subgroupMax(abs(yk)) / 127.0;
-    let id = select(0.0, 1.0 / d, d != 0.0);
-    let qk = round_i8(vec4<f32>(yk), id).x;
-    let total = subgroupAdd(qk);
-{squares}    let quad = vec4<i32>(qk, subgroupShuffle(qk, lane + 1u), subgroupShuffle(qk, lane + 2u), subgroupShuffle(qk, lane + 3u));
-    if (li < {NORM_PRODUCT_ROWS}u && nb * {NORM_PRODUCT_ROWS}u < {len}) {{
-        hout[8u * nb + li / 4u][li % 4u] = yk;
-        if (li % 4u == 0u) {{
-            hq[3u * nb + li / 16u][(li / 4u) % 4u] = pack4xI8(quad);
-        }}
-        if (li == 0u) {{
-            hq[3u * nb + 2u] = vec4<u32>(bitcast<u32>(d), bitcast<u32>(d * f32(total)), {tail});
-        }}
-    }}
-"
-        )
-    } else {
-        let (squares, add) = if norm {
-            (
-                "        var squares = 0.0;\n",
-                "            let x = vec4<f32>(held[k], held[k + 1u], held[k + 2u], held[k + 3u]);\n            squares += dot(x, x);\n",
-            )
-        } else {
-            ("", "")
-        };
-        format!(
-            "    workgroupBarrier();
-    let nb = wid.x + wid.z * p.groups_x;
-    if (li < 8u && nb * {NORM_PRODUCT_ROWS}u < {len}) {{
-        var amax = 0.0;
-{squares}        for (var k = 0u; k < 32u; k += 4u) {{
-{add}            let y = vec4<f32>(weighted[k], weighted[k + 1u], weighted[k + 2u], weighted[k + 3u]);
-            amax = max(amax, max(max(abs(y.x), abs(y.y)), max(abs(y.z), abs(y.w))));
-        }}
-        let d = amax / 127.0;
-        let id = select(0.0, 1.0 / d, d != 0.0);
-        var total = 0;
-        for (var k = 0u; k < 32u; k += 4u) {{
-            let q = round_i8(vec4<f32>(weighted[k], weighted[k + 1u], weighted[k + 2u], weighted[k + 3u]), id);
-            total += q.x + q.y + q.z + q.w;
-        }}
-        let k = 4u * li;
-        let y = vec4<f32>(weighted[k], weighted[k + 1u], weighted[k + 2u], weighted[k + 3u]);
-        hout[8u * nb + li] = y;
-        hq[3u * nb + li / 4u][li % 4u] = pack4xI8(round_i8(y, id));
-        if (li == 0u) {{
-            hq[3u * nb + 2u] = vec4<u32>(bitcast<u32>(d), bitcast<u32>(d * f32(total)), {tail});
-        }}
-    }}
-"
-        )
-    }
-}
-
-/// The first half of a feed-forward step in one pass: [`matvec_int8`] over the gate and up matrices stored
-/// together (`p.rows_a` rows each), whose outputs meet as `silu(gate) * up` (the separate kernel's expression)
-/// without leaving the workgroup. Each workgroup of `32 / pairs` groups of `lanes` invocations takes one block
-/// of [`NORM_PRODUCT_ROWS`] outputs, each group `pairs` of them (a gate row and its up row each), so it holds
-/// the whole block and writes it in f32 to `hout` and in int8 to `hq` ([`block_epilogue`]). `scaled` as for
-/// [`matvec_int8`]. `None` for a format without an int8 reader.
-pub(crate) fn matvec_int8_silu(
-    ty: TensorType,
-    lanes: u32,
-    pairs: u32,
-    unroll: u32,
-    (scaled, subgroups): (bool, bool),
-) -> Option<String> {
-    let reader = formats::int8_reader(ty)?;
-    let prelude = format!(
-        "struct Params {{ rows: u32, cols: u32, _p2: u32, groups_x: u32, row0: u32, rows_a: u32, _p6: u32, _p7: u32 }}
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(5) var<storage, read> xq: array<vec4<u32>>;
-@group(0) @binding(6) var<storage, read_write> hout: array<vec4<f32>>;
-@group(0) @binding(7) var<storage, read_write> hq: array<vec4<u32>>;
-var<workgroup> weighted: array<f32, {NORM_PRODUCT_ROWS}>;
-{ROUND_I8}
-fn store_pair(r: u32, g: f32, u: f32) {{
-    weighted[r % {NORM_PRODUCT_ROWS}u] = g / (1.0 + exp(-g)) * u;
-}}
-{reader}"
-    );
-    let epilogue = block_epilogue(subgroups, false, "p.rows_a");
-    let workgroup = NORM_PRODUCT_ROWS / pairs * lanes;
-    Some(int8_product(&prelude, workgroup, lanes, 2 * pairs, unroll, Pairing::Halves, scaled, ("", &epilogue), subgroups))
-}
-
-/// A row written by [`matvec_int8_norm`] given its RMS factor in place, in f32 (`x`) and int8 (`xq`,
-/// quantized afresh from the scaled values, as [`quantize_rows`] would): one invocation per `vec4` (`len`
-/// counts them), each workgroup summing the blocks' squares itself.
-pub(crate) fn norm_scale() -> String {
-    let tree = workgroup_tree("squares", 256, "{a} + {b}", 4);
-    elementwise_quantized(
-        &format!(
-            "@group(0) @binding(1) var<storage, read_write> x: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read_write> xq: array<vec4<u32>>;
-var<workgroup> squares: array<f32, 256>;
-var<workgroup> factor: f32;
-fn row_factor(li: u32) -> f32 {{
-    var s = 0.0;
-    for (var b = li; b < p.len / 8u; b += 256u) {{
-        s += bitcast<f32>(xq[3u * b + 2u].z);
-    }}
-    squares[li] = s;
-    workgroupBarrier();
-{tree}    if (li == 0u) {{
-        factor = inverseSqrt(squares[0] / f32(4u * p.len) + bitcast<f32>(xq[2u].w));
-    }}
-    return workgroupUniformLoad(&factor);
-}}"
-        ),
-        "let f = row_factor(li);",
-        "v = x[i] * f;\n        x[i] = v;",
-        true,
-    )
 }
 
 /// [`matvec_int8`] for Q, K and V stored together, with RoPE (interleaved pairs: `rows` must be even) applied to
@@ -569,7 +382,7 @@ pub(crate) fn matvec_int8_rope(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn int8_product(
+pub(super) fn int8_product(
     prelude: &str,
     workgroup: u32,
     lanes: u32,
@@ -605,128 +418,6 @@ fn int8_product(
         scaled,
         ends,
         subgroup_sums,
-    )
-}
-
-/// Rounds `a * id` to the nearest integer, half away from zero, as the CPU backend quantizes activations to
-/// int8 (without adding 0.5, which rounds 0.49999997 up: the fraction decides).
-const ROUND_I8: &str = "fn round_i8(v: vec4<f32>, id: f32) -> vec4<i32> {
-    let a = abs(v) * id;
-    let t = trunc(a);
-    return vec4<i32>(sign(v) * (t + select(vec4<f32>(0.0), vec4<f32>(1.0), a - t >= vec4<f32>(0.5))));
-}";
-
-/// The most `vec4`s per invocation one [`quantize_quads`] takes.
-pub(crate) const QUANTIZE_MAX_QUADS: usize = 4;
-
-/// The workgroup arrays [`quantize_quads`] uses, for workgroups of up to 256 and up to `items` items at a time
-/// (2 KiB an item).
-pub(crate) fn quantize_shared(items: usize) -> String {
-    let n = 256 * items.clamp(1, QUANTIZE_MAX_QUADS);
-    format!("var<workgroup> qmax: array<f32, {n}>;\nvar<workgroup> qsum: array<i32, {n}>;\n{ROUND_I8}")
-}
-
-/// WGSL statements, for every invocation `li` of a workgroup of up to 256 (in uniform control flow: they hold
-/// barriers), that quantize `vec4`s to int8 for [`matvec_int8`] as the CPU backend quantizes activations: per
-/// block of 32, the scale `d = max |x| / 127` and quants `x / d` rounded half away from zero. For each of the
-/// (up to [`QUANTIZE_MAX_QUADS`]) items `(v, block, active)`, invocations `8j..8j + 7` hold the eight `vec4`s of
-/// one block, in order, in `v` (zeros where `active` is false), and the block goes to block `block` of `xq` (an
-/// `array<vec4<u32>>`, three words a block: the quants, then the f32 bits of `d` and of `d` times the quants'
-/// sum). All items share three barriers. Needs [`quantize_shared`] for as many items.
-pub(crate) fn quantize_quads(items: &[(String, String, String)], indent: usize) -> String {
-    quantize_quads_to("xq", items, indent)
-}
-
-/// [`quantize_quads`] into the array `target` instead of `xq`.
-pub(crate) fn quantize_quads_to(target: &str, items: &[(String, String, String)], indent: usize) -> String {
-    quantize_quads_into(target, items, false, indent)
-}
-
-/// [`quantize_quads_to`]; with `keep_zw`, each block header's last two words are left as they are (only the
-/// scale and scaled sum are stored), for a kernel whose other workgroups still read them.
-fn quantize_quads_into(target: &str, items: &[(String, String, String)], keep_zw: bool, indent: usize) -> String {
-    let mut body = vec!["{".to_string(), "    let g8 = li & ~7u;".to_string()];
-    for (k, (v, _, _)) in items.iter().enumerate() {
-        body.push(format!("    let qv{k} = {v};"));
-        body.push(format!(
-            "    qmax[{}u + li] = max(max(abs(qv{k}.x), abs(qv{k}.y)), max(abs(qv{k}.z), abs(qv{k}.w)));",
-            256 * k
-        ));
-    }
-    body.push("    workgroupBarrier();".into());
-    for k in 0..items.len() {
-        let at = |j: usize| format!("qmax[{}u + g8 + {j}u]", 256 * k);
-        let group_max = (1..8).fold(at(0), |a, j| format!("max({a}, {})", at(j)));
-        body.push(format!("    let d{k} = {group_max} / 127.0;"));
-        body.push(format!("    let id{k} = select(0.0, 1.0 / d{k}, d{k} != 0.0);"));
-        body.push(format!("    let q{k} = round_i8(qv{k}, id{k});"));
-        body.push(format!("    qsum[{}u + li] = q{k}.x + q{k}.y + q{k}.z + q{k}.w;", 256 * k));
-    }
-    body.push("    workgroupBarrier();".into());
-    for (k, (_, block, active)) in items.iter().enumerate() {
-        let group_sum = (1..8).fold(format!("qsum[{}u + g8]", 256 * k), |a, j| format!("{a} + qsum[{}u + g8 + {j}u]", 256 * k));
-        let (d, scaled_sum) = (format!("bitcast<u32>(d{k})"), format!("bitcast<u32>(d{k} * f32({group_sum}))"));
-        let header = if keep_zw {
-            format!("{target}[3u * b + 2u].x = {d};\n            {target}[3u * b + 2u].y = {scaled_sum};")
-        } else {
-            format!("{target}[3u * b + 2u] = vec4<u32>({d}, {scaled_sum}, 0u, 0u);")
-        };
-        body.push(format!(
-            "    if ({active}) {{
-        let b = {block};
-        {target}[3u * b + (li & 7u) / 4u][li & 3u] = pack4xI8(q{k});
-        if ((li & 7u) == 0u) {{
-            {header}
-        }}
-    }}"
-        ));
-    }
-    body.push("    workgroupBarrier();".into());
-    body.push("}".into());
-    lines(body.join("\n").lines().map(str::to_string), indent)
-}
-
-/// One item for [`quantize_quads`].
-pub(crate) fn quad(v: &str, block: &str, active: &str) -> (String, String, String) {
-    (v.to_string(), block.to_string(), active.to_string())
-}
-
-/// A kernel of one invocation per `vec4` (`p.len` counts them, 256 per workgroup) that sets `v` for index `i`
-/// with `value` (statements, run where `i < p.len`) and writes the row quantized to int8 for [`matvec_int8`]
-/// ([`quantize_quads`]); `bindings` declare the kernel's buffers, `xq` among them.
-pub(crate) fn quantizing_elementwise(bindings: &str, value: &str) -> String {
-    elementwise_quantized(bindings, "", value, false)
-}
-
-/// [`quantizing_elementwise`] with `prologue` (statements run by every invocation first, in uniform control
-/// flow) and, with `keep_zw`, block headers whose last two words are kept ([`quantize_quads_into`]).
-fn elementwise_quantized(bindings: &str, prologue: &str, value: &str, keep_zw: bool) -> String {
-    let quantize = quantize_quads_into("xq", &[quad("v", "i / 8u", "i < p.len")], keep_zw, 4);
-    format!(
-        r#"{}
-{bindings}
-{}
-
-{}
-    {prologue}
-    var v = vec4<f32>(0.0);
-    if (i < p.len) {{
-        {value}
-    }}
-{quantize}}}
-"#,
-        super::rows::ELEMENTWISE_PARAMS,
-        quantize_shared(1),
-        super::rows::ELEMENTWISE_MAIN
-    )
-}
-
-/// Activation rows quantized to int8 per block of 32 for [`matvec_int8`], one invocation per `vec4`.
-pub(crate) fn quantize_rows() -> String {
-    quantizing_elementwise(
-        "@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read_write> xq: array<vec4<u32>>;",
-        "v = x[i];",
     )
 }
 

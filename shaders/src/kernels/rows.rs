@@ -48,7 +48,7 @@ fn norm_kernel(residual: bool, int8_items: usize, subgroups: bool, element: &str
         ""
     };
     let bindings = norm_bindings(residual, int8, element);
-    let shared = if int8 { super::products::quantize_shared(int8_items) } else { String::new() };
+    let shared = if int8 { super::quantize::quantize_shared(int8_items) } else { String::new() };
     format!(
         r#"struct Params {{ rows: u32, cols: u32, eps: f32, groups_x: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}
 @group(0) @binding(0) var<uniform> p: Params;
@@ -90,7 +90,7 @@ fn norm_bindings(residual: bool, int8: bool, element: &str) -> String {
 /// `residual`, the sum `x + y` written back) comes before the mean square's tree, so a row costs one round of
 /// memory latency instead of one per element. With `int8` (rows of whole blocks of 32), the output is also
 /// written quantized to int8 for decode products, by the invocations holding each block
-/// ([`super::products::quantize_quads`]). With `subgroups`, the mean square is summed by `subgroupAdd` and the
+/// ([`super::quantize::quantize_quads`]). With `subgroups`, the mean square is summed by `subgroupAdd` and the
 /// subgroups' sums through workgroup memory: one barrier instead of one per tree level.
 fn rms_norm_held(residual: bool, quads: u32, int8: bool, subgroups: bool) -> String {
     let names = HeldNorm {
@@ -106,7 +106,7 @@ fn rms_norm_held(residual: bool, quads: u32, int8: bool, subgroups: bool) -> Str
         subgroups,
     };
     let body = held_norm_body(&names, quads, 4);
-    let items = if int8 { (quads as usize).min(super::products::QUANTIZE_MAX_QUADS) } else { 0 };
+    let items = if int8 { (quads as usize).min(super::quantize::QUANTIZE_MAX_QUADS) } else { 0 };
     norm_kernel(residual, items, subgroups, "vec4<f32>", &body)
 }
 
@@ -116,7 +116,7 @@ pub(crate) struct HeldNorm<'a> {
     pub x: &'a str,
     /// The array added to the row first, if any: the residual connection.
     pub residual: Option<&'a str>,
-    /// The norm's weight, the normed row, and its int8 form (as [`super::products::quantize_quads`] writes it).
+    /// The norm's weight, the normed row, and its int8 form (as [`super::quantize::quantize_quads`] writes it).
     pub weight: &'a str,
     pub out: &'a str,
     pub int8: Option<&'a str>,
@@ -186,11 +186,11 @@ pub(crate) fn held_norm_body(n: &HeldNorm<'_>, quads: u32, indent: usize) -> Str
     let quantize = match n.int8 {
         Some(target) => {
             let items: Vec<_> = k
-                .map(|k| super::products::quad(&format!("o{k}"), &format!("(base + {}) / 8u", at(k)), &format!("{} < n4", at(k))))
+                .map(|k| super::quantize::quad(&format!("o{k}"), &format!("(base + {}) / 8u", at(k)), &format!("{} < n4", at(k))))
                 .collect();
             items
-                .chunks(super::products::QUANTIZE_MAX_QUADS)
-                .map(|c| super::products::quantize_quads_to(target, c, indent))
+                .chunks(super::quantize::QUANTIZE_MAX_QUADS)
+                .map(|c| super::quantize::quantize_quads_to(target, c, indent))
                 .collect()
         }
         None => String::new(),
@@ -381,10 +381,10 @@ pub(super) fn elementwise(bindings: &str, body: &str) -> String {
 }
 
 /// `out = silu(gate) * up`; with `int8`, one invocation per `vec4` (`p.len` counts them), which also writes
-/// the row quantized to int8 for decode products ([`super::products::quantize_quads`]).
+/// the row quantized to int8 for decode products ([`super::quantize::quantize_quads`]).
 pub(crate) fn silu_mul(int8: bool) -> String {
     if int8 {
-        return super::products::quantizing_elementwise(
+        return super::quantize::quantizing_elementwise(
             "@group(0) @binding(1) var<storage, read> gate: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> up: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;

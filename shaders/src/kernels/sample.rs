@@ -50,8 +50,9 @@ const SAMPLE_CAP: u32 = tern_core::MAX_SAMPLED_TOP_K as u32;
 const _: () = assert!(SAMPLE_CAP.is_power_of_two() && SAMPLE_CAP <= 2 * SAMPLE_WG);
 
 /// A token picked from a row of logits by tern's sampling rule (`tern_core::TokenSampling`), in one workgroup
-/// ([`SamplePass::Whole`]) or, for a long row, in two passes: a workgroup per [`SAMPLE_CHUNK`] logits keeps its
-/// chunk's candidates ([`SamplePass::Chunks`]) and one workgroup picks among them ([`SamplePass::Merge`]).
+/// ([`SamplePass::Whole`]) or, for a long row, in two passes: a workgroup per [`crate::SAMPLE_CHUNK`] logits
+/// (greedy: [`crate::GREEDY_CHUNK`]) keeps its chunk's candidates ([`SamplePass::Chunks`]) and one workgroup
+/// picks among them ([`SamplePass::Merge`]).
 ///
 /// Logits become `u32` keys that order as `f32::total_cmp` does. Greedy is an argmax tree over (key, id).
 /// Otherwise a radix selection (four passes of 8 bits, a histogram in workgroup memory) finds the key of the
