@@ -1,6 +1,6 @@
 use std::cell::Cell;
 
-use tern_core::{AttentionParams, Backend, Error, MatrixView, Result, RopeParams, TokenSampling, pick_token};
+use tern_core::{AttentionParams, Backend, Error, MatrixView, Result, RopeParams, TensorType, TokenSampling, pick_token};
 
 use crate::SimdLevel;
 use crate::ops::quantize_rows::QuantizedRows;
@@ -10,6 +10,11 @@ use crate::tensor::{CpuMatrix, CpuTensor};
 thread_local! {
     /// Int8 activation rows, reused so that decode steps allocate nothing.
     static ACTIVATIONS: Cell<QuantizedRows> = Cell::new(QuantizedRows::default());
+}
+
+/// An error naming `op` unless every one of `ts` holds f32 elements (see [`CpuTensor::f32_only`]).
+fn floats(op: &'static str, ts: &[&CpuTensor]) -> Result<()> {
+    ts.iter().try_for_each(|t| t.f32_only(op))
 }
 
 /// The CPU backend: kernels at a [`SimdLevel`], work spread over a rayon pool of its own.
@@ -78,22 +83,30 @@ impl Backend for CpuBackend {
     }
 
     fn zeros(&self, rows: usize, cols: usize) -> Result<CpuTensor> {
-        Ok(CpuTensor { data: vec![0.0; rows * cols], rows, cols })
+        Ok(CpuTensor::new(vec![0.0; rows * cols], rows, cols))
+    }
+
+    fn zeros_cache(&self, rows: usize, cols: usize, ty: TensorType) -> Result<CpuTensor> {
+        match ty {
+            TensorType::F32 => self.zeros(rows, cols),
+            TensorType::F16 => Ok(CpuTensor::zeros_f16(rows, cols)),
+            _ => Err(Error::Unsupported { op: "KV cache", ty, backend: "cpu" }),
+        }
     }
 
     fn upload(&self, data: &[f32], rows: usize, cols: usize) -> Result<CpuTensor> {
         if data.len() != rows * cols {
             return Err(Error::shape("upload", format!("{} values for {rows}x{cols}", data.len())));
         }
-        Ok(CpuTensor { data: data.to_vec(), rows, cols })
+        Ok(CpuTensor::new(data.to_vec(), rows, cols))
     }
 
     fn read(&self, t: &CpuTensor) -> Result<Vec<f32>> {
-        Ok(t.data.clone())
+        Ok(t.to_f32())
     }
 
     fn read_begin(&self, t: &CpuTensor) -> Result<Vec<f32>> {
-        Ok(t.data.clone())
+        Ok(t.to_f32())
     }
 
     fn read_finish(&self, r: Vec<f32>) -> Result<Vec<f32>> {
@@ -113,10 +126,12 @@ impl Backend for CpuBackend {
     }
 
     fn embed(&self, table: &CpuMatrix, ids: &[u32], out: &mut CpuTensor) -> Result<()> {
+        out.f32_only("embed")?;
         elementwise::embed(table, ids, out)
     }
 
     fn embed_sampled(&self, table: &CpuMatrix, id: &CpuTensor, out: &mut CpuTensor) -> Result<()> {
+        floats("embed_sampled", &[id, out])?;
         match id.data.as_slice() {
             [id] => elementwise::embed(table, &[id.to_bits()], out),
             _ => Err(Error::shape("embed_sampled", format!("a {}x{} token tensor, expected 1x1", id.rows, id.cols))),
@@ -125,6 +140,7 @@ impl Backend for CpuBackend {
 
     fn sample(&self, logits: &CpuTensor, s: &TokenSampling, out: &mut CpuTensor) -> Result<()> {
         s.check()?;
+        floats("sample", &[logits, out])?;
         if logits.rows == 0 || logits.cols == 0 {
             return Err(Error::shape("sample", "no logits to sample from"));
         }
@@ -140,6 +156,8 @@ impl Backend for CpuBackend {
     }
 
     fn matmul_many(&self, ws: &[&CpuMatrix], x: &CpuTensor, outs: &mut [&mut CpuTensor]) -> Result<()> {
+        floats("matmul", &[x])?;
+        floats("matmul", &outs.iter().map(|o| &**o).collect::<Vec<_>>())?;
         self.install(|| {
             // The calling thread's int8 buffer, taken out for the call: a pool thread that steals another
             // request's matmul while this one waits finds the slot empty and uses a fresh buffer, so nothing is
@@ -152,30 +170,37 @@ impl Backend for CpuBackend {
     }
 
     fn rms_norm(&self, x: &CpuTensor, weight: &CpuTensor, eps: f32, out: &mut CpuTensor) -> Result<()> {
+        floats("rms_norm", &[x, weight, out])?;
         rms_norm::rms_norm(x, weight, eps, out)
     }
 
     fn rope(&self, x: &mut CpuTensor, p: &RopeParams) -> Result<()> {
+        x.f32_only("rope")?;
         rope::rope(x, p)
     }
 
     fn write_rows(&self, src: &CpuTensor, dst: &mut CpuTensor, row: usize) -> Result<()> {
+        src.f32_only("write_rows")?;
         elementwise::write_rows(src, dst, row)
     }
 
     fn slice_rows(&self, src: &CpuTensor, first: usize, count: usize, out: &mut CpuTensor) -> Result<()> {
+        floats("slice_rows", &[src, out])?;
         elementwise::slice_rows(src, first, count, out)
     }
 
     fn attention(&self, q: &CpuTensor, k: &CpuTensor, v: &CpuTensor, p: &AttentionParams, out: &mut CpuTensor) -> Result<()> {
+        floats("attention", &[q, out])?;
         self.install(|| attention::attention(q, k, v, p, out))
     }
 
     fn silu_mul(&self, gate: &CpuTensor, up: &CpuTensor, out: &mut CpuTensor) -> Result<()> {
+        floats("silu_mul", &[gate, up, out])?;
         elementwise::silu_mul(gate, up, out)
     }
 
     fn add(&self, x: &mut CpuTensor, y: &CpuTensor) -> Result<()> {
+        floats("add", &[x, y])?;
         elementwise::add(x, y)
     }
 }

@@ -1,15 +1,62 @@
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use tern_core::{Error, MatrixView, Result, TensorType};
 use tern_quant::{TernMatrix, TernRow};
 
-/// An f32 activation matrix in host memory, row-major.
+/// An f32 activation matrix in host memory, row-major; or a KV cache stored as f16
+/// ([`tern_core::Backend::zeros_cache`]), whose elements are in `halves` and whose `data` is empty.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CpuTensor {
     pub data: Vec<f32>,
     pub rows: usize,
     pub cols: usize,
+    pub(crate) halves: Option<Vec<f16>>,
 }
 
 impl CpuTensor {
+    /// `rows x cols` f32 values.
+    pub(crate) fn new(data: Vec<f32>, rows: usize, cols: usize) -> Self {
+        CpuTensor { data, rows, cols, halves: None }
+    }
+
+    /// `rows x cols` zeros stored as f16.
+    pub(crate) fn zeros_f16(rows: usize, cols: usize) -> Self {
+        CpuTensor { data: Vec::new(), rows, cols, halves: Some(vec![f16::ZERO; rows * cols]) }
+    }
+
+    /// How the elements are stored: F32 or F16.
+    pub fn storage(&self) -> TensorType {
+        if self.halves.is_some() { TensorType::F16 } else { TensorType::F32 }
+    }
+
+    /// An error naming `op` unless the elements are f32: only the KV cache's ops take f16 tensors.
+    pub(crate) fn f32_only(&self, op: &'static str) -> Result<()> {
+        match self.halves {
+            None => Ok(()),
+            Some(_) => Err(Error::Unsupported { op, ty: TensorType::F16, backend: "cpu" }),
+        }
+    }
+
+    /// The `len` elements from element `at` on, as f32: borrowed from an f32 tensor, converted into `buf`
+    /// (at least `len` long) from an f16 one.
+    pub(crate) fn span<'a>(&'a self, at: usize, len: usize, buf: &'a mut [f32]) -> &'a [f32] {
+        match &self.halves {
+            None => &self.data[at..at + len],
+            Some(h) => {
+                h[at..at + len].convert_to_f32_slice(&mut buf[..len]);
+                &buf[..len]
+            }
+        }
+    }
+
+    /// Every element as f32, row-major.
+    pub(crate) fn to_f32(&self) -> Vec<f32> {
+        match &self.halves {
+            None => self.data.clone(),
+            Some(h) => h.to_f32_vec(),
+        }
+    }
+
     /// Resizes to `rows x cols`, keeping the allocation when it is large enough. Contents are unspecified.
     pub(crate) fn reshape(&mut self, rows: usize, cols: usize) {
         self.rows = rows;

@@ -198,6 +198,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             subgroup_size,
             subgroup_reductions: false,
             int8,
+            shader_f16: false,
         };
         let be = WebGpuBackend::with_kernels(AdapterChoice::Any, Some(k))?;
         println!(

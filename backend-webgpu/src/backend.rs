@@ -1,8 +1,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use tern_core::TensorType;
 use tern_core::{AttentionParams, Backend, Error, MatrixView, Result, RopeParams, RopeStyle, TokenSampling};
-use tern_shaders::{ATTENTION_SPAN, GREEDY_CHUNK, Kernel, MAX_HEAD_DIM, MAX_NORM_QUADS, SAMPLE_CHUNK, SamplePass, WORKGROUP};
+use tern_shaders::{
+    ATTENTION_SPAN, GREEDY_CHUNK, Kernel, KvStore, MAX_HEAD_DIM, MAX_NORM_QUADS, SAMPLE_CHUNK, SamplePass, WORKGROUP,
+};
 use wgpu::util::DeviceExt;
 
 mod products;
@@ -41,6 +44,14 @@ impl std::fmt::Debug for WebGpuBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebGpuBackend").field("adapter", &self.gpu.report.name).field("api", &self.gpu.report.api).finish()
     }
+}
+
+/// An error naming `op` unless `t` holds f32: only the KV cache's ops take f16 tensors.
+fn only_f32(op: &'static str, t: &GpuTensor) -> Result<()> {
+    if t.half {
+        return Err(Error::Unsupported { op, ty: TensorType::F16, backend: "webgpu" });
+    }
+    Ok(())
 }
 
 /// `vec4`s per invocation of the RMSNorm kernel for rows of `cols`: held in registers when the rows are whole
@@ -131,6 +142,7 @@ impl WebGpuBackend {
 
     /// Gives `t` the shape `rows x cols`, with a larger buffer if its own is too small.
     fn resize(&self, op: &'static str, t: &mut GpuTensor, rows: usize, cols: usize) -> Result<()> {
+        only_f32(op, t)?;
         let bytes = tensor_bytes(rows * cols);
         if t.buf.size() < bytes {
             self.check_binding(|| format!("{op} output of {rows}x{cols}"), size_class(bytes))?;
@@ -146,9 +158,11 @@ impl WebGpuBackend {
     }
 
     /// Applies the RMS factor to each of `ts` that waits for it (see `GpuTensor::unscaled`), in place: every
-    /// op but a scaled product calls this on the tensors it reads or writes in part, before recording.
-    fn settle(&self, ts: &[&GpuTensor]) -> Result<()> {
+    /// op but a scaled product calls this on the tensors it reads or writes in part, before recording; they
+    /// must hold f32 (the cache's ops check their caches with [`WebGpuBackend::cache_store`] instead).
+    fn settle(&self, op: &'static str, ts: &[&GpuTensor]) -> Result<()> {
         for t in ts {
+            only_f32(op, t)?;
             if !t.is_unscaled() {
                 continue;
             }
@@ -159,6 +173,18 @@ impl WebGpuBackend {
             t.set_unscaled(false);
         }
         Ok(())
+    }
+
+    /// How the kernels take the caches `k` and `v` (which must be stored alike) for `op`.
+    pub(super) fn cache_store(&self, op: &'static str, k: &GpuTensor, v: &GpuTensor) -> Result<KvStore> {
+        if k.half != v.half {
+            return Err(Error::shape(op, "the K cache and the V cache are stored as different types"));
+        }
+        Ok(match (k.half, self.kernels.shader_f16) {
+            (false, _) => KvStore::F32,
+            (true, false) => KvStore::F16Packed,
+            (true, true) => KvStore::F16,
+        })
     }
 
     fn max_groups(&self) -> u32 {
@@ -265,6 +291,25 @@ impl Backend for WebGpuBackend {
         Ok(GpuTensor::new(buf, rows, cols, self.pool.clone()))
     }
 
+    fn zeros_cache(&self, rows: usize, cols: usize, ty: TensorType) -> Result<GpuTensor> {
+        match ty {
+            TensorType::F32 => self.zeros(rows, cols),
+            TensorType::F16 => {
+                if !cols.is_multiple_of(2) {
+                    return Err(Error::shape("KV cache", format!("rows of {cols}: an f16 cache takes an even width")));
+                }
+                let bytes = tensor_bytes(rows * cols / 2);
+                self.check_binding(|| format!("a {rows}x{cols} f16 KV cache"), size_class(bytes))?;
+                let buf = self.pool.take(&self.gpu.device, bytes);
+                self.recorder.clear(&self.gpu, &buf)?;
+                let mut t = GpuTensor::new(buf, rows, cols, self.pool.clone());
+                t.half = true;
+                Ok(t)
+            }
+            _ => Err(Error::Unsupported { op: "KV cache", ty, backend: "webgpu" }),
+        }
+    }
+
     fn upload(&self, data: &[f32], rows: usize, cols: usize) -> Result<GpuTensor> {
         if data.len() != rows * cols {
             return Err(Error::shape("upload", format!("{} values for {rows}x{cols}", data.len())));
@@ -284,8 +329,10 @@ impl Backend for WebGpuBackend {
     }
 
     fn read_begin(&self, t: &GpuTensor) -> Result<GpuReading> {
-        self.settle(&[t])?;
-        self.recorder.read_begin(&self.gpu, &t.buf, t.len())
+        if !t.half {
+            self.settle("read", &[t])?;
+        }
+        self.recorder.read_begin(&self.gpu, &t.buf, t.len(), t.half)
     }
 
     fn read_finish(&self, r: GpuReading) -> Result<Vec<f32>> {
@@ -392,14 +439,14 @@ impl Backend for WebGpuBackend {
         if (id.rows, id.cols) != (1, 1) {
             return Err(Error::shape("embed_sampled", format!("a {}x{} token tensor, expected 1x1", id.rows, id.cols)));
         }
-        self.settle(&[id])?;
+        self.settle("embed_sampled", &[id])?;
         self.resize("embed_sampled", out, 1, table.cols)?;
         self.gather(table, &id.buf, 1, out)
     }
 
     fn sample(&self, logits: &GpuTensor, s: &TokenSampling, out: &mut GpuTensor) -> Result<()> {
         s.check()?;
-        self.settle(&[logits])?;
+        self.settle("sample", &[logits])?;
         let _recording = self.scratch_lock()?;
         if logits.rows == 0 || logits.cols == 0 {
             return Err(Error::shape("sample", "no logits to sample from"));
@@ -448,7 +495,7 @@ impl Backend for WebGpuBackend {
         if weight.len() != x.cols {
             return Err(Error::shape("rms_norm", format!("weight of {} for rows of {}", weight.len(), x.cols)));
         }
-        self.settle(&[x, weight])?;
+        self.settle("rms_norm", &[x, weight])?;
         self.resize("rms_norm", out, x.rows, x.cols)?;
         let (grid, groups_x) = Grid::folded(x.rows as u64, self.max_groups());
         let params = [x.rows as u32, x.cols as u32, eps.to_bits(), groups_x, 0, 0, 0, 0];
@@ -466,7 +513,7 @@ impl Backend for WebGpuBackend {
         if weight.len() != x.cols {
             return Err(Error::shape("add_rms_norm", format!("weight of {} for rows of {}", weight.len(), x.cols)));
         }
-        self.settle(&[&*x, y, weight])?;
+        self.settle("add_rms_norm", &[&*x, y, weight])?;
         self.resize("add_rms_norm", out, x.rows, x.cols)?;
         let (grid, groups_x) = Grid::folded(x.rows as u64, self.max_groups());
         let params = [x.rows as u32, x.cols as u32, eps.to_bits(), groups_x, 0, 0, 0, 0];
@@ -535,9 +582,21 @@ impl Backend for WebGpuBackend {
                 ));
             }
         }
-        self.settle(&[&*q, &*k, v, &*k_cache, &*v_cache])?;
+        self.settle("rope_and_append", &[&*q, &*k, v])?;
+        let kv = self.cache_store("rope_and_append", k_cache, v_cache)?;
+        // An f16 cache is written a word (two values) at a time, two rotation pairs an invocation.
+        let per_invocation = if kv == KvStore::F32 { 2 } else { 4 };
+        if !p.head_dim.is_multiple_of(per_invocation) || !p.rot_dim.is_multiple_of(per_invocation) {
+            return Err(Error::shape(
+                "rope_and_append",
+                format!(
+                    "heads of {} rotating {}: an f16 KV cache takes multiples of 4 (use an f32 cache)",
+                    p.head_dim, p.rot_dim
+                ),
+            ));
+        }
         let freqs = self.inv_freq(p.freq_base, p.rot_dim)?;
-        let pairs = (q.rows * (p.n_heads + 2 * n_kv_heads) * p.head_dim / 2) as u64;
+        let pairs = (q.rows * (p.n_heads + 2 * n_kv_heads) * p.head_dim / per_invocation) as u64;
         let (grid, groups_x) = Grid::folded(pairs.div_ceil(WORKGROUP as u64), self.max_groups());
         let interleaved = u32::from(p.style == RopeStyle::Interleaved);
         let params = [
@@ -554,7 +613,7 @@ impl Backend for WebGpuBackend {
             t.written();
         }
         let buffers = [&freqs, &v.buf, &q.buf, &k.buf, &k_cache.buf, &v_cache.buf];
-        self.recorder.dispatch(&self.gpu, Kernel::RopeAppend, params, &buffers, grid)
+        self.recorder.dispatch(&self.gpu, Kernel::RopeAppend { kv }, params, &buffers, grid)
     }
 
     fn attention_inputs(
@@ -580,7 +639,7 @@ impl Backend for WebGpuBackend {
                 format!("{} columns for {} heads of {} (rotating {})", x.cols, p.n_heads, p.head_dim, p.rot_dim),
             ));
         }
-        self.settle(&[&*x])?;
+        self.settle("rope", &[&*x])?;
         let freqs = self.inv_freq(p.freq_base, p.rot_dim)?;
         let pairs = (x.rows * p.n_heads * p.rot_dim / 2) as u64;
         let (grid, groups_x) = Grid::folded(pairs.div_ceil(WORKGROUP as u64), self.max_groups());
@@ -598,9 +657,18 @@ impl Backend for WebGpuBackend {
                 format!("{}x{} at row {row} of {}x{}", src.rows, src.cols, dst.rows, dst.cols),
             ));
         }
-        self.settle(&[src, &*dst])?;
-        let row_bytes = dst.cols as u64 * 4;
+        self.settle("write_rows", &[src])?;
         dst.written();
+        if dst.half {
+            // Converted to f16 a pair of values an invocation (an f16 cache's rows are of even width).
+            let kv = self.cache_store("write_rows", dst, dst)?;
+            let pairs = src.len() / 2;
+            let (grid, groups_x) = Grid::folded((pairs as u64).div_ceil(WORKGROUP as u64), self.max_groups());
+            let params = [pairs as u32, groups_x, (row * dst.cols / 2) as u32, 0, 0, 0, 0, 0];
+            return self.recorder.dispatch(&self.gpu, Kernel::CacheWrite { kv }, params, &[&src.buf, &dst.buf], grid);
+        }
+        self.settle("write_rows", &[&*dst])?;
+        let row_bytes = dst.cols as u64 * 4;
         self.recorder.copy(&self.gpu, &src.buf, 0, &dst.buf, row as u64 * row_bytes, src.rows as u64 * row_bytes)
     }
 
@@ -608,7 +676,7 @@ impl Backend for WebGpuBackend {
         if first + count > src.rows {
             return Err(Error::shape("slice_rows", format!("rows {first}..{} of {}", first + count, src.rows)));
         }
-        self.settle(&[src])?;
+        self.settle("slice_rows", &[src])?;
         self.resize("slice_rows", out, count, src.cols)?;
         let row_bytes = src.cols as u64 * 4;
         self.recorder.copy(&self.gpu, &src.buf, first as u64 * row_bytes, &out.buf, 0, count as u64 * row_bytes)
@@ -624,7 +692,8 @@ impl Backend for WebGpuBackend {
                 format!("heads of {hd}: the WebGPU kernel takes multiples of 4 up to {MAX_HEAD_DIM}"),
             ));
         }
-        self.settle(&[q, k, v])?;
+        self.settle("attention", &[q])?;
+        let kv = self.cache_store("attention", k, v)?;
         self.resize("attention", out, q.rows, q.cols)?;
         let visible = p.pos0 + q.rows;
         let span = ATTENTION_SPAN as usize;
@@ -635,7 +704,7 @@ impl Backend for WebGpuBackend {
         let subgroups = self.kernels.subgroup_reductions;
         if q.rows > 1 || visible <= span {
             let grid = Grid { dims: (p.n_heads as u32, q.rows as u32, 1) };
-            let kernel = Kernel::Attention { head_dim: hd as u32, split: false, subgroups, int8: int8.is_some() };
+            let kernel = Kernel::Attention { head_dim: hd as u32, split: false, subgroups, int8: int8.is_some(), kv };
             self.dispatch_with_int8(kernel, params(0), &[&q.buf, &k.buf, &v.buf, &out.buf], int8.as_ref(), grid)?;
             out.int8_ready = int8.is_some();
             return Ok(());
@@ -644,7 +713,7 @@ impl Backend for WebGpuBackend {
         let splits = visible.div_ceil(span);
         let parts =
             self.scratch(&self.attention_parts, "tern attention partials", tensor_bytes(splits * p.n_heads * (hd + 2)))?;
-        let kernel = Kernel::Attention { head_dim: hd as u32, split: true, subgroups, int8: false };
+        let kernel = Kernel::Attention { head_dim: hd as u32, split: true, subgroups, int8: false, kv };
         let grid = Grid { dims: (p.n_heads as u32, splits as u32, 1) };
         self.recorder.dispatch(&self.gpu, kernel, params(span as u32), &[&q.buf, &k.buf, &v.buf, &parts], grid)?;
         let combine = Kernel::AttentionCombine { head_dim: hd as u32, int8: int8.is_some() };
@@ -657,7 +726,7 @@ impl Backend for WebGpuBackend {
 
     fn silu_mul(&self, gate: &GpuTensor, up: &GpuTensor, out: &mut GpuTensor) -> Result<()> {
         Self::same_shape("silu_mul", gate, up)?;
-        self.settle(&[gate, up])?;
+        self.settle("silu_mul", &[gate, up])?;
         self.resize("silu_mul", out, gate.rows, gate.cols)?;
         let int8 = self.int8_output(out)?;
         match &int8 {
@@ -684,7 +753,7 @@ impl Backend for WebGpuBackend {
 
     fn add(&self, x: &mut GpuTensor, y: &GpuTensor) -> Result<()> {
         Self::same_shape("add", x, y)?;
-        self.settle(&[&*x, y])?;
+        self.settle("add", &[&*x, y])?;
         x.written();
         self.elementwise(Kernel::Add, x.len(), &[&y.buf, &x.buf])
     }

@@ -36,6 +36,9 @@ pub struct KernelChoice {
     /// integer dot products: decode by `Kernel::MatvecInt8` (`unroll / 4` blocks per step, in place of
     /// `slots`), prefill by `Kernel::MatmulTiledInt8`.
     pub int8: bool,
+    /// f16 KV caches read and written as WGSL's `f16` type (needs the adapter's `shader-f16`), rather than as
+    /// words of two halves through `pack2x16float`/`unpack2x16float`.
+    pub shader_f16: bool,
 }
 
 impl KernelChoice {
@@ -44,7 +47,12 @@ impl KernelChoice {
     /// (lavapipe) runs the invocations of a workgroup one after another and pays dearly for every barrier:
     /// there each invocation takes a whole row.
     pub fn for_adapter(report: &AdapterReport) -> Self {
-        if report.is_gpu { KernelChoice { subgroup_reductions: report.subgroups, ..Self::GPU } } else { Self::CPU_RASTERIZER }
+        let shader_f16 = report.shader_f16;
+        if report.is_gpu {
+            KernelChoice { subgroup_reductions: report.subgroups, shader_f16, ..Self::GPU }
+        } else {
+            KernelChoice { shader_f16, ..Self::CPU_RASTERIZER }
+        }
     }
 
     /// The GPU family (`for_adapter` on a GPU, less the subgroup reductions it adds where the adapter has
@@ -61,6 +69,7 @@ impl KernelChoice {
         subgroup_size: None,
         subgroup_reductions: false,
         int8: true,
+        shader_f16: false,
     };
 
     /// The CPU-rasterizer family: a whole row per invocation, no barriers.
@@ -75,6 +84,7 @@ impl KernelChoice {
         subgroup_size: None,
         subgroup_reductions: false,
         int8: false,
+        shader_f16: false,
     };
 
     /// An error unless the adapter `report` describes can run these kernels and their sizes are ones the
@@ -82,6 +92,9 @@ impl KernelChoice {
     pub fn check(&self, report: &AdapterReport) -> Result<()> {
         if self.subgroup_reductions && !report.subgroups {
             return Err(Error::Device { detail: format!("subgroup reductions on {}, which has no subgroups", report.name) });
+        }
+        if self.shader_f16 && !report.shader_f16 {
+            return Err(Error::Device { detail: format!("f16 kernels on {}, which has no shader-f16", report.name) });
         }
         if let Some(size) = self.subgroup_size
             && (report.subgroup_size != Some(size) || !WORKGROUP.is_multiple_of(size))

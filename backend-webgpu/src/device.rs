@@ -127,9 +127,12 @@ impl Gpu {
         // Everything the adapter allows: models need large storage bindings, and asking for more than the adapter
         // has would fail.
         let limits = adapter.limits();
-        // Subgroups where the adapter has them (decode products can sum with them), and timestamps inside passes
-        // for profiling; nothing else is needed.
-        let wanted = wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
+        // Subgroups where the adapter has them (decode products can sum with them), f16 in shaders (KV caches),
+        // and timestamps inside passes for profiling; nothing else is needed.
+        let wanted = wgpu::Features::SUBGROUP
+            | wgpu::Features::SHADER_F16
+            | wgpu::Features::TIMESTAMP_QUERY
+            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
         let required_features = adapter.features() & wanted;
         let desc = wgpu::DeviceDescriptor {
             label: Some("tern"),

@@ -344,10 +344,11 @@ impl Recorder {
         Ok(index)
     }
 
-    /// Submits everything recorded, with a copy of the first `len` f32 of `src` at its end, and starts mapping
-    /// the copy: work recorded after this runs while the host waits in [`Recorder::read_finish`].
-    pub(crate) fn read_begin(&self, gpu: &Gpu, src: &wgpu::Buffer, len: usize) -> Result<GpuReading> {
-        let bytes = len as u64 * 4;
+    /// Submits everything recorded, with a copy of the first `len` values of `src` (f32, or f16 with `halves`:
+    /// `len` even) at its end, and starts mapping the copy: work recorded after this runs while the host waits
+    /// in [`Recorder::read_finish`].
+    pub(crate) fn read_begin(&self, gpu: &Gpu, src: &wgpu::Buffer, len: usize, halves: bool) -> Result<GpuReading> {
+        let bytes = len as u64 * if halves { 2 } else { 4 };
         let mut pending = self.pending.lock().map_err(|_| lock_failed())?;
         pending.pass = None;
         let reused = pending.staging.iter().position(|s| s.size() >= bytes.max(4));
@@ -374,12 +375,12 @@ impl Recorder {
                 let _ = tx.send(r);
             });
         }
-        Ok(GpuReading { staging, bytes, submission, done })
+        Ok(GpuReading { staging, bytes, halves, submission, done })
     }
 
     /// Waits for the submit of `r` (not for work queued after it) and returns the values it copied.
     pub(crate) fn read_finish(&self, gpu: &Gpu, r: GpuReading) -> Result<Vec<f32>> {
-        let GpuReading { staging, bytes, submission, done } = r;
+        let GpuReading { staging, bytes, halves, submission, done } = r;
         gpu.device
             .poll(wgpu::PollType::Wait { submission_index: Some(submission), timeout: None })
             .map_err(|e| Error::Device { detail: format!("waiting for the GPU failed: {e}") })?;
@@ -397,12 +398,15 @@ impl Recorder {
                 return Err(Error::Device { detail: "the GPU never finished reading a result back".into() });
             }
         }
-        let data: Vec<f32> = staging
+        let mapped = staging
             .get_mapped_range(..bytes)
-            .map_err(|e| Error::Device { detail: format!("reading a result back failed: {e}") })?
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
+            .map_err(|e| Error::Device { detail: format!("reading a result back failed: {e}") })?;
+        let data: Vec<f32> = if halves {
+            mapped.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+        } else {
+            mapped.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+        };
+        drop(mapped);
         staging.unmap();
         self.give_back(staging);
         Ok(data)
@@ -426,6 +430,8 @@ const STAGING_KEPT: usize = 4;
 pub struct GpuReading {
     staging: wgpu::Buffer,
     bytes: u64,
+    /// Whether the bytes are f16 values.
+    halves: bool,
     submission: wgpu::SubmissionIndex,
     done: std::sync::mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
 }

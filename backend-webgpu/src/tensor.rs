@@ -7,7 +7,7 @@ use tern_core::TensorType;
 
 use crate::pool::BufferPool;
 
-/// An f32 activation matrix in a GPU storage buffer, row-major. The buffer may be larger than the shape (it is
+/// An f32 activation matrix in a GPU storage buffer, row-major (or a KV cache of f16 elements: `half`). The buffer may be larger than the shape (it is
 /// reused as ops resize their outputs).
 #[derive(Debug)]
 pub struct GpuTensor {
@@ -22,6 +22,8 @@ pub struct GpuTensor {
     /// int8 products that take it so (`scaled`) apply the factor themselves, and every other use first applies
     /// it in place ([`crate::WebGpuBackend`]'s `settle`). Atomic because reads take the tensor shared.
     pub(crate) unscaled: AtomicBool,
+    /// Whether the elements are f16, two to a word (a KV cache: `Backend::zeros_cache`), not f32.
+    pub(crate) half: bool,
     /// Where the buffers go when the tensor is dropped.
     pub(crate) pool: Arc<BufferPool>,
 }
@@ -33,7 +35,7 @@ impl GpuTensor {
 
     /// A tensor of `rows x cols` in `buf`, without an int8 form.
     pub(crate) fn new(buf: wgpu::Buffer, rows: usize, cols: usize, pool: Arc<BufferPool>) -> GpuTensor {
-        GpuTensor { buf, rows, cols, int8: None, int8_ready: false, unscaled: AtomicBool::new(false), pool }
+        GpuTensor { buf, rows, cols, int8: None, int8_ready: false, unscaled: AtomicBool::new(false), half: false, pool }
     }
 
     /// Marks the tensor written by an op that does not write its int8 form.

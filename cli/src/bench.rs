@@ -1,5 +1,5 @@
 //! `tern bench`: prompt processing of `-p` tokens in one batch and generation of `-n` tokens one at a time,
-//! each from an empty context, repeated; medians and spread in tokens per second, as llama-bench reports them.
+//! each from an empty context (or from `-d` positions of context already cached), repeated; medians and spread in tokens per second, as llama-bench reports them.
 //! Generation rows also give the bytes a decode step reads (weights and KV cache) times its rate.
 //!
 //! Generation runs as `tern generate` does on the backend: from one random token, each step picks the next
@@ -41,6 +41,13 @@ pub struct BenchArgs {
     /// Tokens per generation test (0 skips it).
     #[arg(long, short = 'n', default_value_t = 128)]
     gen_tokens: usize,
+    /// Positions already in the KV cache when each test starts (llama-bench's `-d`): the tests then run at
+    /// that depth of context, `pp512 @ d4096`.
+    #[arg(long, short = 'd', default_value_t = 0)]
+    depth: usize,
+    /// How the KV cache stores K and V: f16 or f32.
+    #[arg(long, default_value = "f16", value_parser = crate::cache_type)]
+    kv_cache: TensorType,
     /// Measured repetitions of each test (after one warm-up run).
     #[arg(long, short = 'r', default_value_t = 5)]
     repetitions: usize,
@@ -115,7 +122,7 @@ pub fn run(args: &BenchArgs) -> Result<(), tern::Error> {
         return Err(tern::Error::Option { name: "repetitions", detail: "must be at least 1".into() });
     }
     (args.sampling())().check()?;
-    let need = args.prompt_tokens.max(args.gen_tokens) + 1;
+    let need = args.depth + args.prompt_tokens.max(args.gen_tokens) + 1;
     match (&args.model, &args.synthetic) {
         (_, Some(shape)) => {
             let mut config = LlamaConfig::preset(shape).ok_or_else(|| tern::Error::Option {
@@ -126,11 +133,18 @@ pub fn run(args: &BenchArgs) -> Result<(), tern::Error> {
             let ty = weight_type(&args.weights)?;
             let backend = AnyBackend::new(args.backend, args.threads)?;
             eprintln!("building a {shape} model of random {ty} weights on {}", backend.describe());
-            let model = Llama::synthetic(config, ty, backend, 7).map_err(tern::Error::from)?;
+            let mut model = Llama::synthetic(config, ty, backend, 7).map_err(tern::Error::from)?;
+            model.set_cache_type(args.kv_cache)?;
             measure(args, &format!("synthetic {shape} {ty}"), &model)
         }
         (Some(path), None) => {
-            let model_args = ModelArgs { model: path.clone(), backend: args.backend, threads: args.threads, context: need };
+            let model_args = ModelArgs {
+                model: path.clone(),
+                backend: args.backend,
+                threads: args.threads,
+                context: need,
+                kv_cache: args.kv_cache,
+            };
             let engine = crate::load::engine(&model_args)?;
             let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into());
             measure(args, &name, engine.model())
@@ -140,7 +154,7 @@ pub fn run(args: &BenchArgs) -> Result<(), tern::Error> {
 }
 
 fn measure(args: &BenchArgs, name: &str, model: &Llama<AnyBackend>) -> Result<(), tern::Error> {
-    let need = args.prompt_tokens.max(args.gen_tokens) + 1;
+    let need = args.depth + args.prompt_tokens.max(args.gen_tokens) + 1;
     let be = model.backend();
     let vocab = model.config.vocab_size as u64;
     let mut cache = model.new_cache(need)?;
@@ -159,6 +173,13 @@ fn measure(args: &BenchArgs, name: &str, model: &Llama<AnyBackend>) -> Result<()
         state ^= state << 17;
         (state % vocab) as u32
     };
+    // The context every test starts from, in prompts of up to 512 tokens; each run truncates back to it.
+    let depth = args.depth;
+    let context: Vec<u32> = (0..depth).map(|_| next_id()).collect();
+    for chunk in context.chunks(512) {
+        be.install(|| model.forward(chunk, &mut cache, &mut scratch, false))?;
+    }
+    let at_depth = |test: String| if depth > 0 { format!("{test} @ d{depth}") } else { test };
     let params: f64 = model.config.n_layers as f64
         * (model.config.dim as f64
             * (model.config.dim as f64 * 2.0 + model.config.kv_dim() as f64 * 2.0 + model.config.ffn_dim as f64 * 3.0))
@@ -182,20 +203,20 @@ fn measure(args: &BenchArgs, name: &str, model: &Llama<AnyBackend>) -> Result<()
         let prompt: Vec<u32> = (0..args.prompt_tokens).map(|_| next_id()).collect();
         let mut rates = Vec::new();
         for rep in 0..=args.repetitions {
-            cache.truncate(0);
+            cache.truncate(depth);
             let t = Instant::now();
             be.install(|| model.forward(&prompt, &mut cache, &mut scratch, false))?;
             if rep > 0 {
                 rates.push(args.prompt_tokens as f64 / t.elapsed().as_secs_f64());
             }
         }
-        row(format!("pp{}", args.prompt_tokens), stats(rates), None);
+        row(at_depth(format!("pp{}", args.prompt_tokens)), stats(rates), None);
     }
     if args.gen_tokens > 0 {
         let first = next_id();
         let (mut rates, mut host) = (Vec::new(), Vec::new());
         for rep in 0..=args.repetitions {
-            cache.truncate(0);
+            cache.truncate(depth);
             let mut sampling = args.sampling();
             let t = Instant::now();
             // The host's share of a step: recording and submitting it (the rest waits for the device).
@@ -225,8 +246,8 @@ fn measure(args: &BenchArgs, name: &str, model: &Llama<AnyBackend>) -> Result<()
                 host.push(recording.as_secs_f64() * 1e6 / (args.gen_tokens - 1).max(1) as f64);
             }
         }
-        // Generation reads the KV cache of positions 0..n: on average that of the middle one.
-        row(args.gen_test(), stats(rates), Some(model.decode_bytes(args.gen_tokens / 2)));
+        // Generation reads the KV cache of positions 0..depth + n: on average that of the middle step.
+        row(at_depth(args.gen_test()), stats(rates), Some(model.decode_bytes(depth + args.gen_tokens / 2)));
         if be.queues_work() && !host.is_empty() {
             let h = stats(host);
             eprintln!("{}: the host records and submits a decode step in {:.1} µs (median)", args.gen_test(), h.median);
@@ -250,7 +271,7 @@ fn profile_decode(
         return Err(tern::Error::Option { name: "profile", detail: "kernel times need the WebGPU backend".into() });
     };
     let mut sampling = args.sampling();
-    cache.truncate(0);
+    cache.truncate(args.depth);
     gpu.start_profiling()?;
     let t = Instant::now();
     let be = model.backend();

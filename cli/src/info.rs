@@ -16,6 +16,9 @@ pub struct InfoArgs {
     /// Tokens of context to size the KV cache for.
     #[arg(long, default_value_t = 2048)]
     context: usize,
+    /// The KV cache type to size it for: f16 or f32.
+    #[arg(long, default_value = "f16", value_parser = crate::cache_type)]
+    kv_cache: tern::core::TensorType,
     /// List every tensor.
     #[arg(long)]
     tensors: bool,
@@ -122,10 +125,11 @@ fn describe_model(args: &InfoArgs, model: &std::path::Path) -> Result<(), tern::
                 c.architecture, c.n_layers, c.dim, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_dim, c.vocab_size, c.context_length
             );
             println!(
-                "memory: weights {} + f32 KV cache {} for {ctx} tokens = {}",
+                "memory: weights {} + {} KV cache {} for {ctx} tokens = {}",
                 mib(bytes),
-                mib(c.kv_cache_bytes(ctx)),
-                mib(bytes + c.kv_cache_bytes(ctx))
+                args.kv_cache.name().to_lowercase(),
+                mib(c.kv_cache_bytes(ctx, args.kv_cache)),
+                mib(bytes + c.kv_cache_bytes(ctx, args.kv_cache))
             );
         }
         Err(e) => println!("\narchitecture: not runnable by tern: {e}"),

@@ -15,6 +15,7 @@ pub fn engine(args: &ModelArgs) -> Result<Engine, tern::Error> {
         .backend(args.backend)
         .threads(args.threads)
         .context(args.context)
+        .cache_type(args.kv_cache)
         .on_progress(move |p| {
             b.set_length(p.total_bytes);
             b.set_position(p.done_bytes);

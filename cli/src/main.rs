@@ -55,6 +55,18 @@ pub struct ModelArgs {
     /// Tokens of context.
     #[arg(long, default_value_t = 2048)]
     context: usize,
+    /// How the KV cache stores K and V: f16 (half the memory of f32, as llama.cpp's default) or f32.
+    #[arg(long, default_value = "f16", value_parser = cache_type)]
+    kv_cache: tern::core::TensorType,
+}
+
+/// A `--kv-cache` value: f16 or f32.
+pub fn cache_type(name: &str) -> Result<tern::core::TensorType, String> {
+    match name.to_ascii_lowercase().as_str() {
+        "f16" => Ok(tern::core::TensorType::F16),
+        "f32" => Ok(tern::core::TensorType::F32),
+        _ => Err(format!("unknown KV cache type {name:?}: expected f16 or f32")),
+    }
 }
 
 #[derive(Args, Debug, Clone)]

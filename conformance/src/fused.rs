@@ -4,7 +4,7 @@
 use tern_core::{Backend, RopeParams, RopeStyle, TensorType};
 use tern_quant::{PackedMatrix, TernFormat, TernMatrix};
 
-use crate::{assert_close, values};
+use crate::{CACHE_TYPES, assert_close, cache_of, cache_tol, values};
 
 /// `matmul_add_rms_norm` leaves the residual and the normed row that `matmul` and then `add_rms_norm` leave,
 /// for one token (which a backend may run in one pass) and for several; the normed row feeds a product as a
@@ -56,8 +56,15 @@ pub fn matmul_add_rms_norm_equals_product_then_add_norm<B: Backend>(be: &B, labe
 
 /// A step's attention inputs (Q, K and V's products, RoPE, and the append to the caches, which a backend may do
 /// in one pass) equal the separate ops, for one token and for three, both RoPE layouts, partial rotation, GQA
-/// and matrices stored together or apart; cache rows other than the appended ones keep their values.
+/// and matrices stored together or apart, into f32 and f16 caches; cache rows other than the appended ones keep
+/// their values.
 pub fn attention_inputs_equal_products_then_rope<B: Backend>(be: &B, label: &str) {
+    for ty in CACHE_TYPES {
+        attention_inputs_case(be, label, ty);
+    }
+}
+
+fn attention_inputs_case<B: Backend>(be: &B, label: &str, ty: TensorType) {
     let cols = 96;
     for (n_heads, n_kv, hd, f) in [(6, 2, 32, TernFormat::T4), (2, 2, 64, TernFormat::T2)] {
         let (q_rows, kv_rows, cap) = (n_heads * hd, n_kv * hd, 9);
@@ -76,8 +83,7 @@ pub fn attention_inputs_equal_products_then_rope<B: Backend>(be: &B, label: &str
                 let x = be.upload(&values(tokens * cols, 44 + pos0 as u64, 2.0), tokens, cols).unwrap();
                 let run = |ws: [&B::Matrix; 3], fused: bool| {
                     let mut t: Vec<B::Tensor> = (0..3).map(|_| be.zeros(0, 0).unwrap()).collect();
-                    let (kc, vc) = (be.upload(&old, cap, kv_rows).unwrap(), be.upload(&old, cap, kv_rows).unwrap());
-                    let (mut kc, mut vc) = (kc, vc);
+                    let (mut kc, mut vc) = (cache_of(be, &old, cap, kv_rows, ty), cache_of(be, &old, cap, kv_rows, ty));
                     let [q, k, v] = &mut t[..] else { unreachable!() };
                     if fused {
                         be.attention_inputs(ws, &x, &p, n_kv, (q, k, v), (&mut kc, &mut vc)).unwrap();
@@ -96,9 +102,10 @@ pub fn attention_inputs_equal_products_then_rope<B: Backend>(be: &B, label: &str
                         let w: Vec<f64> = w.iter().map(|&v| v as f64).collect();
                         let what = format!(
                             "attention_inputs' {name}, {f:?} {n_heads}/{n_kv} heads of {hd} stored {how}, {style:?} rot {rot_dim} \
-                             pos {pos0}, {tokens} tokens on {label}"
+                             pos {pos0}, {tokens} tokens, {ty} cache on {label}"
                         );
-                        assert_close(g, &w, |i| 1e-5 * w[i].abs().max(1.0), &what);
+                        let ty = if name == "q" { TensorType::F32 } else { ty };
+                        assert_close(g, &w, |i| cache_tol(ty, w[i], 1e-5 * w[i].abs().max(1.0)), &what);
                     }
                 }
             }

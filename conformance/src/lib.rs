@@ -57,6 +57,7 @@ macro_rules! conformance_suite {
                 add_rms_norm_matches_reference,
                 attention_matches_reference,
                 attention_rejects_positions_past_the_cache,
+                f16_caches_round_and_stay_caches,
                 elementwise_ops_match_reference,
                 row_copies,
                 products_of_op_outputs_match_fresh_uploads,

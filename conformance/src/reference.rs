@@ -29,6 +29,30 @@ pub fn dequantized(m: &PackedMatrix) -> Vec<f32> {
     out
 }
 
+/// The types a KV cache can be stored as ([`tern_core::Backend::zeros_cache`]).
+pub const CACHE_TYPES: [TensorType; 2] = [TensorType::F32, TensorType::F16];
+
+/// `v` as a cache of `ty` holds it: f16 rounds each value to nearest.
+pub fn as_stored(v: &[f32], ty: TensorType) -> Vec<f32> {
+    match ty {
+        TensorType::F16 => v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect(),
+        _ => v.to_vec(),
+    }
+}
+
+/// A KV cache of `ty`, `rows x cols`, holding `data` (rounded as `ty` stores it).
+pub fn cache_of<B: Backend>(be: &B, data: &[f32], rows: usize, cols: usize, ty: TensorType) -> B::Tensor {
+    let mut cache = be.zeros_cache(rows, cols, ty).unwrap();
+    be.write_rows(&be.upload(data, rows, cols).unwrap(), &mut cache, 0).unwrap();
+    cache
+}
+
+/// The tolerance for a value `w` a cache of `ty` holds, beside `f32_tol`: f16 caches may round a value whose
+/// f32 computation differs in its last bits to the neighbouring half (a relative step of 2^-10).
+pub fn cache_tol(ty: TensorType, w: f64, f32_tol: f64) -> f64 {
+    if ty == TensorType::F16 { f32_tol + w.abs() / 1024.0 } else { f32_tol }
+}
+
 pub fn assert_close(got: &[f32], want: &[f64], tol: impl Fn(usize) -> f64, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {

@@ -2,7 +2,7 @@
 
 use tern_core::{Backend, RopeParams, RopeStyle};
 
-use crate::{assert_close, values};
+use crate::{CACHE_TYPES, as_stored, assert_close, cache_of, cache_tol, values};
 
 /// Rows of whole `vec4`s (one per invocation and two with a partial tail, on a GPU) and a row that is not.
 pub fn rms_norm_matches_reference<B: Backend>(be: &B, label: &str) {
@@ -95,37 +95,41 @@ pub fn rope_matches_reference<B: Backend>(be: &B, label: &str) {
 }
 
 /// `q` and `k` rotated in place and `k`, `v` appended at `pos0`, for 6 query heads over 2 KV heads, both
-/// layouts, partial rotation, and more than one row; cache rows outside the appended ones keep their values.
+/// layouts, partial rotation, and more than one row, into f32 caches and f16 ones; cache rows outside the
+/// appended ones keep their values.
 pub fn rope_and_append_matches_reference<B: Backend>(be: &B, label: &str) {
     let (n_heads, n_kv, hd, rows, cap) = (6, 2, 32, 3, 12);
-    for style in [RopeStyle::Interleaved, RopeStyle::Halves] {
-        for (rot_dim, pos0) in [(32, 0), (16, 7)] {
-            let p = RopeParams { n_heads, head_dim: hd, rot_dim, freq_base: 10000.0, style, pos0 };
-            let pk = RopeParams { n_heads: n_kv, ..p };
-            let q = values(rows * n_heads * hd, 11, 1.0);
-            let k = values(rows * n_kv * hd, 12, 1.0);
-            let v = values(rows * n_kv * hd, 13, 1.0);
-            let old = values(cap * n_kv * hd, 14, 1.0);
-            let (want_q, want_k) = (rope_reference(&q, rows, &p), rope_reference(&k, rows, &pk));
-            let mut want_kc: Vec<f64> = old.iter().map(|&x| x as f64).collect();
-            let mut want_vc = want_kc.clone();
-            let at = pos0 * n_kv * hd;
-            want_kc[at..at + want_k.len()].copy_from_slice(&want_k);
-            want_vc[at..at + v.len()].iter_mut().zip(&v).for_each(|(w, &x)| *w = x as f64);
-            let (mut qt, mut kt, vt) = (
-                be.upload(&q, rows, n_heads * hd).unwrap(),
-                be.upload(&k, rows, n_kv * hd).unwrap(),
-                be.upload(&v, rows, n_kv * hd).unwrap(),
-            );
-            let (mut kc, mut vc) = (be.upload(&old, cap, n_kv * hd).unwrap(), be.upload(&old, cap, n_kv * hd).unwrap());
-            be.rope_and_append(&mut qt, &mut kt, &vt, &p, n_kv, (&mut kc, &mut vc)).unwrap();
-            let what = |t: &str| format!("rope_and_append {t}, {style:?} rot {rot_dim} pos {pos0} on {label}");
-            assert_close(&be.read(&qt).unwrap(), &want_q, |_| 1e-5, &what("q"));
-            assert_close(&be.read(&kt).unwrap(), &want_k, |_| 1e-5, &what("k"));
-            assert_close(&be.read(&kc).unwrap(), &want_kc, |_| 1e-5, &what("k cache"));
-            assert_close(&be.read(&vc).unwrap(), &want_vc, |_| 0.0, &what("v cache"));
-            let mut small = be.zeros(pos0 + rows - 1, n_kv * hd).unwrap();
-            assert!(be.rope_and_append(&mut qt, &mut kt, &vt, &p, n_kv, (&mut small, &mut vc)).is_err(), "a cache too short");
+    for ty in CACHE_TYPES {
+        for style in [RopeStyle::Interleaved, RopeStyle::Halves] {
+            for (rot_dim, pos0) in [(32, 0), (16, 7)] {
+                let p = RopeParams { n_heads, head_dim: hd, rot_dim, freq_base: 10000.0, style, pos0 };
+                let pk = RopeParams { n_heads: n_kv, ..p };
+                let q = values(rows * n_heads * hd, 11, 1.0);
+                let k = values(rows * n_kv * hd, 12, 1.0);
+                let v = values(rows * n_kv * hd, 13, 1.0);
+                let old = values(cap * n_kv * hd, 14, 1.0);
+                let (want_q, want_k) = (rope_reference(&q, rows, &p), rope_reference(&k, rows, &pk));
+                let stored = |x: &[f32]| -> Vec<f64> { as_stored(x, ty).iter().map(|&x| x as f64).collect() };
+                let (mut want_kc, mut want_vc) = (stored(&old), stored(&old));
+                let at = pos0 * n_kv * hd;
+                want_kc[at..at + want_k.len()].copy_from_slice(&want_k);
+                want_vc[at..at + v.len()].copy_from_slice(&stored(&v));
+                let (mut qt, mut kt, vt) = (
+                    be.upload(&q, rows, n_heads * hd).unwrap(),
+                    be.upload(&k, rows, n_kv * hd).unwrap(),
+                    be.upload(&v, rows, n_kv * hd).unwrap(),
+                );
+                let (mut kc, mut vc) = (cache_of(be, &old, cap, n_kv * hd, ty), cache_of(be, &old, cap, n_kv * hd, ty));
+                be.rope_and_append(&mut qt, &mut kt, &vt, &p, n_kv, (&mut kc, &mut vc)).unwrap();
+                let what = |t: &str| format!("rope_and_append {t}, {style:?} rot {rot_dim} pos {pos0}, {ty} cache on {label}");
+                assert_close(&be.read(&qt).unwrap(), &want_q, |_| 1e-5, &what("q"));
+                assert_close(&be.read(&kt).unwrap(), &want_k, |_| 1e-5, &what("k"));
+                assert_close(&be.read(&kc).unwrap(), &want_kc, |i| cache_tol(ty, want_kc[i], 1e-5), &what("k cache"));
+                assert_close(&be.read(&vc).unwrap(), &want_vc, |_| 0.0, &what("v cache"));
+                let mut small = be.zeros_cache(pos0 + rows - 1, n_kv * hd, ty).unwrap();
+                let short = be.rope_and_append(&mut qt, &mut kt, &vt, &p, n_kv, (&mut small, &mut vc));
+                assert!(short.is_err(), "a cache too short");
+            }
         }
     }
 }

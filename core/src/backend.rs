@@ -1,4 +1,4 @@
-use crate::{MatrixView, Result, TokenSampling};
+use crate::{MatrixView, Result, TensorType, TokenSampling};
 
 /// How RoPE pairs up the elements of a head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +81,18 @@ pub trait Backend: Send + Sync {
 
     /// A tensor of `rows x cols` zeros.
     fn zeros(&self, rows: usize, cols: usize) -> Result<Self::Tensor>;
+    /// A KV cache tensor of `rows x cols` zeros whose elements are stored as `ty`: [`TensorType::F32`], or
+    /// [`TensorType::F16`] (half the memory, and half the bytes attention reads; values are rounded to nearest
+    /// even as they are appended). Only the cache's ops take an F16 tensor: [`Backend::write_rows`],
+    /// [`Backend::rope_and_append`] and [`Backend::attention_inputs`] write it, [`Backend::attention`] reads it
+    /// as K or V, and [`Backend::read`] gives its values as f32; every other op rejects it. This default makes
+    /// F32 caches only.
+    fn zeros_cache(&self, rows: usize, cols: usize, ty: TensorType) -> Result<Self::Tensor> {
+        match ty {
+            TensorType::F32 => self.zeros(rows, cols),
+            _ => Err(crate::Error::Unsupported { op: "KV cache", ty, backend: self.name() }),
+        }
+    }
     /// A tensor holding `data` as `rows x cols`.
     fn upload(&self, data: &[f32], rows: usize, cols: usize) -> Result<Self::Tensor>;
     /// The tensor's contents, row-major.

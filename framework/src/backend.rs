@@ -6,7 +6,7 @@ use std::str::FromStr;
 use tern_backend_cpu::{CpuBackend, CpuMatrix, CpuTensor};
 #[cfg(feature = "webgpu")]
 use tern_backend_webgpu::{AdapterChoice, GpuMatrix, GpuReading, GpuTensor, WebGpuBackend};
-use tern_core::{AttentionParams, Backend, Error, MatrixView, Result, RopeParams, TokenSampling};
+use tern_core::{AttentionParams, Backend, Error, MatrixView, Result, RopeParams, TensorType, TokenSampling};
 
 /// Which backend to run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -146,6 +146,14 @@ impl Backend for AnyBackend {
             AnyBackend::Cpu(be) => be.zeros(rows, cols).map(AnyTensor::Cpu),
             #[cfg(feature = "webgpu")]
             AnyBackend::WebGpu(be) => be.zeros(rows, cols).map(AnyTensor::WebGpu),
+        }
+    }
+
+    fn zeros_cache(&self, rows: usize, cols: usize, ty: TensorType) -> Result<AnyTensor> {
+        match self {
+            AnyBackend::Cpu(be) => be.zeros_cache(rows, cols, ty).map(AnyTensor::Cpu),
+            #[cfg(feature = "webgpu")]
+            AnyBackend::WebGpu(be) => be.zeros_cache(rows, cols, ty).map(AnyTensor::WebGpu),
         }
     }
 

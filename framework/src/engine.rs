@@ -1,5 +1,6 @@
 use std::path::PathBuf;
 
+use tern_core::TensorType;
 use tern_loader::{LoadProgress, ModelSource};
 use tern_model::{ChatMessage, ChatTemplate, Llama, SamplingParams, Tokenizer};
 
@@ -13,6 +14,7 @@ pub struct EngineBuilder {
     backend: BackendChoice,
     threads: usize,
     context: usize,
+    cache_type: TensorType,
     sampling: SamplingParams,
     progress: Option<ProgressFn>,
 }
@@ -24,6 +26,7 @@ impl std::fmt::Debug for EngineBuilder {
             .field("backend", &self.backend)
             .field("threads", &self.threads)
             .field("context", &self.context)
+            .field("cache_type", &self.cache_type)
             .field("sampling", &self.sampling)
             .finish_non_exhaustive()
     }
@@ -48,6 +51,12 @@ impl EngineBuilder {
     /// Tokens of context per session (capped by the model's context length).
     pub fn context(mut self, tokens: usize) -> Self {
         self.context = tokens;
+        self
+    }
+
+    /// How sessions' KV caches store K and V: F16 (the default) or F32.
+    pub fn cache_type(mut self, ty: TensorType) -> Self {
+        self.cache_type = ty;
         self
     }
 
@@ -84,11 +93,12 @@ impl EngineBuilder {
         };
         let backend = AnyBackend::new(self.backend, self.threads)?;
         let mut progress = self.progress.take();
-        let model = Llama::load(&source, backend, &mut |p| {
+        let mut model = Llama::load(&source, backend, &mut |p| {
             if let Some(f) = progress.as_mut() {
                 f(p)
             }
         })?;
+        model.set_cache_type(self.cache_type)?;
         let context = self.context.min(model.config.context_length);
         Ok(Engine { model, tokenizer, template, sampling: self.sampling, context, path: self.path })
     }
@@ -113,6 +123,7 @@ impl Engine {
             backend: BackendChoice::default(),
             threads: 0,
             context: DEFAULT_CONTEXT,
+            cache_type: tern_model::DEFAULT_CACHE_TYPE,
             sampling: SamplingParams::default(),
             progress: None,
         }

@@ -1,4 +1,4 @@
-use tern_core::RopeStyle;
+use tern_core::{RopeStyle, TensorType};
 use tern_loader::Metadata;
 
 use crate::{Error, Result};
@@ -90,8 +90,8 @@ impl LlamaConfig {
         self.n_kv_heads * self.head_dim
     }
 
-    /// Bytes of an f32 KV cache for `positions` positions.
-    pub fn kv_cache_bytes(&self, positions: usize) -> usize {
-        2 * self.n_layers * positions * self.kv_dim() * 4
+    /// Bytes of a KV cache of `ty` (F32 or F16) for `positions` positions.
+    pub fn kv_cache_bytes(&self, positions: usize, ty: TensorType) -> usize {
+        2 * self.n_layers * positions * self.kv_dim() * ty.gguf_block_bytes().unwrap_or(4)
     }
 }

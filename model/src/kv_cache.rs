@@ -1,26 +1,33 @@
-use tern_core::Backend;
+use tern_core::{Backend, TensorType};
 
 use crate::{LlamaConfig, Result};
 
-/// One sequence's f32 KV cache: per layer a K and a V tensor of `capacity` rows (positions) by `kv_dim`.
+/// One sequence's KV cache: per layer a K and a V tensor of `capacity` rows (positions) by `kv_dim`, stored as
+/// F32 or F16 ([`Backend::zeros_cache`]).
 #[derive(Debug)]
 pub struct KvCache<B: Backend> {
     pub(crate) k: Vec<B::Tensor>,
     pub(crate) v: Vec<B::Tensor>,
     capacity: usize,
     len: usize,
+    ty: TensorType,
 }
 
 impl<B: Backend> KvCache<B> {
-    /// An empty cache for `capacity` positions.
-    pub fn new(backend: &B, cfg: &LlamaConfig, capacity: usize) -> Result<Self> {
+    /// An empty cache for `capacity` positions, its elements stored as `ty` (F32 or F16).
+    pub fn new(backend: &B, cfg: &LlamaConfig, capacity: usize, ty: TensorType) -> Result<Self> {
         let mut k = Vec::with_capacity(cfg.n_layers);
         let mut v = Vec::with_capacity(cfg.n_layers);
         for _ in 0..cfg.n_layers {
-            k.push(backend.zeros(capacity, cfg.kv_dim())?);
-            v.push(backend.zeros(capacity, cfg.kv_dim())?);
+            k.push(backend.zeros_cache(capacity, cfg.kv_dim(), ty)?);
+            v.push(backend.zeros_cache(capacity, cfg.kv_dim(), ty)?);
         }
-        Ok(KvCache { k, v, capacity, len: 0 })
+        Ok(KvCache { k, v, capacity, len: 0, ty })
+    }
+
+    /// How the elements are stored (F32 or F16).
+    pub fn element_type(&self) -> TensorType {
+        self.ty
     }
 
     /// Positions filled.

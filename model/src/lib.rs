@@ -21,7 +21,7 @@ mod tokenizer;
 pub use config::LlamaConfig;
 pub use error::{Error, Result};
 pub use kv_cache::KvCache;
-pub use llama::{Llama, Observer, Scratch, StepInput};
+pub use llama::{DEFAULT_CACHE_TYPE, Llama, Observer, Scratch, StepInput};
 pub use sampler::{Sampler, SamplingParams};
 pub use stop::StopStrings;
 pub use template::{ChatMessage, ChatTemplate};

@@ -32,6 +32,9 @@ pub enum StepInput<'a> {
     Sampled,
 }
 
+/// How KV caches store their elements unless told otherwise ([`Llama::set_cache_type`]): f16, as llama.cpp's do.
+pub const DEFAULT_CACHE_TYPE: TensorType = TensorType::F16;
+
 /// A Llama-family model whose weights live on backend `B`.
 #[derive(Debug)]
 pub struct Llama<B: Backend> {
@@ -46,6 +49,8 @@ pub struct Llama<B: Backend> {
     pub weight_bytes: usize,
     /// Bytes of the embedding table (of which a decode step reads one row, unless it is also the head).
     pub(crate) embed_bytes: usize,
+    /// How [`Llama::new_cache`] stores K and V.
+    cache_type: TensorType,
 }
 
 /// Reusable activation buffers for forward passes, so that decode steps allocate nothing.
@@ -214,7 +219,17 @@ impl<B: Backend> Llama<B> {
             layers.push(Layer { attn_norm, wq, wk, wv, wo, ffn_norm, gate, up, down });
         }
         let weight_bytes = w.bytes;
-        Ok(Llama { config, backend, embed, output, output_norm, layers, weight_bytes, embed_bytes })
+        Ok(Llama {
+            config,
+            backend,
+            embed,
+            output,
+            output_norm,
+            layers,
+            weight_bytes,
+            embed_bytes,
+            cache_type: DEFAULT_CACHE_TYPE,
+        })
     }
 
     /// Builds a model from its parts (see `synthetic.rs`).
@@ -228,14 +243,28 @@ impl<B: Backend> Llama<B> {
         sizes: (usize, usize),
     ) -> Self {
         let (weight_bytes, embed_bytes) = sizes;
-        Llama { config, backend, embed, output, output_norm, layers, weight_bytes, embed_bytes }
+        Llama { config, backend, embed, output, output_norm, layers, weight_bytes, embed_bytes, cache_type: DEFAULT_CACHE_TYPE }
     }
 
     /// Bytes one decode step at `position` reads: every weight matrix (one row of the embedding table, unless
-    /// it is the head too), the norms, and the f32 KV cache of the positions it attends to.
+    /// it is the head too), the norms, and the KV cache of the positions it attends to.
     pub fn decode_bytes(&self, position: usize) -> usize {
         let embed_read = if self.output.is_some() { self.embed_bytes / self.config.vocab_size.max(1) } else { self.embed_bytes };
-        self.weight_bytes - self.embed_bytes + embed_read + self.config.kv_cache_bytes(position + 1)
+        self.weight_bytes - self.embed_bytes + embed_read + self.config.kv_cache_bytes(position + 1, self.cache_type)
+    }
+
+    /// How new KV caches store their elements: F16 (the default, as llama.cpp's) or F32. An error for other
+    /// types, or where the backend cannot store `ty`.
+    pub fn set_cache_type(&mut self, ty: TensorType) -> Result<()> {
+        // A one-position cache: the backend's own check of the type.
+        KvCache::new(&self.backend, &self.config, 1, ty)?;
+        self.cache_type = ty;
+        Ok(())
+    }
+
+    /// How new KV caches store their elements.
+    pub fn cache_type(&self) -> TensorType {
+        self.cache_type
     }
 
     /// The backend the weights live on.
@@ -245,7 +274,7 @@ impl<B: Backend> Llama<B> {
 
     /// A KV cache for `capacity` positions (at most the model's context length).
     pub fn new_cache(&self, capacity: usize) -> Result<KvCache<B>> {
-        KvCache::new(&self.backend, &self.config, capacity.min(self.config.context_length))
+        KvCache::new(&self.backend, &self.config, capacity.min(self.config.context_length), self.cache_type)
     }
 
     /// Runs `tokens` (the next positions of the sequence in `cache`) through the model and appends their K/V

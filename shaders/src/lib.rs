@@ -41,6 +41,24 @@ pub const MATMUL_TOKENS: u32 = 8;
 /// Tokens per workgroup of the tiled prefill matmul.
 pub const TILED_TOKENS: u32 = 16;
 
+/// How the kernels that read or append to the KV cache ([`Kernel::Attention`], [`Kernel::RopeAppend`],
+/// [`Kernel::MatvecInt8Rope`], [`Kernel::CacheWrite`]) hold its elements. Values are computed on in f32 either
+/// way; an f16 cache rounds them (to nearest) as they are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KvStore {
+    /// f32.
+    F32,
+    /// f16, two to a 32-bit word, converted by `pack2x16float` and `unpack2x16float` (core WGSL: any adapter).
+    F16Packed,
+    /// f16 as WGSL's `f16` type (`enable f16`: adapters with the `shader-f16` feature).
+    F16,
+}
+
+impl KvStore {
+    /// Every way of storing the cache, for validation in tests.
+    pub const ALL: [KvStore; 3] = [KvStore::F32, KvStore::F16Packed, KvStore::F16];
+}
+
 /// One compiled pipeline: an op and everything its source is specialized on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kernel {
@@ -72,8 +90,17 @@ pub enum Kernel {
     /// A decode step's attention inputs in one pass: [`Kernel::MatvecInt8`] over Q, K and V stored together,
     /// with RoPE (interleaved pairs, so `rows` is even: a group holds both rows of a pair) applied to Q's and
     /// K's rows as they are written, Q's to their tensor and K's and V's straight to row `pos0` of the caches.
-    /// `scaled` and `subgroups` as for [`Kernel::MatvecInt8`].
-    MatvecInt8Rope { ty: TensorType, workgroup: u32, lanes: u32, rows: u32, unroll: u32, scaled: bool, subgroups: bool },
+    /// `scaled` and `subgroups` as for [`Kernel::MatvecInt8`]; the caches are stored as `kv`.
+    MatvecInt8Rope {
+        ty: TensorType,
+        workgroup: u32,
+        lanes: u32,
+        rows: u32,
+        unroll: u32,
+        scaled: bool,
+        subgroups: bool,
+        kv: KvStore,
+    },
     /// [`Kernel::MatvecInt8`] of one matrix, [`NORM_PRODUCT_ROWS`] rows a workgroup (one per group of `lanes`),
     /// its rows added to the residual row as they are written; then each workgroup writes its block of the
     /// row's RMSNorm before the row's factor (`x * weight`), in f32 and in int8, with the block's sum of
@@ -114,16 +141,20 @@ pub enum Kernel {
     RmsNorm { residual: bool, quads: u32, int8: bool, subgroups: bool },
     /// Rotary position embedding, in place.
     Rope,
-    /// RoPE on `q` and `k` in place, and `k` and `v` appended to the KV caches.
-    RopeAppend,
+    /// RoPE on `q` and `k` in place, and `k` and `v` appended to the KV caches, stored as `kv` (f16 caches
+    /// need heads and rotated dimensions that are multiples of 4).
+    RopeAppend { kv: KvStore },
+    /// f32 rows appended to an f16 KV cache (`kv` is not [`KvStore::F32`]): one invocation per pair of
+    /// values (`len` counts them), from pair `offset` of the cache.
+    CacheWrite { kv: KvStore },
     /// Causal grouped-query attention over heads of `head_dim` (a multiple of 4 up to [`MAX_HEAD_DIM`]), one
     /// workgroup per (query row, head), online softmax over tiles of [`ATTENTION_TILE`] positions. With `split`
     /// (decode only), one workgroup per (head, span of positions), each writing a partial result that
     /// [`Kernel::AttentionCombine`] merges.
     /// With `subgroups`, the tiles' maximum and sum are reduced with subgroup operations. With `int8` (not
     /// with `split`; one query row, heads of whole blocks of 32), the output is also written quantized to int8
-    /// for [`Kernel::MatvecInt8`].
-    Attention { head_dim: u32, split: bool, subgroups: bool, int8: bool },
+    /// for [`Kernel::MatvecInt8`]. K and V are stored as `kv`.
+    Attention { head_dim: u32, split: bool, subgroups: bool, int8: bool, kv: KvStore },
     /// Merges the partials of a split attention, one workgroup per head; with `int8` (heads of whole blocks of
     /// 32), the output is also written quantized to int8 for [`Kernel::MatvecInt8`].
     AttentionCombine { head_dim: u32, int8: bool },
@@ -211,7 +242,18 @@ impl Kernel {
                             for (scaled, subgroups) in [(false, false), (true, false), (false, true), (true, true)] {
                                 v.push(Kernel::MatvecInt8 { ty, workgroup, lanes, rows, unroll, outputs, scaled, subgroups });
                                 if outputs == 3 && rows % 2 == 0 {
-                                    v.push(Kernel::MatvecInt8Rope { ty, workgroup, lanes, rows, unroll, scaled, subgroups });
+                                    for kv in KvStore::ALL {
+                                        v.push(Kernel::MatvecInt8Rope {
+                                            ty,
+                                            workgroup,
+                                            lanes,
+                                            rows,
+                                            unroll,
+                                            scaled,
+                                            subgroups,
+                                            kv,
+                                        });
+                                    }
                                 }
                             }
                             if outputs == 1 && workgroup == 64 && rows == 1 {
@@ -235,7 +277,6 @@ impl Kernel {
     pub fn elementwise() -> Vec<Kernel> {
         let mut v = vec![
             Kernel::Rope,
-            Kernel::RopeAppend,
             Kernel::SiluMul { int8: false },
             Kernel::SiluMul { int8: true },
             Kernel::Add,
@@ -253,13 +294,21 @@ impl Kernel {
                 }
             }
         }
+        for kv in KvStore::ALL {
+            v.push(Kernel::RopeAppend { kv });
+            if kv != KvStore::F32 {
+                v.push(Kernel::CacheWrite { kv });
+            }
+        }
         for head_dim in [32, 64, 128, 256] {
             for subgroups in [false, true] {
-                v.extend([
-                    Kernel::Attention { head_dim, split: false, subgroups, int8: false },
-                    Kernel::Attention { head_dim, split: false, subgroups, int8: true },
-                    Kernel::Attention { head_dim, split: true, subgroups, int8: false },
-                ]);
+                for kv in KvStore::ALL {
+                    v.extend([
+                        Kernel::Attention { head_dim, split: false, subgroups, int8: false, kv },
+                        Kernel::Attention { head_dim, split: false, subgroups, int8: true, kv },
+                        Kernel::Attention { head_dim, split: true, subgroups, int8: false, kv },
+                    ]);
+                }
             }
             v.extend([Kernel::AttentionCombine { head_dim, int8: false }, Kernel::AttentionCombine { head_dim, int8: true }]);
         }
@@ -287,10 +336,10 @@ impl Kernel {
                     "matvec int8 {ty} wg{workgroup} lanes{lanes} rows{rows} unroll{unroll} outputs{outputs}{scaled}{subgroups}"
                 )
             }
-            Kernel::MatvecInt8Rope { ty, workgroup, lanes, rows, unroll, scaled, subgroups } => {
+            Kernel::MatvecInt8Rope { ty, workgroup, lanes, rows, unroll, scaled, subgroups, kv } => {
                 let scaled = if *scaled { " scaled" } else { "" };
                 let subgroups = if *subgroups { " subgroups" } else { "" };
-                format!("matvec int8 rope {ty} wg{workgroup} lanes{lanes} rows{rows} unroll{unroll}{scaled}{subgroups}")
+                format!("matvec int8 rope {ty} wg{workgroup} lanes{lanes} rows{rows} unroll{unroll}{scaled}{subgroups} kv {kv:?}")
             }
             Kernel::MatvecInt8SiluMul { ty, lanes, pairs, unroll, scaled, subgroups } => {
                 let scaled = if *scaled { " scaled" } else { "" };
@@ -348,7 +397,9 @@ impl Kernel {
             // inverse frequencies | x
             Kernel::Rope => &[Params, Read, ReadWrite],
             // inverse frequencies, v | q, k, k cache, v cache
-            Kernel::RopeAppend => &[Params, Read, Read, ReadWrite, ReadWrite, ReadWrite, ReadWrite],
+            Kernel::RopeAppend { .. } => &[Params, Read, Read, ReadWrite, ReadWrite, ReadWrite, ReadWrite],
+            // f32 rows | cache
+            Kernel::CacheWrite { .. } => &[Params, Read, ReadWrite],
             // q, k, v | out, int8 out
             Kernel::Attention { int8: true, split: false, .. } => &[Params, Read, Read, Read, ReadWrite, ReadWrite],
             // q, k, v | out (or partials)
@@ -384,9 +435,10 @@ impl Kernel {
             Kernel::MatvecInt8SiluMul { .. } => ["rows", "cols", "_", "groups_x", "row0", "rows_a", "_", "_"],
             Kernel::Embed { .. } => ["cols", "tokens", "groups_x", "row0", "_", "_", "_", "_"],
             Kernel::RmsNorm { .. } => ["rows", "cols", "eps (f32)", "groups_x", "_", "_", "_", "_"],
-            Kernel::RopeAppend => {
+            Kernel::RopeAppend { .. } => {
                 ["rows", "n_heads", "n_kv_heads", "head_dim", "rot_dim", "interleaved (0/1)", "pos0", "groups_x"]
             }
+            Kernel::CacheWrite { .. } => ["len", "groups_x", "offset", "_", "_", "_", "_", "_"],
             Kernel::Rope => ["rows", "n_heads", "head_dim", "rot_dim", "interleaved (0/1)", "pos0", "groups_x", "_"],
             Kernel::Attention { .. } => ["rows", "n_heads", "n_kv_heads", "head_dim", "pos0", "scale (f32)", "span", "_"],
             Kernel::AttentionCombine { .. } => ["n_heads", "splits", "_", "_", "_", "_", "_", "_"],
@@ -418,8 +470,8 @@ impl Kernel {
                 kernels::matvec_int8(ty, workgroup, lanes, rows, unroll, outputs, (scaled, subgroups))
                     .unwrap_or_else(|| format!("// {ty} has no int8 reader: see Kernel::has_int8\n"))
             }
-            Kernel::MatvecInt8Rope { ty, workgroup, lanes, rows, unroll, scaled, subgroups } => {
-                kernels::matvec_int8_rope(ty, workgroup, lanes, rows, unroll, (scaled, subgroups))
+            Kernel::MatvecInt8Rope { ty, workgroup, lanes, rows, unroll, scaled, subgroups, kv } => {
+                kernels::matvec_int8_rope(ty, workgroup, lanes, rows, unroll, (scaled, subgroups), kv)
                     .unwrap_or_else(|| format!("// {ty} has no int8 reader: see Kernel::has_int8\n"))
             }
             Kernel::MatvecInt8Norm { ty, lanes, unroll, subgroups } => kernels::matvec_int8_norm(ty, lanes, unroll, subgroups)
@@ -433,8 +485,11 @@ impl Kernel {
             Kernel::Embed { ty } => kernels::embed(ty),
             Kernel::RmsNorm { residual, quads, int8, subgroups } => kernels::rms_norm(residual, quads, int8, subgroups),
             Kernel::Rope => kernels::rope(),
-            Kernel::RopeAppend => kernels::rope_append(),
-            Kernel::Attention { head_dim, split, subgroups, int8 } => kernels::attention(head_dim, split, subgroups, int8),
+            Kernel::RopeAppend { kv } => kernels::rope_append(kv),
+            Kernel::CacheWrite { kv } => kernels::cache_write(kv),
+            Kernel::Attention { head_dim, split, subgroups, int8, kv } => {
+                kernels::attention(head_dim, split, subgroups, int8, kv)
+            }
             Kernel::AttentionCombine { head_dim, int8 } => kernels::attention_combine(head_dim, int8),
             Kernel::SiluMul { int8 } => kernels::silu_mul(int8),
             Kernel::Add => kernels::add(),
@@ -463,6 +518,17 @@ impl Kernel {
                 | Kernel::MatvecInt8SiluMul { subgroups: true, .. }
                 | Kernel::MatvecInt8 { subgroups: true, .. }
                 | Kernel::MatvecInt8Rope { subgroups: true, .. }
+        )
+    }
+
+    /// Whether the kernel needs the device's `shader-f16` feature.
+    pub fn needs_f16(&self) -> bool {
+        matches!(
+            self,
+            Kernel::Attention { kv: KvStore::F16, .. }
+                | Kernel::RopeAppend { kv: KvStore::F16 }
+                | Kernel::CacheWrite { kv: KvStore::F16 }
+                | Kernel::MatvecInt8Rope { kv: KvStore::F16, .. }
         )
     }
 

@@ -23,6 +23,9 @@ fn every_variant_validates() {
         if kernel.needs_subgroups() {
             caps |= Capabilities::SUBGROUP;
         }
+        if kernel.needs_f16() {
+            caps |= Capabilities::SHADER_FLOAT16;
+        }
         Validator::new(ValidationFlags::all(), caps)
             .validate(&module)
             .unwrap_or_else(|e| panic!("{} does not validate:\n{}", kernel.label(), e.emit_to_string(&src)));

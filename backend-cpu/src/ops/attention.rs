@@ -1,4 +1,4 @@
-//! Causal grouped-query attention over an f32 KV cache. One task per (query row, head).
+//! Causal grouped-query attention over an f32 or f16 KV cache. One task per (query row, head).
 
 use std::cell::RefCell;
 
@@ -26,24 +26,20 @@ pub(crate) fn attention(q: &CpuTensor, k: &CpuTensor, v: &CpuTensor, p: &Attenti
         let n = p.pos0 + t + 1;
         SCORES.with_borrow_mut(|scores| {
             scores.clear();
-            scores.extend((0..n).map(|j| dot_f32(qh, &k.data[j * kv_cols + g * hd..j * kv_cols + (g + 1) * hd]) * p.scale));
+            // An f16 cache's K or V row as f32.
+            let (mut row, mut wide_row) = ([0f32; 256], Vec::new());
+            let row = head_buf(&mut row, &mut wide_row, hd);
+            scores.extend((0..n).map(|j| dot_f32(qh, k.span(j * kv_cols + g * hd, hd, row)) * p.scale));
             let max = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
             let mut sum = 0f32;
             for s in scores.iter_mut() {
                 *s = (*s - max).exp();
                 sum += *s;
             }
-            let mut acc = [0f32; 256];
-            let acc = &mut acc[..hd.min(256)];
-            let mut wide = Vec::new();
-            let acc: &mut [f32] = if hd <= 256 {
-                acc
-            } else {
-                wide.resize(hd, 0.0);
-                &mut wide
-            };
+            let (mut acc, mut wide) = ([0f32; 256], Vec::new());
+            let acc = head_buf(&mut acc, &mut wide, hd);
             for (j, s) in scores.iter().enumerate() {
-                let vj = &v.data[j * kv_cols + g * hd..j * kv_cols + (g + 1) * hd];
+                let vj = v.span(j * kv_cols + g * hd, hd, row);
                 for (a, x) in acc.iter_mut().zip(vj) {
                     *a += s * x;
                 }
@@ -56,4 +52,14 @@ pub(crate) fn attention(q: &CpuTensor, k: &CpuTensor, v: &CpuTensor, p: &Attenti
         });
     });
     Ok(())
+}
+
+/// `hd` zeros: on the stack for heads up to 256, else in `wide`.
+fn head_buf<'a>(stack: &'a mut [f32; 256], wide: &'a mut Vec<f32>, hd: usize) -> &'a mut [f32] {
+    if hd <= 256 {
+        &mut stack[..hd]
+    } else {
+        wide.resize(hd, 0.0);
+        wide
+    }
 }

@@ -1,3 +1,4 @@
+use half::slice::HalfFloatSliceExt;
 use tern_core::{Error, Result};
 
 use crate::tensor::{CpuMatrix, CpuTensor, check_cols};
@@ -44,7 +45,11 @@ pub(crate) fn write_rows(src: &CpuTensor, dst: &mut CpuTensor, row: usize) -> Re
     if row + src.rows > dst.rows {
         return Err(Error::ContextFull { pos: row + src.rows - 1, capacity: dst.rows });
     }
-    dst.data[row * dst.cols..(row + src.rows) * dst.cols].copy_from_slice(&src.data);
+    let at = row * dst.cols..(row + src.rows) * dst.cols;
+    match &mut dst.halves {
+        None => dst.data[at].copy_from_slice(&src.data),
+        Some(h) => h[at].convert_from_f32_slice(&src.data),
+    }
     Ok(())
 }
 

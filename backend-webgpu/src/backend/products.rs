@@ -78,7 +78,7 @@ impl WebGpuBackend {
         // A row that waits for its RMS factor goes as it is to an int8 decode product, which applies it.
         let scaled = int8 && x.is_unscaled();
         if !scaled {
-            self.settle(&[x])?;
+            self.settle("matmul", &[x])?;
         }
         // Prefill on int8 activations too, where they are whole blocks of 32.
         let tiled_int8 = x.rows > 1 && self.int8_products() && Kernel::has_int8(ty) && x.cols.is_multiple_of(32);
@@ -190,6 +190,7 @@ impl WebGpuBackend {
         let k = self.kernels;
         let (hd, kv_cols) = (p.head_dim, n_kv_heads * p.head_dim);
         let fits = x.rows == 1
+            && !x.half
             && self.int8_products()
             && Kernel::has_int8(wq.ty)
             && p.style == RopeStyle::Interleaved
@@ -208,7 +209,7 @@ impl WebGpuBackend {
             return Ok(false);
         }
         let _recording = self.scratch_lock()?;
-        self.settle(&[&*k_cache, &*v_cache])?;
+        let kv = self.cache_store("attention_inputs", k_cache, v_cache)?;
         self.resize("attention_inputs", q, 1, wq.rows)?;
         k_cache.written();
         v_cache.written();
@@ -220,6 +221,7 @@ impl WebGpuBackend {
             unroll: (k.unroll / 4).max(1),
             scaled: x.is_unscaled(),
             subgroups: self.subgroup_lanes(),
+            kv,
         };
         let rows = wq.rows + 2 * kv_cols;
         let (grid, x_groups) = self.product_grid(rows, k.workgroup / k.lanes * QKV_PRODUCT_ROWS, 1, 1);
@@ -264,7 +266,7 @@ impl WebGpuBackend {
         if !fits {
             return Ok(false);
         }
-        self.settle(&[a, &*x, weight])?;
+        self.settle("matmul_add_rms_norm", &[a, &*x, weight])?;
         let _recording = self.scratch_lock()?;
         self.resize("matmul_add_rms_norm", out, 1, x.cols)?;
         let Some(int8) = self.int8_output(out)? else { return Ok(false) };
@@ -292,6 +294,7 @@ impl WebGpuBackend {
         let pairs = SILU_PRODUCT_PAIRS;
         let workgroup = NORM_PRODUCT_ROWS / pairs * k.lanes;
         let fits = x.rows == 1
+            && !x.half
             && self.int8_products()
             && Kernel::has_int8(gate.ty)
             && gate.rows == up.rows

@@ -1,7 +1,7 @@
 //! Causal attention over the KV cache, and the merge of a split decode attention.
 
 use super::{lines, workgroup_tree};
-use crate::{ATTENTION_INVOCATIONS, ATTENTION_TILE, WORKGROUP, formats};
+use crate::{ATTENTION_INVOCATIONS, ATTENTION_TILE, KvStore, WORKGROUP, formats};
 
 /// One workgroup of [`ATTENTION_INVOCATIONS`] per (query row, head). Each tile of [`ATTENTION_TILE`] positions:
 /// `ATTENTION_INVOCATIONS / ATTENTION_TILE` invocations score each position (a share of the head's dimensions
@@ -19,7 +19,9 @@ use crate::{ATTENTION_INVOCATIONS, ATTENTION_TILE, WORKGROUP, formats};
 ///
 /// With `int8` (not with `split`; heads of whole blocks of 32, one query row), the output is also written
 /// quantized to int8 for decode products ([`super::quantize::quantize_quads`]).
-pub(crate) fn attention(head_dim: u32, split: bool, subgroups: bool, int8: bool) -> String {
+///
+/// K and V are read as `kv` stores them, four values a load, and computed on in f32.
+pub(crate) fn attention(head_dim: u32, split: bool, subgroups: bool, int8: bool, kv: KvStore) -> String {
     let (tile, wg) = (ATTENTION_TILE, ATTENTION_INVOCATIONS);
     let quads = head_dim / 4;
     // The weighted sum of V: invocation `li` owns `vec4` chunk `li % CHUNKS` of the head for the positions
@@ -33,7 +35,7 @@ pub(crate) fn attention(head_dim: u32, split: bool, subgroups: bool, int8: bool)
     let k_fetch = lines(
         (0..k_loads).map(|u| {
             let d = format!("part + {u}u * PARTS");
-            format!("var k{u} = vec4<f32>(0.0);\n        if (jq < visible && {d} < CHUNKS) {{ k{u} = k[kb + {d}]; }}")
+            format!("var k{u} = vec4<f32>(0.0);\n        if (jq < visible && {d} < CHUNKS) {{ k{u} = kv4(k[kb + {d}]); }}")
         }),
         8,
     );
@@ -44,7 +46,7 @@ pub(crate) fn attention(head_dim: u32, split: bool, subgroups: bool, int8: bool)
     let v_fetch = lines(
         (0..v_loads).map(|u| {
             format!(
-                "var v{u} = vec4<f32>(0.0);\n        if (g < GROUPS && g + {u}u * GROUPS < n) {{ v{u} = v[((j0 + g + {u}u * GROUPS) * kv_cols + kvh * HD) / 4u + c]; }}"
+                "var v{u} = vec4<f32>(0.0);\n        if (g < GROUPS && g + {u}u * GROUPS < n) {{ v{u} = kv4(v[((j0 + g + {u}u * GROUPS) * kv_cols + kvh * HD) / 4u + c]); }}"
             )
         }),
         8,
@@ -129,11 +131,11 @@ pub(crate) fn attention(head_dim: u32, split: bool, subgroups: bool, int8: bool)
         )
     };
     format!(
-        r#"struct Params {{ rows: u32, n_heads: u32, n_kv_heads: u32, head_dim: u32, pos0: u32, scale: f32, span: u32, _p7: u32 }}
+        r#"{enable}struct Params {{ rows: u32, n_heads: u32, n_kv_heads: u32, head_dim: u32, pos0: u32, scale: f32, span: u32, _p7: u32 }}
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> k: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> v: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> k: array<{quad}>;
+@group(0) @binding(3) var<storage, read> v: array<{quad}>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 {int8_decls}
 const HD: u32 = {head_dim}u;
@@ -148,7 +150,7 @@ var<workgroup> dots: array<f32, {wg}>;
 var<workgroup> qs: array<vec4<f32>, {quads}>;
 var<workgroup> sums: array<vec4<f32>, {wg}>;
 const NONE: f32 = -3.0e38;
-
+{reader}
 @compute @workgroup_size({wg})
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>{builtins}) {{
     let h = wid.x;
@@ -212,7 +214,10 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
         }}
     }}
 {writes}}}
-"#
+"#,
+        enable = kv.enable(),
+        quad = kv.quad_type(),
+        reader = kv.quad_reader()
     )
 }
 

@@ -2,6 +2,7 @@
 
 mod attention;
 mod fused;
+mod kv;
 mod products;
 mod quantize;
 mod rows;
@@ -10,6 +11,7 @@ mod sample;
 pub(crate) use attention::{attention, attention_combine};
 pub use fused::NORM_PRODUCT_ROWS;
 pub(crate) use fused::{matvec_int8_norm, matvec_int8_silu, norm_scale};
+pub(crate) use kv::cache_write;
 pub(crate) use products::{
     matmul, matmul_tiled, matmul_tiled_int8, matvec, matvec_int8, matvec_int8_rope, matvec_slots, matvec_subgroups,
 };

@@ -3,7 +3,7 @@
 use tern_core::TensorType;
 
 use super::lines;
-use crate::{TILED_TOKENS, WORKGROUP, formats};
+use crate::{KvStore, TILED_TOKENS, WORKGROUP, formats};
 
 /// The parameters, activation and output bindings every product kernel shares, `store`, then the format's
 /// reader. The activations are binding 5: `x`, a row-major f32 matrix read as `vec4`s; or, with `int8`, `xq`, a
@@ -54,17 +54,17 @@ fn store(t: u32, r: u32, v: f32) {{
 /// [`matvec_int8_rope`]'s parameters and bindings: the int8 activations (binding 5), then Q's output, the K and
 /// V caches and RoPE's inverse frequencies; `store_pair(r, x0, x1)` rotates rows `r, r + 1` (`r` even: an
 /// interleaved pair) when they are Q's or K's and within `rot_dim`, and writes them where they belong: Q's to
-/// `out`, K's and V's to row `pos0` of their cache. Then the format's reader.
-fn rope_prelude(reader: &str) -> String {
+/// `out`, K's and V's to row `pos0` of their cache, as `kv` stores it. Then the format's reader.
+fn rope_prelude(reader: &str, kv: KvStore) -> String {
     format!(
         "struct Params {{ rows: u32, cols: u32, rope: u32, groups_x: u32, row0: u32, rows_a: u32, rows_b: u32, pos0: u32 }}
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(5) var<storage, read> xq: array<vec4<u32>>;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
-@group(0) @binding(7) var<storage, read_write> k_cache: array<f32>;
-@group(0) @binding(8) var<storage, read_write> v_cache: array<f32>;
+@group(0) @binding(7) var<storage, read_write> k_cache: array<{pair}>;
+@group(0) @binding(8) var<storage, read_write> v_cache: array<{pair}>;
 @group(0) @binding(9) var<storage, read> inv_freq: array<f32>;
-{}
+{rotation}
 fn store_pair(r: u32, x0: f32, x1: f32) {{
     let head_dim = p.rope & 0xffffu;
     let rot_dim = p.rope >> 16u;
@@ -80,16 +80,17 @@ fn store_pair(r: u32, x0: f32, x1: f32) {{
         out[r + 1u] = y.y;
     }} else if (r < qk) {{
         let c = p.pos0 * p.rows_b + r - p.rows_a;
-        k_cache[c] = y.x;
-        k_cache[c + 1u] = y.y;
+        {k_store}
     }} else {{
         let c = p.pos0 * (p.rows - qk) + r - qk;
-        v_cache[c] = y.x;
-        v_cache[c + 1u] = y.y;
+        {v_store}
     }}
 }}
 {reader}",
-        super::rows::ROTATION
+        pair = kv.pair_type(),
+        rotation = super::rows::ROTATION,
+        k_store = kv.store_pair("k_cache", "c", "y"),
+        v_store = kv.store_pair("v_cache", "c", "y"),
     )
 }
 
@@ -368,7 +369,8 @@ pub(crate) fn matvec_int8(
 
 /// [`matvec_int8`] for Q, K and V stored together, with RoPE (interleaved pairs: `rows` must be even) applied to
 /// Q's and K's rows as they are written, and K's and V's rows written straight to the caches' row `pos0`
-/// ([`rope_prelude`]). `None` for a format without an int8 reader.
+/// ([`rope_prelude`]), stored as `kv`. `None` for a format without an int8 reader.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn matvec_int8_rope(
     ty: TensorType,
     workgroup: u32,
@@ -376,9 +378,11 @@ pub(crate) fn matvec_int8_rope(
     rows: u32,
     unroll: u32,
     (scaled, subgroups): (bool, bool),
+    kv: KvStore,
 ) -> Option<String> {
-    let prelude = rope_prelude(&formats::int8_reader(ty)?);
-    Some(int8_product(&prelude, workgroup, lanes, rows, unroll, Pairing::Adjacent, scaled, ("", ""), subgroups))
+    let prelude = rope_prelude(&formats::int8_reader(ty)?, kv);
+    let product = int8_product(&prelude, workgroup, lanes, rows, unroll, Pairing::Adjacent, scaled, ("", ""), subgroups);
+    Some(format!("{}{product}", kv.enable()))
 }
 
 #[allow(clippy::too_many_arguments)]

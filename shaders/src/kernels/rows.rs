@@ -4,7 +4,7 @@
 use tern_core::TensorType;
 
 use super::{lines, workgroup_tree};
-use crate::{WORKGROUP, formats};
+use crate::{KvStore, WORKGROUP, formats};
 
 /// One invocation per block of 32 output elements: the table's rows for `ids`, dequantized.
 pub(crate) fn embed(ty: TensorType) -> String {
@@ -243,76 +243,129 @@ fn rotation(pos: u32, i: u32) -> vec2<f32> {
 }
 ";
 
-/// One step's attention inputs in one pass: one invocation per pair of elements of every head of `q`, `k` and
-/// `v`. Pairs of `q` and `k` within `rot_dim` are rotated as [`rope`] does, in place; `k`'s pairs (rotated or
-/// not) and `v`'s are also written to the caches' rows `pos0 + t`. Pairs past `rot_dim` are the elements
-/// `rot_dim + 2j, rot_dim + 2j + 1` in both layouts.
-pub(crate) fn rope_append() -> String {
+/// One step's attention inputs in one pass: one invocation per `P` consecutive pairs of elements of every head
+/// of `q`, `k` and `v`. Pairs of `q` and `k` within `rot_dim` are rotated as [`rope`] does, in place; `k`'s
+/// pairs (rotated or not) and `v`'s are also written to the caches' rows `pos0 + t`, stored as `kv`. Pair `i`
+/// past `rot_dim / 2` holds the elements `rot_dim + 2j, rot_dim + 2j + 1` (`j = i - rot_dim / 2`) in both
+/// layouts.
+///
+/// An f32 cache takes one pair an invocation (`P = 1`), written a value at a time. An f16 cache is written two
+/// adjacent values (a 32-bit word) at a time, so each invocation takes two pairs (`P = 2`, heads and rotated
+/// dimensions multiples of 4): pairs `i, i + 1` (`i` even) of interleaved RoPE, and those past `rot_dim`, are
+/// the four values from `a_i`; those of split-half RoPE are values `i, i + 1` and `b_i, b_i + 1`.
+pub(crate) fn rope_append(kv: KvStore) -> String {
+    let pairs: u32 = if kv == KvStore::F32 { 1 } else { 2 };
+    let per_pair = |f: &dyn Fn(u32) -> String| lines((0..pairs).map(f), 4);
+    let ends = per_pair(&|u| {
+        format!(
+            "let e{u} = ends(i0 + {u}u);
+    let cs{u} = turn(i0 + {u}u, p.pos0 + t);"
+        )
+    });
+    let q_turns = per_pair(&|u| {
+        format!(
+            "if (i0 + {u}u < half_rot) {{
+        let x0 = q[base + e{u}.x];
+        let x1 = q[base + e{u}.y];
+        q[base + e{u}.x] = x0 * cs{u}.x - x1 * cs{u}.y;
+        q[base + e{u}.y] = x0 * cs{u}.y + x1 * cs{u}.x;
+    }}"
+        )
+    });
+    let k_turns = per_pair(&|u| {
+        format!(
+            "let x0_{u} = k[base + e{u}.x];
+    let x1_{u} = k[base + e{u}.y];
+    let y{u} = vec2<f32>(x0_{u} * cs{u}.x - x1_{u} * cs{u}.y, x0_{u} * cs{u}.y + x1_{u} * cs{u}.x);
+    k[base + e{u}.x] = y{u}.x;
+    k[base + e{u}.y] = y{u}.y;"
+        )
+    });
+    let v_reads = per_pair(&|u| format!("let y{u} = vec2<f32>(v[base + e{u}.x], v[base + e{u}.y]);"));
+    let stores = |cache: &str| {
+        if pairs == 1 {
+            format!(
+                "{cache}[cached + e0.x] = y0.x;
+        {cache}[cached + e0.y] = y0.y;"
+            )
+        } else {
+            format!(
+                "if (e1.x == e0.x + 1u) {{
+            {}
+            {}
+        }} else {{
+            {}
+            {}
+        }}",
+                kv.store_pair(cache, "cached + e0.x", "vec2<f32>(y0.x, y1.x)"),
+                kv.store_pair(cache, "cached + e0.y", "vec2<f32>(y0.y, y1.y)"),
+                kv.store_pair(cache, "cached + e0.x", "y0"),
+                kv.store_pair(cache, "cached + e1.x", "y1"),
+            )
+        }
+    };
     format!(
-        r#"struct Params {{ rows: u32, n_heads: u32, n_kv_heads: u32, head_dim: u32, rot_dim: u32, interleaved: u32, pos0: u32, groups_x: u32 }}
+        r#"{enable}struct Params {{ rows: u32, n_heads: u32, n_kv_heads: u32, head_dim: u32, rot_dim: u32, interleaved: u32, pos0: u32, groups_x: u32 }}
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> inv_freq: array<f32>;
 @group(0) @binding(2) var<storage, read> v: array<f32>;
 @group(0) @binding(3) var<storage, read_write> q: array<f32>;
 @group(0) @binding(4) var<storage, read_write> k: array<f32>;
-@group(0) @binding(5) var<storage, read_write> k_cache: array<f32>;
-@group(0) @binding(6) var<storage, read_write> v_cache: array<f32>;
+@group(0) @binding(5) var<storage, read_write> k_cache: array<{pair}>;
+@group(0) @binding(6) var<storage, read_write> v_cache: array<{pair}>;
 {ROTATION}
+// The two elements of pair `i` of a head.
+fn ends(i: u32) -> vec2<u32> {{
+    let half_rot = p.rot_dim / 2u;
+    if (i >= half_rot) {{
+        let a = p.rot_dim + 2u * (i - half_rot);
+        return vec2<u32>(a, a + 1u);
+    }}
+    if (p.interleaved == 1u) {{
+        return vec2<u32>(2u * i, 2u * i + 1u);
+    }}
+    return vec2<u32>(i, i + half_rot);
+}}
+
+// Pair `i`'s rotation at position `pos` (none past `rot_dim`).
+fn turn(i: u32, pos: u32) -> vec2<f32> {{
+    if (i < p.rot_dim / 2u) {{
+        return rotation(pos, i);
+    }}
+    return vec2<f32>(1.0, 0.0);
+}}
+
 @compute @workgroup_size({WORKGROUP})
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
     let g = (wid.x + wid.y * p.groups_x) * {WORKGROUP}u + li;
-    let half = p.head_dim / 2u;
+    let units = p.head_dim / (2u * {pairs}u);
     let half_rot = p.rot_dim / 2u;
-    let per_row = (p.n_heads + 2u * p.n_kv_heads) * half;
+    let per_row = (p.n_heads + 2u * p.n_kv_heads) * units;
     let t = g / per_row;
     if (t >= p.rows) {{
         return;
     }}
-    let head = (g % per_row) / half;
-    let i = g % half;
-    var a = p.rot_dim + 2u * (i - min(i, half_rot));
-    var b = a + 1u;
-    if (i < half_rot) {{
-        a = i;
-        b = i + half_rot;
-        if (p.interleaved == 1u) {{
-            a = 2u * i;
-            b = a + 1u;
-        }}
-    }}
-    var cs = vec2<f32>(1.0, 0.0);
-    if (i < half_rot) {{
-        cs = rotation(p.pos0 + t, i);
-    }}
-    let kv_cols = p.n_kv_heads * p.head_dim;
+    let head = (g % per_row) / units;
+    let i0 = {pairs}u * (g % units);
+{ends}    let kv_cols = p.n_kv_heads * p.head_dim;
     if (head < p.n_heads) {{
         let base = (t * p.n_heads + head) * p.head_dim;
-        if (i < half_rot) {{
-            let x0 = q[base + a];
-            let x1 = q[base + b];
-            q[base + a] = x0 * cs.x - x1 * cs.y;
-            q[base + b] = x0 * cs.y + x1 * cs.x;
-        }}
-        return;
+{q_turns}        return;
     }}
     let kh = (head - p.n_heads) % p.n_kv_heads;
     let base = t * kv_cols + kh * p.head_dim;
     let cached = (p.pos0 + t) * kv_cols + kh * p.head_dim;
     if (head < p.n_heads + p.n_kv_heads) {{
-        let x0 = k[base + a];
-        let x1 = k[base + b];
-        let y0 = x0 * cs.x - x1 * cs.y;
-        let y1 = x0 * cs.y + x1 * cs.x;
-        k[base + a] = y0;
-        k[base + b] = y1;
-        k_cache[cached + a] = y0;
-        k_cache[cached + b] = y1;
+{k_turns}        {k_stores}
     }} else {{
-        v_cache[cached + a] = v[base + a];
-        v_cache[cached + b] = v[base + b];
+{v_reads}        {v_stores}
     }}
 }}
-"#
+"#,
+        enable = kv.enable(),
+        pair = kv.pair_type(),
+        k_stores = stores("k_cache"),
+        v_stores = stores("v_cache"),
     )
 }
 
