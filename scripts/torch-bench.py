@@ -6,7 +6,10 @@ scaled_dot_product_attention): prefill of -p tokens in one forward, and generati
 a KV cache, each from an empty cache, the sampled token read back every step as an application would. Prints
 medians in tokens per second and decode's weight-plus-KV bytes per token times its rate, like `tern bench`.
 
-    python3 scripts/torch-bench.py 7b [-p 512] [-n 128] [-r 5]
+    python3 scripts/torch-bench.py 7b [-p 512] [-n 128] [-r 5] [-d 4096]
+
+With -d, each test starts from that many positions already in the KV cache (as `tern bench -d`), the tests
+named `pp512 @ d4096`, `tg128 @ d4096`.
 
 The shapes are the ones `tern bench --synthetic` builds (model/src/synthetic.rs).
 """
@@ -31,6 +34,7 @@ def main():
     ap.add_argument("-p", "--prompt-tokens", type=int, default=512)
     ap.add_argument("-n", "--gen-tokens", type=int, default=128)
     ap.add_argument("-r", "--repetitions", type=int, default=5)
+    ap.add_argument("-d", "--depth", type=int, default=0)
     args = ap.parse_args()
 
     layers, dim, ffn, heads, kv_heads, vocab, base = SHAPES[args.shape]
@@ -48,7 +52,8 @@ def main():
         for _ in range(layers)
     ]
     embed, head = w(vocab, dim), w(vocab, dim)
-    capacity = max(args.prompt_tokens, args.gen_tokens) + 1
+    depth = args.depth
+    capacity = depth + max(args.prompt_tokens, args.gen_tokens) + 1
     inv_freq = base ** (-torch.arange(0, hd, 2, device=dev, dtype=torch.float32) / hd)
     angles = torch.arange(capacity, device=dev, dtype=torch.float32)[:, None] * inv_freq[None, :]
     cos, sin = angles.cos().to(dt), angles.sin().to(dt)
@@ -94,25 +99,30 @@ def main():
         return statistics.median(rates), min(rates), max(rates)
 
     name = f"torch fp16 {args.shape}"
+    at = f" @ d{depth}" if depth else ""
     params = layers * (dim * heads * hd * 2 + dim * kv_heads * hd * 2 + 3 * dim * ffn) + 2 * vocab * dim
     print("| model | backend | test | t/s (median) | spread (min - max) | read GB/s |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     with torch.inference_mode():
+        # The context every test starts from, in prompts of up to 512 tokens (later tests overwrite only what
+        # comes after it).
+        for pos0 in range(0, depth, 512):
+            forward(torch.randint(0, vocab, (min(512, depth - pos0),), device=dev, generator=gen), pos0)
         if args.prompt_tokens > 0:
             ids = torch.randint(0, vocab, (args.prompt_tokens,), device=dev, generator=gen)
-            m, lo, hi = median_rate(args.prompt_tokens, lambda: forward(ids, 0))
-            print(f"| {name} | {torch.cuda.get_device_name()} | pp{args.prompt_tokens} | {m:.2f} | {lo:.2f} - {hi:.2f} | - |")
+            m, lo, hi = median_rate(args.prompt_tokens, lambda: forward(ids, depth))
+            print(f"| {name} | {torch.cuda.get_device_name()} | pp{args.prompt_tokens}{at} | {m:.2f} | {lo:.2f} - {hi:.2f} | - |")
         if args.gen_tokens > 0:
             def generate():
                 tok = torch.zeros(1, dtype=torch.long, device=dev)
-                for pos in range(args.gen_tokens):
+                for pos in range(depth, depth + args.gen_tokens):
                     tok = forward(tok, pos).argmax(-1)
                     tok = torch.tensor([tok.item()], device=dev)  # read back each step, as an application does
 
             m, lo, hi = median_rate(args.gen_tokens, generate)
             # fp16 weights (one embedding row) and the fp16 KV cache of the middle position.
-            per_token = 2 * (params - vocab * dim + dim) + 2 * 2 * layers * (args.gen_tokens // 2 + 1) * kv_heads * hd
-            print(f"| {name} | {torch.cuda.get_device_name()} | tg{args.gen_tokens} | {m:.2f} | {lo:.2f} - {hi:.2f} | {per_token * m / 1e9:.1f} |")
+            per_token = 2 * (params - vocab * dim + dim) + 2 * 2 * layers * (depth + args.gen_tokens // 2 + 1) * kv_heads * hd
+            print(f"| {name} | {torch.cuda.get_device_name()} | tg{args.gen_tokens}{at} | {m:.2f} | {lo:.2f} - {hi:.2f} | {per_token * m / 1e9:.1f} |")
 
 
 if __name__ == "__main__":
