@@ -32,8 +32,9 @@ pub const MAX_NORM_QUADS: u32 = 8;
 
 pub use kernels::NORM_PRODUCT_ROWS;
 
-/// Positions per workgroup of a split decode attention ([`Kernel::Attention`] with `split`).
-pub const ATTENTION_SPAN: u32 = 256;
+/// Positions per workgroup of a split decode attention ([`Kernel::Attention`] with `split`). On the H100, 512
+/// against 256 and 1024: 7B f16 at 4096 positions 293, 287 and 268 t/s; 1B 996, 991 and 893 (BENCHMARKS.md).
+pub const ATTENTION_SPAN: u32 = 512;
 
 /// Tokens one matmul workgroup multiplies each weight it reads by.
 pub const MATMUL_TOKENS: u32 = 8;
@@ -153,8 +154,11 @@ pub enum Kernel {
     /// [`Kernel::AttentionCombine`] merges.
     /// With `subgroups`, the tiles' maximum and sum are reduced with subgroup operations. With `int8` (not
     /// with `split`; one query row, heads of whole blocks of 32), the output is also written quantized to int8
-    /// for [`Kernel::MatvecInt8`]. K and V are stored as `kv`.
-    Attention { head_dim: u32, split: bool, subgroups: bool, int8: bool, kv: KvStore },
+    /// for [`Kernel::MatvecInt8`]. K and V are stored as `kv`. With `wide_k` (an f16 `kv`, heads of multiples
+    /// of 8), K is read eight values a load instead of four: faster for many query rows and long contexts (on
+    /// the H100, 7B f16 prefill at 512 tokens 2880 against 2706 t/s, decode at 4096 positions 293 against
+    /// 280), slower for one row over a short context (decode at 128 positions 445 against 450).
+    Attention { head_dim: u32, split: bool, subgroups: bool, int8: bool, kv: KvStore, wide_k: bool },
     /// Merges the partials of a split attention, one workgroup per head; with `int8` (heads of whole blocks of
     /// 32), the output is also written quantized to int8 for [`Kernel::MatvecInt8`].
     AttentionCombine { head_dim: u32, int8: bool },
@@ -303,11 +307,13 @@ impl Kernel {
         for head_dim in [32, 64, 128, 256] {
             for subgroups in [false, true] {
                 for kv in KvStore::ALL {
-                    v.extend([
-                        Kernel::Attention { head_dim, split: false, subgroups, int8: false, kv },
-                        Kernel::Attention { head_dim, split: false, subgroups, int8: true, kv },
-                        Kernel::Attention { head_dim, split: true, subgroups, int8: false, kv },
-                    ]);
+                    for wide_k in [false, true].into_iter().filter(|&w| !w || kv != KvStore::F32) {
+                        v.extend([
+                            Kernel::Attention { head_dim, split: false, subgroups, int8: false, kv, wide_k },
+                            Kernel::Attention { head_dim, split: false, subgroups, int8: true, kv, wide_k },
+                            Kernel::Attention { head_dim, split: true, subgroups, int8: false, kv, wide_k },
+                        ]);
+                    }
                 }
             }
             v.extend([Kernel::AttentionCombine { head_dim, int8: false }, Kernel::AttentionCombine { head_dim, int8: true }]);
@@ -487,8 +493,8 @@ impl Kernel {
             Kernel::Rope => kernels::rope(),
             Kernel::RopeAppend { kv } => kernels::rope_append(kv),
             Kernel::CacheWrite { kv } => kernels::cache_write(kv),
-            Kernel::Attention { head_dim, split, subgroups, int8, kv } => {
-                kernels::attention(head_dim, split, subgroups, int8, kv)
+            Kernel::Attention { head_dim, split, subgroups, int8, kv, wide_k } => {
+                kernels::attention(head_dim, split, subgroups, int8, kv, wide_k)
             }
             Kernel::AttentionCombine { head_dim, int8 } => kernels::attention_combine(head_dim, int8),
             Kernel::SiluMul { int8 } => kernels::silu_mul(int8),
@@ -542,7 +548,7 @@ impl Kernel {
             | Kernel::MatvecInt8Rope { workgroup, .. } => workgroup,
             Kernel::MatvecInt8Norm { lanes, .. } => NORM_PRODUCT_ROWS * lanes,
             Kernel::MatvecInt8SiluMul { lanes, pairs, .. } => NORM_PRODUCT_ROWS / pairs * lanes,
-            Kernel::Attention { .. } => ATTENTION_INVOCATIONS,
+            Kernel::Attention { .. } | Kernel::AttentionCombine { .. } => ATTENTION_INVOCATIONS,
             Kernel::SiluMul { .. }
             | Kernel::Add
             | Kernel::RmsNorm { .. }

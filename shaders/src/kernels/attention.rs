@@ -1,7 +1,7 @@
 //! Causal attention over the KV cache, and the merge of a split decode attention.
 
 use super::{lines, workgroup_tree};
-use crate::{ATTENTION_INVOCATIONS, ATTENTION_TILE, KvStore, WORKGROUP, formats};
+use crate::{ATTENTION_INVOCATIONS, ATTENTION_TILE, KvStore, formats};
 
 /// One workgroup of [`ATTENTION_INVOCATIONS`] per (query row, head). Each tile of [`ATTENTION_TILE`] positions:
 /// `ATTENTION_INVOCATIONS / ATTENTION_TILE` invocations score each position (a share of the head's dimensions
@@ -20,8 +20,9 @@ use crate::{ATTENTION_INVOCATIONS, ATTENTION_TILE, KvStore, WORKGROUP, formats};
 /// With `int8` (not with `split`; heads of whole blocks of 32, one query row), the output is also written
 /// quantized to int8 for decode products ([`super::quantize::quantize_quads`]).
 ///
-/// K and V are read as `kv` stores them, four values a load, and computed on in f32.
-pub(crate) fn attention(head_dim: u32, split: bool, subgroups: bool, int8: bool, kv: KvStore) -> String {
+/// K and V are read as `kv` stores them (four values a load; with `wide_k`, an f16 K eight) and computed on in
+/// f32.
+pub(crate) fn attention(head_dim: u32, split: bool, subgroups: bool, int8: bool, kv: KvStore, wide_k: bool) -> String {
     let (tile, wg) = (ATTENTION_TILE, ATTENTION_INVOCATIONS);
     let quads = head_dim / 4;
     // The weighted sum of V: invocation `li` owns `vec4` chunk `li % CHUNKS` of the head for the positions
@@ -29,18 +30,38 @@ pub(crate) fn attention(head_dim: u32, split: bool, subgroups: bool, int8: bool,
     // issued before its first use, so that a tile costs one trip to memory: a position's K `vec4`s (dimensions
     // `part, part + PARTS, ...`), an invocation's V `vec4`s (positions `g, g + GROUPS, ...` of the tile) and,
     // in the first tile, the query go out together, before the scores' reductions.
+    //
+    // With `wide_k`, an f16 K is read eight values a load (a `vec4<u32>` of halves), so that the two
+    // invocations of a position take a whole 32-byte sector of its row each load, as an f32 K's four values a
+    // load do.
     let groups = wg / quads;
-    let k_loads = quads.div_ceil(wg / tile);
+    let octets = wide_k && kv != KvStore::F32 && head_dim.is_multiple_of(8);
+    let (k_type, k_width) = if octets { ("vec4<u32>", 8) } else { (kv.quad_type(), 4) };
+    let k_loads = (head_dim / k_width).div_ceil(wg / tile);
     let v_loads = tile.div_ceil(groups);
     let k_fetch = lines(
         (0..k_loads).map(|u| {
             let d = format!("part + {u}u * PARTS");
-            format!("var k{u} = vec4<f32>(0.0);\n        if (jq < visible && {d} < CHUNKS) {{ k{u} = kv4(k[kb + {d}]); }}")
+            if octets {
+                format!("var k{u} = vec4<u32>(0u);\n        if (jq < visible && {d} < KLOADS) {{ k{u} = k[kb + {d}]; }}")
+            } else {
+                format!("var k{u} = vec4<f32>(0.0);\n        if (jq < visible && {d} < KLOADS) {{ k{u} = kv4(k[kb + {d}]); }}")
+            }
         }),
         8,
     );
     let k_dots = lines(
-        (0..k_loads).map(|u| format!("if (part + {u}u * PARTS < CHUNKS) {{ part_dot += dot(qs[part + {u}u * PARTS], k{u}); }}")),
+        (0..k_loads).map(|u| {
+            let d = format!("part + {u}u * PARTS");
+            let dot = if octets {
+                format!(
+                    "dot(qs[2u * ({d})], vec4<f32>(unpack2x16float(k{u}.x), unpack2x16float(k{u}.y))) + dot(qs[2u * ({d}) + 1u], vec4<f32>(unpack2x16float(k{u}.z), unpack2x16float(k{u}.w)))"
+                )
+            } else {
+                format!("dot(qs[{d}], k{u})")
+            };
+            format!("if ({d} < KLOADS) {{ part_dot += {dot}; }}")
+        }),
         8,
     );
     let v_fetch = lines(
@@ -134,12 +155,15 @@ pub(crate) fn attention(head_dim: u32, split: bool, subgroups: bool, int8: bool,
         r#"{enable}struct Params {{ rows: u32, n_heads: u32, n_kv_heads: u32, head_dim: u32, pos0: u32, scale: f32, span: u32, _p7: u32 }}
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> k: array<{quad}>;
+@group(0) @binding(2) var<storage, read> k: array<{k_type}>;
 @group(0) @binding(3) var<storage, read> v: array<{quad}>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 {int8_decls}
 const HD: u32 = {head_dim}u;
 const CHUNKS: u32 = HD / 4u;
+// K is read KWIDTH values a load.
+const KWIDTH: u32 = {k_width}u;
+const KLOADS: u32 = HD / KWIDTH;
 const TILE: u32 = {tile}u;
 const WG: u32 = {wg}u;
 const PARTS: u32 = WG / TILE;
@@ -169,11 +193,11 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     var l = 0.0;
     var acc = vec4<f32>(0.0);
     for (var j0 = first; j0 < visible; j0 += TILE) {{
-        // Position `li / PARTS` of the tile, dimensions `part, part + PARTS, ...` of it.
+        // Position `li / PARTS` of the tile, K loads `part, part + PARTS, ...` of its row.
         let jq = j0 + li / PARTS;
         let part = li % PARTS;
         let n = min(TILE, visible - j0);
-        let kb = (jq * kv_cols + kvh * HD) / 4u;
+        let kb = (jq * kv_cols + kvh * HD) / KWIDTH;
 {k_fetch}{v_fetch}        if (j0 == first && li < CHUNKS) {{
             qs[li] = qv;
         }}
@@ -221,35 +245,32 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     )
 }
 
-/// One workgroup per head merges the partials of a split [`attention`]: each split's sums are rescaled to the
-/// largest maximum, added, and the output divided by the total. With `int8` (heads of whole blocks of 32), the
-/// workgroup then reads its head's output back a `vec4` per invocation and writes it quantized to int8 for
-/// decode products ([`super::quantize::quantize_quads`]).
+/// One workgroup of [`ATTENTION_INVOCATIONS`] per head merges the partials of a split [`attention`]: the
+/// splits' largest maximum and their rescaled sums are each taken by all invocations at once (a split each,
+/// then a tree), and each dimension's output by `ATTENTION_INVOCATIONS / head_dim` invocations, each adding
+/// every so many splits four at a time (four loads in flight, not a chain of them), so that many splits cost
+/// a few trips to memory. With `int8` (heads of whole blocks of 32), the output is also written quantized to
+/// int8 for decode products ([`super::quantize::quantize_quads`]).
 pub(crate) fn attention_combine(head_dim: u32, int8: bool) -> String {
-    let tile = WORKGROUP;
-    let dims = head_dim.div_ceil(tile) as usize;
-    let accs = lines((0..dims).map(|e| format!("var acc{e} = 0.0;")), 4);
-    let adds = lines(
-        (0..dims).map(|e| format!("if (li + {0}u < HD) {{ acc{e} += w * parts[pb + 2u + li + {0}u]; }}", e as u32 * tile)),
-        8,
-    );
-    let mut writes =
-        lines((0..dims).map(|e| format!("if (li + {0}u < HD) {{ out[h * HD + li + {0}u] = acc{e} / l; }}", e as u32 * tile)), 4);
-    let mut int8_decls = String::new();
-    if int8 {
-        int8_decls = format!(
-            "@group(0) @binding(3) var<storage, read_write> xq: array<vec4<u32>>;\n{}",
-            super::quantize::quantize_shared(1)
-        );
-        writes += "    storageBarrier();
-    var o = vec4<f32>(0.0);
-    if (li < HD / 4u) {
-        let b = h * HD + 4u * li;
-        o = vec4<f32>(out[b], out[b + 1u], out[b + 2u], out[b + 3u]);
-    }
-";
-        writes += &super::quantize::quantize_quads(&[super::quantize::quad("o", "(h * HD / 4u + li) / 8u", "li < HD / 4u")], 4);
-    }
+    let wg = ATTENTION_INVOCATIONS;
+    let int8_decls = if int8 {
+        format!("@group(0) @binding(3) var<storage, read_write> xq: array<vec4<u32>>;\n{}", super::quantize::quantize_shared(1))
+    } else {
+        String::new()
+    };
+    let quantize = if int8 {
+        super::quantize::quantize_quads(&[super::quantize::quad("o", "(h * HD / 4u + li) / 8u", "li < HD / 4u")], 4)
+    } else {
+        String::new()
+    };
+    let (max_tree, sum_tree) = (workgroup_tree("red", wg, "max({a}, {b})", 4), workgroup_tree("red", wg, "{a} + {b}", 4));
+    let split_terms = |indent: usize, count: u32| {
+        let loads = (0..count).map(|u| {
+            format!("let pb{u} = base + (s + {u}u * R) * stride;\nlet m{u} = parts[pb{u}];\nlet v{u} = parts[pb{u} + 2u + d];")
+        });
+        let adds = (0..count).map(|u| format!("acc += exp(m{u} - m) * v{u};"));
+        lines(loads.chain(adds).flat_map(|l| l.lines().map(str::to_string).collect::<Vec<_>>()), indent)
+    };
     format!(
         r#"struct Params {{ n_heads: u32, splits: u32, _p2: u32, _p3: u32, _p4: u32, _p5: u32, _p6: u32, _p7: u32 }}
 @group(0) @binding(0) var<uniform> p: Params;
@@ -257,21 +278,61 @@ pub(crate) fn attention_combine(head_dim: u32, int8: bool) -> String {
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 {int8_decls}
 const HD: u32 = {head_dim}u;
+const WG: u32 = {wg}u;
+// Invocations `r * HD + d` add dimension `d` of splits `r, r + R, ...`.
+const R: u32 = WG / HD;
+var<workgroup> red: array<f32, WG>;
+var<workgroup> accs: array<f32, WG>;
 
-@compute @workgroup_size({tile})
+@compute @workgroup_size({wg})
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {{
     let h = wid.x;
-    var m = -3.0e38;
-    for (var s = 0u; s < p.splits; s++) {{
-        m = max(m, parts[(s * p.n_heads + h) * (HD + 2u)]);
+    let stride = p.n_heads * (HD + 2u);
+    let base = h * (HD + 2u);
+    var mm = -3.0e38;
+    for (var s = li; s < p.splits; s += WG) {{
+        mm = max(mm, parts[base + s * stride]);
     }}
-    var l = 0.0;
-{accs}    for (var s = 0u; s < p.splits; s++) {{
-        let pb = (s * p.n_heads + h) * (HD + 2u);
-        let w = exp(parts[pb] - m);
-        l += w * parts[pb + 1u];
-{adds}    }}
-{writes}}}
-"#
+    red[li] = mm;
+    workgroupBarrier();
+{max_tree}    let m = red[0];
+    workgroupBarrier();
+    var ll = 0.0;
+    for (var s = li; s < p.splits; s += WG) {{
+        let pb = base + s * stride;
+        ll += exp(parts[pb] - m) * parts[pb + 1u];
+    }}
+    red[li] = ll;
+    workgroupBarrier();
+{sum_tree}    let l = red[0];
+    let d = li % HD;
+    let r = li / HD;
+    var acc = 0.0;
+    if (r < R) {{
+        var s = r;
+        for (; s + 3u * R < p.splits; s += 4u * R) {{
+{four}        }}
+        for (; s < p.splits; s += R) {{
+{one}        }}
+    }}
+    accs[li] = acc;
+    workgroupBarrier();
+    var o = vec4<f32>(0.0);
+    if (li < HD / 4u) {{
+        for (var k = 0u; k < R; k++) {{
+            let a = k * HD + 4u * li;
+            o += vec4<f32>(accs[a], accs[a + 1u], accs[a + 2u], accs[a + 3u]);
+        }}
+        o /= l;
+        let b = h * HD + 4u * li;
+        out[b] = o.x;
+        out[b + 1u] = o.y;
+        out[b + 2u] = o.z;
+        out[b + 3u] = o.w;
+    }}
+{quantize}}}
+"#,
+        four = split_terms(12, 4),
+        one = split_terms(12, 1),
     )
 }
