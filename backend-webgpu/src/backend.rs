@@ -705,9 +705,12 @@ impl Backend for WebGpuBackend {
         // K eight values a load pays for many rows and long contexts, not for one row over a short one.
         let can_widen = kv != KvStore::F32 && hd.is_multiple_of(8);
         if q.rows > 1 || visible <= span {
-            let grid = Grid { dims: (p.n_heads as u32, q.rows as u32, 1) };
+            let memory = self.gpu.limits.max_compute_workgroup_storage_size;
+            let rows = if q.rows > 1 { Kernel::attention_rows(hd as u32, memory) } else { 1 };
+            let grid = Grid { dims: (p.n_heads as u32, q.rows.div_ceil(rows as usize) as u32, 1) };
             let wide_k = can_widen && q.rows > 1;
-            let kernel = Kernel::Attention { head_dim: hd as u32, split: false, subgroups, int8: int8.is_some(), kv, wide_k };
+            let with_int8 = int8.is_some();
+            let kernel = Kernel::Attention { head_dim: hd as u32, rows, split: false, subgroups, int8: with_int8, kv, wide_k };
             self.dispatch_with_int8(kernel, params(0), &[&q.buf, &k.buf, &v.buf, &out.buf], int8.as_ref(), grid)?;
             out.int8_ready = int8.is_some();
             return Ok(());
@@ -716,7 +719,8 @@ impl Backend for WebGpuBackend {
         let splits = visible.div_ceil(span);
         let parts =
             self.scratch(&self.attention_parts, "tern attention partials", tensor_bytes(splits * p.n_heads * (hd + 2)))?;
-        let kernel = Kernel::Attention { head_dim: hd as u32, split: true, subgroups, int8: false, kv, wide_k: can_widen };
+        let kernel =
+            Kernel::Attention { head_dim: hd as u32, rows: 1, split: true, subgroups, int8: false, kv, wide_k: can_widen };
         let grid = Grid { dims: (p.n_heads as u32, splits as u32, 1) };
         self.recorder.dispatch(&self.gpu, kernel, params(span as u32), &[&q.buf, &k.buf, &v.buf, &parts], grid)?;
         let combine = Kernel::AttentionCombine { head_dim: hd as u32, int8: int8.is_some() };

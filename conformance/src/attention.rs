@@ -41,9 +41,14 @@ pub fn attention_matches_reference<B: Backend>(be: &B, label: &str) {
         // Heads of 36 are read four values a load whatever the cache; 2000 and 6200 positions are split decodes
         // of more spans than one merge pass takes at a time.
         for (n_heads, n_kv_heads, hd) in [(6, 2, 32), (4, 4, 32), (4, 1, 32), (2, 1, 128), (2, 2, 36)] {
-            for (pos0, rows) in [(0, 7), (9, 3), (20, 1), (130, 2), (256, 1), (700, 1), (2000, 1), (6200, 1)] {
+            // Rows of one prefill workgroup on both sides of a tile's end: (126, 5).
+            for (pos0, rows) in [(0, 7), (9, 3), (20, 1), (126, 5), (130, 2), (256, 1), (700, 1), (2000, 1), (6200, 1)] {
                 attention_case(be, label, ty, (n_heads, n_kv_heads, hd), (pos0, rows));
             }
+        }
+        // Heads of 256, whose prefill takes fewer rows a workgroup.
+        for (pos0, rows) in [(0, 7), (9, 3), (700, 1)] {
+            attention_case(be, label, ty, (2, 1, 256), (pos0, rows));
         }
     }
 }

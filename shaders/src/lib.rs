@@ -32,6 +32,12 @@ pub const MAX_NORM_QUADS: u32 = 8;
 
 pub use kernels::NORM_PRODUCT_ROWS;
 
+/// The workgroup memory [`Kernel::Attention`] declares for `rows` query rows over heads of `head_dim`
+/// (without `int8`): each row's tile weights, reduction slots, partial dots and query, and the output sums.
+pub fn attention_workgroup_bytes(head_dim: u32, rows: u32) -> u32 {
+    4 * rows * (2 * ATTENTION_TILE + ATTENTION_INVOCATIONS) + 16 * (rows * head_dim / 4 + ATTENTION_INVOCATIONS)
+}
+
 /// Positions per workgroup of a split decode attention ([`Kernel::Attention`] with `split`). On the H100, 512
 /// against 256 and 1024: 7B f16 at 4096 positions 293, 287 and 268 t/s; 1B 996, 991 and 893 (BENCHMARKS.md).
 pub const ATTENTION_SPAN: u32 = 512;
@@ -149,7 +155,8 @@ pub enum Kernel {
     /// values (`len` counts them), from pair `offset` of the cache.
     CacheWrite { kv: KvStore },
     /// Causal grouped-query attention over heads of `head_dim` (a multiple of 4 up to [`MAX_HEAD_DIM`]), one
-    /// workgroup per (query row, head), online softmax over tiles of [`ATTENTION_TILE`] positions. With `split`
+    /// workgroup per (head, `rows` query rows: see [`Kernel::attention_rows`]), online softmax over tiles of
+    /// [`ATTENTION_TILE`] positions. With `split`
     /// (decode only), one workgroup per (head, span of positions), each writing a partial result that
     /// [`Kernel::AttentionCombine`] merges.
     /// With `subgroups`, the tiles' maximum and sum are reduced with subgroup operations. With `int8` (not
@@ -158,7 +165,7 @@ pub enum Kernel {
     /// of 8), K is read eight values a load instead of four: faster for many query rows and long contexts (on
     /// the H100, 7B f16 prefill at 512 tokens 2880 against 2706 t/s, decode at 4096 positions 293 against
     /// 280), slower for one row over a short context (decode at 128 positions 445 against 450).
-    Attention { head_dim: u32, split: bool, subgroups: bool, int8: bool, kv: KvStore, wide_k: bool },
+    Attention { head_dim: u32, rows: u32, split: bool, subgroups: bool, int8: bool, kv: KvStore, wide_k: bool },
     /// Merges the partials of a split attention, one workgroup per head; with `int8` (heads of whole blocks of
     /// 32), the output is also written quantized to int8 for [`Kernel::MatvecInt8`].
     AttentionCombine { head_dim: u32, int8: bool },
@@ -308,10 +315,21 @@ impl Kernel {
             for subgroups in [false, true] {
                 for kv in KvStore::ALL {
                     for wide_k in [false, true].into_iter().filter(|&w| !w || kv != KvStore::F32) {
+                        // The prefill's rows on WebGPU's default 16 KiB of workgroup memory, and on 48 KiB.
+                        let mut rows = vec![1, Kernel::attention_rows(head_dim, 16384), Kernel::attention_rows(head_dim, 49152)];
+                        rows.dedup();
+                        v.extend(rows.into_iter().map(|rows| Kernel::Attention {
+                            head_dim,
+                            rows,
+                            split: false,
+                            subgroups,
+                            int8: false,
+                            kv,
+                            wide_k,
+                        }));
                         v.extend([
-                            Kernel::Attention { head_dim, split: false, subgroups, int8: false, kv, wide_k },
-                            Kernel::Attention { head_dim, split: false, subgroups, int8: true, kv, wide_k },
-                            Kernel::Attention { head_dim, split: true, subgroups, int8: false, kv, wide_k },
+                            Kernel::Attention { head_dim, rows: 1, split: false, subgroups, int8: true, kv, wide_k },
+                            Kernel::Attention { head_dim, rows: 1, split: true, subgroups, int8: false, kv, wide_k },
                         ]);
                     }
                 }
@@ -493,8 +511,8 @@ impl Kernel {
             Kernel::Rope => kernels::rope(),
             Kernel::RopeAppend { kv } => kernels::rope_append(kv),
             Kernel::CacheWrite { kv } => kernels::cache_write(kv),
-            Kernel::Attention { head_dim, split, subgroups, int8, kv, wide_k } => {
-                kernels::attention(head_dim, split, subgroups, int8, kv, wide_k)
+            Kernel::Attention { head_dim, rows, split, subgroups, int8, kv, wide_k } => {
+                kernels::attention(head_dim, rows, split, subgroups, int8, kv, wide_k)
             }
             Kernel::AttentionCombine { head_dim, int8 } => kernels::attention_combine(head_dim, int8),
             Kernel::SiluMul { int8 } => kernels::silu_mul(int8),
@@ -536,6 +554,17 @@ impl Kernel {
                 | Kernel::CacheWrite { kv: KvStore::F16 }
                 | Kernel::MatvecInt8Rope { kv: KvStore::F16, .. }
         )
+    }
+
+    /// The query rows a [`Kernel::Attention`] workgroup takes for a prefill over heads of `head_dim` on a
+    /// device with `workgroup_bytes` of workgroup memory: they share each tile of K and V, so the cache is
+    /// read once per so many rows. The most of 8, 4 and 2 that fit ([`attention_workgroup_bytes`]). On the
+    /// H100, 7B f16 prefill at 4096 positions: 1653 t/s with 8 rows, 1458 with 4, 1412 with 2, 1061 with 1.
+    pub fn attention_rows(head_dim: u32, workgroup_bytes: u32) -> u32 {
+        [8, 4, 2]
+            .into_iter()
+            .find(|&r| r * head_dim / 4 <= ATTENTION_INVOCATIONS && attention_workgroup_bytes(head_dim, r) <= workgroup_bytes)
+            .unwrap_or(1)
     }
 
     /// The workgroup size the source declares.

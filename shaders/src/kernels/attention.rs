@@ -3,33 +3,37 @@
 use super::{lines, workgroup_tree};
 use crate::{ATTENTION_INVOCATIONS, ATTENTION_TILE, KvStore, formats};
 
-/// One workgroup of [`ATTENTION_INVOCATIONS`] per (query row, head). Each tile of [`ATTENTION_TILE`] positions:
-/// `ATTENTION_INVOCATIONS / ATTENTION_TILE` invocations score each position (a share of the head's dimensions
-/// each, so that a score costs loads in flight instead of a chain of them), the tile's maximum rescales the
-/// running sums (online softmax), and each invocation accumulates a `vec4` of the output over an eighth (for
-/// heads of 128) of the tile's positions.
+/// One workgroup of [`ATTENTION_INVOCATIONS`] per (head, `rows` query rows). Each tile of [`ATTENTION_TILE`]
+/// positions: `ATTENTION_INVOCATIONS / ATTENTION_TILE` invocations score each position for every row of the
+/// workgroup (a share of the head's dimensions each, so that a score costs loads in flight instead of a chain
+/// of them), the tile's maximum rescales each row's running sums (online softmax), and each invocation
+/// accumulates a `vec4` of each row's output over an eighth (for heads of 128) of the tile's positions. The
+/// rows share each tile's K and V: a prefill reads the cache once per `rows` rows, not once per row.
 ///
-/// With `split`, the kernel takes one query row (decode) and workgroup (head, split) covers only positions
+/// With `split` (one query row: decode), workgroup (head, split) covers only positions
 /// `split * span..(split + 1) * span`: long contexts then keep many workgroups busy. Each writes its running
 /// maximum, sum and unnormalized output to `out` as a partial, `[m, l, acc; head_dim]` at
 /// `(split * n_heads + head) * (head_dim + 2)`, and [`attention_combine`] merges the splits.
 ///
-/// With `subgroups`, each tile's maximum and sum are taken by `subgroupMax`/`subgroupAdd` and the subgroups'
-/// results combined through workgroup memory: two barriers a reduction instead of one per tree level.
+/// With `subgroups`, each tile's maxima and sums are taken by `subgroupMax`/`subgroupAdd` and the subgroups'
+/// results combined through workgroup memory: two barriers a tile instead of one per tree level.
 ///
 /// With `int8` (not with `split`; heads of whole blocks of 32, one query row), the output is also written
 /// quantized to int8 for decode products ([`super::quantize::quantize_quads`]).
 ///
 /// K and V are read as `kv` stores them (four values a load; with `wide_k`, an f16 K eight) and computed on in
 /// f32.
-pub(crate) fn attention(head_dim: u32, split: bool, subgroups: bool, int8: bool, kv: KvStore, wide_k: bool) -> String {
+pub(crate) fn attention(head_dim: u32, rows: u32, split: bool, subgroups: bool, int8: bool, kv: KvStore, wide_k: bool) -> String {
     let (tile, wg) = (ATTENTION_TILE, ATTENTION_INVOCATIONS);
     let quads = head_dim / 4;
+    assert!(rows >= 1 && rows * quads <= wg, "attention: {rows} rows of {head_dim} in a workgroup of {wg}");
+    assert!(rows == 1 || !(split || int8), "attention: split and int8 take one row");
+    let each_row = |f: &dyn Fn(u32) -> String| (0..rows).map(f).collect::<Vec<_>>();
     // The weighted sum of V: invocation `li` owns `vec4` chunk `li % CHUNKS` of the head for the positions
     // `li / CHUNKS, + GROUPS, ...` of each tile; the groups' sums meet at the end. Every load of a tile is
     // issued before its first use, so that a tile costs one trip to memory: a position's K `vec4`s (dimensions
     // `part, part + PARTS, ...`), an invocation's V `vec4`s (positions `g, g + GROUPS, ...` of the tile) and,
-    // in the first tile, the query go out together, before the scores' reductions.
+    // in the first tile, the queries go out together, before the scores' reductions.
     //
     // With `wide_k`, an f16 K is read eight values a load (a `vec4<u32>` of halves), so that the two
     // invocations of a position take a whole 32-byte sector of its row each load, as an f32 K's four values a
@@ -50,17 +54,23 @@ pub(crate) fn attention(head_dim: u32, split: bool, subgroups: bool, int8: bool,
         }),
         8,
     );
+    // Each K load's share of every row's score.
     let k_dots = lines(
         (0..k_loads).map(|u| {
             let d = format!("part + {u}u * PARTS");
-            let dot = if octets {
-                format!(
-                    "dot(qs[2u * ({d})], vec4<f32>(unpack2x16float(k{u}.x), unpack2x16float(k{u}.y))) + dot(qs[2u * ({d}) + 1u], vec4<f32>(unpack2x16float(k{u}.z), unpack2x16float(k{u}.w)))"
-                )
-            } else {
-                format!("dot(qs[{d}], k{u})")
-            };
-            format!("if ({d} < KLOADS) {{ part_dot += {dot}; }}")
+            let dots = each_row(&|r| {
+                let q = |i: &str| format!("qs[{}u + {i}]", r * quads);
+                if octets {
+                    format!(
+                        "pd{r} += dot({}, vec4<f32>(unpack2x16float(k{u}.x), unpack2x16float(k{u}.y))) + dot({}, vec4<f32>(unpack2x16float(k{u}.z), unpack2x16float(k{u}.w)));",
+                        q(&format!("2u * ({d})")),
+                        q(&format!("2u * ({d}) + 1u"))
+                    )
+                } else {
+                    format!("pd{r} += dot({}, k{u});", q(&d))
+                }
+            });
+            format!("if ({d} < KLOADS) {{ {} }}", dots.join(" "))
         }),
         8,
     );
@@ -73,7 +83,10 @@ pub(crate) fn attention(head_dim: u32, split: bool, subgroups: bool, int8: bool,
         8,
     );
     let v_adds = lines(
-        (0..v_loads).map(|u| format!("if (g < GROUPS && g + {u}u * GROUPS < n) {{ acc += weights[g + {u}u * GROUPS] * v{u}; }}")),
+        (0..v_loads).map(|u| {
+            let adds = each_row(&|r| format!("acc{r} += weights[{}u + g + {u}u * GROUPS] * v{u};", r * tile));
+            format!("if (g < GROUPS && g + {u}u * GROUPS < n) {{ {} }}", adds.join(" "))
+        }),
         8,
     );
     let store = |at: &str, value: &str| {
@@ -98,59 +111,126 @@ pub(crate) fn attention(head_dim: u32, split: bool, subgroups: bool, int8: bool,
             super::quantize::quantize_quads(&[super::quantize::quad("o", "(qbase / 4u + li) / 8u", "li < CHUNKS")], 4)
         )
     } else {
-        format!("    if (li < CHUNKS) {{\n        let o = sum / l;\n{}    }}\n", store("qbase", "o"))
+        format!("    if (li < CHUNKS && t < p.rows) {{\n        let o = sum / l;\n{}    }}\n", store("qbase", "o"))
     };
+    // Row `r`'s output: the groups' sums meet, then `writes` (with `t`, `qbase`, `sum`, `m` and `l` of the row).
+    let finish = each_row(&|r| {
+        let indented = writes.lines().map(|l| format!("    {l}\n")).collect::<String>();
+        format!(
+            "    {{
+        let t = t0 + {r}u;
+        let qbase = (t * p.n_heads + h) * HD;
+        let m = m{r};
+        let l = l{r};
+        sums[li] = acc{r};
+        workgroupBarrier();
+        var sum = vec4<f32>(0.0);
+        if (li < CHUNKS) {{
+            for (var gi = 0u; gi < GROUPS; gi++) {{
+                sum += sums[li + gi * CHUNKS];
+            }}
+        }}
+        workgroupBarrier();
+{indented}    }}
+"
+        )
+    })
+    .concat();
     let int8_decls = if int8 {
         format!("@group(0) @binding(5) var<storage, read_write> xq: array<vec4<u32>>;\n{}", super::quantize::quantize_shared(1))
     } else {
         String::new()
     };
     let range = if split {
-        "let t = 0u;
+        "let t0 = 0u;
     let first = wid.y * p.span;
     let visible = min(p.pos0 + 1u, first + p.span);"
     } else {
-        "let t = wid.y;
+        "let t0 = wid.y * R;
     let first = 0u;
-    let visible = p.pos0 + t + 1u;"
+    let visible = p.pos0 + min(t0 + R, p.rows);"
     };
-    // The tile's maximum of `s` into `tile_max` and sum of `e` into `tile_sum`, for every invocation.
-    let (reduce_max, reduce_sum, builtins) = if subgroups {
-        let across = |value: &str, op: &str, into: &str, combine: &str| {
+    // The tile's maximum of each row's `s{r}` into `tile_max{r}` and sum of `e{r}` into `tile_sum{r}`, for
+    // every invocation; row `r` works in `red[r * TILE..]`.
+    let reduce = |value: &str, op: &str, into: &str, combine: &str| {
+        let at = |r: u32, i: &str| format!("red[{}u + {i}]", r * tile);
+        if subgroups {
             format!(
-                "        let {into}_sg = {op}({value});
-        if (sg_lane == 0u) {{
-            red[sg] = {into}_sg;
-        }}
-        workgroupBarrier();
-        var {into} = red[0];
-        for (var i = 1u; i < sg_count; i++) {{
-            {into} = {combine};
-        }}
-"
+                "{}        if (sg_lane == 0u) {{\n{}        }}\n        workgroupBarrier();\n{}        for (var i = 1u; i < sg_count; i++) {{\n{}        }}\n",
+                lines(each_row(&|r| format!("let {into}{r}_sg = {op}({value}{r});")), 8),
+                lines(each_row(&|r| format!("{} = {into}{r}_sg;", at(r, "sg"))), 12),
+                lines(each_row(&|r| format!("var {into}{r} = {};", at(r, "0u"))), 8),
+                lines(
+                    each_row(&|r| {
+                        format!("{into}{r} = {};", combine.replace("{a}", &format!("{into}{r}")).replace("{b}", &at(r, "i")))
+                    }),
+                    12
+                ),
             )
-        };
-        (
-            across("s", "subgroupMax", "tile_max", "max(tile_max, red[i])"),
-            across("e", "subgroupAdd", "tile_sum", "tile_sum + red[i]"),
-            ",
+        } else {
+            format!(
+                "        if (li < TILE) {{\n{}        }}\n        workgroupBarrier();
+        for (var stride = TILE / 2u; stride > 0u; stride >>= 1u) {{
+            if (li < stride) {{\n{}            }}
+            workgroupBarrier();
+        }}\n{}",
+                lines(each_row(&|r| format!("{} = {value}{r};", at(r, "li"))), 12),
+                lines(
+                    each_row(&|r| format!(
+                        "{} = {};",
+                        at(r, "li"),
+                        combine.replace("{a}", &at(r, "li")).replace("{b}", &at(r, "li + stride"))
+                    )),
+                    16
+                ),
+                lines(each_row(&|r| format!("let {into}{r} = {};", at(r, "0u"))), 8),
+            )
+        }
+    };
+    let builtins = if subgroups {
+        ",
     @builtin(subgroup_id) sg: u32,
     @builtin(num_subgroups) sg_count: u32,
-    @builtin(subgroup_invocation_id) sg_lane: u32",
-        )
+    @builtin(subgroup_invocation_id) sg_lane: u32"
     } else {
-        (
-            format!(
-                "        red[li] = s;\n        workgroupBarrier();\n{}        let tile_max = red[0];\n",
-                workgroup_tree("red", tile, "max({a}, {b})", 8)
-            ),
-            format!(
-                "        red[li] = e;\n        workgroupBarrier();\n{}        let tile_sum = red[0];\n",
-                workgroup_tree("red", tile, "{a} + {b}", 8)
-            ),
-            "",
-        )
+        ""
     };
+    let q_load = lines(
+        each_row(&|r| {
+            format!(
+                "if (li >= {lo}u && li < {hi}u && t0 + {r}u < p.rows) {{ let qb = ((t0 + {r}u) * p.n_heads + h) * HD + 4u * (li - {lo}u); qv = vec4<f32>(q[qb], q[qb + 1u], q[qb + 2u], q[qb + 3u]); }}",
+                lo = r * quads,
+                hi = (r + 1) * quads
+            )
+        }),
+        4,
+    );
+    let row_state = lines(each_row(&|r| format!("var m{r} = NONE;\n    var l{r} = 0.0;\n    var acc{r} = vec4<f32>(0.0);")), 4);
+    let scores = lines(
+        each_row(&|r| {
+            format!(
+                "let mine{r} = li < TILE && j < p.pos0 + t0 + {r}u + 1u && j < visible;
+        var s{r} = NONE;
+        if (mine{r}) {{
+            var dotp = 0.0;
+            for (var i = 0u; i < PARTS; i++) {{
+                dotp += dots[{}u + PARTS * li + i];
+            }}
+            s{r} = dotp * p.scale;
+        }}",
+                r * wg
+            )
+        }),
+        8,
+    );
+    let rescale = lines(
+        each_row(&|r| {
+            format!(
+                "let m_new{r} = max(m{r}, tile_max{r});\n        let correction{r} = exp(m{r} - m_new{r});\n        let e{r} = select(0.0, exp(s{r} - m_new{r}), mine{r});"
+            )
+        }),
+        8,
+    );
     format!(
         r#"{enable}struct Params {{ rows: u32, n_heads: u32, n_kv_heads: u32, head_dim: u32, pos0: u32, scale: f32, span: u32, _p7: u32 }}
 @group(0) @binding(0) var<uniform> p: Params;
@@ -168,10 +248,12 @@ const TILE: u32 = {tile}u;
 const WG: u32 = {wg}u;
 const PARTS: u32 = WG / TILE;
 const GROUPS: u32 = WG / CHUNKS;
-var<workgroup> weights: array<f32, {tile}>;
-var<workgroup> red: array<f32, {wg}>;
-var<workgroup> dots: array<f32, {wg}>;
-var<workgroup> qs: array<vec4<f32>, {quads}>;
+// Query rows per workgroup.
+const R: u32 = {rows}u;
+var<workgroup> weights: array<f32, {rows_tile}>;
+var<workgroup> red: array<f32, {rows_tile}>;
+var<workgroup> dots: array<f32, {rows_wg}>;
+var<workgroup> qs: array<vec4<f32>, {rows_quads}>;
 var<workgroup> sums: array<vec4<f32>, {wg}>;
 const NONE: f32 = -3.0e38;
 {reader}
@@ -181,67 +263,44 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: ve
     {range}
     let kvh = h / (p.n_heads / p.n_kv_heads);
     let kv_cols = p.n_kv_heads * HD;
-    let qbase = (t * p.n_heads + h) * HD;
-    // The query is loaded with the first tile's K and V: one trip to memory, not two.
+    // The queries are loaded with the first tile's K and V: one trip to memory, not two.
     var qv = vec4<f32>(0.0);
-    if (li < CHUNKS) {{
-        qv = vec4<f32>(q[qbase + 4u * li], q[qbase + 4u * li + 1u], q[qbase + 4u * li + 2u], q[qbase + 4u * li + 3u]);
-    }}
-    let c = li % CHUNKS;
+{q_load}    let c = li % CHUNKS;
     let g = li / CHUNKS;
-    var m = NONE;
-    var l = 0.0;
-    var acc = vec4<f32>(0.0);
-    for (var j0 = first; j0 < visible; j0 += TILE) {{
+{row_state}    for (var j0 = first; j0 < visible; j0 += TILE) {{
         // Position `li / PARTS` of the tile, K loads `part, part + PARTS, ...` of its row.
         let jq = j0 + li / PARTS;
         let part = li % PARTS;
         let n = min(TILE, visible - j0);
         let kb = (jq * kv_cols + kvh * HD) / KWIDTH;
-{k_fetch}{v_fetch}        if (j0 == first && li < CHUNKS) {{
+{k_fetch}{v_fetch}        if (j0 == first && li < R * CHUNKS) {{
             qs[li] = qv;
         }}
         workgroupBarrier();
-        var part_dot = 0.0;
-{k_dots}        dots[li] = part_dot;
-        workgroupBarrier();
-        // Invocation `li < TILE` holds position `j0 + li`'s score.
+{pd_decl}{k_dots}{dots_store}        workgroupBarrier();
+        // Invocation `li < TILE` holds position `j0 + li`'s score for each row.
         let j = j0 + li;
-        let mine = li < TILE && j < visible;
-        var s = NONE;
-        if (mine) {{
-            var dotp = 0.0;
-            for (var i = 0u; i < PARTS; i++) {{
-                dotp += dots[PARTS * li + i];
-            }}
-            s = dotp * p.scale;
-        }}
-        // The tile's maximum and sum.
-{reduce_max}        let m_new = max(m, tile_max);
-        let correction = exp(m - m_new);
-        let e = select(0.0, exp(s - m_new), mine);
-        workgroupBarrier();
+{scores}        // The tile's maxima and sums.
+{reduce_max}{rescale}        workgroupBarrier();
         if (li < TILE) {{
-            weights[li] = e;
-        }}
-{reduce_sum}        l = l * correction + tile_sum;
-        acc *= correction;
-{v_adds}        m = m_new;
-        workgroupBarrier();
+{weights_store}        }}
+{reduce_sum}{update}{v_adds}{m_update}        workgroupBarrier();
     }}
-    sums[li] = acc;
-    workgroupBarrier();
-    var sum = vec4<f32>(0.0);
-    if (li < CHUNKS) {{
-        for (var gi = 0u; gi < GROUPS; gi++) {{
-            sum += sums[li + gi * CHUNKS];
-        }}
-    }}
-{writes}}}
+{finish}}}
 "#,
         enable = kv.enable(),
         quad = kv.quad_type(),
-        reader = kv.quad_reader()
+        reader = kv.quad_reader(),
+        rows_tile = rows * tile,
+        rows_wg = rows * wg,
+        rows_quads = rows * quads,
+        pd_decl = lines(each_row(&|r| format!("var pd{r} = 0.0;")), 8),
+        dots_store = lines(each_row(&|r| format!("dots[{}u + li] = pd{r};", r * wg)), 8),
+        reduce_max = reduce("s", "subgroupMax", "tile_max", "max({a}, {b})"),
+        reduce_sum = reduce("e", "subgroupAdd", "tile_sum", "{a} + {b}"),
+        weights_store = lines(each_row(&|r| format!("weights[{}u + li] = e{r};", r * tile)), 12),
+        update = lines(each_row(&|r| format!("l{r} = l{r} * correction{r} + tile_sum{r};\n        acc{r} *= correction{r};")), 8),
+        m_update = lines(each_row(&|r| format!("m{r} = m_new{r};")), 8),
     )
 }
 
