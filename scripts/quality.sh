@@ -130,8 +130,10 @@ if [ "$which" = all ] || [ "$which" = tern ]; then
     quantize "mix$target+feedback" --target-bpw "$target" --calibration "$out/calibration.txt" --error-feedback \
       --sensitivity-tokens 128 --sensitivity-cache "$out/tern.sensitivity.json" --verbose
   done
-  # The f32 model's log-probabilities once (about 2 GB for 40 chunks), then every model against them.
-  [ -f "$out/f32.tern.logits" ] || $tern eval -m "$f32" --text "$out/eval.txt" --chunks "$chunks" --save-logits "$out/f32.tern.logits" > "$out/f32.tern.eval.log" 2>&1
+  # The f32 model's log-probabilities once (about 2 GB for 40 chunks), with an f32 KV cache, then every model
+  # against them with tern's default f16 cache (as llama.cpp's runs use theirs).
+  [ -f "$out/f32.tern.logits" ] || $tern eval -m "$f32" --text "$out/eval.txt" --chunks "$chunks" --kv-cache f32 \
+    --save-logits "$out/f32.tern.logits" > "$out/f32.tern.eval.log" 2>&1
   for m in "${models[@]}"; do
     log=${m%.gguf}.eval.log
     grep -q "^PPL = " "$log" 2>/dev/null ||
