@@ -191,7 +191,7 @@ impl Backend for CpuBackend {
 
     fn attention(&self, q: &CpuTensor, k: &CpuTensor, v: &CpuTensor, p: &AttentionParams, out: &mut CpuTensor) -> Result<()> {
         floats("attention", &[q, out])?;
-        self.install(|| attention::attention(q, k, v, p, out))
+        self.install(|| attention::attention(self.level, q, k, v, p, out))
     }
 
     fn silu_mul(&self, gate: &CpuTensor, up: &CpuTensor, out: &mut CpuTensor) -> Result<()> {

@@ -37,18 +37,6 @@ impl CpuTensor {
         }
     }
 
-    /// The `len` elements from element `at` on, as f32: borrowed from an f32 tensor, converted into `buf`
-    /// (at least `len` long) from an f16 one.
-    pub(crate) fn span<'a>(&'a self, at: usize, len: usize, buf: &'a mut [f32]) -> &'a [f32] {
-        match &self.halves {
-            None => &self.data[at..at + len],
-            Some(h) => {
-                h[at..at + len].convert_to_f32_slice(&mut buf[..len]);
-                &buf[..len]
-            }
-        }
-    }
-
     /// Every element as f32, row-major.
     pub(crate) fn to_f32(&self) -> Vec<f32> {
         match &self.halves {
