@@ -56,19 +56,14 @@ pub(crate) fn attention(
         let n = p.pos0 + t + 1;
         SCORES.with_borrow_mut(|scores| {
             scores.clear();
-            let at = |j: usize| j * kv_cols + g * hd;
-            scores.extend((0..n).map(|j| dot(level, qh, k, at(j)) * p.scale));
+            scores.resize(n, 0.0);
+            let rows = Rows { first: g * hd, stride: kv_cols };
+            dots(level, qh, k, rows, p.scale, scores);
             let max = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-            let mut sum = 0f32;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
+            let sum = exp_sum(level, scores, max);
             let (mut acc, mut wide) = ([0f32; 256], Vec::new());
             let acc = head_buf(&mut acc, &mut wide, hd);
-            for (j, &s) in scores.iter().enumerate() {
-                axpy(level, acc, s, v, at(j));
-            }
+            weighted_sum(level, acc, scores, v, rows);
             let base = t * q.cols + h * hd;
             for (i, a) in acc.iter().enumerate() {
                 // Safety: (t, h) is this task's alone, so elements base..base + hd are written by it only.
@@ -79,44 +74,73 @@ pub(crate) fn attention(
     Ok(())
 }
 
-/// `q · cache[at..at + q.len()]`.
-fn dot(level: SimdLevel, q: &[f32], cache: Cache<'_>, at: usize) -> f32 {
-    let n = q.len();
-    #[cfg(target_arch = "x86_64")]
-    if level >= SimdLevel::Avx2 {
-        // Safety: the level was detected on this CPU (SimdLevel::detect), and the slices are `n` long.
-        return unsafe {
-            match cache {
-                Cache::F32(c) => x86::dot_f32(q, &c[at..at + n]),
-                Cache::F16(c) => x86::dot_f16(q, &c[at..at + n]),
-            }
-        };
-    }
-    let _ = level;
-    match cache {
-        Cache::F32(c) => dot_f32(q, &c[at..at + n]),
-        Cache::F16(c) => q.iter().zip(&c[at..at + n]).map(|(a, b)| a * b.to_f32()).sum(),
-    }
+/// Where a head's rows lie in the cache: row `j` from element `first + j * stride`.
+#[derive(Clone, Copy)]
+struct Rows {
+    first: usize,
+    stride: usize,
 }
 
-/// `acc += s * cache[at..at + acc.len()]`.
-fn axpy(level: SimdLevel, acc: &mut [f32], s: f32, cache: Cache<'_>, at: usize) {
-    let n = acc.len();
+/// `scores[j] = scale * q · row j` for every `j < scores.len()`.
+fn dots(level: SimdLevel, q: &[f32], cache: Cache<'_>, rows: Rows, scale: f32, scores: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if level >= SimdLevel::Avx2 {
-        // Safety: as in `dot`.
+        // Safety: the level was detected on this CPU (SimdLevel::detect).
         unsafe {
             match cache {
-                Cache::F32(c) => x86::axpy_f32(acc, s, &c[at..at + n]),
-                Cache::F16(c) => x86::axpy_f16(acc, s, &c[at..at + n]),
+                Cache::F32(c) => x86::dots_f32(q, c, rows, scale, scores),
+                Cache::F16(c) => x86::dots_f16(q, c, rows, scale, scores),
             }
         }
         return;
     }
     let _ = level;
-    match cache {
-        Cache::F32(c) => acc.iter_mut().zip(&c[at..at + n]).for_each(|(a, x)| *a += s * x),
-        Cache::F16(c) => acc.iter_mut().zip(&c[at..at + n]).for_each(|(a, x)| *a += s * x.to_f32()),
+    let n = q.len();
+    for (j, s) in scores.iter_mut().enumerate() {
+        let at = rows.first + j * rows.stride;
+        *s = scale
+            * match cache {
+                Cache::F32(c) => dot_f32(q, &c[at..at + n]),
+                Cache::F16(c) => q.iter().zip(&c[at..at + n]).map(|(a, b)| a * b.to_f32()).sum(),
+            };
+    }
+}
+
+/// Each score `s` becomes `exp(s - max)`; returns their sum.
+fn exp_sum(level: SimdLevel, scores: &mut [f32], max: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if level >= SimdLevel::Avx2 {
+        // Safety: the level was detected on this CPU (SimdLevel::detect).
+        return unsafe { x86::exp_sum(scores, max) };
+    }
+    let _ = level;
+    scores.iter_mut().fold(0.0, |sum, s| {
+        *s = (*s - max).exp();
+        sum + *s
+    })
+}
+
+/// `acc = sum over j of weights[j] * row j`, added to what `acc` holds.
+fn weighted_sum(level: SimdLevel, acc: &mut [f32], weights: &[f32], cache: Cache<'_>, rows: Rows) {
+    #[cfg(target_arch = "x86_64")]
+    if level >= SimdLevel::Avx2 {
+        // Safety: as in `dots`.
+        unsafe {
+            match cache {
+                Cache::F32(c) => x86::weighted_sum_f32(acc, weights, c, rows),
+                Cache::F16(c) => x86::weighted_sum_f16(acc, weights, c, rows),
+            }
+        }
+        return;
+    }
+    let _ = level;
+    let n = acc.len();
+    for (j, &w) in weights.iter().enumerate() {
+        let at = rows.first + j * rows.stride;
+        match cache {
+            Cache::F32(c) => acc.iter_mut().zip(&c[at..at + n]).for_each(|(a, x)| *a += w * x),
+            Cache::F16(c) => acc.iter_mut().zip(&c[at..at + n]).for_each(|(a, x)| *a += w * x.to_f32()),
+        }
     }
 }
 
@@ -137,6 +161,8 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use half::f16;
+
+    use super::Rows;
 
     /// Eight f32 values from `p`.
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -162,8 +188,9 @@ mod x86 {
     macro_rules! dot {
         ($name:ident, $t:ty, $load:ident, $to_f32:expr) => {
             /// `q · c`, both `q.len()` long.
+            #[inline]
             #[target_feature(enable = "avx2,fma,f16c")]
-            pub(super) unsafe fn $name(q: &[f32], c: &[$t]) -> f32 {
+            unsafe fn $name(q: &[f32], c: &[$t]) -> f32 {
                 let n = q.len().min(c.len());
                 let (qp, cp) = (q.as_ptr(), c.as_ptr());
                 let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
@@ -189,8 +216,9 @@ mod x86 {
     macro_rules! axpy {
         ($name:ident, $t:ty, $load:ident, $to_f32:expr) => {
             /// `acc += s * c`, both `acc.len()` long.
+            #[inline]
             #[target_feature(enable = "avx2,fma,f16c")]
-            pub(super) unsafe fn $name(acc: &mut [f32], s: f32, c: &[$t]) {
+            unsafe fn $name(acc: &mut [f32], s: f32, c: &[$t]) {
                 let n = acc.len().min(c.len());
                 let (ap, cp) = (acc.as_mut_ptr(), c.as_ptr());
                 let sv = _mm256_set1_ps(s);
@@ -210,8 +238,103 @@ mod x86 {
         };
     }
 
+    /// `exp(x)` for eight `x <= 0`, to about 1e-7 relative: `x = n ln 2 + r` with `|r| <= ln 2 / 2`, `exp(r)` by
+    /// the degree-6 polynomial of Cephes' `expf` (its published coefficients), times `2^n` through the exponent
+    /// bits. Below -87.3 (where f32's normal range ends) the result is the smallest normal, as good as zero.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn exp8(x: __m256) -> __m256 {
+        let x = _mm256_max_ps(x, _mm256_set1_ps(-87.3));
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+            x,
+            _mm256_set1_ps(std::f32::consts::LOG2_E),
+        ));
+        // ln 2 in two parts, so that `n * LN2_HI` is exact.
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm256_set1_ps(1.987_569_1e-4);
+        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        }
+        let y = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0)));
+        let scale = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
+        _mm256_mul_ps(y, _mm256_castsi256_ps(scale))
+    }
+
+    /// Each `s` becomes `exp(s - max)` (every `s <= max`); returns their sum.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn exp_sum(scores: &mut [f32], max: f32) -> f32 {
+        let (n, p, m) = (scores.len(), scores.as_mut_ptr(), _mm256_set1_ps(max));
+        let mut sum = _mm256_setzero_ps();
+        let mut i = 0;
+        // Safety: every load and store touches eight values below `n`.
+        unsafe {
+            while i + 8 <= n {
+                let e = exp8(_mm256_sub_ps(load8_f32(p.add(i)), m));
+                _mm256_storeu_ps(p.add(i), e);
+                sum = _mm256_add_ps(sum, e);
+                i += 8;
+            }
+        }
+        scores[i..].iter_mut().fold(hsum(sum), |total, s| {
+            *s = (*s - max).exp();
+            total + *s
+        })
+    }
+
+    /// [`super::dots`] and [`super::weighted_sum`] over rows of one element type, each row through `$dot` and
+    /// `$axpy` inlined into the loop.
+    macro_rules! over_rows {
+        ($dots:ident, $sums:ident, $t:ty, $dot:ident, $axpy:ident) => {
+            #[target_feature(enable = "avx2,fma,f16c")]
+            pub(super) unsafe fn $dots(q: &[f32], c: &[$t], rows: Rows, scale: f32, scores: &mut [f32]) {
+                let n = q.len();
+                for (j, s) in scores.iter_mut().enumerate() {
+                    let at = rows.first + j * rows.stride;
+                    // Safety: forwarded from the caller.
+                    *s = scale * unsafe { $dot(q, &c[at..at + n]) };
+                }
+            }
+
+            #[target_feature(enable = "avx2,fma,f16c")]
+            pub(super) unsafe fn $sums(acc: &mut [f32], weights: &[f32], c: &[$t], rows: Rows) {
+                let n = acc.len();
+                for (j, &w) in weights.iter().enumerate() {
+                    let at = rows.first + j * rows.stride;
+                    // Safety: forwarded from the caller.
+                    unsafe { $axpy(acc, w, &c[at..at + n]) };
+                }
+            }
+        };
+    }
+
     dot!(dot_f32, f32, load8_f32, |x| *x);
     dot!(dot_f16, f16, load8_f16, |x| x.to_f32());
     axpy!(axpy_f32, f32, load8_f32, |x| *x);
     axpy!(axpy_f16, f16, load8_f16, |x| x.to_f32());
+    over_rows!(dots_f32, weighted_sum_f32, f32, dot_f32, axpy_f32);
+    over_rows!(dots_f16, weighted_sum_f16, f16, dot_f16, axpy_f16);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The vector `exp` of every level against f64's, over the range attention's scores take (`s - max <= 0`),
+    /// past the end of f32's normal range, with a tail the vectors do not cover.
+    #[test]
+    fn exp_sum_matches_f64_exp() {
+        let xs: Vec<f32> = (0..1003).map(|i| -(i as f32) * 0.0973).collect();
+        for level in SimdLevel::available() {
+            let mut got = xs.clone();
+            let sum = exp_sum(level, &mut got, 0.0);
+            let mut want_sum = 0f64;
+            for (x, g) in xs.iter().zip(&got) {
+                let want = (*x as f64).exp();
+                want_sum += want;
+                let err = (*g as f64 - want).abs();
+                assert!(err <= 3e-7 * want + 2e-38, "{level:?}: exp({x}) = {g}, want {want}");
+            }
+            assert!((sum as f64 - want_sum).abs() <= 1e-6 * want_sum, "{level:?}: sum {sum}, want {want_sum}");
+        }
+    }
 }
