@@ -255,7 +255,8 @@ mod x86 {
         for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
             p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
         }
-        let y = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0)));
+        // `(p r^2 + r) + 1`: the small terms first, as Cephes sums them (`r + 1` first would round `r` away).
+        let y = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), _mm256_set1_ps(1.0));
         let scale = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
         _mm256_mul_ps(y, _mm256_castsi256_ps(scale))
     }
@@ -319,7 +320,8 @@ mod x86 {
 mod tests {
     use super::*;
 
-    /// The vector `exp` of every level against f64's, over the range attention's scores take (`s - max <= 0`),
+    /// The vector `exp` of every level against f64's (worst relative error 7.7e-8 with AVX2, 5.7e-8 for Rust's
+    /// `f32::exp`), over the range attention's scores take (`s - max <= 0`),
     /// past the end of f32's normal range, with a tail the vectors do not cover.
     #[test]
     fn exp_sum_matches_f64_exp() {
@@ -332,7 +334,7 @@ mod tests {
                 let want = (*x as f64).exp();
                 want_sum += want;
                 let err = (*g as f64 - want).abs();
-                assert!(err <= 3e-7 * want + 2e-38, "{level:?}: exp({x}) = {g}, want {want}");
+                assert!(err <= 1e-7 * want + 2e-38, "{level:?}: exp({x}) = {g}, want {want}");
             }
             assert!((sum as f64 - want_sum).abs() <= 1e-6 * want_sum, "{level:?}: sum {sum}, want {want_sum}");
         }
