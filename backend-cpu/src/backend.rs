@@ -157,7 +157,7 @@ impl Backend for CpuBackend {
 
     fn matmul_many(&self, ws: &[&CpuMatrix], x: &CpuTensor, outs: &mut [&mut CpuTensor]) -> Result<()> {
         floats("matmul", &[x])?;
-        floats("matmul", &outs.iter().map(|o| &**o).collect::<Vec<_>>())?;
+        outs.iter().try_for_each(|o| o.f32_only("matmul"))?;
         self.install(|| {
             // The calling thread's int8 buffer, taken out for the call: a pool thread that steals another
             // request's matmul while this one waits finds the slot empty and uses a fresh buffer, so nothing is

@@ -24,11 +24,6 @@ impl CpuTensor {
         CpuTensor { data: Vec::new(), rows, cols, halves: Some(vec![f16::ZERO; rows * cols]) }
     }
 
-    /// How the elements are stored: F32 or F16.
-    pub fn storage(&self) -> TensorType {
-        if self.halves.is_some() { TensorType::F16 } else { TensorType::F32 }
-    }
-
     /// An error naming `op` unless the elements are f32: only the KV cache's ops take f16 tensors.
     pub(crate) fn f32_only(&self, op: &'static str) -> Result<()> {
         match self.halves {

@@ -180,11 +180,16 @@ impl WebGpuBackend {
         if k.half != v.half {
             return Err(Error::shape(op, "the K cache and the V cache are stored as different types"));
         }
-        Ok(match (k.half, self.kernels.shader_f16) {
+        Ok(self.kv_store(k))
+    }
+
+    /// How the kernels take the cache `t`.
+    fn kv_store(&self, t: &GpuTensor) -> KvStore {
+        match (t.half, self.kernels.shader_f16) {
             (false, _) => KvStore::F32,
             (true, false) => KvStore::F16Packed,
             (true, true) => KvStore::F16,
-        })
+        }
     }
 
     fn max_groups(&self) -> u32 {
@@ -661,7 +666,7 @@ impl Backend for WebGpuBackend {
         dst.written();
         if dst.half {
             // Converted to f16 a pair of values an invocation (an f16 cache's rows are of even width).
-            let kv = self.cache_store("write_rows", dst, dst)?;
+            let kv = self.kv_store(dst);
             let pairs = src.len() / 2;
             let (grid, groups_x) = Grid::folded((pairs as u64).div_ceil(WORKGROUP as u64), self.max_groups());
             let params = [pairs as u32, groups_x, (row * dst.cols / 2) as u32, 0, 0, 0, 0, 0];

@@ -7,8 +7,8 @@ use tern_core::TensorType;
 
 use crate::pool::BufferPool;
 
-/// An f32 activation matrix in a GPU storage buffer, row-major (or a KV cache of f16 elements: `half`). The buffer may be larger than the shape (it is
-/// reused as ops resize their outputs).
+/// An f32 activation matrix in a GPU storage buffer, row-major (or a KV cache of f16 elements: `half`). The
+/// buffer may be larger than the shape (it is reused as ops resize their outputs).
 #[derive(Debug)]
 pub struct GpuTensor {
     pub(crate) buf: wgpu::Buffer,

@@ -1,5 +1,6 @@
 //! `tern bench`: prompt processing of `-p` tokens in one batch and generation of `-n` tokens one at a time,
-//! each from an empty context (or from `-d` positions of context already cached), repeated; medians and spread in tokens per second, as llama-bench reports them.
+//! each from an empty context (or from `-d` positions of context already cached), repeated; medians and spread
+//! in tokens per second, as llama-bench reports them.
 //! Generation rows also give the bytes a decode step reads (weights and KV cache) times its rate.
 //!
 //! Generation runs as `tern generate` does on the backend: from one random token, each step picks the next

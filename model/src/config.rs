@@ -92,6 +92,7 @@ impl LlamaConfig {
 
     /// Bytes of a KV cache of `ty` (F32 or F16) for `positions` positions.
     pub fn kv_cache_bytes(&self, positions: usize, ty: TensorType) -> usize {
-        2 * self.n_layers * positions * self.kv_dim() * ty.gguf_block_bytes().unwrap_or(4)
+        let element = if ty == TensorType::F16 { 2 } else { 4 };
+        2 * self.n_layers * positions * self.kv_dim() * element
     }
 }

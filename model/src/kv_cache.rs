@@ -10,7 +10,6 @@ pub struct KvCache<B: Backend> {
     pub(crate) v: Vec<B::Tensor>,
     capacity: usize,
     len: usize,
-    ty: TensorType,
 }
 
 impl<B: Backend> KvCache<B> {
@@ -22,12 +21,7 @@ impl<B: Backend> KvCache<B> {
             k.push(backend.zeros_cache(capacity, cfg.kv_dim(), ty)?);
             v.push(backend.zeros_cache(capacity, cfg.kv_dim(), ty)?);
         }
-        Ok(KvCache { k, v, capacity, len: 0, ty })
-    }
-
-    /// How the elements are stored (F32 or F16).
-    pub fn element_type(&self) -> TensorType {
-        self.ty
+        Ok(KvCache { k, v, capacity, len: 0 })
     }
 
     /// Positions filled.
