@@ -13,6 +13,7 @@ mod ops;
 mod parallel;
 mod simd;
 mod tensor;
+mod tern_groups;
 
 pub use backend::CpuBackend;
 pub use simd::SimdLevel;

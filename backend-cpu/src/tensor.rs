@@ -1,7 +1,9 @@
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 use tern_core::{Error, MatrixView, Result, TensorType};
-use tern_quant::{TernMatrix, TernRow};
+use tern_quant::TernMatrix;
+
+use crate::tern_groups::TernGroups;
 
 /// An f32 activation matrix in host memory, row-major; or a KV cache stored as f16
 /// ([`tern_core::Backend::zeros_cache`]), whose elements are in `halves` and whose `data` is empty.
@@ -66,8 +68,8 @@ enum Layout {
     /// A GGUF type repacked ([`tern_quant::PackedMatrix`]); `scales` and `mins` (when present) end with eight
     /// zero halves so that kernels may load eight blocks' scales from any block.
     Packed { ty: TensorType, quants: Vec<u32>, scales: Vec<u32>, mins: Vec<u32> },
-    /// One of tern's formats; its code array ends with four zero words for the same reason.
-    Tern(TernMatrix),
+    /// One of tern's formats, its rows interleaved for the kernels.
+    Tern(TernGroups),
 }
 
 /// Words of f16 pairs followed by eight zero halves (lanes past a row are masked off by the kernels).
@@ -89,7 +91,8 @@ impl CpuMatrix {
         m.validate()?;
         if m.ty.tern_format().is_some() {
             let bad = |e: tern_quant::Error| Error::BadMatrix { ty: m.ty, rows: m.rows, cols: m.cols, detail: e.to_string() };
-            return Self::from_tern(TernMatrix::from_view(&m).map_err(bad)?);
+            let tern = TernGroups::new(&TernMatrix::from_view(&m).map_err(bad)?);
+            return Ok(CpuMatrix { rows: m.rows, cols: m.cols, layout: Layout::Tern(tern) });
         }
         let layout = Layout::Packed {
             ty: m.ty,
@@ -100,12 +103,6 @@ impl CpuMatrix {
         Ok(CpuMatrix { rows: m.rows, cols: m.cols, layout })
     }
 
-    /// A matrix in one of tern's formats (already validated).
-    fn from_tern(mut tern: TernMatrix) -> Result<Self> {
-        tern.codes = padded(&tern.codes);
-        Ok(CpuMatrix { rows: tern.rows, cols: tern.cols, layout: Layout::Tern(tern) })
-    }
-
     /// The GGUF type of a packed matrix (`None` for tern's formats).
     pub(crate) fn packed_type(&self) -> Option<TensorType> {
         match &self.layout {
@@ -114,16 +111,12 @@ impl CpuMatrix {
         }
     }
 
-    /// Rows `r0..r0 + R` of a tern-format matrix, each with its codes running on to the end of the padded array.
-    pub(crate) fn tern_rows<const R: usize>(&self, r0: usize) -> Option<[TernRow<'_>; R]> {
-        let Layout::Tern(t) = &self.layout else {
-            return None;
-        };
-        Some(std::array::from_fn(|i| {
-            let mut row = t.row(r0 + i);
-            row.codes = &t.codes[(r0 + i) * t.format.code_words(t.cols)..];
-            row
-        }))
+    /// The interleaved groups of a tern-format matrix.
+    pub(crate) fn tern_groups(&self) -> Option<&TernGroups> {
+        match &self.layout {
+            Layout::Tern(t) => Some(t),
+            Layout::Packed { .. } => None,
+        }
     }
 
     /// Whether products with this matrix take int8 activations (GGUF block types and tern's formats).

@@ -12,8 +12,9 @@ use super::quantize_rows::QuantizedRows;
 use crate::SimdLevel;
 use crate::parallel::{SharedMut, for_each};
 use crate::tensor::{CpuMatrix, CpuTensor, check_cols};
+use crate::tern_groups::{GROUP_ROWS, TernGroups};
 
-const ROWS_PER_TASK: usize = 16;
+const ROWS_PER_TASK: usize = 2 * GROUP_ROWS;
 const TOKENS_PER_TILE: usize = 4;
 /// Weight rows per kernel call in a tile of tokens, and for a single token (decode).
 const TILE_ROWS: usize = 2;
@@ -71,7 +72,9 @@ fn quantized(level: SimdLevel, ws: &[&CpuMatrix], x: &QuantizedRows, dsts: &[Sha
         let (w, dst) = (ws[i], dsts[i]);
         let rows = chunk * ROWS_PER_TASK..((chunk + 1) * ROWS_PER_TASK).min(w.rows);
         let Some(ty) = w.packed_type() else {
-            tern_rows(level, w, rows, x, dst);
+            if let Some(groups) = w.tern_groups() {
+                tern_rows(level, groups, rows, x, dst);
+            }
             return;
         };
         let mut t = 0;
@@ -86,35 +89,33 @@ fn quantized(level: SimdLevel, ws: &[&CpuMatrix], x: &QuantizedRows, dsts: &[Sha
     });
 }
 
-/// Products of the tern-format rows `rows` with every activation row: tiles of `TILE_ROWS` rows by
-/// `TOKENS_PER_TILE` tokens, then the rest of the tokens one by one (`DECODE_ROWS` rows at a time), then the
-/// rows left over.
-fn tern_rows(level: SimdLevel, w: &CpuMatrix, rows: std::ops::Range<usize>, x: &QuantizedRows, dst: SharedMut) {
-    let mut r = rows.start;
-    if x.rows >= TOKENS_PER_TILE {
-        while r + TILE_ROWS <= rows.end {
-            tern_rows_times::<TILE_ROWS>(level, w, r, x, dst);
-            r += TILE_ROWS;
+/// Products of the tern-format rows `rows` (whole groups, but for the matrix's last) with every activation row:
+/// each group against tiles of `TOKENS_PER_TILE` tokens, then the rest of the tokens one by one.
+fn tern_rows(level: SimdLevel, w: &TernGroups, rows: std::ops::Range<usize>, x: &QuantizedRows, dst: SharedMut) {
+    let (tokens, nb) = (x.rows, w.row_blocks());
+    for g in rows.start / GROUP_ROWS..rows.end.div_ceil(GROUP_ROWS) {
+        let (group, r0) = (w.group(g), g * GROUP_ROWS);
+        // The last group's padding rows are computed but not stored.
+        let live = GROUP_ROWS.min(w.rows - r0);
+        let mut t = 0;
+        while t + TOKENS_PER_TILE <= tokens {
+            let xs: [ActRow<'_>; TOKENS_PER_TILE] = std::array::from_fn(|i| ActRow::of(x, t + i));
+            store_rows(dst, w.rows, (t, r0), live, qdot_tern::dot(level, group, nb, xs));
+            t += TOKENS_PER_TILE;
         }
-    }
-    while r + DECODE_ROWS <= rows.end {
-        tern_rows_times::<DECODE_ROWS>(level, w, r, x, dst);
-        r += DECODE_ROWS;
+        for t in t..tokens {
+            store_rows(dst, w.rows, (t, r0), live, qdot_tern::dot(level, group, nb, [ActRow::of(x, t)]));
+        }
     }
 }
 
-/// The tern-format rows `r0..r0 + R` times every activation row, `TOKENS_PER_TILE` tokens at a time.
-fn tern_rows_times<const R: usize>(level: SimdLevel, w: &CpuMatrix, r0: usize, x: &QuantizedRows, dst: SharedMut) {
-    let (tokens, nb) = (x.rows, w.cols / 32);
-    let Some(ws) = w.tern_rows::<R>(r0) else { return };
-    let mut t = 0;
-    while t + TOKENS_PER_TILE <= tokens {
-        let xs: [ActRow<'_>; TOKENS_PER_TILE] = std::array::from_fn(|i| ActRow::of(x, t + i));
-        store(dst, w.rows, (t, r0), qdot_tern::dot(level, ws, nb, xs));
-        t += TOKENS_PER_TILE;
-    }
-    for t in t..tokens {
-        store(dst, w.rows, (t, r0), qdot_tern::dot(level, ws, nb, [ActRow::of(x, t)]));
+/// Writes the first `live` values of `v[n]` to outputs `(t0 + n, r0..r0 + live)` of an output of `m` columns.
+fn store_rows<const N: usize>(dst: SharedMut, m: usize, (t0, r0): (usize, usize), live: usize, v: [[f32; GROUP_ROWS]; N]) {
+    for (n, row) in v.iter().enumerate() {
+        for (i, &value) in row[..live].iter().enumerate() {
+            // Safety: (t0 + n, r0 + i) is in bounds and belongs to the calling task's rows alone.
+            unsafe { dst.write((t0 + n) * m + r0 + i, value) };
+        }
     }
 }
 

@@ -1,39 +1,43 @@
-//! Dot products of tern-format weight rows (T2, T3, T4, T8; see docs/FORMATS.md) with int8 activation rows:
-//! `sum_b (D sc_b) (x.d_b) sum_i q_bi x_bi - (M mn_b) x.s_b`. A portable reference here, and the x86-64
-//! paths, which unpack each block into 32 quant bytes in element order with one broadcast, shift and mask.
-
-use tern_quant::TernRow;
+//! Dot products of tern-format weights (T2, T3, T4, T8; see docs/FORMATS.md), interleaved in groups of eight
+//! rows ([`crate::tern_groups`]), with int8 activation rows: per row `sum_b (D sc_b) (x.d_b) sum_i q_bi x_bi -
+//! (M mn_b) x.s_b`. A portable path here, and the x86-64 paths, in which one vector holds a chunk of four quants
+//! of all eight rows: each chunk is multiplied by the activations' four matching bytes broadcast to every lane,
+//! so the lanes of one integer sum are the eight rows' block sums, converted and scaled together.
 
 use super::qdot::ActRow;
 use crate::SimdLevel;
+use crate::tern_groups::{GROUP_ROWS, Group};
+use tern_core::BLOCK_LEN;
 
-/// `w[r] · x[n]` for each of the `R` weight rows (of one format, `nb` blocks each) and `N` activation rows.
-pub(crate) fn dot<const R: usize, const N: usize>(
-    level: SimdLevel,
-    w: [TernRow<'_>; R],
-    nb: usize,
-    x: [ActRow<'_>; N],
-) -> [[f32; N]; R] {
+/// `out[n][r] = w[r] · x[n]` for the eight rows of group `w` (`nb` blocks each) and the `N` activation rows.
+pub(crate) fn dot<const N: usize>(level: SimdLevel, w: Group<'_>, nb: usize, x: [ActRow<'_>; N]) -> [[f32; GROUP_ROWS]; N] {
     #[cfg(target_arch = "x86_64")]
     if level != SimdLevel::Scalar {
         return x86::dot(level, w, nb, x);
     }
     let _ = level;
-    w.map(|row| dot_scalar(row, nb, x))
+    dot_scalar(w, nb, x)
 }
 
-/// The portable path, and the reference the SIMD paths are tested against.
-pub(crate) fn dot_scalar<const N: usize>(w: TernRow<'_>, nb: usize, x: [ActRow<'_>; N]) -> [f32; N] {
-    let mut out = [0f32; N];
-    for (n, xr) in x.iter().enumerate() {
-        let mut acc = 0f32;
-        for b in 0..nb {
-            let (sc, mn) = w.block_codes(b);
-            let isum: i32 = (0..32).map(|i| w.quant(b, i) * xr.q[b * 32 + i] as i32).sum();
-            acc += w.d * sc as f32 * xr.d[b] * isum as f32;
-            acc -= w.m * mn as f32 * xr.s[b];
+/// The portable path: each block of the group unpacked once for all the activation rows.
+pub(crate) fn dot_scalar<const N: usize>(w: Group<'_>, nb: usize, x: [ActRow<'_>; N]) -> [[f32; GROUP_ROWS]; N] {
+    let mut out = [[0f32; GROUP_ROWS]; N];
+    let mut q = [[0i32; BLOCK_LEN]; GROUP_ROWS];
+    for b in 0..nb {
+        for (r, row) in q.iter_mut().enumerate() {
+            for (i, v) in row.iter_mut().enumerate() {
+                *v = w.quant(b, r, i);
+            }
         }
-        out[n] = acc;
+        for (xr, o) in x.iter().zip(out.iter_mut()) {
+            let xq = &xr.q[b * BLOCK_LEN..(b + 1) * BLOCK_LEN];
+            for (r, row) in q.iter().enumerate() {
+                let (sc, mn) = w.codes(b, r);
+                let isum: i32 = row.iter().zip(xq).map(|(&a, &c)| a * c as i32).sum();
+                o[r] += w.d[r] * sc as f32 * xr.d[b] * isum as f32;
+                o[r] -= w.m[r] * mn as f32 * xr.s[b];
+            }
+        }
     }
     out
 }
@@ -42,190 +46,181 @@ pub(crate) fn dot_scalar<const N: usize>(w: TernRow<'_>, nb: usize, x: [ActRow<'
 mod x86 {
     use std::arch::x86_64::*;
 
-    use tern_quant::{TernFormat, TernRow};
+    use tern_core::{BLOCK_LEN, TernFormat};
 
     use super::super::qdot::ActRow;
-    use super::super::qdot_x86::{MASK, hsum};
     use super::dot_scalar;
     use crate::SimdLevel;
+    use crate::tern_groups::{GROUP_ROWS, Group, quant_bytes, stride};
 
     const T2: u8 = 2;
     const T3: u8 = 3;
     const T4: u8 = 4;
     const T8: u8 = 8;
 
-    pub(super) fn dot<const R: usize, const N: usize>(
-        level: SimdLevel,
-        w: [TernRow<'_>; R],
-        nb: usize,
-        x: [ActRow<'_>; N],
-    ) -> [[f32; N]; R] {
-        // Eight blocks' codes and activation scales are loaded at a time (lanes past `nb` masked off), so the
-        // slices must reach `nb` rounded up to 8.
-        let nb8 = nb.next_multiple_of(8);
-        let format = w[0].format;
-        let code_bytes = nb8 * format.code_bits() / 8;
-        let fits = w
-            .iter()
-            .all(|r| r.format == format && r.quants.len() >= nb * format.quant_words() && r.codes.len() * 4 >= code_bytes)
-            && x.iter().all(|r| r.q.len() >= nb * 32 && r.d.len() >= nb8 && r.s.len() >= nb8);
+    pub(super) fn dot<const N: usize>(level: SimdLevel, w: Group<'_>, nb: usize, x: [ActRow<'_>; N]) -> [[f32; GROUP_ROWS]; N] {
+        let fits = w.data.len() >= nb * stride(w.format)
+            && x.iter().all(|r| r.q.len() >= nb * BLOCK_LEN && r.d.len() >= nb && r.s.len() >= nb);
         if !fits {
-            return w.map(|row| dot_scalar(row, nb, x));
+            return dot_scalar(w, nb, x);
         }
         // Safety: `level` was detected on this CPU, and the lengths were checked above.
         unsafe {
-            match (level, format) {
-                (SimdLevel::Avx512Vnni, TernFormat::T2) => vnni::<R, N, T2>(w, nb, x),
-                (SimdLevel::Avx512Vnni, TernFormat::T3) => vnni::<R, N, T3>(w, nb, x),
-                (SimdLevel::Avx512Vnni, TernFormat::T4) => vnni::<R, N, T4>(w, nb, x),
-                (SimdLevel::Avx512Vnni, TernFormat::T8) => vnni::<R, N, T8>(w, nb, x),
-                (_, TernFormat::T2) => avx2::<R, N, T2>(w, nb, x),
-                (_, TernFormat::T3) => avx2::<R, N, T3>(w, nb, x),
-                (_, TernFormat::T4) => avx2::<R, N, T4>(w, nb, x),
-                (_, TernFormat::T8) => avx2::<R, N, T8>(w, nb, x),
+            match (level, w.format) {
+                (SimdLevel::Avx512Vnni, TernFormat::T2) => vnni::<N, T2>(w, nb, x),
+                (SimdLevel::Avx512Vnni, TernFormat::T3) => vnni::<N, T3>(w, nb, x),
+                (SimdLevel::Avx512Vnni, TernFormat::T4) => vnni::<N, T4>(w, nb, x),
+                (SimdLevel::Avx512Vnni, TernFormat::T8) => vnni::<N, T8>(w, nb, x),
+                (_, TernFormat::T2) => avx2::<N, T2>(w, nb, x),
+                (_, TernFormat::T3) => avx2::<N, T3>(w, nb, x),
+                (_, TernFormat::T4) => avx2::<N, T4>(w, nb, x),
+                (_, TernFormat::T8) => avx2::<N, T8>(w, nb, x),
             }
         }
     }
 
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn avx2<const R: usize, const N: usize, const F: u8>(
-        w: [TernRow<'_>; R],
-        nb: usize,
-        x: [ActRow<'_>; N],
-    ) -> [[f32; N]; R] {
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2<const N: usize, const F: u8>(w: Group<'_>, nb: usize, x: [ActRow<'_>; N]) -> [[f32; GROUP_ROWS]; N] {
         // Safety: forwarded from the caller.
-        unsafe { body::<R, N, F, false>(w, nb, x) }
+        unsafe { body::<N, F, false>(w, nb, x) }
     }
 
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn vnni<const R: usize, const N: usize, const F: u8>(
-        w: [TernRow<'_>; R],
-        nb: usize,
-        x: [ActRow<'_>; N],
-    ) -> [[f32; N]; R] {
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn vnni<const N: usize, const F: u8>(w: Group<'_>, nb: usize, x: [ActRow<'_>; N]) -> [[f32; GROUP_ROWS]; N] {
         // Safety: forwarded from the caller.
-        unsafe { body::<R, N, F, true>(w, nb, x) }
+        unsafe { body::<N, F, true>(w, nb, x) }
     }
 
-    /// Block `b`'s 32 quants as bytes in element order (unsigned for T2/T3/T4, signed for T8).
+    /// Block sums of the eight rows against `N` activation rows. With VNNI, chunks go straight into 32-bit
+    /// lanes (`vpdpbusd`). Without it, T2-T4's chunks are summed in 16-bit lanes (`vpmaddubsw`: at most
+    /// 8 chunks x 2 x 15 x 127 = 30480, no saturation) and widened once a block; T8's products reach 2 x 127 x
+    /// 127 a chunk and are widened at every chunk.
+    struct Sums<const N: usize, const F: u8, const VNNI: bool> {
+        acc: [__m256i; N],
+    }
+
+    impl<const N: usize, const F: u8, const VNNI: bool> Sums<N, F, VNNI> {
+        #[inline(always)]
+        fn new() -> Self {
+            // Safety: AVX is enabled wherever this is inlined (the kernels' target features).
+            Sums { acc: [unsafe { _mm256_setzero_si256() }; N] }
+        }
+
+        /// Adds chunk `c` of the block (four quants of each row, `w`) times the activations' bytes at `xq[n]`.
+        #[inline(always)]
+        unsafe fn add(&mut self, w: __m256i, xq: &[*const u8; N], c: usize) {
+            unsafe {
+                let wu = if F == T8 { _mm256_sign_epi8(w, w) } else { w };
+                for n in 0..N {
+                    let xb = _mm256_set1_epi32((xq[n].add(4 * c) as *const i32).read_unaligned());
+                    let xs = if F == T8 { _mm256_sign_epi8(xb, w) } else { xb };
+                    self.acc[n] = match (VNNI, F) {
+                        (true, _) => _mm256_dpbusd_epi32(self.acc[n], wu, xs),
+                        (false, T8) => {
+                            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wu, xs), _mm256_set1_epi16(1));
+                            _mm256_add_epi32(self.acc[n], p)
+                        }
+                        (false, _) => _mm256_add_epi16(self.acc[n], _mm256_maddubs_epi16(wu, xs)),
+                    };
+                }
+            }
+        }
+
+        /// The 32-bit sums.
+        #[inline(always)]
+        unsafe fn finish(self) -> [__m256i; N] {
+            unsafe { if VNNI || F == T8 { self.acc } else { self.acc.map(|a| _mm256_madd_epi16(a, _mm256_set1_epi16(1))) } }
+        }
+    }
+
+    /// Shifts each 16-bit lane right (`count > 0`) or left (`count < 0`).
     #[inline(always)]
-    unsafe fn unpack<const F: u8>(q: *const u8, b: usize) -> __m256i {
+    unsafe fn shift16(v: __m256i, count: i32) -> __m256i {
         unsafe {
-            match F {
-                T4 => {
-                    let v = _mm_loadu_si128(q.add(16 * b) as *const __m128i);
-                    let low4 = _mm_set1_epi8(0x0f);
-                    _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), low4), _mm_and_si128(v, low4))
-                }
-                T8 => _mm256_loadu_si256(q.add(32 * b) as *const __m256i),
-                _ => {
-                    let qb = q.add(4 * F as usize * b);
-                    // T2's eight bytes in every 64-bit lane; lane j shifted by 2j holds quants 8j..8j+7.
-                    let planes = _mm256_set1_epi64x((qb as *const i64).read_unaligned());
-                    let two = _mm256_and_si256(_mm256_srlv_epi64(planes, _mm256_set_epi64x(6, 4, 2, 0)), _mm256_set1_epi8(3));
-                    if F == T2 {
-                        return two;
-                    }
-                    // T3: bit i of the third word is quant i's bit 2. Byte i takes the word's byte i / 8, then
-                    // tests its bit i % 8.
-                    let word = _mm256_set1_epi32((qb.add(8) as *const i32).read_unaligned());
-                    let spread = _mm256_shuffle_epi8(
-                        word,
-                        _mm256_set_epi64x(0x0303_0303_0303_0303, 0x0202_0202_0202_0202, 0x0101_0101_0101_0101, 0),
-                    );
-                    let bits = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
-                    let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bits), bits);
-                    _mm256_or_si256(two, _mm256_and_si256(set, _mm256_set1_epi8(4)))
-                }
+            if count >= 0 {
+                _mm256_srl_epi16(v, _mm_cvtsi32_si128(count))
+            } else {
+                _mm256_sll_epi16(v, _mm_cvtsi32_si128(-count))
             }
         }
     }
 
-    /// Eight blocks' scale and minimum codes from block `g` as floats.
-    #[inline(always)]
-    unsafe fn codes8<const F: u8>(codes: *const u8, g: usize) -> (__m256, __m256) {
-        unsafe {
-            match F {
-                T3 | T4 => {
-                    let c = _mm256_cvtepu16_epi32(_mm_loadu_si128(codes.add(2 * g) as *const __m128i));
-                    let sc = _mm256_and_si256(c, _mm256_set1_epi32(255));
-                    (_mm256_cvtepi32_ps(sc), _mm256_cvtepi32_ps(_mm256_srli_epi32(c, 8)))
-                }
-                _ => {
-                    let c = _mm256_cvtepu8_epi32(_mm_loadl_epi64(codes.add(g) as *const __m128i));
-                    if F == T8 {
-                        return (_mm256_cvtepi32_ps(c), _mm256_setzero_ps());
-                    }
-                    let sc = _mm256_and_si256(c, _mm256_set1_epi32(15));
-                    (_mm256_cvtepi32_ps(sc), _mm256_cvtepi32_ps(_mm256_srli_epi32(c, 4)))
-                }
-            }
-        }
-    }
-
-    /// `R` rows against `N` activation rows: each activation block is loaded once for all the rows, each
-    /// weight block unpacked once for all the tokens. The minimum terms go into the same accumulators as the
-    /// products (lane by lane; the lanes are summed at the end), so `R x N` registers hold every sum.
+    /// The group's eight rows against `N` activation rows.
     ///
     /// # Safety
-    /// The CPU has AVX2, FMA and F16C (and AVX-512 VNNI/VL when `VNNI`); the slices are as long as `dot` checks.
+    /// The CPU has AVX2 and FMA (and AVX-512 VNNI/VL when `VNNI`); the slices are as long as `dot` checks.
     #[inline(always)]
-    unsafe fn body<const R: usize, const N: usize, const F: u8, const VNNI: bool>(
-        w: [TernRow<'_>; R],
+    unsafe fn body<const N: usize, const F: u8, const VNNI: bool>(
+        w: Group<'_>,
         nb: usize,
         x: [ActRow<'_>; N],
-    ) -> [[f32; N]; R] {
+    ) -> [[f32; GROUP_ROWS]; N] {
         unsafe {
-            let q = w.map(|r| r.quants.as_ptr() as *const u8);
-            let codes = w.map(|r| r.codes.as_ptr() as *const u8);
-            let ones = _mm256_set1_epi16(1);
-            let mut acc = [[_mm256_setzero_ps(); N]; R];
-            let mut scales = [[[0f32; 8]; N]; R];
-            let mut g = 0;
-            while g < nb {
-                let count = (nb - g).min(8);
-                let mask = _mm256_loadu_ps(MASK.as_ptr().add(8 - count) as *const f32);
-                for r in 0..R {
-                    let (sc, mn) = codes8::<F>(codes[r], g);
-                    let sc = _mm256_and_ps(_mm256_mul_ps(sc, _mm256_set1_ps(w[r].d)), mask);
-                    let mn = _mm256_and_ps(_mm256_mul_ps(mn, _mm256_set1_ps(w[r].m)), mask);
-                    for n in 0..N {
-                        let xd = _mm256_loadu_ps(x[n].d.as_ptr().add(g));
-                        _mm256_storeu_ps(scales[r][n].as_mut_ptr(), _mm256_mul_ps(sc, xd));
-                        if F != T8 {
-                            acc[r][n] = _mm256_fnmadd_ps(mn, _mm256_loadu_ps(x[n].s.as_ptr().add(g)), acc[r][n]);
+            let format = w.format;
+            let (stride, qbytes) = (stride(format), quant_bytes(format));
+            let (dv, mv) = (_mm256_loadu_ps(w.d.as_ptr()), _mm256_loadu_ps(w.m.as_ptr()));
+            let mut acc = [_mm256_setzero_ps(); N];
+            for b in 0..nb {
+                let q = w.data.as_ptr().add(b * stride);
+                let xq: [*const u8; N] = std::array::from_fn(|n| x[n].q.as_ptr().add(b * BLOCK_LEN) as *const u8);
+                let load = |v: usize| _mm256_loadu_si256(q.add(32 * v) as *const __m256i);
+                let mut sums = Sums::<N, F, VNNI>::new();
+                match F {
+                    T4 => {
+                        let low4 = _mm256_set1_epi8(0x0f);
+                        for v in 0..4 {
+                            let raw = load(v);
+                            sums.add(_mm256_and_si256(raw, low4), &xq, v);
+                            sums.add(_mm256_and_si256(_mm256_srli_epi16(raw, 4), low4), &xq, v + 4);
+                        }
+                    }
+                    T8 => {
+                        for c in 0..8 {
+                            sums.add(load(c), &xq, c);
+                        }
+                    }
+                    _ => {
+                        let (low2, bit2) = (_mm256_set1_epi8(3), _mm256_set1_epi8(4));
+                        let high = if F == T3 { load(2) } else { _mm256_setzero_si256() };
+                        for v in 0..2 {
+                            let raw = load(v);
+                            for s in 0..4 {
+                                let c = v + 2 * s;
+                                let mut quants = _mm256_and_si256(shift16(raw, 2 * s as i32), low2);
+                                if F == T3 {
+                                    // Bit c of each byte of the third vector is bit 2 of that chunk's quants.
+                                    let third = _mm256_and_si256(shift16(high, c as i32 - 2), bit2);
+                                    quants = _mm256_or_si256(quants, third);
+                                }
+                                sums.add(quants, &xq, c);
+                            }
                         }
                     }
                 }
-                for j in 0..count {
-                    let b = g + j;
-                    let mut wv = [_mm256_setzero_si256(); R];
-                    let mut wu = [_mm256_setzero_si256(); R];
-                    for r in 0..R {
-                        wv[r] = unpack::<F>(q[r], b);
-                        wu[r] = if F == T8 { _mm256_sign_epi8(wv[r], wv[r]) } else { wv[r] };
+                let isum = sums.finish();
+                let codes = q.add(qbytes);
+                let bytes = |at: usize| _mm256_cvtepu8_epi32(_mm_loadl_epi64(codes.add(at) as *const __m128i));
+                let (sc, mn) = match F {
+                    T2 => {
+                        let c = bytes(0);
+                        (_mm256_and_si256(c, _mm256_set1_epi32(15)), _mm256_srli_epi32(c, 4))
                     }
-                    for n in 0..N {
-                        let xv = _mm256_loadu_si256(x[n].q.as_ptr().add(32 * b) as *const __m256i);
-                        for r in 0..R {
-                            let xs = if F == T8 { _mm256_sign_epi8(xv, wv[r]) } else { xv };
-                            let p = if VNNI {
-                                _mm256_dpbusd_epi32(_mm256_setzero_si256(), wu[r], xs)
-                            } else {
-                                _mm256_madd_epi16(_mm256_maddubs_epi16(wu[r], xs), ones)
-                            };
-                            let d = _mm256_broadcast_ss(scales[r][n].get_unchecked(j));
-                            acc[r][n] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[r][n]);
-                        }
-                    }
-                }
-                g += count;
-            }
-            let mut out = [[0f32; N]; R];
-            for r in 0..R {
+                    T8 => (bytes(0), _mm256_setzero_si256()),
+                    _ => (bytes(0), bytes(GROUP_ROWS)),
+                };
+                let scale = _mm256_mul_ps(_mm256_cvtepi32_ps(sc), dv);
+                let min = _mm256_mul_ps(_mm256_cvtepi32_ps(mn), mv);
                 for n in 0..N {
-                    out[r][n] = hsum(acc[r][n]);
+                    let s = _mm256_mul_ps(scale, _mm256_set1_ps(*x[n].d.get_unchecked(b)));
+                    acc[n] = _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(isum[n]), acc[n]);
+                    if F != T8 {
+                        acc[n] = _mm256_fnmadd_ps(min, _mm256_set1_ps(*x[n].s.get_unchecked(b)), acc[n]);
+                    }
                 }
+            }
+            let mut out = [[0f32; GROUP_ROWS]; N];
+            for n in 0..N {
+                _mm256_storeu_ps(out[n].as_mut_ptr(), acc[n]);
             }
             out
         }
