@@ -12,19 +12,35 @@ pub(crate) fn for_each(n: usize, f: impl Fn(usize) + Send + Sync) {
 }
 
 /// A raw pointer that tasks writing disjoint elements may share.
-#[derive(Clone, Copy)]
-pub(crate) struct SharedMut(pub *mut f32);
+pub(crate) struct SharedMut<T = f32>(pub *mut T);
+
+impl<T> Clone for SharedMut<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for SharedMut<T> {}
 
 // Safety: only used by tasks that each write a disjoint set of indices and never read what another writes.
-unsafe impl Send for SharedMut {}
-unsafe impl Sync for SharedMut {}
+unsafe impl<T> Send for SharedMut<T> {}
+unsafe impl<T> Sync for SharedMut<T> {}
 
-impl SharedMut {
+impl<T> SharedMut<T> {
+    /// The pointer to element `i`.
+    ///
+    /// # Safety
+    /// `i` is in bounds of the allocation (or one past its end).
+    pub(crate) unsafe fn at(self, i: usize) -> *mut T {
+        // Safety: guaranteed by the caller.
+        unsafe { self.0.add(i) }
+    }
+
     /// Writes `v` at `i`.
     ///
     /// # Safety
     /// `i` is in bounds of the allocation and no other task touches element `i` during the parallel section.
-    pub(crate) unsafe fn write(self, i: usize, v: f32) {
+    pub(crate) unsafe fn write(self, i: usize, v: T) {
         // Safety: guaranteed by the caller.
         unsafe { *self.0.add(i) = v }
     }

@@ -46,7 +46,7 @@ pub(crate) fn matmul_many(
         .map(|(w, out)| (*w, SharedMut(out.data.as_mut_ptr())))
         .unzip();
     if !int8.is_empty() {
-        scratch.quantize(&x.data, x.rows, x.cols);
+        scratch.quantize(level, &x.data, x.rows, x.cols);
         quantized(level, &int8, scratch, &dsts);
     }
     for (w, out) in ws.iter().zip(outs.iter_mut()) {

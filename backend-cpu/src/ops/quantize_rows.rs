@@ -2,6 +2,12 @@
 
 use tern_core::BLOCK_LEN;
 
+use crate::SimdLevel;
+use crate::parallel::{SharedMut, for_each};
+
+/// Blocks per parallel task: a prefill's rows are quantized on every thread, a decode row on the caller's.
+const BLOCKS_PER_TASK: usize = 512;
+
 /// `rows` activation rows as int8 blocks: `qs` the quants, `d` one scale per block, `s` per block the scale
 /// times the sum of the block's quants (what the minimum and offset terms of Q4_1 and Q4_0 multiply). `d` and
 /// `s` end with eight zeros so that kernels may load eight blocks' values from any block.
@@ -15,8 +21,9 @@ pub(crate) struct QuantizedRows {
 }
 
 impl QuantizedRows {
-    /// Quantizes `rows x cols` values (round to nearest, scale = max |x| / 127 per block).
-    pub fn quantize(&mut self, x: &[f32], rows: usize, cols: usize) {
+    /// Quantizes `rows x cols` values: scale = max |x| / 127 per block, each value rounded to the nearest quant
+    /// (ties away from zero on the scalar path, to even on x86-64's).
+    pub fn quantize(&mut self, level: SimdLevel, x: &[f32], rows: usize, cols: usize) {
         let blocks = rows * cols / BLOCK_LEN;
         self.rows = rows;
         self.cols = cols;
@@ -25,22 +32,101 @@ impl QuantizedRows {
         self.s.resize(blocks + 8, 0.0);
         self.d[blocks..].fill(0.0);
         self.s[blocks..].fill(0.0);
-        for (b, (xb, qb)) in x.chunks_exact(BLOCK_LEN).zip(self.qs.chunks_exact_mut(BLOCK_LEN)).enumerate() {
-            let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let d = amax / 127.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-            let mut sum = 0i32;
-            for (q, v) in qb.iter_mut().zip(xb) {
-                *q = (v * id).round() as i8;
-                sum += *q as i32;
+        let (qs, d, s) = (SharedMut(self.qs.as_mut_ptr()), SharedMut(self.d.as_mut_ptr()), SharedMut(self.s.as_mut_ptr()));
+        let task = |t: usize| {
+            for b in t * BLOCKS_PER_TASK..((t + 1) * BLOCKS_PER_TASK).min(blocks) {
+                let xb: &[f32; BLOCK_LEN] = x[b * BLOCK_LEN..(b + 1) * BLOCK_LEN].try_into().expect("a block");
+                // Safety: block b's quants, scale and sum are written by this task alone, and are in bounds
+                // (the vectors were sized for `blocks` blocks above).
+                unsafe {
+                    let qb = &mut *(qs.at(b * BLOCK_LEN) as *mut [i8; BLOCK_LEN]);
+                    let (scale, sum) = quantize_block(level, xb, qb);
+                    d.write(b, scale);
+                    s.write(b, scale * sum as f32);
+                }
             }
-            self.d[b] = d;
-            self.s[b] = d * sum as f32;
-        }
+        };
+        let tasks = blocks.div_ceil(BLOCKS_PER_TASK);
+        if tasks == 1 { task(0) } else { for_each(tasks, task) }
     }
 
     /// Blocks per row.
     pub fn row_blocks(&self) -> usize {
         self.cols / BLOCK_LEN
+    }
+}
+
+/// One block's quants into `q`; returns its scale and the sum of its quants.
+fn quantize_block(level: SimdLevel, x: &[f32; BLOCK_LEN], q: &mut [i8; BLOCK_LEN]) -> (f32, i32) {
+    #[cfg(target_arch = "x86_64")]
+    if level != SimdLevel::Scalar {
+        // Safety: every level but Scalar has AVX2 (SimdLevel::detect).
+        return unsafe { block_avx2(x, q) };
+    }
+    let _ = level;
+    let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut sum = 0i32;
+    for (q, v) in q.iter_mut().zip(x) {
+        *q = (v * id).round() as i8;
+        sum += *q as i32;
+    }
+    (d, sum)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn block_avx2(x: &[f32; BLOCK_LEN], q: &mut [i8; BLOCK_LEN]) -> (f32, i32) {
+    use std::arch::x86_64::*;
+    // Safety: the pointers cover the 32 values of `x` and `q`.
+    unsafe {
+        let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(x.as_ptr().add(8 * i)));
+        let sign = _mm256_set1_ps(-0.0);
+        let m = v.iter().fold(_mm256_setzero_ps(), |m, &vi| _mm256_max_ps(m, _mm256_andnot_ps(sign, vi)));
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+        let d = amax / 127.0;
+        let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+        let qi = v.map(|vi| _mm256_cvtps_epi32(_mm256_mul_ps(vi, id)));
+        // Packing works within 128-bit halves: the bytes come out in 4-quant groups ordered 0 2 4 6 1 3 5 7
+        // (of `qi`'s halves), which the permutation puts back in order.
+        let bytes = _mm256_packs_epi16(_mm256_packs_epi32(qi[0], qi[1]), _mm256_packs_epi32(qi[2], qi[3]));
+        let ordered = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, ordered);
+        let t = _mm256_add_epi32(_mm256_add_epi32(qi[0], qi[1]), _mm256_add_epi32(qi[2], qi[3]));
+        let t = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+        let t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0b01_00_11_10));
+        let t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0b10_11_00_01));
+        (d, _mm_cvtsi128_si32(t))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every level's quants are the scalar path's, but for ties (which round to even on x86-64), and the
+    /// scales and sums agree with them.
+    #[test]
+    fn levels_quantize_alike() {
+        let x: Vec<f32> = (0..40 * BLOCK_LEN).map(|i| ((i * 7919) % 2001) as f32 / 997.0 - 1.0).collect();
+        let mut want = QuantizedRows::default();
+        want.quantize(SimdLevel::Scalar, &x, 40, BLOCK_LEN);
+        for level in SimdLevel::available() {
+            let mut got = QuantizedRows::default();
+            got.quantize(level, &x, 40, BLOCK_LEN);
+            assert_eq!(got.d, want.d, "{level:?}");
+            for (b, (g, w)) in got.qs.chunks(BLOCK_LEN).zip(want.qs.chunks(BLOCK_LEN)).enumerate() {
+                let id = if want.d[b] != 0.0 { 1.0 / want.d[b] } else { 0.0 };
+                for (i, (&g, &w)) in g.iter().zip(w).enumerate() {
+                    let tie = ((x[b * BLOCK_LEN + i] * id).abs().fract() - 0.5).abs() < 1e-6;
+                    assert!(g == w || tie && (g - w).abs() == 1, "{level:?} block {b} quant {i}: {g} against {w}");
+                }
+                let sum: i32 = g.iter().map(|&v| v as i32).sum();
+                assert_eq!(got.s[b], got.d[b] * sum as f32, "{level:?} block {b}");
+            }
+        }
     }
 }
