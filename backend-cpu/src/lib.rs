@@ -9,11 +9,11 @@
 compile_error!("tern's packed layouts are little-endian words");
 
 mod backend;
+mod groups;
 mod ops;
 mod parallel;
 mod simd;
 mod tensor;
-mod tern_groups;
 
 pub use backend::CpuBackend;
 pub use simd::SimdLevel;

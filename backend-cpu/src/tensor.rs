@@ -3,7 +3,7 @@ use half::slice::HalfFloatSliceExt;
 use tern_core::{Error, MatrixView, Result, TensorType};
 use tern_quant::TernMatrix;
 
-use crate::tern_groups::TernGroups;
+use crate::groups::Groups;
 
 /// An f32 activation matrix in host memory, row-major; or a KV cache stored as f16
 /// ([`tern_core::Backend::zeros_cache`]), whose elements are in `halves` and whose `data` is empty.
@@ -55,7 +55,7 @@ impl CpuTensor {
     }
 }
 
-/// A weight matrix in host memory: tern's structure-of-arrays words, owned.
+/// A weight matrix in host memory, owned: float rows as they came, block formats interleaved for the kernels.
 #[derive(Debug, Clone)]
 pub struct CpuMatrix {
     pub rows: usize,
@@ -65,111 +65,74 @@ pub struct CpuMatrix {
 
 #[derive(Debug, Clone)]
 enum Layout {
-    /// A GGUF type repacked ([`tern_quant::PackedMatrix`]); `scales` and `mins` (when present) end with eight
-    /// zero halves so that kernels may load eight blocks' scales from any block.
-    Packed { ty: TensorType, quants: Vec<u32>, scales: Vec<u32>, mins: Vec<u32> },
-    /// One of tern's formats, its rows interleaved for the kernels.
-    Tern(TernGroups),
-}
-
-/// Words of f16 pairs followed by eight zero halves (lanes past a row are masked off by the kernels).
-fn padded(halves: &[u32]) -> Vec<u32> {
-    let mut v = Vec::with_capacity(halves.len() + PAD_WORDS);
-    v.extend_from_slice(halves);
-    v.resize(halves.len() + PAD_WORDS, 0);
-    v
-}
-
-const PAD_WORDS: usize = 4;
-
-fn unpad(v: &[u32]) -> &[u32] {
-    if v.is_empty() { v } else { &v[..v.len() - PAD_WORDS] }
+    /// F32, F16 or BF16 rows, row-major, as words.
+    Float { ty: TensorType, words: Vec<u32> },
+    /// A block format (tern's or GGUF's), its rows interleaved in groups of eight.
+    Groups(Groups),
 }
 
 impl CpuMatrix {
     pub(crate) fn new(m: MatrixView<'_>) -> Result<Self> {
         m.validate()?;
-        if m.ty.tern_format().is_some() {
+        let layout = if m.ty.tern_format().is_some() {
             let bad = |e: tern_quant::Error| Error::BadMatrix { ty: m.ty, rows: m.rows, cols: m.cols, detail: e.to_string() };
-            let tern = TernGroups::new(&TernMatrix::from_view(&m).map_err(bad)?);
-            return Ok(CpuMatrix { rows: m.rows, cols: m.cols, layout: Layout::Tern(tern) });
-        }
-        let layout = Layout::Packed {
-            ty: m.ty,
-            quants: m.quants.to_vec(),
-            scales: padded(m.scales),
-            mins: if m.mins.is_empty() { Vec::new() } else { padded(m.mins) },
+            Layout::Groups(Groups::from_tern(&TernMatrix::from_view(&m).map_err(bad)?))
+        } else if let Some(groups) = Groups::from_gguf(&m) {
+            Layout::Groups(groups)
+        } else {
+            Layout::Float { ty: m.ty, words: m.quants.to_vec() }
         };
         Ok(CpuMatrix { rows: m.rows, cols: m.cols, layout })
     }
 
-    /// The GGUF type of a packed matrix (`None` for tern's formats).
-    pub(crate) fn packed_type(&self) -> Option<TensorType> {
+    /// The type of a float matrix (`None` for block formats).
+    pub(crate) fn float_type(&self) -> Option<TensorType> {
         match &self.layout {
-            Layout::Packed { ty, .. } => Some(*ty),
-            Layout::Tern(_) => None,
+            Layout::Float { ty, .. } => Some(*ty),
+            Layout::Groups(_) => None,
         }
     }
 
-    /// The interleaved groups of a tern-format matrix.
-    pub(crate) fn tern_groups(&self) -> Option<&TernGroups> {
+    /// The interleaved groups of a block-format matrix, whose products take int8 activations.
+    pub(crate) fn groups(&self) -> Option<&Groups> {
         match &self.layout {
-            Layout::Tern(t) => Some(t),
-            Layout::Packed { .. } => None,
+            Layout::Groups(g) => Some(g),
+            Layout::Float { .. } => None,
         }
-    }
-
-    /// Whether products with this matrix take int8 activations (GGUF block types and tern's formats).
-    pub(crate) fn takes_int8(&self) -> bool {
-        self.packed_type().is_none_or(TensorType::is_quantized)
     }
 
     /// Row `r` as f32, by the reference dequantization of its format.
     pub(crate) fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         match &self.layout {
-            Layout::Packed { ty, quants, scales, mins } => {
+            Layout::Float { ty, words } => {
                 let view = MatrixView {
                     ty: *ty,
                     rows: self.rows,
                     cols: self.cols,
-                    quants,
-                    scales: unpad(scales),
-                    mins: unpad(mins),
+                    quants: words,
+                    scales: &[],
+                    mins: &[],
                     row_scales: &[],
                 };
                 tern_quant::dequantize_row(&view, r, out);
             }
-            Layout::Tern(t) => t.dequantize_row(r, out),
+            Layout::Groups(g) => g.dequantize_row(r, out),
         }
     }
 
-    fn packed_arrays(&self) -> (&[u32], &[u32], &[u32]) {
+    /// The bytes of a float matrix (words viewed as bytes: tern's layouts are little-endian).
+    pub(crate) fn float_bytes(&self) -> &[u8] {
         match &self.layout {
-            Layout::Packed { quants, scales, mins, .. } => (quants, scales, mins),
-            Layout::Tern(_) => (&[], &[], &[]),
+            Layout::Float { words, .. } => bytemuck::cast_slice(words),
+            Layout::Groups(_) => &[],
         }
-    }
-
-    /// The quant bytes of a packed matrix (words viewed as bytes: tern's layouts are little-endian).
-    pub(crate) fn quant_bytes(&self) -> &[u8] {
-        bytemuck::cast_slice(self.packed_arrays().0)
-    }
-
-    /// The per-block f16 scales of a packed matrix, in block order, then eight zero halves of padding.
-    pub(crate) fn scale_halves(&self) -> &[u16] {
-        bytemuck::cast_slice(self.packed_arrays().1)
-    }
-
-    /// The per-block f16 minimums, in block order, then eight zero halves (empty for types without).
-    pub(crate) fn min_halves(&self) -> &[u16] {
-        bytemuck::cast_slice(self.packed_arrays().2)
     }
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         match &self.layout {
-            Layout::Packed { quants, scales, mins, .. } => 4 * (quants.len() + scales.len() + mins.len()),
-            Layout::Tern(t) => t.bytes(),
+            Layout::Float { words, .. } => 4 * words.len(),
+            Layout::Groups(g) => g.bytes(),
         }
     }
 }

@@ -6,19 +6,15 @@ use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use tern_core::{Error, Result, TensorType};
 
-use super::qdot::{ActRow, WeightRow, dot};
-use super::qdot_tern;
+use super::qdot::{self, ActRow};
 use super::quantize_rows::QuantizedRows;
 use crate::SimdLevel;
+use crate::groups::{GROUP_ROWS, Groups};
 use crate::parallel::{SharedMut, for_each};
 use crate::tensor::{CpuMatrix, CpuTensor, check_cols};
-use crate::tern_groups::{GROUP_ROWS, TernGroups};
 
 const ROWS_PER_TASK: usize = 2 * GROUP_ROWS;
 const TOKENS_PER_TILE: usize = 4;
-/// Weight rows per kernel call in a tile of tokens, and for a single token (decode).
-const TILE_ROWS: usize = 2;
-const DECODE_ROWS: usize = 1;
 
 /// `outs[i] = ws[i] x`. When every matrix is quantized, `x` is quantized once and all products share one
 /// parallel section (fewer synchronizations per decode step: Q, K and V together, gate and up together).
@@ -39,18 +35,14 @@ pub(crate) fn matmul_many(
         out.reshape(x.rows, w.rows);
     }
     // Quantize the activations once for every int8 product; those run in one parallel section.
-    let (int8, dsts): (Vec<&CpuMatrix>, Vec<SharedMut>) = ws
-        .iter()
-        .zip(outs.iter_mut())
-        .filter(|(w, _)| w.takes_int8())
-        .map(|(w, out)| (*w, SharedMut(out.data.as_mut_ptr())))
-        .unzip();
+    let (int8, dsts): (Vec<&Groups>, Vec<SharedMut>) =
+        ws.iter().zip(outs.iter_mut()).filter_map(|(w, out)| Some((w.groups()?, SharedMut(out.data.as_mut_ptr())))).unzip();
     if !int8.is_empty() {
         scratch.quantize(level, &x.data, x.rows, x.cols);
         quantized(level, &int8, scratch, &dsts);
     }
     for (w, out) in ws.iter().zip(outs.iter_mut()) {
-        if let Some(ty) = w.packed_type().filter(|ty| !ty.is_quantized()) {
+        if let Some(ty) = w.float_type() {
             float(w, ty, x, out);
         }
     }
@@ -59,9 +51,8 @@ pub(crate) fn matmul_many(
 
 /// Every matrix of `ws` against the int8 rows `x`, into `dsts` (each `x.rows x w.rows`). Tasks are
 /// `ROWS_PER_TASK` rows of one matrix.
-fn quantized(level: SimdLevel, ws: &[&CpuMatrix], x: &QuantizedRows, dsts: &[SharedMut]) {
-    let tokens = x.rows;
-    let tasks = |w: &CpuMatrix| w.rows.div_ceil(ROWS_PER_TASK);
+fn quantized(level: SimdLevel, ws: &[&Groups], x: &QuantizedRows, dsts: &[SharedMut]) {
+    let tasks = |w: &Groups| w.rows.div_ceil(ROWS_PER_TASK);
     for_each(ws.iter().map(|w| tasks(w)).sum(), |task| {
         // The matrix this task belongs to (there are a handful) and its chunk of rows.
         let (mut i, mut chunk) = (0, task);
@@ -69,29 +60,14 @@ fn quantized(level: SimdLevel, ws: &[&CpuMatrix], x: &QuantizedRows, dsts: &[Sha
             chunk -= tasks(ws[i]);
             i += 1;
         }
-        let (w, dst) = (ws[i], dsts[i]);
-        let rows = chunk * ROWS_PER_TASK..((chunk + 1) * ROWS_PER_TASK).min(w.rows);
-        let Some(ty) = w.packed_type() else {
-            if let Some(groups) = w.tern_groups() {
-                tern_rows(level, groups, rows, x, dst);
-            }
-            return;
-        };
-        let mut t = 0;
-        while t + TOKENS_PER_TILE <= tokens {
-            let xs: [ActRow<'_>; TOKENS_PER_TILE] = std::array::from_fn(|i| ActRow::of(x, t + i));
-            rows_times::<TILE_ROWS, TOKENS_PER_TILE>(level, w, ty, rows.clone(), xs, t, dst);
-            t += TOKENS_PER_TILE;
-        }
-        for t in t..tokens {
-            rows_times::<DECODE_ROWS, 1>(level, w, ty, rows.clone(), [ActRow::of(x, t)], t, dst);
-        }
+        let rows = chunk * ROWS_PER_TASK..((chunk + 1) * ROWS_PER_TASK).min(ws[i].rows);
+        group_rows(level, ws[i], rows, x, dsts[i]);
     });
 }
 
-/// Products of the tern-format rows `rows` (whole groups, but for the matrix's last) with every activation row:
-/// each group against tiles of `TOKENS_PER_TILE` tokens, then the rest of the tokens one by one.
-fn tern_rows(level: SimdLevel, w: &TernGroups, rows: std::ops::Range<usize>, x: &QuantizedRows, dst: SharedMut) {
+/// Products of the rows `rows` (whole groups, but for the matrix's last) with every activation row: each group
+/// against tiles of `TOKENS_PER_TILE` tokens, then the rest of the tokens one by one.
+fn group_rows(level: SimdLevel, w: &Groups, rows: std::ops::Range<usize>, x: &QuantizedRows, dst: SharedMut) {
     let (tokens, nb) = (x.rows, w.row_blocks());
     for g in rows.start / GROUP_ROWS..rows.end.div_ceil(GROUP_ROWS) {
         let (group, r0) = (w.group(g), g * GROUP_ROWS);
@@ -100,17 +76,17 @@ fn tern_rows(level: SimdLevel, w: &TernGroups, rows: std::ops::Range<usize>, x: 
         let mut t = 0;
         while t + TOKENS_PER_TILE <= tokens {
             let xs: [ActRow<'_>; TOKENS_PER_TILE] = std::array::from_fn(|i| ActRow::of(x, t + i));
-            store_rows(dst, w.rows, (t, r0), live, qdot_tern::dot(level, group, nb, xs));
+            store(dst, w.rows, (t, r0), live, qdot::dot(level, group, nb, xs));
             t += TOKENS_PER_TILE;
         }
         for t in t..tokens {
-            store_rows(dst, w.rows, (t, r0), live, qdot_tern::dot(level, group, nb, [ActRow::of(x, t)]));
+            store(dst, w.rows, (t, r0), live, qdot::dot(level, group, nb, [ActRow::of(x, t)]));
         }
     }
 }
 
 /// Writes the first `live` values of `v[n]` to outputs `(t0 + n, r0..r0 + live)` of an output of `m` columns.
-fn store_rows<const N: usize>(dst: SharedMut, m: usize, (t0, r0): (usize, usize), live: usize, v: [[f32; GROUP_ROWS]; N]) {
+fn store<const N: usize>(dst: SharedMut, m: usize, (t0, r0): (usize, usize), live: usize, v: [[f32; GROUP_ROWS]; N]) {
     for (n, row) in v.iter().enumerate() {
         for (i, &value) in row[..live].iter().enumerate() {
             // Safety: (t0 + n, r0 + i) is in bounds and belongs to the calling task's rows alone.
@@ -119,41 +95,10 @@ fn store_rows<const N: usize>(dst: SharedMut, m: usize, (t0, r0): (usize, usize)
     }
 }
 
-/// Writes `v[i][n]` to output `(t0 + n, r0 + i)` of an output of `m` columns.
-fn store<const R: usize, const N: usize>(dst: SharedMut, m: usize, (t0, r0): (usize, usize), v: [[f32; N]; R]) {
-    for (i, row) in v.iter().enumerate() {
-        for (n, &value) in row.iter().enumerate() {
-            // Safety: (t0 + n, r0 + i) is in bounds and belongs to the calling task's rows alone.
-            unsafe { dst.write((t0 + n) * m + r0 + i, value) };
-        }
-    }
-}
-
-/// Products of weight rows `rows` with the `N` activation rows starting at token `t0`, `R` weight rows at a
-/// time (the rows left over one by one).
-fn rows_times<const R: usize, const N: usize>(
-    level: SimdLevel,
-    w: &CpuMatrix,
-    ty: TensorType,
-    rows: std::ops::Range<usize>,
-    xs: [ActRow<'_>; N],
-    t0: usize,
-    dst: SharedMut,
-) {
-    let mut r = rows.start;
-    while r + R <= rows.end {
-        store(dst, w.rows, (t0, r), dot::<R, N>(level, ty, std::array::from_fn(|i| WeightRow::of(w, ty, r + i)), xs));
-        r += R;
-    }
-    for r in r..rows.end {
-        store(dst, w.rows, (t0, r), dot(level, ty, [WeightRow::of(w, ty, r)], xs));
-    }
-}
-
 /// Row `r` of a float matrix as f32, converted into `buf` when it is not f32 already.
 fn float_row<'a>(w: &'a CpuMatrix, ty: TensorType, r: usize, buf: &'a mut [f32]) -> &'a [f32] {
     let row_bytes = w.cols * ty.quant_bits() / 8;
-    let bytes = &w.quant_bytes()[r * row_bytes..(r + 1) * row_bytes];
+    let bytes = &w.float_bytes()[r * row_bytes..(r + 1) * row_bytes];
     match ty {
         TensorType::F16 => bytemuck::cast_slice::<u8, f16>(bytes).convert_to_f32_slice(buf),
         TensorType::Bf16 => bytemuck::cast_slice::<u8, bf16>(bytes).convert_to_f32_slice(buf),

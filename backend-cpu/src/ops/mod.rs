@@ -4,8 +4,6 @@ pub(crate) mod attention;
 pub(crate) mod elementwise;
 pub(crate) mod matmul;
 pub(crate) mod qdot;
-pub(crate) mod qdot_tern;
-pub(crate) mod qdot_x86;
 pub(crate) mod quantize_rows;
 pub(crate) mod rms_norm;
 pub(crate) mod rope;

@@ -1,40 +1,21 @@
-//! Dot products of packed weight rows with int8 activation rows: the portable reference path and the
-//! dispatch to the SIMD paths. `R` weight rows and `N` activation rows are taken together, so that each block
-//! load serves several products.
+//! Dot products of quantized weights, interleaved in groups of eight rows ([`crate::groups`]: tern's formats
+//! and GGUF's Q4_0, Q4_1, Q8_0), with int8 activation rows: per row `sum_b S_b x.d_b sum_i q_bi x_bi - M_b x.s_b`.
+//! A portable path here, and the x86-64 paths (AVX2, and AVX-512 VNNI on 256-bit vectors), in which one vector
+//! holds a chunk of four quants of all eight rows: each chunk is multiplied by the activations' four matching
+//! bytes broadcast to every lane, so the lanes of one integer sum are the eight rows' block sums, converted and
+//! scaled together.
+//!
+//! Each token's sums are taken in block order by the same instructions whatever the number of tokens alongside
+//! it, so a token's result does not depend on the batch it came in.
 
-use half::f16;
-use tern_core::TensorType;
+use tern_core::BLOCK_LEN;
 
 use super::quantize_rows::QuantizedRows;
 use crate::SimdLevel;
-use crate::tensor::CpuMatrix;
+use crate::groups::{GROUP_ROWS, Group};
 
-/// One weight row's operands: its `nb` blocks' quant bytes, and its block scales and minimums (f16 bits) from
-/// its first block to the end of the matrix's padded arrays (so at least seven more than `nb`).
-#[derive(Clone, Copy)]
-pub(crate) struct WeightRow<'a> {
-    pub nb: usize,
-    pub q: &'a [u8],
-    pub d: &'a [u16],
-    pub m: &'a [u16],
-}
-
-impl<'a> WeightRow<'a> {
-    /// Row `r` of the packed matrix `w` of block type `ty`.
-    pub fn of(w: &'a CpuMatrix, ty: TensorType, r: usize) -> Self {
-        let nb = w.cols / 32;
-        let qb = w.cols * ty.quant_bits() / 8;
-        let m = w.min_halves();
-        WeightRow {
-            nb,
-            q: &w.quant_bytes()[r * qb..(r + 1) * qb],
-            d: &w.scale_halves()[r * nb..],
-            m: if m.is_empty() { m } else { &m[r * nb..] },
-        }
-    }
-}
-
-/// One activation row's operands; `d` and `s` run on to the end of the padded arrays, like [`WeightRow`]'s.
+/// One activation row's operands: its int8 quants, and per block its scale `d` and `s` (the scale times the
+/// block's quant sum); `d` and `s` run on to the end of the padded arrays.
 #[derive(Clone, Copy)]
 pub(crate) struct ActRow<'a> {
     pub q: &'a [i8],
@@ -49,50 +30,236 @@ impl<'a> ActRow<'a> {
     }
 }
 
-/// `w[r] · x[n]` for each of the `R` weight rows and `N` activation rows.
-pub(crate) fn dot<const R: usize, const N: usize>(
-    level: SimdLevel,
-    ty: TensorType,
-    w: [WeightRow<'_>; R],
-    x: [ActRow<'_>; N],
-) -> [[f32; N]; R] {
+/// `out[n][r] = w[r] · x[n]` for the eight rows of group `w` (`nb` blocks each) and the `N` activation rows.
+pub(crate) fn dot<const N: usize>(level: SimdLevel, w: Group<'_>, nb: usize, x: [ActRow<'_>; N]) -> [[f32; GROUP_ROWS]; N] {
     #[cfg(target_arch = "x86_64")]
     if level != SimdLevel::Scalar {
-        return super::qdot_x86::dot(level, ty, w, x);
+        return x86::dot(level, w, nb, x);
     }
     let _ = level;
-    w.map(|wr| dot_scalar(ty, wr, x))
+    dot_scalar(w, nb, x)
 }
 
-fn h(bits: u16) -> f32 {
-    f16::from_bits(bits).to_f32()
-}
-
-/// The portable path, and the reference the SIMD paths are tested against.
-pub(crate) fn dot_scalar<const N: usize>(ty: TensorType, w: WeightRow<'_>, x: [ActRow<'_>; N]) -> [f32; N] {
-    let mut out = [0f32; N];
-    for (n, xr) in x.iter().enumerate() {
-        let mut acc = 0f32;
-        for b in 0..w.nb {
-            let d = h(w.d[b]);
-            let xq = &xr.q[b * 32..(b + 1) * 32];
-            let isum: i32 = match ty {
-                TensorType::Q8_0 => (0..32).map(|j| (w.q[b * 32 + j] as i8 as i32) * xq[j] as i32).sum(),
-                _ => (0..16)
-                    .map(|j| {
-                        let q = w.q[b * 16 + j];
-                        (q & 0x0f) as i32 * xq[j] as i32 + (q >> 4) as i32 * xq[j + 16] as i32
-                    })
-                    .sum(),
-            };
-            acc += d * xr.d[b] * isum as f32;
-            match ty {
-                TensorType::Q4_1 => acc += h(w.m[b]) * xr.s[b],
-                TensorType::Q4_0 => acc -= 8.0 * d * xr.s[b],
-                _ => {}
+/// The portable path: each block of the group unpacked once for all the activation rows.
+pub(crate) fn dot_scalar<const N: usize>(w: Group<'_>, nb: usize, x: [ActRow<'_>; N]) -> [[f32; GROUP_ROWS]; N] {
+    let mut out = [[0f32; GROUP_ROWS]; N];
+    let mut q = [[0i32; BLOCK_LEN]; GROUP_ROWS];
+    for b in 0..nb {
+        for (r, row) in q.iter_mut().enumerate() {
+            for (i, v) in row.iter_mut().enumerate() {
+                *v = w.quant(b, r, i);
             }
         }
-        out[n] = acc;
+        for (xr, o) in x.iter().zip(out.iter_mut()) {
+            let xq = &xr.q[b * BLOCK_LEN..(b + 1) * BLOCK_LEN];
+            for (r, row) in q.iter().enumerate() {
+                let (scale, min) = w.scales(b, r);
+                let isum: i32 = row.iter().zip(xq).map(|(&a, &c)| a * c as i32).sum();
+                o[r] += scale * xr.d[b] * isum as f32;
+                o[r] -= min * xr.s[b];
+            }
+        }
     }
     out
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use tern_core::{BLOCK_LEN, TernFormat};
+
+    use super::{ActRow, dot_scalar};
+    use crate::SimdLevel;
+    use crate::groups::{GROUP_ROWS, Group, GroupFormat};
+
+    const T2: u8 = 2;
+    const T3: u8 = 3;
+    const T4: u8 = 4;
+    const T8: u8 = 8;
+
+    pub(super) fn dot<const N: usize>(level: SimdLevel, w: Group<'_>, nb: usize, x: [ActRow<'_>; N]) -> [[f32; GROUP_ROWS]; N] {
+        let fits = w.data.len() >= nb * w.format.stride()
+            && x.iter().all(|r| r.q.len() >= nb * BLOCK_LEN && r.d.len() >= nb && r.s.len() >= nb);
+        if !fits {
+            return dot_scalar(w, nb, x);
+        }
+        let vnni = level == SimdLevel::Avx512Vnni;
+        // Safety: `level` was detected on this CPU, and the lengths were checked above.
+        unsafe {
+            match (vnni, w.format) {
+                (true, GroupFormat::Tern(TernFormat::T2)) => with_vnni::<N, T2, false>(w, nb, x),
+                (true, GroupFormat::Tern(TernFormat::T3)) => with_vnni::<N, T3, false>(w, nb, x),
+                (true, GroupFormat::Tern(TernFormat::T4)) => with_vnni::<N, T4, false>(w, nb, x),
+                (true, GroupFormat::Tern(TernFormat::T8)) => with_vnni::<N, T8, false>(w, nb, x),
+                (true, GroupFormat::Q4_0 | GroupFormat::Q4_1) => with_vnni::<N, T4, true>(w, nb, x),
+                (true, GroupFormat::Q8_0) => with_vnni::<N, T8, true>(w, nb, x),
+                (false, GroupFormat::Tern(TernFormat::T2)) => with_avx2::<N, T2, false>(w, nb, x),
+                (false, GroupFormat::Tern(TernFormat::T3)) => with_avx2::<N, T3, false>(w, nb, x),
+                (false, GroupFormat::Tern(TernFormat::T4)) => with_avx2::<N, T4, false>(w, nb, x),
+                (false, GroupFormat::Tern(TernFormat::T8)) => with_avx2::<N, T8, false>(w, nb, x),
+                (false, GroupFormat::Q4_0 | GroupFormat::Q4_1) => with_avx2::<N, T4, true>(w, nb, x),
+                (false, GroupFormat::Q8_0) => with_avx2::<N, T8, true>(w, nb, x),
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn with_avx2<const N: usize, const F: u8, const HALVES: bool>(
+        w: Group<'_>,
+        nb: usize,
+        x: [ActRow<'_>; N],
+    ) -> [[f32; GROUP_ROWS]; N] {
+        // Safety: forwarded from the caller.
+        unsafe { body::<N, F, HALVES, false>(w, nb, x) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn with_vnni<const N: usize, const F: u8, const HALVES: bool>(
+        w: Group<'_>,
+        nb: usize,
+        x: [ActRow<'_>; N],
+    ) -> [[f32; GROUP_ROWS]; N] {
+        // Safety: forwarded from the caller.
+        unsafe { body::<N, F, HALVES, true>(w, nb, x) }
+    }
+
+    /// Block sums of the eight rows against `N` activation rows. With VNNI, chunks go straight into 32-bit
+    /// lanes (`vpdpbusd`). Without it, T2-T4's chunks are summed in 16-bit lanes (`vpmaddubsw`: at most
+    /// 8 chunks x 2 x 15 x 127 = 30480, no saturation) and widened once a block; T8's products reach 2 x 127 x
+    /// 127 a chunk and are widened at every chunk.
+    struct Sums<const N: usize, const F: u8, const VNNI: bool> {
+        acc: [__m256i; N],
+    }
+
+    impl<const N: usize, const F: u8, const VNNI: bool> Sums<N, F, VNNI> {
+        #[inline(always)]
+        fn new() -> Self {
+            // Safety: AVX is enabled wherever this is inlined (the kernels' target features).
+            Sums { acc: [unsafe { _mm256_setzero_si256() }; N] }
+        }
+
+        /// Adds chunk `c` of the block (four quants of each row, `w`) times the activations' bytes at `xq[n]`.
+        #[inline(always)]
+        unsafe fn add(&mut self, w: __m256i, xq: &[*const u8; N], c: usize) {
+            unsafe {
+                let wu = if F == T8 { _mm256_sign_epi8(w, w) } else { w };
+                for n in 0..N {
+                    let xb = _mm256_set1_epi32((xq[n].add(4 * c) as *const i32).read_unaligned());
+                    let xs = if F == T8 { _mm256_sign_epi8(xb, w) } else { xb };
+                    self.acc[n] = match (VNNI, F) {
+                        (true, _) => _mm256_dpbusd_epi32(self.acc[n], wu, xs),
+                        (false, T8) => {
+                            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wu, xs), _mm256_set1_epi16(1));
+                            _mm256_add_epi32(self.acc[n], p)
+                        }
+                        (false, _) => _mm256_add_epi16(self.acc[n], _mm256_maddubs_epi16(wu, xs)),
+                    };
+                }
+            }
+        }
+
+        /// The 32-bit sums.
+        #[inline(always)]
+        unsafe fn finish(self) -> [__m256i; N] {
+            unsafe { if VNNI || F == T8 { self.acc } else { self.acc.map(|a| _mm256_madd_epi16(a, _mm256_set1_epi16(1))) } }
+        }
+    }
+
+    /// Shifts each 16-bit lane right (`count > 0`) or left (`count < 0`).
+    #[inline(always)]
+    unsafe fn shift16(v: __m256i, count: i32) -> __m256i {
+        unsafe {
+            if count >= 0 {
+                _mm256_srl_epi16(v, _mm_cvtsi32_si128(count))
+            } else {
+                _mm256_sll_epi16(v, _mm_cvtsi32_si128(-count))
+            }
+        }
+    }
+
+    /// The group's eight rows against `N` activation rows: quants of `F` bits, block scales as f16 values
+    /// (`HALVES`) or as codes of the row units.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C (and AVX-512 VNNI/VL when `VNNI`); the slices are as long as `dot` checks.
+    #[inline(always)]
+    unsafe fn body<const N: usize, const F: u8, const HALVES: bool, const VNNI: bool>(
+        w: Group<'_>,
+        nb: usize,
+        x: [ActRow<'_>; N],
+    ) -> [[f32; GROUP_ROWS]; N] {
+        unsafe {
+            let (stride, qbytes) = (w.format.stride(), w.format.quant_bytes());
+            let (dv, mv) = (_mm256_loadu_ps(w.d.as_ptr()), _mm256_loadu_ps(w.m.as_ptr()));
+            let mut acc = [_mm256_setzero_ps(); N];
+            for b in 0..nb {
+                let q = w.data.as_ptr().add(b * stride);
+                let xq: [*const u8; N] = std::array::from_fn(|n| x[n].q.as_ptr().add(b * BLOCK_LEN) as *const u8);
+                let load = |v: usize| _mm256_loadu_si256(q.add(32 * v) as *const __m256i);
+                let mut sums = Sums::<N, F, VNNI>::new();
+                match F {
+                    T4 => {
+                        let low4 = _mm256_set1_epi8(0x0f);
+                        for v in 0..4 {
+                            let raw = load(v);
+                            sums.add(_mm256_and_si256(raw, low4), &xq, v);
+                            sums.add(_mm256_and_si256(_mm256_srli_epi16(raw, 4), low4), &xq, v + 4);
+                        }
+                    }
+                    T8 => {
+                        for c in 0..8 {
+                            sums.add(load(c), &xq, c);
+                        }
+                    }
+                    _ => {
+                        let (low2, bit2) = (_mm256_set1_epi8(3), _mm256_set1_epi8(4));
+                        let high = if F == T3 { load(2) } else { _mm256_setzero_si256() };
+                        for v in 0..2 {
+                            let raw = load(v);
+                            for s in 0..4 {
+                                let c = v + 2 * s;
+                                let mut quants = _mm256_and_si256(shift16(raw, 2 * s as i32), low2);
+                                if F == T3 {
+                                    // Bit c of each byte of the third vector is bit 2 of that chunk's quants.
+                                    let third = _mm256_and_si256(shift16(high, c as i32 - 2), bit2);
+                                    quants = _mm256_or_si256(quants, third);
+                                }
+                                sums.add(quants, &xq, c);
+                            }
+                        }
+                    }
+                }
+                let isum = sums.finish();
+                let codes = q.add(qbytes);
+                let (scale, min) = if HALVES {
+                    let halves = |at: usize| _mm256_cvtph_ps(_mm_loadu_si128(codes.add(2 * at) as *const __m128i));
+                    (halves(0), if F == T8 { _mm256_setzero_ps() } else { halves(GROUP_ROWS) })
+                } else {
+                    let bytes = |at: usize| _mm256_cvtepu8_epi32(_mm_loadl_epi64(codes.add(at) as *const __m128i));
+                    let (sc, mn) = match F {
+                        T2 => {
+                            let c = bytes(0);
+                            (_mm256_and_si256(c, _mm256_set1_epi32(15)), _mm256_srli_epi32(c, 4))
+                        }
+                        T8 => (bytes(0), _mm256_setzero_si256()),
+                        _ => (bytes(0), bytes(GROUP_ROWS)),
+                    };
+                    (_mm256_mul_ps(_mm256_cvtepi32_ps(sc), dv), _mm256_mul_ps(_mm256_cvtepi32_ps(mn), mv))
+                };
+                for n in 0..N {
+                    let s = _mm256_mul_ps(scale, _mm256_set1_ps(*x[n].d.get_unchecked(b)));
+                    acc[n] = _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(isum[n]), acc[n]);
+                    if F != T8 {
+                        acc[n] = _mm256_fnmadd_ps(min, _mm256_set1_ps(*x[n].s.get_unchecked(b)), acc[n]);
+                    }
+                }
+            }
+            let mut out = [[0f32; GROUP_ROWS]; N];
+            for n in 0..N {
+                _mm256_storeu_ps(out[n].as_mut_ptr(), acc[n]);
+            }
+            out
+        }
+    }
 }

@@ -1,0 +1,369 @@
+//! Quantized matrices as the CPU kernels read them: rows interleaved in groups of [`GROUP_ROWS`], so that one
+//! 256-bit vector holds four consecutive quants of each of eight rows. An int8 dot-product instruction then
+//! yields eight rows' partial sums in its eight lanes, and converting and scaling a block's sums takes one
+//! instruction for eight outputs, where a row-at-a-time kernel takes one per output.
+//!
+//! Every block format is repacked so once, when it is uploaded: tern's formats (docs/FORMATS.md) and GGUF's
+//! Q4_0, Q4_1 and Q8_0. The quants and scales are the format's own, only their order changes. For group `g`
+//! (rows `8g..8g + 8`; rows past the matrix are zero) and block `b`, `stride` bytes at `(g * nb + b) * stride`:
+//! first the quant vectors, 32 bytes each, in which bytes `4r..4r + 4` belong to row `r` of the group, then
+//! the block scales of the eight rows.
+//!
+//! | format | quant vectors | byte `4r + j` of vector `v` |
+//! | --- | --- | --- |
+//! | T2 | 2 | bits `2s..2s + 2`: quant `4(v + 2s) + j`, `s = 0..4` |
+//! | T3 | 3 | vectors 0 and 1: the low two bits as T2's; vector 2, bit `c`: bit 2 of quant `4c + j` |
+//! | T4, Q4_0, Q4_1 | 4 | low nibble: quant `4v + j`; high nibble: quant `4(v + 4) + j` |
+//! | T8, Q8_0 | 8 | quant `4v + j` (two's complement) |
+//!
+//! So chunk `c` (quants `4c..4c + 4`) of all eight rows is one vector, or one shift and mask of one. Every
+//! format's block `b` of row `r` is then `S q - M` with
+//!
+//! | format | block scales, per row | `S` | `M` |
+//! | --- | --- | --- | --- |
+//! | T2 | 1 byte, `sc \| mn << 4` | `D sc` | `M mn` |
+//! | T3, T4 | 8 bytes `sc`, then 8 bytes `mn` | `D sc` | `M mn` |
+//! | T8 | 1 byte `sc` | `D sc` | 0 |
+//! | Q4_0, Q4_1 | 8 f16 `S`, then 8 f16 `M` | `d` | Q4_0: `8d`, Q4_1: `-m` |
+//! | Q8_0 | 8 f16 `S` | `d` | 0 |
+//!
+//! where `D` and `M` are tern's row units, kept per group (`units`).
+
+use half::f16;
+use tern_core::{BLOCK_LEN, MatrixView, TensorType, TernFormat};
+use tern_quant::TernMatrix;
+
+use crate::parallel::{SharedMut, for_each};
+
+/// Rows per interleaved group.
+pub(crate) const GROUP_ROWS: usize = 8;
+
+/// A block format the groups hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GroupFormat {
+    Tern(TernFormat),
+    Q4_0,
+    Q4_1,
+    Q8_0,
+}
+
+impl GroupFormat {
+    /// The format of block type `ty`, if it is one.
+    pub fn of(ty: TensorType) -> Option<Self> {
+        match ty {
+            TensorType::Q4_0 => Some(GroupFormat::Q4_0),
+            TensorType::Q4_1 => Some(GroupFormat::Q4_1),
+            TensorType::Q8_0 => Some(GroupFormat::Q8_0),
+            _ => ty.tern_format().map(GroupFormat::Tern),
+        }
+    }
+
+    /// Bits per quant.
+    pub fn quant_bits(self) -> usize {
+        match self {
+            GroupFormat::Tern(f) => f.quant_bits(),
+            GroupFormat::Q4_0 | GroupFormat::Q4_1 => 4,
+            GroupFormat::Q8_0 => 8,
+        }
+    }
+
+    /// Whether the block scales are f16 values (GGUF's types) rather than codes of tern's row units.
+    pub fn half_scales(self) -> bool {
+        !matches!(self, GroupFormat::Tern(_))
+    }
+
+    /// Bytes of one block's quant vectors for eight rows.
+    pub fn quant_bytes(self) -> usize {
+        GROUP_ROWS * BLOCK_LEN * self.quant_bits() / 8
+    }
+
+    /// Bytes of one block of a group: its quant vectors, then its scales.
+    pub fn stride(self) -> usize {
+        let scales = match self {
+            GroupFormat::Tern(TernFormat::T3 | TernFormat::T4) => 2 * GROUP_ROWS,
+            GroupFormat::Tern(_) => GROUP_ROWS,
+            GroupFormat::Q4_0 | GroupFormat::Q4_1 => 4 * GROUP_ROWS,
+            GroupFormat::Q8_0 => 2 * GROUP_ROWS,
+        };
+        self.quant_bytes() + scales
+    }
+}
+
+/// A quantized matrix with its rows interleaved in groups of eight (see the module documentation).
+#[derive(Debug, Clone)]
+pub(crate) struct Groups {
+    pub format: GroupFormat,
+    pub rows: usize,
+    pub cols: usize,
+    /// Every group's blocks, `stride` bytes each.
+    pub data: Vec<u8>,
+    /// Per group, the eight rows' scale units `D`, then their minimum units `M` (zero for GGUF's types).
+    pub units: Vec<f32>,
+}
+
+/// One group's operands, as the kernels take them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Group<'a> {
+    pub format: GroupFormat,
+    /// `nb` blocks, `format.stride()` bytes each.
+    pub data: &'a [u8],
+    pub d: &'a [f32; GROUP_ROWS],
+    pub m: &'a [f32; GROUP_ROWS],
+}
+
+/// Where quant `i` of row `r` lies in a block's quant vectors, for quants of `bits`: `(byte, shift, bits)` of
+/// its low bits, and for 3-bit quants `(byte, shift)` of its third bit.
+fn place(bits: usize, r: usize, i: usize) -> ((usize, u32, u32), Option<(usize, u32)>) {
+    let (c, j) = (i / 4, i % 4);
+    let lane = 4 * r + j;
+    match bits {
+        2 | 3 => ((32 * (c % 2) + lane, 2 * (c / 2) as u32, 2), (bits == 3).then_some((64 + lane, c as u32))),
+        4 => ((32 * (c % 4) + lane, 4 * (c / 4) as u32, 4), None),
+        _ => ((32 * c + lane, 0, 8), None),
+    }
+}
+
+/// Row `r`'s block `b` as the groups store it: its 32 quants (as stored: unsigned, or two's complement for
+/// 8 bits) and its scale bytes (`format.stride() - quant_bytes` of them across the eight rows' slots).
+trait SourceRows {
+    fn quants(&self, r: usize, b: usize) -> [u8; BLOCK_LEN];
+    /// Writes row `r`'s block-`b` scales into its slots of `scales` (slot `r` of each eight-row array).
+    fn scales(&self, r: usize, b: usize, scales: &mut [u8]);
+    /// Row `r`'s units `(D, M)`.
+    fn units(&self, r: usize) -> (f32, f32);
+}
+
+impl SourceRows for TernMatrix {
+    fn quants(&self, r: usize, b: usize) -> [u8; BLOCK_LEN] {
+        let row = self.row(r);
+        std::array::from_fn(|i| row.quant(b, i) as u8)
+    }
+
+    fn scales(&self, r: usize, b: usize, scales: &mut [u8]) {
+        let (sc, mn) = self.row(r).block_codes(b);
+        match self.format {
+            TernFormat::T2 => scales[r % GROUP_ROWS] = (sc | mn << 4) as u8,
+            TernFormat::T3 | TernFormat::T4 => {
+                scales[r % GROUP_ROWS] = sc as u8;
+                scales[GROUP_ROWS + r % GROUP_ROWS] = mn as u8;
+            }
+            TernFormat::T8 => scales[r % GROUP_ROWS] = sc as u8,
+        }
+    }
+
+    fn units(&self, r: usize) -> (f32, f32) {
+        let row = self.row(r);
+        (row.d, row.m)
+    }
+}
+
+/// A GGUF block matrix in tern's structure-of-arrays packing ([`tern_quant::PackedMatrix`]).
+struct Packed<'a> {
+    ty: TensorType,
+    cols: usize,
+    quants: &'a [u8],
+    scales: &'a [u16],
+    mins: &'a [u16],
+}
+
+impl SourceRows for Packed<'_> {
+    fn quants(&self, r: usize, b: usize) -> [u8; BLOCK_LEN] {
+        let nb = self.cols / BLOCK_LEN;
+        if self.ty == TensorType::Q8_0 {
+            return self.quants[(r * nb + b) * 32..][..32].try_into().expect("a block");
+        }
+        // GGUF's 4-bit blocks: byte j holds quant j (low nibble) and quant j + 16 (high).
+        let q = &self.quants[(r * nb + b) * 16..][..16];
+        std::array::from_fn(|i| if i < 16 { q[i] & 15 } else { q[i - 16] >> 4 })
+    }
+
+    fn scales(&self, r: usize, b: usize, scales: &mut [u8]) {
+        let nb = self.cols / BLOCK_LEN;
+        let d = self.scales[r * nb + b];
+        let m = match self.ty {
+            TensorType::Q4_0 => Some(f16::from_f32(8.0 * f16::from_bits(d).to_f32())),
+            TensorType::Q4_1 => Some(-f16::from_bits(self.mins[r * nb + b])),
+            _ => None,
+        };
+        let slot = r % GROUP_ROWS;
+        scales[2 * slot..][..2].copy_from_slice(&d.to_le_bytes());
+        if let Some(m) = m {
+            scales[2 * (GROUP_ROWS + slot)..][..2].copy_from_slice(&m.to_bits().to_le_bytes());
+        }
+    }
+
+    fn units(&self, _: usize) -> (f32, f32) {
+        (0.0, 0.0)
+    }
+}
+
+impl Groups {
+    /// A tern-format matrix, its rows interleaved.
+    pub fn from_tern(t: &TernMatrix) -> Self {
+        Self::new(GroupFormat::Tern(t.format), t.rows, t.cols, t)
+    }
+
+    /// A GGUF block matrix (Q4_0, Q4_1 or Q8_0, already validated), its rows interleaved; `None` for other
+    /// types.
+    pub fn from_gguf(m: &MatrixView<'_>) -> Option<Self> {
+        let format = GroupFormat::of(m.ty).filter(|f| f.half_scales())?;
+        let packed = Packed {
+            ty: m.ty,
+            cols: m.cols,
+            quants: bytemuck::cast_slice(m.quants),
+            scales: bytemuck::cast_slice(m.scales),
+            mins: bytemuck::cast_slice(m.mins),
+        };
+        Some(Self::new(format, m.rows, m.cols, &packed))
+    }
+
+    fn new(format: GroupFormat, rows: usize, cols: usize, source: &(impl SourceRows + Sync)) -> Self {
+        let nb = cols / BLOCK_LEN;
+        let groups = rows.div_ceil(GROUP_ROWS);
+        let (stride, qbytes, bits) = (format.stride(), format.quant_bytes(), format.quant_bits());
+        let mut data = vec![0u8; groups * nb * stride];
+        let mut units = vec![0f32; groups * 2 * GROUP_ROWS];
+        let (data_at, units_at) = (SharedMut(data.as_mut_ptr()), SharedMut(units.as_mut_ptr()));
+        for_each(groups, |g| {
+            // Safety: group g's bytes and units are written by this task alone, and are in bounds.
+            let (data, units) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(data_at.at(g * nb * stride), nb * stride),
+                    std::slice::from_raw_parts_mut(units_at.at(g * 2 * GROUP_ROWS), 2 * GROUP_ROWS),
+                )
+            };
+            for r in 0..GROUP_ROWS.min(rows - g * GROUP_ROWS) {
+                let row = g * GROUP_ROWS + r;
+                (units[r], units[GROUP_ROWS + r]) = source.units(row);
+                for (b, block) in data.chunks_exact_mut(stride).enumerate() {
+                    for (i, q) in source.quants(row, b).into_iter().enumerate() {
+                        let q = q as u32;
+                        let ((byte, shift, width), third) = place(bits, r, i);
+                        block[byte] |= ((q & ((1 << width) - 1)) << shift) as u8;
+                        if let Some((byte, shift)) = third {
+                            block[byte] |= ((q >> 2 & 1) << shift) as u8;
+                        }
+                    }
+                    source.scales(row, b, &mut block[qbytes..]);
+                }
+            }
+        });
+        Groups { format, rows, cols, data, units }
+    }
+
+    /// Blocks per row.
+    pub fn row_blocks(&self) -> usize {
+        self.cols / BLOCK_LEN
+    }
+
+    /// Group `g`.
+    pub fn group(&self, g: usize) -> Group<'_> {
+        let size = self.row_blocks() * self.format.stride();
+        let units = &self.units[g * 2 * GROUP_ROWS..][..2 * GROUP_ROWS];
+        Group {
+            format: self.format,
+            data: &self.data[g * size..][..size],
+            d: units[..GROUP_ROWS].try_into().expect("eight units"),
+            m: units[GROUP_ROWS..].try_into().expect("eight units"),
+        }
+    }
+
+    /// Row `r` as f32: `S q - M` per block (see the module documentation).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        let (group, lane) = (self.group(r / GROUP_ROWS), r % GROUP_ROWS);
+        for (b, block) in out.chunks_exact_mut(BLOCK_LEN).enumerate() {
+            let (scale, offset) = group.scales(b, lane);
+            for (i, o) in block.iter_mut().enumerate() {
+                *o = scale * group.quant(b, lane, i) as f32 - offset;
+            }
+        }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.data.len() + 4 * self.units.len()
+    }
+}
+
+impl Group<'_> {
+    /// Block `b`'s bytes: quant vectors, then scales.
+    pub fn block(&self, b: usize) -> &[u8] {
+        let stride = self.format.stride();
+        &self.data[b * stride..][..stride]
+    }
+
+    /// Row `r`'s block-`b` scale `S` and minimum `M` (its values are `S q - M`).
+    pub fn scales(&self, b: usize, r: usize) -> (f32, f32) {
+        let s = &self.block(b)[self.format.quant_bytes()..];
+        let half = |i: usize| f16::from_le_bytes([s[2 * i], s[2 * i + 1]]).to_f32();
+        let (d, m) = (self.d[r], self.m[r]);
+        match self.format {
+            GroupFormat::Tern(TernFormat::T2) => (d * (s[r] & 15) as f32, m * (s[r] >> 4) as f32),
+            GroupFormat::Tern(TernFormat::T3 | TernFormat::T4) => (d * s[r] as f32, m * s[GROUP_ROWS + r] as f32),
+            GroupFormat::Tern(TernFormat::T8) => (d * s[r] as f32, 0.0),
+            GroupFormat::Q4_0 | GroupFormat::Q4_1 => (half(r), half(GROUP_ROWS + r)),
+            GroupFormat::Q8_0 => (half(r), 0.0),
+        }
+    }
+
+    /// Quant `i` of row `r` in block `b` (signed for 8-bit formats).
+    pub fn quant(&self, b: usize, r: usize, i: usize) -> i32 {
+        let block = self.block(b);
+        let bits = self.format.quant_bits();
+        let ((byte, shift, width), third) = place(bits, r, i);
+        let low = (block[byte] as u32 >> shift) & ((1 << width) - 1);
+        match third {
+            _ if bits == 8 => low as u8 as i8 as i32,
+            Some((byte, shift)) => (low | ((block[byte] as u32 >> shift) & 1) << 2) as i32,
+            None => low as i32,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use tern_quant::PackedMatrix;
+
+    fn values(n: usize) -> Vec<f32> {
+        (0..n).map(|i| ((i * 7919) % 1013) as f32 / 500.0 - 1.0).collect()
+    }
+
+    /// Every row read back from the groups is the row of the matrix it was made from, padding rows included
+    /// in the shapes (rows not a multiple of eight).
+    #[test]
+    fn groups_hold_the_tern_rows() {
+        for format in TernFormat::ALL {
+            for rows in [1, 8, 13] {
+                let cols = 96;
+                let t = TernMatrix::quantize(format, rows, cols, &values(rows * cols), None).unwrap();
+                let groups = Groups::from_tern(&t);
+                let (mut want, mut got) = (vec![0f32; cols], vec![0f32; cols]);
+                for r in 0..rows {
+                    t.dequantize_row(r, &mut want);
+                    groups.dequantize_row(r, &mut got);
+                    assert_eq!(got, want, "{format} row {r} of {rows}");
+                }
+            }
+        }
+    }
+
+    /// The same for GGUF's block types, against tern-quant's reference dequantization.
+    #[test]
+    fn groups_hold_the_gguf_rows() {
+        for ty in [TensorType::Q4_0, TensorType::Q4_1, TensorType::Q8_0] {
+            for rows in [1, 8, 13] {
+                let cols = 96;
+                let p = PackedMatrix::from_f32(ty, rows, cols, &values(rows * cols)).unwrap();
+                let groups = Groups::from_gguf(&p.view()).unwrap();
+                let (mut want, mut got) = (vec![0f32; cols], vec![0f32; cols]);
+                for r in 0..rows {
+                    tern_quant::dequantize_row(&p.view(), r, &mut want);
+                    groups.dequantize_row(r, &mut got);
+                    assert_eq!(got, want, "{ty} row {r} of {rows}");
+                }
+            }
+        }
+    }
+}
