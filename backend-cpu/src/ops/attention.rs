@@ -282,27 +282,97 @@ mod x86 {
         })
     }
 
-    /// [`super::dots`] and [`super::weighted_sum`] over rows of one element type, each row through `$dot` and
-    /// `$axpy` inlined into the loop.
+    /// Eight horizontal sums at once: lane `i` of the result is the sum of `a[i]`'s lanes.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn hsum8(a: [__m256; 8]) -> __m256 {
+        let s0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+        let s1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+        // s0 holds rows 0-3's low-half sums, then their high-half sums; s1 the same for rows 4-7.
+        _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(s0, s1), _mm256_permute2f128_ps::<0x31>(s0, s1))
+    }
+
+    /// [`super::dots`] and [`super::weighted_sum`] over rows of one element type.
+    ///
+    /// The dots take eight positions at a time (heads of a multiple of 8): each eight values of `q` are loaded
+    /// once for the eight rows, which are eight independent sums, reduced together into one vector of scores. The weighted sum keeps up to 64 of the head's
+    /// accumulators in registers while it walks every position, so each position costs its loads and FMAs
+    /// alone; the rest of the head (past a multiple of 8) goes through `$axpy`.
     macro_rules! over_rows {
-        ($dots:ident, $sums:ident, $t:ty, $dot:ident, $axpy:ident) => {
+        ($dots:ident, $sums:ident, $chunk:ident, $t:ty, $load:ident, $dot:ident, $axpy:ident) => {
             #[target_feature(enable = "avx2,fma,f16c")]
             pub(super) unsafe fn $dots(q: &[f32], c: &[$t], rows: Rows, scale: f32, scores: &mut [f32]) {
-                let n = q.len();
-                for (j, s) in scores.iter_mut().enumerate() {
-                    let at = rows.first + j * rows.stride;
-                    // Safety: forwarded from the caller.
-                    *s = scale * unsafe { $dot(q, &c[at..at + n]) };
+                let (n, m) = (q.len(), scores.len());
+                if m == 0 {
+                    return;
+                }
+                assert!(rows.first + (m - 1) * rows.stride + n <= c.len(), "attention rows past the cache");
+                let mut j = 0;
+                // Safety: every row read lies in `c` (the assertion above), every load below `n`.
+                unsafe {
+                    while n % 8 == 0 && j + 8 <= m {
+                        let p: [*const $t; 8] = std::array::from_fn(|i| c.as_ptr().add(rows.first + (j + i) * rows.stride));
+                        let mut a = [_mm256_setzero_ps(); 8];
+                        for d in (0..n).step_by(8) {
+                            let qv = load8_f32(q.as_ptr().add(d));
+                            for i in 0..8 {
+                                a[i] = _mm256_fmadd_ps(qv, $load(p[i].add(d)), a[i]);
+                            }
+                        }
+                        let sums = _mm256_mul_ps(hsum8(a), _mm256_set1_ps(scale));
+                        _mm256_storeu_ps(scores.as_mut_ptr().add(j), sums);
+                        j += 8;
+                    }
+                    for j in j..m {
+                        let at = rows.first + j * rows.stride;
+                        scores[j] = scale * $dot(q, &c[at..at + n]);
+                    }
+                }
+            }
+
+            /// `acc[..8 V] += sum over j of weights[j] * row j[..8 V]` with the `V` vectors in registers.
+            #[inline]
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn $chunk<const V: usize>(acc: &mut [f32], weights: &[f32], c: *const $t, stride: usize) {
+                // Safety: the caller passes `8 V` accumulators and rows of `8 V` readable values.
+                unsafe {
+                    let mut regs: [__m256; V] = std::array::from_fn(|v| load8_f32(acc.as_ptr().add(8 * v)));
+                    for (j, &w) in weights.iter().enumerate() {
+                        let (row, wv) = (c.add(j * stride), _mm256_set1_ps(w));
+                        for v in 0..V {
+                            regs[v] = _mm256_fmadd_ps(wv, $load(row.add(8 * v)), regs[v]);
+                        }
+                    }
+                    for v in 0..V {
+                        _mm256_storeu_ps(acc.as_mut_ptr().add(8 * v), regs[v]);
+                    }
                 }
             }
 
             #[target_feature(enable = "avx2,fma,f16c")]
             pub(super) unsafe fn $sums(acc: &mut [f32], weights: &[f32], c: &[$t], rows: Rows) {
-                let n = acc.len();
-                for (j, &w) in weights.iter().enumerate() {
-                    let at = rows.first + j * rows.stride;
-                    // Safety: forwarded from the caller.
-                    unsafe { $axpy(acc, w, &c[at..at + n]) };
+                let (n, m) = (acc.len(), weights.len());
+                if m == 0 {
+                    return;
+                }
+                assert!(rows.first + (m - 1) * rows.stride + n <= c.len(), "attention rows past the cache");
+                let mut d = 0;
+                // Safety: every row read lies in `c` (the assertion above); each chunk stays below `n`.
+                unsafe {
+                    let rows_at = |d: usize| c.as_ptr().add(rows.first + d);
+                    while d + 64 <= n {
+                        $chunk::<8>(&mut acc[d..], weights, rows_at(d), rows.stride);
+                        d += 64;
+                    }
+                    while d + 8 <= n {
+                        $chunk::<1>(&mut acc[d..], weights, rows_at(d), rows.stride);
+                        d += 8;
+                    }
+                    if d < n {
+                        for (j, &w) in weights.iter().enumerate() {
+                            let at = rows.first + j * rows.stride;
+                            $axpy(&mut acc[d..], w, &c[at + d..at + n]);
+                        }
+                    }
                 }
             }
         };
@@ -312,8 +382,8 @@ mod x86 {
     dot!(dot_f16, f16, load8_f16, |x| x.to_f32());
     axpy!(axpy_f32, f32, load8_f32, |x| *x);
     axpy!(axpy_f16, f16, load8_f16, |x| x.to_f32());
-    over_rows!(dots_f32, weighted_sum_f32, f32, dot_f32, axpy_f32);
-    over_rows!(dots_f16, weighted_sum_f16, f16, dot_f16, axpy_f16);
+    over_rows!(dots_f32, weighted_sum_f32, chunk_f32, f32, load8_f32, dot_f32, axpy_f32);
+    over_rows!(dots_f16, weighted_sum_f16, chunk_f16, f16, load8_f16, dot_f16, axpy_f16);
 }
 
 #[cfg(test)]
