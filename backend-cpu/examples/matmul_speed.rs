@@ -1,10 +1,11 @@
 //! Speed of the quantized matrix products on this CPU, for kernel work: the model's shapes, one token (decode)
 //! and 64 tokens (prefill), with weights streamed from memory.
-//! Run: cargo run --release -p tern-backend-cpu --example matmul_speed [threads]
+//! Run: cargo run --release -p tern-backend-cpu --example matmul_speed [threads] [scalar|avx2|avx512-vnni]
+//! (the level defaults to the best this CPU has).
 
 use std::time::Instant;
 
-use tern_backend_cpu::{CpuBackend, CpuMatrix};
+use tern_backend_cpu::{CpuBackend, CpuMatrix, SimdLevel};
 use tern_core::{Backend, TensorType};
 use tern_quant::{PackedMatrix, TernFormat, TernMatrix};
 
@@ -52,7 +53,14 @@ fn measure(
 
 fn main() -> Result<(), Error> {
     let threads: usize = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(1);
-    let be = CpuBackend::new(threads)?;
+    let be = match std::env::args().nth(2) {
+        None => CpuBackend::new(threads)?,
+        Some(name) => {
+            let level = SimdLevel::available().into_iter().find(|l| l.name() == name);
+            let level = level.ok_or_else(|| format!("unknown or unavailable SIMD level {name:?} on this CPU"))?;
+            CpuBackend::with_level(threads, level)?
+        }
+    };
     for (ty, rows, cols) in [(TensorType::Q4_1, 1536, 576), (TensorType::Q4_1, 576, 1536), (TensorType::Q8_0, 49152, 576)] {
         let packed = PackedMatrix::from_f32(ty, rows, cols, &data(rows, cols))?;
         measure(&be, &ty.to_string(), rows, cols, packed.bytes(), || Ok(be.upload_matrix(packed.view())?))?;
