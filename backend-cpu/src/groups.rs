@@ -135,8 +135,19 @@ trait SourceRows {
 
 impl SourceRows for TernMatrix {
     fn quants(&self, r: usize, b: usize) -> [u8; BLOCK_LEN] {
-        let row = self.row(r);
-        std::array::from_fn(|i| row.quant(b, i) as u8)
+        // docs/FORMATS.md: T2's byte k holds quants k, k + 8, k + 16, k + 24 in its bit pairs (T3's third word
+        // then bit i of quant i), T4's byte j quants j and j + 16 in its nibbles, T8's byte i quant i.
+        let qw = self.format.quant_words();
+        let words = &self.row(r).quants[b * qw..(b + 1) * qw];
+        let byte = |i: usize| (words[i / 4] >> (8 * (i % 4))) as u8;
+        match self.format {
+            TernFormat::T8 => std::array::from_fn(byte),
+            TernFormat::T4 => std::array::from_fn(|i| if i < 16 { byte(i) & 15 } else { byte(i - 16) >> 4 }),
+            TernFormat::T2 | TernFormat::T3 => {
+                let third = if self.format == TernFormat::T3 { words[2] } else { 0 };
+                std::array::from_fn(|i| (byte(i % 8) >> (2 * (i / 8)) & 3) | ((third >> i & 1) << 2) as u8)
+            }
+        }
     }
 
     fn scales(&self, r: usize, b: usize, scales: &mut [u8]) {
@@ -236,12 +247,20 @@ impl Groups {
                 let row = g * GROUP_ROWS + r;
                 (units[r], units[GROUP_ROWS + r]) = source.units(row);
                 for (b, block) in data.chunks_exact_mut(stride).enumerate() {
-                    for (i, q) in source.quants(row, b).into_iter().enumerate() {
-                        let q = q as u32;
-                        let ((byte, shift, width), third) = place(bits, r, i);
-                        block[byte] |= ((q & ((1 << width) - 1)) << shift) as u8;
-                        if let Some((byte, shift)) = third {
-                            block[byte] |= ((q >> 2 & 1) << shift) as u8;
+                    let q = source.quants(row, b);
+                    // Chunk c (quants 4c..4c + 4) as a word, and row r's four bytes of quant vector v.
+                    let chunk = |c: usize| u32::from_le_bytes(q[4 * c..4 * c + 4].try_into().expect("four quants"));
+                    let mut put = |v: usize, word: u32| block[32 * v + 4 * r..][..4].copy_from_slice(&word.to_le_bytes());
+                    match bits {
+                        8 => (0..8).for_each(|c| put(c, chunk(c))),
+                        4 => (0..4).for_each(|v| put(v, chunk(v) | chunk(v + 4) << 4)),
+                        _ => {
+                            for v in 0..2 {
+                                put(v, (0..4).fold(0, |w, s| w | (chunk(v + 2 * s) & 0x0303_0303) << (2 * s)));
+                            }
+                            if bits == 3 {
+                                put(2, (0..8).fold(0, |w, c| w | (chunk(c) >> 2 & 0x0101_0101) << c));
+                            }
                         }
                     }
                     source.scales(row, b, &mut block[qbytes..]);
