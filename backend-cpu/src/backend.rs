@@ -118,7 +118,8 @@ impl Backend for CpuBackend {
     }
 
     fn upload_matrix(&self, m: MatrixView<'_>) -> Result<CpuMatrix> {
-        CpuMatrix::new(m)
+        // Repacking runs on this backend's threads, as many as it was given.
+        self.install(|| CpuMatrix::new(m))
     }
 
     fn matrix_shape(&self, m: &CpuMatrix) -> (usize, usize) {

@@ -17,17 +17,18 @@
 //! | T8, Q8_0 | 8 | quant `4v + j` (two's complement) |
 //!
 //! So chunk `c` (quants `4c..4c + 4`) of all eight rows is one vector, or one shift and mask of one. Every
-//! format's block `b` of row `r` is then `S q - M` with
+//! format's block `b` of row `r` is then `S q - O` with
 //!
-//! | format | block scales, per row | `S` | `M` |
+//! | format | block scales of the eight rows | `S` | `O` |
 //! | --- | --- | --- | --- |
-//! | T2 | 1 byte, `sc \| mn << 4` | `D sc` | `M mn` |
+//! | T2 | 8 bytes, `sc \| mn << 4` | `D sc` | `M mn` |
 //! | T3, T4 | 8 bytes `sc`, then 8 bytes `mn` | `D sc` | `M mn` |
-//! | T8 | 1 byte `sc` | `D sc` | 0 |
-//! | Q4_0, Q4_1 | 8 f16 `S`, then 8 f16 `M` | `d` | Q4_0: `8d`, Q4_1: `-m` |
-//! | Q8_0 | 8 f16 `S` | `d` | 0 |
+//! | T8 | 8 bytes `sc` | `D sc` | 0 |
+//! | Q4_0 | 8 f16 `d` | `d` | `8d` |
+//! | Q4_1 | 8 f16 `d`, then 8 f16 `-m` | `d` | `-m` |
+//! | Q8_0 | 8 f16 `d` | `d` | 0 |
 //!
-//! where `D` and `M` are tern's row units, kept per group (`units`).
+//! where `D` and `M` are tern's row units (docs/FORMATS.md), kept per group (`units`).
 
 use half::f16;
 use tern_core::{BLOCK_LEN, MatrixView, TensorType, TernFormat};
@@ -82,8 +83,8 @@ impl GroupFormat {
         let scales = match self {
             GroupFormat::Tern(TernFormat::T3 | TernFormat::T4) => 2 * GROUP_ROWS,
             GroupFormat::Tern(_) => GROUP_ROWS,
-            GroupFormat::Q4_0 | GroupFormat::Q4_1 => 4 * GROUP_ROWS,
-            GroupFormat::Q8_0 => 2 * GROUP_ROWS,
+            GroupFormat::Q4_1 => 4 * GROUP_ROWS,
+            GroupFormat::Q4_0 | GroupFormat::Q8_0 => 2 * GROUP_ROWS,
         };
         self.quant_bytes() + scales
     }
@@ -98,7 +99,7 @@ pub(crate) struct Groups {
     /// Every group's blocks, `stride` bytes each.
     pub data: Vec<u8>,
     /// Per group, the eight rows' scale units `D`, then their minimum units `M` (zero for GGUF's types).
-    pub units: Vec<f32>,
+    pub units: Vec<[f32; GROUP_ROWS]>,
 }
 
 /// One group's operands, as the kernels take them.
@@ -181,7 +182,7 @@ impl SourceRows for Packed<'_> {
     fn quants(&self, r: usize, b: usize) -> [u8; BLOCK_LEN] {
         let nb = self.cols / BLOCK_LEN;
         if self.ty == TensorType::Q8_0 {
-            return self.quants[(r * nb + b) * 32..][..32].try_into().expect("a block");
+            return self.quants.as_chunks::<BLOCK_LEN>().0[r * nb + b];
         }
         // GGUF's 4-bit blocks: byte j holds quant j (low nibble) and quant j + 16 (high).
         let q = &self.quants[(r * nb + b) * 16..][..16];
@@ -190,15 +191,10 @@ impl SourceRows for Packed<'_> {
 
     fn scales(&self, r: usize, b: usize, scales: &mut [u8]) {
         let nb = self.cols / BLOCK_LEN;
-        let d = self.scales[r * nb + b];
-        let m = match self.ty {
-            TensorType::Q4_0 => Some(f16::from_f32(8.0 * f16::from_bits(d).to_f32())),
-            TensorType::Q4_1 => Some(-f16::from_bits(self.mins[r * nb + b])),
-            _ => None,
-        };
         let slot = r % GROUP_ROWS;
-        scales[2 * slot..][..2].copy_from_slice(&d.to_le_bytes());
-        if let Some(m) = m {
+        scales[2 * slot..][..2].copy_from_slice(&self.scales[r * nb + b].to_le_bytes());
+        if self.ty == TensorType::Q4_1 {
+            let m = -f16::from_bits(self.mins[r * nb + b]);
             scales[2 * (GROUP_ROWS + slot)..][..2].copy_from_slice(&m.to_bits().to_le_bytes());
         }
     }
@@ -233,23 +229,23 @@ impl Groups {
         let groups = rows.div_ceil(GROUP_ROWS);
         let (stride, qbytes, bits) = (format.stride(), format.quant_bytes(), format.quant_bits());
         let mut data = vec![0u8; groups * nb * stride];
-        let mut units = vec![0f32; groups * 2 * GROUP_ROWS];
+        let mut units = vec![[0f32; GROUP_ROWS]; groups * 2];
         let (data_at, units_at) = (SharedMut(data.as_mut_ptr()), SharedMut(units.as_mut_ptr()));
         for_each(groups, |g| {
             // Safety: group g's bytes and units are written by this task alone, and are in bounds.
             let (data, units) = unsafe {
                 (
                     std::slice::from_raw_parts_mut(data_at.at(g * nb * stride), nb * stride),
-                    std::slice::from_raw_parts_mut(units_at.at(g * 2 * GROUP_ROWS), 2 * GROUP_ROWS),
+                    std::slice::from_raw_parts_mut(units_at.at(2 * g), 2),
                 )
             };
             for r in 0..GROUP_ROWS.min(rows - g * GROUP_ROWS) {
                 let row = g * GROUP_ROWS + r;
-                (units[r], units[GROUP_ROWS + r]) = source.units(row);
+                (units[0][r], units[1][r]) = source.units(row);
                 for (b, block) in data.chunks_exact_mut(stride).enumerate() {
                     let q = source.quants(row, b);
                     // Chunk c (quants 4c..4c + 4) as a word, and row r's four bytes of quant vector v.
-                    let chunk = |c: usize| u32::from_le_bytes(q[4 * c..4 * c + 4].try_into().expect("four quants"));
+                    let chunk = |c: usize| u32::from_le_bytes(q.as_chunks::<4>().0[c]);
                     let mut put = |v: usize, word: u32| block[32 * v + 4 * r..][..4].copy_from_slice(&word.to_le_bytes());
                     match bits {
                         8 => (0..8).for_each(|c| put(c, chunk(c))),
@@ -278,16 +274,10 @@ impl Groups {
     /// Group `g`.
     pub fn group(&self, g: usize) -> Group<'_> {
         let size = self.row_blocks() * self.format.stride();
-        let units = &self.units[g * 2 * GROUP_ROWS..][..2 * GROUP_ROWS];
-        Group {
-            format: self.format,
-            data: &self.data[g * size..][..size],
-            d: units[..GROUP_ROWS].try_into().expect("eight units"),
-            m: units[GROUP_ROWS..].try_into().expect("eight units"),
-        }
+        Group { format: self.format, data: &self.data[g * size..][..size], d: &self.units[2 * g], m: &self.units[2 * g + 1] }
     }
 
-    /// Row `r` as f32: `S q - M` per block (see the module documentation).
+    /// Row `r` as f32: `S q - O` per block (see the module documentation).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         let (group, lane) = (self.group(r / GROUP_ROWS), r % GROUP_ROWS);
         for (b, block) in out.chunks_exact_mut(BLOCK_LEN).enumerate() {
@@ -300,7 +290,7 @@ impl Groups {
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.data.len() + 4 * self.units.len()
+        self.data.len() + std::mem::size_of_val(self.units.as_slice())
     }
 }
 
@@ -311,7 +301,7 @@ impl Group<'_> {
         &self.data[b * stride..][..stride]
     }
 
-    /// Row `r`'s block-`b` scale `S` and minimum `M` (its values are `S q - M`).
+    /// Row `r`'s block-`b` scale `S` and offset `O` (its values are `S q - O`).
     pub fn scales(&self, b: usize, r: usize) -> (f32, f32) {
         let s = &self.block(b)[self.format.quant_bytes()..];
         let half = |i: usize| f16::from_le_bytes([s[2 * i], s[2 * i + 1]]).to_f32();
@@ -320,7 +310,8 @@ impl Group<'_> {
             GroupFormat::Tern(TernFormat::T2) => (d * (s[r] & 15) as f32, m * (s[r] >> 4) as f32),
             GroupFormat::Tern(TernFormat::T3 | TernFormat::T4) => (d * s[r] as f32, m * s[GROUP_ROWS + r] as f32),
             GroupFormat::Tern(TernFormat::T8) => (d * s[r] as f32, 0.0),
-            GroupFormat::Q4_0 | GroupFormat::Q4_1 => (half(r), half(GROUP_ROWS + r)),
+            GroupFormat::Q4_0 => (half(r), 8.0 * half(r)),
+            GroupFormat::Q4_1 => (half(r), half(GROUP_ROWS + r)),
             GroupFormat::Q8_0 => (half(r), 0.0),
         }
     }
@@ -349,8 +340,8 @@ mod tests {
         (0..n).map(|i| ((i * 7919) % 1013) as f32 / 500.0 - 1.0).collect()
     }
 
-    /// Every row read back from the groups is the row of the matrix it was made from, padding rows included
-    /// in the shapes (rows not a multiple of eight).
+    /// Every row read back from the groups is the row of the matrix it was made from, in shapes whose last
+    /// group is padded (rows not a multiple of eight).
     #[test]
     fn groups_hold_the_tern_rows() {
         for format in TernFormat::ALL {

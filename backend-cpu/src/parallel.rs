@@ -23,8 +23,8 @@ impl<T> Clone for SharedMut<T> {
 impl<T> Copy for SharedMut<T> {}
 
 // Safety: only used by tasks that each write a disjoint set of indices and never read what another writes.
-unsafe impl<T> Send for SharedMut<T> {}
-unsafe impl<T> Sync for SharedMut<T> {}
+unsafe impl<T: Send> Send for SharedMut<T> {}
+unsafe impl<T: Send> Sync for SharedMut<T> {}
 
 impl<T> SharedMut<T> {
     /// The pointer to element `i`.

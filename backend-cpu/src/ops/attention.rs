@@ -154,8 +154,10 @@ fn head_buf<'a>(stack: &'a mut [f32; 256], wide: &'a mut Vec<f32>, hd: usize) ->
     }
 }
 
-/// AVX2 + FMA + F16C: sixteen values a step in two independent sums (dot), eight a step (axpy); an f16 row's
-/// eight values are one 16-byte load and one `vcvtph2ps`.
+/// AVX2 + FMA + F16C: the scores of eight positions at a time (eight independent sums sharing each load of q,
+/// reduced together), the weighted sum with up to 64 accumulators held in registers across positions; a single
+/// dot takes sixteen values a step in two sums, an axpy eight. An f16 row's eight values are one 16-byte load
+/// and one `vcvtph2ps`.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
@@ -294,9 +296,10 @@ mod x86 {
     /// [`super::dots`] and [`super::weighted_sum`] over rows of one element type.
     ///
     /// The dots take eight positions at a time (heads of a multiple of 8): each eight values of `q` are loaded
-    /// once for the eight rows, which are eight independent sums, reduced together into one vector of scores. The weighted sum keeps up to 64 of the head's
-    /// accumulators in registers while it walks every position, so each position costs its loads and FMAs
-    /// alone; the rest of the head (past a multiple of 8) goes through `$axpy`.
+    /// once for the eight rows, which are eight independent sums, reduced together into one vector of scores.
+    /// The weighted sum keeps up to 64 of the head's accumulators in registers while it walks every position,
+    /// so each position costs its loads and FMAs alone; the rest of the head (past a multiple of 8) goes
+    /// through `$axpy`.
     macro_rules! over_rows {
         ($dots:ident, $sums:ident, $chunk:ident, $t:ty, $load:ident, $dot:ident, $axpy:ident) => {
             #[target_feature(enable = "avx2,fma,f16c")]

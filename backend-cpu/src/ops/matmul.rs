@@ -1,6 +1,6 @@
 //! `out[t, r] = w[r] · x[t]`: quantized weights against int8 activation rows, float weights against f32 rows.
 //! Work is split into tasks of `ROWS_PER_TASK` weight rows; inside a task, tiles of `TOKENS_PER_TILE` activation
-//! rows share every weight block, so a prefill reads each weight once per tile while both stay in L1.
+//! rows share every weight block, so a prefill reads each weight once per tile, from L1 after the first.
 
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
@@ -14,6 +14,8 @@ use crate::parallel::{SharedMut, for_each};
 use crate::tensor::{CpuMatrix, CpuTensor, check_cols};
 
 const ROWS_PER_TASK: usize = 2 * GROUP_ROWS;
+// Tasks own whole groups: two tasks writing one group's outputs would race.
+const _: () = assert!(ROWS_PER_TASK.is_multiple_of(GROUP_ROWS));
 const TOKENS_PER_TILE: usize = 4;
 
 /// `outs[i] = ws[i] x`. When every matrix is quantized, `x` is quantized once and all products share one

@@ -15,7 +15,7 @@ use crate::SimdLevel;
 use crate::groups::{GROUP_ROWS, Group};
 
 /// One activation row's operands: its int8 quants, and per block its scale `d` and `s` (the scale times the
-/// block's quant sum); `d` and `s` run on to the end of the padded arrays.
+/// block's quant sum).
 #[derive(Clone, Copy)]
 pub(crate) struct ActRow<'a> {
     pub q: &'a [i8],
@@ -26,7 +26,8 @@ pub(crate) struct ActRow<'a> {
 impl<'a> ActRow<'a> {
     pub fn of(x: &'a QuantizedRows, t: usize) -> Self {
         let nb = x.row_blocks();
-        ActRow { q: &x.qs[t * x.cols..(t + 1) * x.cols], d: &x.d[t * nb..], s: &x.s[t * nb..] }
+        let blocks = t * nb..(t + 1) * nb;
+        ActRow { q: &x.qs[t * x.cols..(t + 1) * x.cols], d: &x.d[blocks.clone()], s: &x.s[blocks] }
     }
 }
 
@@ -64,7 +65,8 @@ pub(crate) fn dot_scalar<const N: usize>(w: Group<'_>, nb: usize, x: [ActRow<'_>
 /// row's four bytes of a quant vector are one little-endian word, unpacked four quants at a time.
 fn unpack(w: Group<'_>, b: usize, q: &mut [[i8; BLOCK_LEN]; GROUP_ROWS]) {
     let block = w.block(b);
-    let word = |v: usize, r: usize| u32::from_le_bytes(block[32 * v + 4 * r..][..4].try_into().expect("four bytes"));
+    let (words, _) = block.as_chunks::<4>();
+    let word = |v: usize, r: usize| u32::from_le_bytes(words[8 * v + r]);
     for (r, row) in q.iter_mut().enumerate() {
         let mut put = |c: usize, quants: u32| {
             for (dst, byte) in row[4 * c..4 * c + 4].iter_mut().zip(quants.to_le_bytes()) {
@@ -96,7 +98,7 @@ mod x86 {
 
     use tern_core::{BLOCK_LEN, TernFormat};
 
-    use super::{ActRow, dot_scalar};
+    use super::ActRow;
     use crate::SimdLevel;
     use crate::groups::{GROUP_ROWS, Group, GroupFormat};
 
@@ -105,64 +107,72 @@ mod x86 {
     const T4: u8 = 4;
     const T8: u8 = 8;
 
+    /// How a block's scales are stored: codes of tern's row units; f16 `S` and `M`; f16 `S` alone, `M = 8 S`
+    /// (Q4_0's offset).
+    const CODES: u8 = 0;
+    const HALVES: u8 = 1;
+    const OFFSET8: u8 = 2;
+
     pub(super) fn dot<const N: usize>(level: SimdLevel, w: Group<'_>, nb: usize, x: [ActRow<'_>; N]) -> [[f32; GROUP_ROWS]; N] {
+        // The kernels read every byte of `nb` blocks and `nb` activation blocks with raw loads.
         let fits = w.data.len() >= nb * w.format.stride()
             && x.iter().all(|r| r.q.len() >= nb * BLOCK_LEN && r.d.len() >= nb && r.s.len() >= nb);
-        if !fits {
-            return dot_scalar(w, nb, x);
-        }
+        assert!(fits, "quantized product operands shorter than {nb} blocks");
         let vnni = level == SimdLevel::Avx512Vnni;
         // Safety: `level` was detected on this CPU, and the lengths were checked above.
         unsafe {
             match (vnni, w.format) {
-                (true, GroupFormat::Tern(TernFormat::T2)) => with_vnni::<N, T2, false>(w, nb, x),
-                (true, GroupFormat::Tern(TernFormat::T3)) => with_vnni::<N, T3, false>(w, nb, x),
-                (true, GroupFormat::Tern(TernFormat::T4)) => with_vnni::<N, T4, false>(w, nb, x),
-                (true, GroupFormat::Tern(TernFormat::T8)) => with_vnni::<N, T8, false>(w, nb, x),
-                (true, GroupFormat::Q4_0 | GroupFormat::Q4_1) => with_vnni::<N, T4, true>(w, nb, x),
-                (true, GroupFormat::Q8_0) => with_vnni::<N, T8, true>(w, nb, x),
-                (false, GroupFormat::Tern(TernFormat::T2)) => with_avx2::<N, T2, false>(w, nb, x),
-                (false, GroupFormat::Tern(TernFormat::T3)) => with_avx2::<N, T3, false>(w, nb, x),
-                (false, GroupFormat::Tern(TernFormat::T4)) => with_avx2::<N, T4, false>(w, nb, x),
-                (false, GroupFormat::Tern(TernFormat::T8)) => with_avx2::<N, T8, false>(w, nb, x),
-                (false, GroupFormat::Q4_0 | GroupFormat::Q4_1) => with_avx2::<N, T4, true>(w, nb, x),
-                (false, GroupFormat::Q8_0) => with_avx2::<N, T8, true>(w, nb, x),
+                (true, GroupFormat::Tern(TernFormat::T2)) => with_vnni::<N, T2, CODES>(w, nb, x),
+                (true, GroupFormat::Tern(TernFormat::T3)) => with_vnni::<N, T3, CODES>(w, nb, x),
+                (true, GroupFormat::Tern(TernFormat::T4)) => with_vnni::<N, T4, CODES>(w, nb, x),
+                (true, GroupFormat::Tern(TernFormat::T8)) => with_vnni::<N, T8, CODES>(w, nb, x),
+                (true, GroupFormat::Q4_0) => with_vnni::<N, T4, OFFSET8>(w, nb, x),
+                (true, GroupFormat::Q4_1) => with_vnni::<N, T4, HALVES>(w, nb, x),
+                (true, GroupFormat::Q8_0) => with_vnni::<N, T8, HALVES>(w, nb, x),
+                (false, GroupFormat::Tern(TernFormat::T2)) => with_avx2::<N, T2, CODES>(w, nb, x),
+                (false, GroupFormat::Tern(TernFormat::T3)) => with_avx2::<N, T3, CODES>(w, nb, x),
+                (false, GroupFormat::Tern(TernFormat::T4)) => with_avx2::<N, T4, CODES>(w, nb, x),
+                (false, GroupFormat::Tern(TernFormat::T8)) => with_avx2::<N, T8, CODES>(w, nb, x),
+                (false, GroupFormat::Q4_0) => with_avx2::<N, T4, OFFSET8>(w, nb, x),
+                (false, GroupFormat::Q4_1) => with_avx2::<N, T4, HALVES>(w, nb, x),
+                (false, GroupFormat::Q8_0) => with_avx2::<N, T8, HALVES>(w, nb, x),
             }
         }
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn with_avx2<const N: usize, const F: u8, const HALVES: bool>(
+    unsafe fn with_avx2<const N: usize, const F: u8, const S: u8>(
         w: Group<'_>,
         nb: usize,
         x: [ActRow<'_>; N],
     ) -> [[f32; GROUP_ROWS]; N] {
         // Safety: forwarded from the caller.
-        unsafe { body::<N, F, HALVES, false>(w, nb, x) }
+        unsafe { body::<N, F, S, false>(w, nb, x) }
     }
 
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn with_vnni<const N: usize, const F: u8, const HALVES: bool>(
+    unsafe fn with_vnni<const N: usize, const F: u8, const S: u8>(
         w: Group<'_>,
         nb: usize,
         x: [ActRow<'_>; N],
     ) -> [[f32; GROUP_ROWS]; N] {
         // Safety: forwarded from the caller.
-        unsafe { body::<N, F, HALVES, true>(w, nb, x) }
+        unsafe { body::<N, F, S, true>(w, nb, x) }
     }
 
     /// Block sums of the eight rows against `N` activation rows. With VNNI, chunks go straight into 32-bit
     /// lanes (`vpdpbusd`). Without it, T2-T4's chunks are summed in 16-bit lanes (`vpmaddubsw`: at most
-    /// 8 chunks x 2 x 15 x 127 = 30480, no saturation) and widened once a block; T8's products reach 2 x 127 x
-    /// 127 a chunk and are widened at every chunk.
+    /// 8 chunks x 2 x 15 x 127 = 30480, no saturation) and widened once a block; T8's products reach 2 x 128 x
+    /// 127 a chunk (a GGUF Q8_0 quant may be -128) and are widened at every chunk.
     struct Sums<const N: usize, const F: u8, const VNNI: bool> {
         acc: [__m256i; N],
     }
 
     impl<const N: usize, const F: u8, const VNNI: bool> Sums<N, F, VNNI> {
+        /// # Safety
+        /// The CPU has AVX2.
         #[inline(always)]
-        fn new() -> Self {
-            // Safety: AVX is enabled wherever this is inlined (the kernels' target features).
+        unsafe fn new() -> Self {
             Sums { acc: [unsafe { _mm256_setzero_si256() }; N] }
         }
 
@@ -171,16 +181,16 @@ mod x86 {
         unsafe fn add(&mut self, w: __m256i, xq: &[*const u8; N], c: usize) {
             unsafe {
                 let wu = if F == T8 { _mm256_sign_epi8(w, w) } else { w };
-                for n in 0..N {
-                    let xb = _mm256_set1_epi32((xq[n].add(4 * c) as *const i32).read_unaligned());
+                for (acc, x) in self.acc.iter_mut().zip(xq) {
+                    let xb = _mm256_set1_epi32((x.add(4 * c) as *const i32).read_unaligned());
                     let xs = if F == T8 { _mm256_sign_epi8(xb, w) } else { xb };
-                    self.acc[n] = match (VNNI, F) {
-                        (true, _) => _mm256_dpbusd_epi32(self.acc[n], wu, xs),
+                    *acc = match (VNNI, F) {
+                        (true, _) => _mm256_dpbusd_epi32(*acc, wu, xs),
                         (false, T8) => {
                             let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wu, xs), _mm256_set1_epi16(1));
-                            _mm256_add_epi32(self.acc[n], p)
+                            _mm256_add_epi32(*acc, p)
                         }
-                        (false, _) => _mm256_add_epi16(self.acc[n], _mm256_maddubs_epi16(wu, xs)),
+                        (false, _) => _mm256_add_epi16(*acc, _mm256_maddubs_epi16(wu, xs)),
                     };
                 }
             }
@@ -205,13 +215,12 @@ mod x86 {
         }
     }
 
-    /// The group's eight rows against `N` activation rows: quants of `F` bits, block scales as f16 values
-    /// (`HALVES`) or as codes of the row units.
+    /// The group's eight rows against `N` activation rows: quants of `F` bits, block scales stored as `S` says.
     ///
     /// # Safety
     /// The CPU has AVX2, FMA and F16C (and AVX-512 VNNI/VL when `VNNI`); the slices are as long as `dot` checks.
     #[inline(always)]
-    unsafe fn body<const N: usize, const F: u8, const HALVES: bool, const VNNI: bool>(
+    unsafe fn body<const N: usize, const F: u8, const S: u8, const VNNI: bool>(
         w: Group<'_>,
         nb: usize,
         x: [ActRow<'_>; N],
@@ -259,10 +268,7 @@ mod x86 {
                 }
                 let isum = sums.finish();
                 let codes = q.add(qbytes);
-                let (scale, min) = if HALVES {
-                    let halves = |at: usize| _mm256_cvtph_ps(_mm_loadu_si128(codes.add(2 * at) as *const __m128i));
-                    (halves(0), if F == T8 { _mm256_setzero_ps() } else { halves(GROUP_ROWS) })
-                } else {
+                let (scale, min) = if S == CODES {
                     let bytes = |at: usize| _mm256_cvtepu8_epi32(_mm_loadl_epi64(codes.add(at) as *const __m128i));
                     let (sc, mn) = match F {
                         T2 => {
@@ -273,6 +279,15 @@ mod x86 {
                         _ => (bytes(0), bytes(GROUP_ROWS)),
                     };
                     (_mm256_mul_ps(_mm256_cvtepi32_ps(sc), dv), _mm256_mul_ps(_mm256_cvtepi32_ps(mn), mv))
+                } else {
+                    let halves = |at: usize| _mm256_cvtph_ps(_mm_loadu_si128(codes.add(2 * at) as *const __m128i));
+                    let scale = halves(0);
+                    let min = match (S, F) {
+                        (OFFSET8, _) => _mm256_mul_ps(scale, _mm256_set1_ps(8.0)),
+                        (_, T8) => _mm256_setzero_ps(),
+                        _ => halves(GROUP_ROWS),
+                    };
+                    (scale, min)
                 };
                 for n in 0..N {
                     let s = _mm256_mul_ps(scale, _mm256_set1_ps(*x[n].d.get_unchecked(b)));

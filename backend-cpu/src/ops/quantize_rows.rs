@@ -9,8 +9,7 @@ use crate::parallel::{SharedMut, for_each};
 const BLOCKS_PER_TASK: usize = 512;
 
 /// `rows` activation rows as int8 blocks: `qs` the quants, `d` one scale per block, `s` per block the scale
-/// times the sum of the block's quants (what the minimum and offset terms of Q4_1 and Q4_0 multiply). `d` and
-/// `s` end with eight zeros so that kernels may load eight blocks' values from any block.
+/// times the sum of the block's quants (what the weights' per-block offsets multiply).
 #[derive(Debug, Default)]
 pub(crate) struct QuantizedRows {
     pub qs: Vec<i8>,
@@ -28,14 +27,13 @@ impl QuantizedRows {
         self.rows = rows;
         self.cols = cols;
         self.qs.resize(rows * cols, 0);
-        self.d.resize(blocks + 8, 0.0);
-        self.s.resize(blocks + 8, 0.0);
-        self.d[blocks..].fill(0.0);
-        self.s[blocks..].fill(0.0);
+        self.d.resize(blocks, 0.0);
+        self.s.resize(blocks, 0.0);
         let (qs, d, s) = (SharedMut(self.qs.as_mut_ptr()), SharedMut(self.d.as_mut_ptr()), SharedMut(self.s.as_mut_ptr()));
+        let (x, _) = x[..blocks * BLOCK_LEN].as_chunks::<BLOCK_LEN>();
         let task = |t: usize| {
-            for b in t * BLOCKS_PER_TASK..((t + 1) * BLOCKS_PER_TASK).min(blocks) {
-                let xb: &[f32; BLOCK_LEN] = x[b * BLOCK_LEN..(b + 1) * BLOCK_LEN].try_into().expect("a block");
+            let range = t * BLOCKS_PER_TASK..((t + 1) * BLOCKS_PER_TASK).min(blocks);
+            for (b, xb) in range.clone().zip(&x[range]) {
                 // Safety: block b's quants, scale and sum are written by this task alone, and are in bounds
                 // (the vectors were sized for `blocks` blocks above).
                 unsafe {
@@ -66,13 +64,20 @@ fn quantize_block(level: SimdLevel, x: &[f32; BLOCK_LEN], q: &mut [i8; BLOCK_LEN
     let _ = level;
     let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
     let d = amax / 127.0;
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let id = inverse(d);
     let mut sum = 0i32;
     for (q, v) in q.iter_mut().zip(x) {
         *q = (v * id).round() as i8;
         sum += *q as i32;
     }
     (d, sum)
+}
+
+/// `1 / d`, or 0 where that is not finite (an all-zero block, or one so small that `1 / d` overflows): such a
+/// block's quants are all 0, on every level.
+fn inverse(d: f32) -> f32 {
+    let id = 1.0 / d;
+    if d != 0.0 && id.is_finite() { id } else { 0.0 }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -88,7 +93,7 @@ unsafe fn block_avx2(x: &[f32; BLOCK_LEN], q: &mut [i8; BLOCK_LEN]) -> (f32, i32
         let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
         let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
         let d = amax / 127.0;
-        let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+        let id = _mm256_set1_ps(inverse(d));
         // Rounded half away from zero, as `f32::round` on the scalar path: truncate, then step away from zero
         // where the dropped fraction is at least a half (both steps exact).
         let half = _mm256_set1_ps(0.5);
