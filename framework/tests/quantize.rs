@@ -42,13 +42,13 @@ fn engine(path: &Path) -> Engine {
 }
 
 /// KL-divergence and top-1 agreement of `path` against the source model over one chunk of 128 tokens.
-fn against_source(path: &Path) -> (f64, f64) {
+fn against_source(path: &Path, chunks: usize) -> (f64, f64) {
     let (q, reference) = (engine(path), engine(&model()));
     let r = evaluate(
         &q,
         Some(Reference::Model(&reference)),
         &eval_text(),
-        &EvalOptions { ctx: 128, max_chunks: Some(1), ..Default::default() },
+        &EvalOptions { ctx: 128, max_chunks: Some(chunks), ..Default::default() },
         &mut |_, _| {},
     )
     .unwrap();
@@ -73,9 +73,10 @@ fn uniform_t8_file_loads_and_matches_the_source() {
     assert!((TernFormat::T8.bits_per_weight(1536)..TernFormat::T8.bits_per_weight(576)).contains(&bpw), "{bpw}");
     assert_eq!(report.file_bytes, std::fs::metadata(&path).unwrap().len());
 
-    // 8 bits from a 4-bit source: all but identical.
-    let (kl, top1) = against_source(&path);
-    assert!(kl < 0.005 && top1 > 0.95, "KL {kl}, top-1 {top1}");
+    // 8 bits from a 4-bit source: all but identical. Over 252 scored positions this measured KL 0.0042 and
+    // top-1 0.952 (the noise of a proportion there is 0.014); a T4 file's KL is about eight times that.
+    let (kl, top1) = against_source(&path, 4);
+    assert!(kl < 0.008 && top1 > 0.9, "KL {kl}, top-1 {top1}");
     let text = engine(&path).generate("The capital of France is", &tern::GenerateOptions::greedy(8)).unwrap();
     assert!(text.contains("Paris"), "{text:?}");
 }
@@ -134,7 +135,7 @@ fn mixed_precision_meets_its_target_by_measured_sensitivity() {
             .filter(|t| t.name.starts_with("blk.1"))
             .all(|t| t.reason == Reason::Override || t.reason == Reason::Kept)
     );
-    let (kl, _) = against_source(&path);
+    let (kl, _) = against_source(&path, 1);
     assert!(kl < 0.5, "KL {kl}");
 
     // The second run reads the measurements back and makes the same plan.
