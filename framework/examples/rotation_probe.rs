@@ -1,0 +1,97 @@
+//! What incoherence processing would buy tern's scalar formats, measured without kernels: every matrix of an
+//! f32 GGUF model is rotated along its input dimension by a randomized Hadamard transform in blocks of `B`
+//! columns (random signs, then the Walsh-Hadamard transform, scaled to stay orthonormal), quantized to a tern
+//! format, dequantized and rotated back; the result is written as an f32 GGUF, so that `tern eval` measures
+//! the loss that rotated quantization alone causes. With `B = 0` the matrices are quantized plainly (the
+//! baseline). No importance matrix either way.
+//!
+//! Run: cargo run --release -p tern --example rotation_probe -- IN.gguf OUT.gguf FORMAT B
+//! then: tern eval -m OUT.gguf --text eval.txt --reference-logits f32.tern.logits
+
+use tern_core::{TensorType, TernFormat};
+use tern_loader::{GgufWriter, ModelSource};
+use tern_quant::TernMatrix;
+
+type Error = Box<dyn std::error::Error>;
+
+/// In-place Walsh-Hadamard transform of a power-of-two-long slice, scaled by `1 / sqrt(len)` (orthonormal,
+/// its own inverse).
+fn hadamard(v: &mut [f32]) {
+    let n = v.len();
+    let mut h = 1;
+    while h < n {
+        for i in (0..n).step_by(2 * h) {
+            for j in i..i + h {
+                let (a, b) = (v[j], v[j + h]);
+                (v[j], v[j + h]) = (a + b, a - b);
+            }
+        }
+        h *= 2;
+    }
+    let scale = 1.0 / (n as f32).sqrt();
+    v.iter_mut().for_each(|x| *x *= scale);
+}
+
+/// The same random sign for column `c` every time (a fixed xorshift of the column index).
+fn sign(c: usize) -> f32 {
+    let mut s = (c as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    s ^= s >> 31;
+    s = s.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    if (s >> 40) & 1 == 0 { 1.0 } else { -1.0 }
+}
+
+/// Rotates each row's blocks of `b` columns (`forward`: signs then transform; back: transform then signs).
+fn rotate(data: &mut [f32], cols: usize, b: usize, forward: bool) {
+    for row in data.chunks_exact_mut(cols) {
+        for (k, block) in row.chunks_exact_mut(b).enumerate() {
+            if forward {
+                block.iter_mut().enumerate().for_each(|(i, x)| *x *= sign(k * b + i));
+            }
+            hadamard(block);
+            if !forward {
+                block.iter_mut().enumerate().for_each(|(i, x)| *x *= sign(k * b + i));
+            }
+        }
+    }
+}
+
+fn main() -> Result<(), Error> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [input, output, format, block] = args.as_slice() else {
+        return Err("usage: rotation_probe IN.gguf OUT.gguf T2|T3|T4|T8 BLOCK (0: no rotation)".into());
+    };
+    let format = TernFormat::ALL.into_iter().find(|f| f.name() == format).ok_or("unknown format")?;
+    let b: usize = block.parse()?;
+    if b != 0 && !b.is_power_of_two() {
+        return Err("BLOCK must be a power of two".into());
+    }
+    let source = ModelSource::open(input)?;
+    let mut w = GgufWriter::new();
+    for (k, v) in source.metadata().iter() {
+        w.metadata(k, v.clone());
+    }
+    for t in source.tensors() {
+        let bytes = source.tensor(&t.name)?.bytes.to_vec();
+        let matrix = t.dims.len() == 2 && t.ty == TensorType::F32 && !t.name.contains("norm");
+        if !matrix || (b != 0 && !t.dims[0].is_multiple_of(b)) {
+            w.tensor(t.name.clone(), t.ty, &t.dims, bytes)?;
+            continue;
+        }
+        let (cols, rows) = (t.dims[0], t.dims[1]);
+        let mut data: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        if b != 0 {
+            rotate(&mut data, cols, b, true);
+        }
+        let q = TernMatrix::quantize(format, rows, cols, &data, None)?;
+        for (r, row) in data.chunks_exact_mut(cols).enumerate() {
+            q.dequantize_row(r, row);
+        }
+        if b != 0 {
+            rotate(&mut data, cols, b, false);
+        }
+        eprintln!("{} {rows}x{cols}", t.name);
+        w.tensor(t.name.clone(), t.ty, &t.dims, data.iter().flat_map(|x| x.to_le_bytes()).collect())?;
+    }
+    w.write(output)?;
+    Ok(())
+}
