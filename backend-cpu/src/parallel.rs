@@ -11,6 +11,26 @@ pub(crate) fn for_each(n: usize, f: impl Fn(usize) + Send + Sync) {
     (0..n).for_each(f);
 }
 
+/// Elements per task of the row-wise ops: a decode step's rows stay on the calling thread.
+pub(crate) const ELEMENTS_PER_TASK: usize = 16 * 1024;
+
+/// Calls `f(first_row, rows)` for consecutive chunks of whole rows of `data` (rows of `cols` values), on
+/// rayon's threads when the `parallel` feature is on and there is more than one chunk.
+pub(crate) fn for_row_chunks(data: &mut [f32], cols: usize, f: impl Fn(usize, &mut [f32]) + Send + Sync) {
+    let rows = (ELEMENTS_PER_TASK / cols.max(1)).max(1);
+    let chunk = rows * cols.max(1);
+    if data.len() <= chunk {
+        return f(0, data);
+    }
+    #[cfg(feature = "parallel")]
+    {
+        use rayon::prelude::*;
+        data.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i * rows, c));
+    }
+    #[cfg(not(feature = "parallel"))]
+    data.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i * rows, c));
+}
+
 /// A raw pointer that tasks writing disjoint elements may share.
 pub(crate) struct SharedMut<T = f32>(pub *mut T);
 

@@ -1,6 +1,7 @@
 use half::slice::HalfFloatSliceExt;
 use tern_core::{Error, Result};
 
+use crate::parallel::for_row_chunks;
 use crate::tensor::{CpuMatrix, CpuTensor, check_cols};
 
 fn same_shape(op: &'static str, a: &CpuTensor, b: &CpuTensor) -> Result<()> {
@@ -14,16 +15,24 @@ fn same_shape(op: &'static str, a: &CpuTensor, b: &CpuTensor) -> Result<()> {
 pub(crate) fn silu_mul(gate: &CpuTensor, up: &CpuTensor, out: &mut CpuTensor) -> Result<()> {
     same_shape("silu_mul", gate, up)?;
     out.reshape(gate.rows, gate.cols);
-    for ((o, g), u) in out.data.iter_mut().zip(&gate.data).zip(&up.data) {
-        *o = g / (1.0 + (-g).exp()) * u;
-    }
+    let cols = gate.cols;
+    for_row_chunks(&mut out.data, cols, |t, o| {
+        let at = t * cols..t * cols + o.len();
+        for ((o, g), u) in o.iter_mut().zip(&gate.data[at.clone()]).zip(&up.data[at]) {
+            *o = g / (1.0 + (-g).exp()) * u;
+        }
+    });
     Ok(())
 }
 
 /// `x += y`.
 pub(crate) fn add(x: &mut CpuTensor, y: &CpuTensor) -> Result<()> {
     same_shape("add", x, y)?;
-    x.data.iter_mut().zip(&y.data).for_each(|(a, b)| *a += b);
+    let cols = x.cols;
+    for_row_chunks(&mut x.data, cols, |t, xs| {
+        let n = xs.len();
+        xs.iter_mut().zip(&y.data[t * cols..t * cols + n]).for_each(|(a, b)| *a += b);
+    });
     Ok(())
 }
 

@@ -14,6 +14,8 @@ use crate::parallel::{SharedMut, for_each};
 use crate::tensor::{CpuMatrix, CpuTensor, check_cols};
 
 const ROWS_PER_TASK: usize = 2 * GROUP_ROWS;
+/// Multiply-adds a task holds at least: fewer cost more to hand to a thread than to compute.
+const MIN_TASK_MACS: usize = 64 * 1024;
 // Tasks own whole groups: two tasks writing one group's outputs would race.
 const _: () = assert!(ROWS_PER_TASK.is_multiple_of(GROUP_ROWS));
 const TOKENS_PER_TILE: usize = 4;
@@ -52,9 +54,11 @@ pub(crate) fn matmul_many(
 }
 
 /// Every matrix of `ws` against the int8 rows `x`, into `dsts` (each `x.rows x w.rows`). Tasks are
-/// `ROWS_PER_TASK` rows of one matrix.
+/// rows of one matrix: `ROWS_PER_TASK`, or more of them where that holds too little work to be worth handing to
+/// a thread (a decode step's products).
 fn quantized(level: SimdLevel, ws: &[&Groups], x: &QuantizedRows, dsts: &[SharedMut]) {
-    let tasks = |w: &Groups| w.rows.div_ceil(ROWS_PER_TASK);
+    let per_task = |w: &Groups| MIN_TASK_MACS.div_ceil(w.cols * x.rows).next_multiple_of(ROWS_PER_TASK);
+    let tasks = |w: &Groups| w.rows.div_ceil(per_task(w));
     for_each(ws.iter().map(|w| tasks(w)).sum(), |task| {
         // The matrix this task belongs to (there are a handful) and its chunk of rows.
         let (mut i, mut chunk) = (0, task);
@@ -62,7 +66,8 @@ fn quantized(level: SimdLevel, ws: &[&Groups], x: &QuantizedRows, dsts: &[Shared
             chunk -= tasks(ws[i]);
             i += 1;
         }
-        let rows = chunk * ROWS_PER_TASK..((chunk + 1) * ROWS_PER_TASK).min(ws[i].rows);
+        let n = per_task(ws[i]);
+        let rows = chunk * n..((chunk + 1) * n).min(ws[i].rows);
         group_rows(level, ws[i], rows, x, dsts[i]);
     });
 }

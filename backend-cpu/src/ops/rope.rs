@@ -1,5 +1,6 @@
 use tern_core::{Error, Result, RopeParams, RopeStyle};
 
+use crate::parallel::for_row_chunks;
 use crate::tensor::CpuTensor;
 
 /// Rotates every head of every row in place; row `t` is at position `p.pos0 + t`.
@@ -12,10 +13,18 @@ pub(crate) fn rope(x: &mut CpuTensor, p: &RopeParams) -> Result<()> {
     }
     let half = p.rot_dim / 2;
     let inv_freq: Vec<f32> = (0..half).map(|i| p.freq_base.powf(-2.0 * i as f32 / p.rot_dim as f32)).collect();
+    let cols = x.cols;
+    for_row_chunks(&mut x.data, cols, |t0, rows| rotate(rows, cols, t0, p, &inv_freq));
+    Ok(())
+}
+
+/// Rope over `data`'s rows, the first at row `t0` of the tensor.
+fn rotate(data: &mut [f32], cols: usize, t0: usize, p: &RopeParams, inv_freq: &[f32]) {
+    let half = p.rot_dim / 2;
     let mut cos_sin = vec![(0f32, 0f32); half];
-    for (t, row) in x.data.chunks_exact_mut(x.cols).enumerate() {
-        let pos = (p.pos0 + t) as f32;
-        for (cs, f) in cos_sin.iter_mut().zip(&inv_freq) {
+    for (t, row) in data.chunks_exact_mut(cols).enumerate() {
+        let pos = (p.pos0 + t0 + t) as f32;
+        for (cs, f) in cos_sin.iter_mut().zip(inv_freq) {
             let (s, c) = (pos * f).sin_cos();
             *cs = (c, s);
         }
@@ -31,5 +40,4 @@ pub(crate) fn rope(x: &mut CpuTensor, p: &RopeParams) -> Result<()> {
             }
         }
     }
-    Ok(())
 }
