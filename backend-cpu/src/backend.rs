@@ -72,11 +72,11 @@ impl CpuBackend {
         f()
     }
 
-    /// A row-wise op over `elements` values: on this backend's threads when it is large enough to be split
-    /// (a prefill's rows), on the calling thread otherwise (a decode step's row, where handing the work to the
-    /// pool would cost more than the op).
-    fn rows_op<R: Send>(&self, elements: usize, f: impl FnOnce() -> R + Send) -> R {
-        if elements > crate::parallel::ELEMENTS_PER_TASK { self.install(f) } else { f() }
+    /// A row-wise op over `len` values in rows of `cols`: on this backend's threads when it is large enough to
+    /// be split (a prefill's rows), on the calling thread otherwise (a decode step's row, where handing the work
+    /// to the pool would cost more than the op).
+    fn rows_op<R: Send>(&self, (len, cols): (usize, usize), f: impl FnOnce() -> R + Send) -> R {
+        if crate::parallel::splits(len, cols) { self.install(f) } else { f() }
     }
 }
 
@@ -179,12 +179,12 @@ impl Backend for CpuBackend {
 
     fn rms_norm(&self, x: &CpuTensor, weight: &CpuTensor, eps: f32, out: &mut CpuTensor) -> Result<()> {
         floats("rms_norm", &[x, weight, out])?;
-        self.rows_op(x.data.len(), || rms_norm::rms_norm(x, weight, eps, out))
+        self.rows_op((x.data.len(), x.cols), || rms_norm::rms_norm(x, weight, eps, out))
     }
 
     fn rope(&self, x: &mut CpuTensor, p: &RopeParams) -> Result<()> {
         x.f32_only("rope")?;
-        self.rows_op(x.data.len(), || rope::rope(x, p))
+        self.rows_op((x.data.len(), x.cols), || rope::rope(x, p))
     }
 
     fn write_rows(&self, src: &CpuTensor, dst: &mut CpuTensor, row: usize) -> Result<()> {
@@ -204,11 +204,11 @@ impl Backend for CpuBackend {
 
     fn silu_mul(&self, gate: &CpuTensor, up: &CpuTensor, out: &mut CpuTensor) -> Result<()> {
         floats("silu_mul", &[gate, up, out])?;
-        self.rows_op(gate.data.len(), || elementwise::silu_mul(gate, up, out))
+        self.rows_op((gate.data.len(), gate.cols), || elementwise::silu_mul(gate, up, out))
     }
 
     fn add(&self, x: &mut CpuTensor, y: &CpuTensor) -> Result<()> {
         floats("add", &[x, y])?;
-        self.rows_op(y.data.len(), || elementwise::add(x, y))
+        self.rows_op((y.data.len(), y.cols), || elementwise::add(x, y))
     }
 }

@@ -12,14 +12,24 @@ pub(crate) fn for_each(n: usize, f: impl Fn(usize) + Send + Sync) {
 }
 
 /// Elements per task of the row-wise ops: a decode step's rows stay on the calling thread.
-pub(crate) const ELEMENTS_PER_TASK: usize = 16 * 1024;
+const ELEMENTS_PER_TASK: usize = 16 * 1024;
+
+/// Rows per chunk of a row-wise op over rows of `cols` values.
+fn chunk_rows(cols: usize) -> usize {
+    (ELEMENTS_PER_TASK / cols.max(1)).max(1)
+}
+
+/// Whether a row-wise op over `len` values in rows of `cols` is split into more than one chunk.
+pub(crate) fn splits(len: usize, cols: usize) -> bool {
+    len > chunk_rows(cols) * cols.max(1)
+}
 
 /// Calls `f(first_row, rows)` for consecutive chunks of whole rows of `data` (rows of `cols` values), on
 /// rayon's threads when the `parallel` feature is on and there is more than one chunk.
 pub(crate) fn for_row_chunks(data: &mut [f32], cols: usize, f: impl Fn(usize, &mut [f32]) + Send + Sync) {
-    let rows = (ELEMENTS_PER_TASK / cols.max(1)).max(1);
+    let rows = chunk_rows(cols);
     let chunk = rows * cols.max(1);
-    if data.len() <= chunk {
+    if !splits(data.len(), cols) {
         return f(0, data);
     }
     #[cfg(feature = "parallel")]

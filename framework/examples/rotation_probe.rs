@@ -32,7 +32,7 @@ fn hadamard(v: &mut [f32]) {
     v.iter_mut().for_each(|x| *x *= scale);
 }
 
-/// The same random sign for column `c` every time (a fixed xorshift of the column index).
+/// The same random sign for column `c` every time (a fixed hash of the column index).
 fn sign(c: usize) -> f32 {
     let mut s = (c as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     s ^= s >> 31;
@@ -70,13 +70,19 @@ fn main() -> Result<(), Error> {
     for (k, v) in source.metadata().iter() {
         w.metadata(k, v.clone());
     }
+    let mut processed = 0;
     for t in source.tensors() {
         let bytes = source.tensor(&t.name)?.bytes.to_vec();
         let matrix = t.dims.len() == 2 && t.ty == TensorType::F32 && !t.name.contains("norm");
-        if !matrix || (b != 0 && !t.dims[0].is_multiple_of(b)) {
+        if !matrix {
             w.tensor(t.name.clone(), t.ty, &t.dims, bytes)?;
             continue;
         }
+        if b != 0 && !t.dims[0].is_multiple_of(b) {
+            // Left alone it would stay f32 while the baseline quantizes it: the comparison would be skewed.
+            return Err(format!("{} has {} columns, not a multiple of the block {b}", t.name, t.dims[0]).into());
+        }
+        processed += 1;
         let (cols, rows) = (t.dims[0], t.dims[1]);
         let mut data: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         if b != 0 {
@@ -91,6 +97,9 @@ fn main() -> Result<(), Error> {
         }
         eprintln!("{} {rows}x{cols}", t.name);
         w.tensor(t.name.clone(), t.ty, &t.dims, data.iter().flat_map(|x| x.to_le_bytes()).collect())?;
+    }
+    if processed == 0 {
+        return Err("no f32 matrices in the input: give it an f32 GGUF model".into());
     }
     w.write(output)?;
     Ok(())

@@ -41,7 +41,8 @@ fn engine(path: &Path) -> Engine {
     Engine::builder(path).backend(tern::BackendChoice::Cpu).threads(2).build().unwrap()
 }
 
-/// KL-divergence and top-1 agreement of `path` against the source model over one chunk of 128 tokens.
+/// KL-divergence and top-1 agreement of `path` against the source model over `chunks` chunks of 128 tokens (63
+/// scored positions each).
 fn against_source(path: &Path, chunks: usize) -> (f64, f64) {
     let (q, reference) = (engine(path), engine(&model()));
     let r = evaluate(

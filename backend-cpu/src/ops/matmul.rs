@@ -1,5 +1,6 @@
 //! `out[t, r] = w[r] · x[t]`: quantized weights against int8 activation rows, float weights against f32 rows.
-//! Work is split into tasks of `ROWS_PER_TASK` weight rows; inside a task, tiles of `TOKENS_PER_TILE` activation
+//! Work is split into tasks of whole multiples of `ROWS_PER_TASK` weight rows (more than one where a task would
+//! hold fewer than `MIN_TASK_MACS` multiply-adds); inside a task, tiles of `TOKENS_PER_TILE` activation
 //! rows share every weight block, so a prefill reads each weight once per tile, from L1 after the first.
 
 use half::slice::HalfFloatSliceExt;
@@ -57,7 +58,7 @@ pub(crate) fn matmul_many(
 /// rows of one matrix: `ROWS_PER_TASK`, or more of them where that holds too little work to be worth handing to
 /// a thread (a decode step's products).
 fn quantized(level: SimdLevel, ws: &[&Groups], x: &QuantizedRows, dsts: &[SharedMut]) {
-    let per_task = |w: &Groups| MIN_TASK_MACS.div_ceil(w.cols * x.rows).next_multiple_of(ROWS_PER_TASK);
+    let per_task = |w: &Groups| MIN_TASK_MACS.div_ceil((w.cols * x.rows).max(1)).next_multiple_of(ROWS_PER_TASK);
     let tasks = |w: &Groups| w.rows.div_ceil(per_task(w));
     for_each(ws.iter().map(|w| tasks(w)).sum(), |task| {
         // The matrix this task belongs to (there are a handful) and its chunk of rows.
