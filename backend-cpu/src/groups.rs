@@ -112,18 +112,6 @@ pub(crate) struct Group<'a> {
     pub m: &'a [f32; GROUP_ROWS],
 }
 
-/// Where quant `i` of row `r` lies in a block's quant vectors, for quants of `bits`: `(byte, shift, bits)` of
-/// its low bits, and for 3-bit quants `(byte, shift)` of its third bit.
-fn place(bits: usize, r: usize, i: usize) -> ((usize, u32, u32), Option<(usize, u32)>) {
-    let (c, j) = (i / 4, i % 4);
-    let lane = 4 * r + j;
-    match bits {
-        2 | 3 => ((32 * (c % 2) + lane, 2 * (c / 2) as u32, 2), (bits == 3).then_some((64 + lane, c as u32))),
-        4 => ((32 * (c % 4) + lane, 4 * (c / 4) as u32, 4), None),
-        _ => ((32 * c + lane, 0, 8), None),
-    }
-}
-
 /// Row `r`'s block `b` as the groups store it: its 32 quants (as stored: unsigned, or two's complement for
 /// 8 bits) and its scale bytes (`format.stride() - quant_bytes` of them across the eight rows' slots).
 trait SourceRows {
@@ -280,10 +268,12 @@ impl Groups {
     /// Row `r` as f32: `S q - O` per block (see the module documentation).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         let (group, lane) = (self.group(r / GROUP_ROWS), r % GROUP_ROWS);
+        let mut q = [[0i8; BLOCK_LEN]; GROUP_ROWS];
         for (b, block) in out.chunks_exact_mut(BLOCK_LEN).enumerate() {
+            group.unpack(b, &mut q);
             let (scale, offset) = group.scales(b, lane);
-            for (i, o) in block.iter_mut().enumerate() {
-                *o = scale * group.quant(b, lane, i) as f32 - offset;
+            for (o, &quant) in block.iter_mut().zip(&q[lane]) {
+                *o = scale * quant as f32 - offset;
             }
         }
     }
@@ -316,16 +306,34 @@ impl Group<'_> {
         }
     }
 
-    /// Quant `i` of row `r` in block `b` (signed for 8-bit formats).
-    pub fn quant(&self, b: usize, r: usize, i: usize) -> i32 {
-        let block = self.block(b);
-        let bits = self.format.quant_bits();
-        let ((byte, shift, width), third) = place(bits, r, i);
-        let low = (block[byte] as u32 >> shift) & ((1 << width) - 1);
-        match third {
-            _ if bits == 8 => low as u8 as i8 as i32,
-            Some((byte, shift)) => (low | ((block[byte] as u32 >> shift) & 1) << 2) as i32,
-            None => low as i32,
+    /// Block `b` of the eight rows, as quants in element order (signed for 8-bit formats), the inverse of the
+    /// packing in [`Groups::new`]. Each row's four bytes of a quant vector are one little-endian word,
+    /// unpacked four quants at a time.
+    pub fn unpack(&self, b: usize, q: &mut [[i8; BLOCK_LEN]; GROUP_ROWS]) {
+        let (words, _) = self.block(b).as_chunks::<4>();
+        let word = |v: usize, r: usize| u32::from_le_bytes(words[8 * v + r]);
+        for (r, row) in q.iter_mut().enumerate() {
+            let mut put = |c: usize, quants: u32| {
+                for (dst, byte) in row[4 * c..4 * c + 4].iter_mut().zip(quants.to_le_bytes()) {
+                    *dst = byte as i8;
+                }
+            };
+            match self.format.quant_bits() {
+                8 => (0..8).for_each(|c| put(c, word(c, r))),
+                4 => {
+                    for v in 0..4 {
+                        put(v, word(v, r) & 0x0f0f_0f0f);
+                        put(v + 4, word(v, r) >> 4 & 0x0f0f_0f0f);
+                    }
+                }
+                bits => {
+                    let third = if bits == 3 { word(2, r) } else { 0 };
+                    for c in 0..8 {
+                        let low = word(c % 2, r) >> (2 * (c / 2)) & 0x0303_0303;
+                        put(c, low | (third >> c & 0x0101_0101) << 2);
+                    }
+                }
+            }
         }
     }
 }
@@ -343,11 +351,11 @@ mod tests {
     /// Every row read back from the groups is the row of the matrix it was made from, in shapes whose last
     /// group is padded (rows not a multiple of eight).
     #[test]
-    fn groups_hold_the_tern_rows() {
+    fn groups_hold_the_tern_rows() -> Result<(), Box<dyn std::error::Error>> {
         for format in TernFormat::ALL {
             for rows in [1, 8, 13] {
                 let cols = 96;
-                let t = TernMatrix::quantize(format, rows, cols, &values(rows * cols), None).unwrap();
+                let t = TernMatrix::quantize(format, rows, cols, &values(rows * cols), None)?;
                 let groups = Groups::from_tern(&t);
                 let (mut want, mut got) = (vec![0f32; cols], vec![0f32; cols]);
                 for r in 0..rows {
@@ -357,16 +365,17 @@ mod tests {
                 }
             }
         }
+        Ok(())
     }
 
     /// The same for GGUF's block types, against tern-quant's reference dequantization.
     #[test]
-    fn groups_hold_the_gguf_rows() {
+    fn groups_hold_the_gguf_rows() -> Result<(), Box<dyn std::error::Error>> {
         for ty in [TensorType::Q4_0, TensorType::Q4_1, TensorType::Q8_0] {
             for rows in [1, 8, 13] {
                 let cols = 96;
-                let p = PackedMatrix::from_f32(ty, rows, cols, &values(rows * cols)).unwrap();
-                let groups = Groups::from_gguf(&p.view()).unwrap();
+                let p = PackedMatrix::from_f32(ty, rows, cols, &values(rows * cols))?;
+                let groups = Groups::from_gguf(&p.view()).ok_or("a GGUF block type makes groups")?;
                 let (mut want, mut got) = (vec![0f32; cols], vec![0f32; cols]);
                 for r in 0..rows {
                     tern_quant::dequantize_row(&p.view(), r, &mut want);
@@ -375,5 +384,6 @@ mod tests {
                 }
             }
         }
+        Ok(())
     }
 }

@@ -47,7 +47,7 @@ pub(crate) fn dot_scalar<const N: usize>(w: Group<'_>, nb: usize, x: [ActRow<'_>
     let mut out = [[0f32; GROUP_ROWS]; N];
     let mut q = [[0i8; BLOCK_LEN]; GROUP_ROWS];
     for b in 0..nb {
-        unpack(w, b, &mut q);
+        w.unpack(b, &mut q);
         let scales: [(f32, f32); GROUP_ROWS] = std::array::from_fn(|r| w.scales(b, r));
         for (xr, o) in x.iter().zip(out.iter_mut()) {
             let xq = &xr.q[b * BLOCK_LEN..(b + 1) * BLOCK_LEN];
@@ -59,37 +59,6 @@ pub(crate) fn dot_scalar<const N: usize>(w: Group<'_>, nb: usize, x: [ActRow<'_>
         }
     }
     out
-}
-
-/// Block `b` of the group's eight rows, as quants in element order (the layouts of [`crate::groups`]). Each
-/// row's four bytes of a quant vector are one little-endian word, unpacked four quants at a time.
-fn unpack(w: Group<'_>, b: usize, q: &mut [[i8; BLOCK_LEN]; GROUP_ROWS]) {
-    let block = w.block(b);
-    let (words, _) = block.as_chunks::<4>();
-    let word = |v: usize, r: usize| u32::from_le_bytes(words[8 * v + r]);
-    for (r, row) in q.iter_mut().enumerate() {
-        let mut put = |c: usize, quants: u32| {
-            for (dst, byte) in row[4 * c..4 * c + 4].iter_mut().zip(quants.to_le_bytes()) {
-                *dst = byte as i8;
-            }
-        };
-        match w.format.quant_bits() {
-            8 => (0..8).for_each(|c| put(c, word(c, r))),
-            4 => {
-                for v in 0..4 {
-                    put(v, word(v, r) & 0x0f0f_0f0f);
-                    put(v + 4, word(v, r) >> 4 & 0x0f0f_0f0f);
-                }
-            }
-            bits => {
-                let third = if bits == 3 { word(2, r) } else { 0 };
-                for c in 0..8 {
-                    let low = word(c % 2, r) >> (2 * (c / 2)) & 0x0303_0303;
-                    put(c, low | (third >> c & 0x0101_0101) << 2);
-                }
-            }
-        }
-    }
 }
 
 #[cfg(target_arch = "x86_64")]
