@@ -38,7 +38,7 @@ impl FromStr for BackendChoice {
 pub enum AnyBackend {
     Cpu(CpuBackend),
     #[cfg(feature = "webgpu")]
-    WebGpu(WebGpuBackend),
+    WebGpu(Box<WebGpuBackend>),
 }
 
 /// A tensor of an [`AnyBackend`].
@@ -71,10 +71,10 @@ impl AnyBackend {
         match choice {
             BackendChoice::Cpu => Ok(AnyBackend::Cpu(CpuBackend::new(threads)?)),
             #[cfg(feature = "webgpu")]
-            BackendChoice::WebGpu => Ok(AnyBackend::WebGpu(WebGpuBackend::new(AdapterChoice::Any)?)),
+            BackendChoice::WebGpu => Ok(AnyBackend::WebGpu(Box::new(WebGpuBackend::new(AdapterChoice::Any)?))),
             #[cfg(feature = "webgpu")]
             BackendChoice::Auto => match WebGpuBackend::new(AdapterChoice::GpuOnly) {
-                Ok(be) => Ok(AnyBackend::WebGpu(be)),
+                Ok(be) => Ok(AnyBackend::WebGpu(Box::new(be))),
                 Err(_) => Ok(AnyBackend::Cpu(CpuBackend::new(threads)?)),
             },
             #[cfg(not(feature = "webgpu"))]

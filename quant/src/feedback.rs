@@ -103,6 +103,18 @@ impl FeedbackFactor {
     }
 }
 
+impl FeedbackFactor {
+    /// Row `j` of the upper factor.
+    pub(crate) fn u_row(&self, j: usize) -> &[f64] {
+        &self.u[j * self.cols..(j + 1) * self.cols]
+    }
+
+    /// Element `(i, j)` of the upper factor.
+    pub(crate) fn u_at(&self, i: usize, j: usize) -> f64 {
+        self.u[i * self.cols + j]
+    }
+}
+
 impl TernMatrix {
     /// Quantizes like [`TernMatrix::quantize`] (importance from the factor's diagonal), then rounds every block
     /// again with error feedback through `factor`.

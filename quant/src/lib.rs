@@ -16,6 +16,7 @@ mod packed;
 pub mod plan;
 mod quantize;
 mod tern_formats;
+pub mod trellis;
 
 pub use error::{Error, Result};
 pub use feedback::FeedbackFactor;
