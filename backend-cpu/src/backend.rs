@@ -17,13 +17,17 @@ fn floats(op: &'static str, ts: &[&CpuTensor]) -> Result<()> {
     ts.iter().try_for_each(|t| t.f32_only(op))
 }
 
-/// The CPU backend: kernels at a [`SimdLevel`], work spread over a rayon pool of its own.
+/// The CPU backend: kernels at a [`SimdLevel`], work spread over a team of threads of its own (with a rayon
+/// pool of its own for whatever the team cannot take).
 #[derive(Debug)]
 pub struct CpuBackend {
     level: SimdLevel,
     threads: usize,
     #[cfg(feature = "parallel")]
     pool: rayon::ThreadPool,
+    /// Takes the parallel sections of whatever runs under [`CpuBackend::install`].
+    #[cfg(feature = "parallel")]
+    team: crate::team::Team,
 }
 
 impl CpuBackend {
@@ -45,7 +49,9 @@ impl CpuBackend {
                 .thread_name(|i| format!("tern-cpu-{i}"))
                 .build()
                 .map_err(|e| Error::OutOfMemory { reason: format!("cannot start {threads} CPU threads: {e}") })?;
-            Ok(CpuBackend { level, threads, pool })
+            let team = crate::team::Team::new(threads)
+                .map_err(|e| Error::OutOfMemory { reason: format!("cannot start {threads} CPU threads: {e}") })?;
+            Ok(CpuBackend { level, threads, pool, team })
         }
         #[cfg(not(feature = "parallel"))]
         {
@@ -67,7 +73,10 @@ impl CpuBackend {
     /// Runs `f` on this backend's threads, so that a whole forward pass (many ops) hops onto the pool once.
     pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         #[cfg(feature = "parallel")]
-        return self.pool.install(f);
+        return self.pool.install(|| {
+            let _team = self.team.enter();
+            f()
+        });
         #[cfg(not(feature = "parallel"))]
         f()
     }

@@ -1,9 +1,13 @@
-//! The one place that knows whether work runs on rayon's threads or in sequence.
+//! The one place that knows whether work runs on the backend's team, on rayon's threads, or in sequence.
 
-/// Runs `f(i)` for every `i` in `0..n`, on rayon's threads when the `parallel` feature is on.
+/// Runs `f(i)` for every `i` in `0..n`: with the `parallel` feature, on the calling thread's team (see
+/// [`crate::team`]) when it has a free one, else on rayon's threads.
 pub(crate) fn for_each(n: usize, f: impl Fn(usize) + Send + Sync) {
     #[cfg(feature = "parallel")]
     {
+        if crate::team::Team::run_current(n, &f) {
+            return;
+        }
         use rayon::prelude::*;
         (0..n).into_par_iter().for_each(f);
     }
@@ -24,21 +28,22 @@ pub(crate) fn splits(len: usize, cols: usize) -> bool {
     len > chunk_rows(cols) * cols.max(1)
 }
 
-/// Calls `f(first_row, rows)` for consecutive chunks of whole rows of `data` (rows of `cols` values), on
-/// rayon's threads when the `parallel` feature is on and there is more than one chunk.
+/// Calls `f(first_row, rows)` for consecutive chunks of whole rows of `data` (rows of `cols` values), in
+/// parallel (as [`for_each`]) when there is more than one chunk.
 pub(crate) fn for_row_chunks(data: &mut [f32], cols: usize, f: impl Fn(usize, &mut [f32]) + Send + Sync) {
     let rows = chunk_rows(cols);
     let chunk = rows * cols.max(1);
     if !splits(data.len(), cols) {
         return f(0, data);
     }
-    #[cfg(feature = "parallel")]
-    {
-        use rayon::prelude::*;
-        data.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i * rows, c));
-    }
-    #[cfg(not(feature = "parallel"))]
-    data.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i * rows, c));
+    let (len, base) = (data.len(), SharedMut(data.as_mut_ptr()));
+    for_each(len.div_ceil(chunk), |i| {
+        let start = i * chunk;
+        // Safety: chunk i is elements start..start + n of `data`, which no other task touches, and `data` is
+        // borrowed mutably for the whole section.
+        let c = unsafe { std::slice::from_raw_parts_mut(base.at(start), chunk.min(len - start)) };
+        f(i * rows, c)
+    });
 }
 
 /// A raw pointer that tasks writing disjoint elements may share.
