@@ -87,12 +87,7 @@ fn main() -> Result<(), Error> {
             let parts: Vec<Vec<trellis::TrellisRow>> = std::thread::scope(|s| {
                 let handles: Vec<_> = data
                     .chunks(per * cols)
-                    .map(|part| {
-                        s.spawn(move || match factor {
-                            Some(f) => trellis::quantize_rows_with_feedback(k, cols, part, f, block, cmax),
-                            None => trellis::quantize_rows(k, cols, part, imp, block, cmax),
-                        })
-                    })
+                    .map(|part| s.spawn(move || trellis::quantize_rows(k, cols, part, imp, factor, (block, cmax))))
                     .collect();
                 handles.into_iter().map(|h| h.join().map_err(|_| "a quantizer thread panicked")).collect::<Result<Vec<_>, _>>()
             })?;

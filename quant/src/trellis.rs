@@ -57,7 +57,10 @@ pub struct TrellisSearch {
 }
 
 impl TrellisSearch {
-    /// A search for `k` bits per weight (2, 3 or 4).
+    /// A search for `k` bits per weight (1 to 4).
+    ///
+    /// # Panics
+    /// If `k` is not 1 to 4 (callers check what they were given first).
     pub fn new(k: usize) -> Self {
         assert!((1..=4).contains(&k), "trellis codes take 1 to 4 bits per weight, not {k}");
         TrellisSearch {
@@ -263,27 +266,6 @@ pub fn dequantize_row(row: &TrellisRow, k: usize, block: usize, out: &mut [f32])
     }
 }
 
-/// Quantizes rows `rows` of a matrix of `cols` columns (`data` holds just those rows), each under the element
-/// weights tern's scalar formats use (the column importance times `sqrt(sigma2 + x^2)`).
-pub fn quantize_rows(
-    k: usize,
-    cols: usize,
-    data: &[f32],
-    importance: Option<&[f32]>,
-    block: usize,
-    cmax: u32,
-) -> Vec<TrellisRow> {
-    let mut search = TrellisSearch::new(k);
-    let mut w = vec![0f32; cols];
-    data.chunks_exact(cols)
-        .map(|x| {
-            let sigma2 = x.iter().map(|v| v * v).sum::<f32>() / cols as f32;
-            crate::tern_formats::element_weights(x, importance, sigma2, &mut w);
-            quantize_row(&mut search, x, &w, block, cmax)
-        })
-        .collect()
-}
-
 /// Quantizes a row with error feedback (GPTQ's, applied a scale block at a time as QTIP's BlockLDLQ does):
 /// each block is searched on the weights as they stand when it is reached, its path continuing the row's, and
 /// its rounding errors then move the weights not yet quantized through the factor `u` of the inverse second
@@ -347,24 +329,30 @@ pub(crate) fn quantize_row_with_feedback(
     row
 }
 
-/// Quantizes the rows in `data` with error feedback: the row unit from a plain quantization, then
-/// [`quantize_row_with_feedback`].
-pub fn quantize_rows_with_feedback(
+/// Quantizes the rows in `data` (each of `cols` weights), each under the element weights tern's scalar formats
+/// use (the column importance times `sqrt(sigma2 + x^2)`, the importance being the feedback factor's when
+/// there is one). With a `feedback` factor, each row is then quantized again with error feedback
+/// ([`quantize_row_with_feedback`]), keeping the plain quantization's row unit.
+pub fn quantize_rows(
     k: usize,
     cols: usize,
     data: &[f32],
-    factor: &crate::FeedbackFactor,
-    block: usize,
-    cmax: u32,
+    importance: Option<&[f32]>,
+    feedback: Option<&crate::FeedbackFactor>,
+    (block, cmax): (usize, u32),
 ) -> Vec<TrellisRow> {
     let mut search = TrellisSearch::new(k);
     let mut w = vec![0f32; cols];
+    let importance = feedback.map(|f| f.importance.as_slice()).or(importance);
     data.chunks_exact(cols)
         .map(|x| {
             let sigma2 = x.iter().map(|v| v * v).sum::<f32>() / cols as f32;
-            crate::tern_formats::element_weights(x, Some(&factor.importance), sigma2, &mut w);
+            crate::tern_formats::element_weights(x, importance, sigma2, &mut w);
             let plain = quantize_row(&mut search, x, &w, block, cmax);
-            quantize_row_with_feedback(&mut search, x, factor, (block, cmax, plain.d))
+            match feedback {
+                Some(f) => quantize_row_with_feedback(&mut search, x, f, (block, cmax, plain.d)),
+                None => plain,
+            }
         })
         .collect()
 }
@@ -441,8 +429,8 @@ mod tests {
             }
             total
         };
-        let plain = quantize_rows(2, cols, &x, Some(&factor.importance), 64, 255);
-        let fed = quantize_rows_with_feedback(2, cols, &x, &factor, 64, 255);
+        let plain = quantize_rows(2, cols, &x, Some(&factor.importance), None, (64, 255));
+        let fed = quantize_rows(2, cols, &x, None, Some(&factor), (64, 255));
         let (ep, ef) = (output_error(&plain), output_error(&fed));
         // A modest gain: the search inside a block weighs its errors as independent, while these activations
         // correlate neighbouring columns (see docs/QUALITY.md).
