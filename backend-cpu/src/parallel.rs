@@ -39,7 +39,7 @@ pub(crate) fn for_row_chunks(data: &mut [f32], cols: usize, f: impl Fn(usize, &m
     let (len, base) = (data.len(), SharedMut(data.as_mut_ptr()));
     for_each(len.div_ceil(chunk), |i| {
         let start = i * chunk;
-        // Safety: chunk i is elements start..start + n of `data`, which no other task touches, and `data` is
+        // Safety: chunk i is the elements of `data` from `start` on (at most `chunk`), which no other task touches; `data` is
         // borrowed mutably for the whole section.
         let c = unsafe { std::slice::from_raw_parts_mut(base.at(start), chunk.min(len - start)) };
         f(i * rows, c)
