@@ -39,8 +39,8 @@ pub(crate) fn for_row_chunks(data: &mut [f32], cols: usize, f: impl Fn(usize, &m
     let (len, base) = (data.len(), SharedMut(data.as_mut_ptr()));
     for_each(len.div_ceil(chunk), |i| {
         let start = i * chunk;
-        // Safety: chunk i is the elements of `data` from `start` on (at most `chunk`), which no other task touches; `data` is
-        // borrowed mutably for the whole section.
+        // Safety: chunk i is the elements of `data` from `start` on (at most `chunk`), which no other task
+        // touches; `data` is borrowed mutably for the whole section.
         let c = unsafe { std::slice::from_raw_parts_mut(base.at(start), chunk.min(len - start)) };
         f(i * rows, c)
     });
