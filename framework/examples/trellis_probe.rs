@@ -89,7 +89,10 @@ fn main() -> Result<(), Error> {
                     .chunks(per * cols)
                     .map(|part| s.spawn(move || trellis::quantize_rows(k, cols, part, imp, factor, (block, cmax))))
                     .collect();
-                handles.into_iter().map(|h| h.join().map_err(|_| "a quantizer thread panicked")).collect::<Result<Vec<_>, _>>()
+                handles
+                    .into_iter()
+                    .map(|h| h.join().map_err(|_| "a quantizer thread panicked")?.map_err(Error::from))
+                    .collect::<Result<Vec<_>, Error>>()
             })?;
             for (row, out) in parts.iter().flatten().zip(data.chunks_exact_mut(cols)) {
                 trellis::dequantize_row(row, k, block, out);

@@ -32,6 +32,18 @@ impl<'a> Cache<'a> {
             None => Cache::F32(&t.data),
         }
     }
+
+    /// Whether rows `0..m` of `n` elements each, placed as `rows` says, lie in the cache: what the SIMD paths,
+    /// which read them with raw loads, need. `AttentionParams::check` refuses any query that would read past
+    /// the cache, so this always holds; were it ever false, the portable path's slice indexing would stop at
+    /// the first read past the cache.
+    fn holds(self, rows: Rows, m: usize, n: usize) -> bool {
+        let len = match self {
+            Cache::F32(c) => c.len(),
+            Cache::F16(c) => c.len(),
+        };
+        m == 0 || rows.first + (m - 1) * rows.stride + n <= len
+    }
 }
 
 pub(crate) fn attention(
@@ -84,8 +96,8 @@ struct Rows {
 /// `scores[j] = scale * q · row j` for every `j < scores.len()`.
 fn dots(level: SimdLevel, q: &[f32], cache: Cache<'_>, rows: Rows, scale: f32, scores: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if level >= SimdLevel::Avx2 {
-        // Safety: the level was detected on this CPU (SimdLevel::detect).
+    if level >= SimdLevel::Avx2 && cache.holds(rows, scores.len(), q.len()) {
+        // Safety: the level was detected on this CPU (SimdLevel::detect), and the rows lie in the cache.
         unsafe {
             match cache {
                 Cache::F32(c) => x86::dots_f32(q, c, rows, scale, scores),
@@ -123,7 +135,7 @@ fn exp_sum(level: SimdLevel, scores: &mut [f32], max: f32) -> f32 {
 /// `acc = sum over j of weights[j] * row j`, added to what `acc` holds.
 fn weighted_sum(level: SimdLevel, acc: &mut [f32], weights: &[f32], cache: Cache<'_>, rows: Rows) {
     #[cfg(target_arch = "x86_64")]
-    if level >= SimdLevel::Avx2 {
+    if level >= SimdLevel::Avx2 && cache.holds(rows, weights.len(), acc.len()) {
         // Safety: as in `dots`.
         unsafe {
             match cache {
@@ -302,15 +314,16 @@ mod x86 {
     /// through `$axpy`.
     macro_rules! over_rows {
         ($dots:ident, $sums:ident, $chunk:ident, $t:ty, $load:ident, $dot:ident, $axpy:ident) => {
+            /// # Safety
+            /// AVX2, FMA and F16C are present, and rows `0..scores.len()` of `q.len()` elements lie in `c`.
             #[target_feature(enable = "avx2,fma,f16c")]
             pub(super) unsafe fn $dots(q: &[f32], c: &[$t], rows: Rows, scale: f32, scores: &mut [f32]) {
                 let (n, m) = (q.len(), scores.len());
                 if m == 0 {
                     return;
                 }
-                assert!(rows.first + (m - 1) * rows.stride + n <= c.len(), "attention rows past the cache");
                 let mut j = 0;
-                // Safety: every row read lies in `c` (the assertion above), every load below `n`.
+                // Safety: every row read lies in `c` (the caller's precondition), every load below `n`.
                 unsafe {
                     while n % 8 == 0 && j + 8 <= m {
                         let p: [*const $t; 8] = std::array::from_fn(|i| c.as_ptr().add(rows.first + (j + i) * rows.stride));
@@ -351,15 +364,16 @@ mod x86 {
                 }
             }
 
+            /// # Safety
+            /// AVX2, FMA and F16C are present, and rows `0..weights.len()` of `acc.len()` elements lie in `c`.
             #[target_feature(enable = "avx2,fma,f16c")]
             pub(super) unsafe fn $sums(acc: &mut [f32], weights: &[f32], c: &[$t], rows: Rows) {
                 let (n, m) = (acc.len(), weights.len());
                 if m == 0 {
                     return;
                 }
-                assert!(rows.first + (m - 1) * rows.stride + n <= c.len(), "attention rows past the cache");
                 let mut d = 0;
-                // Safety: every row read lies in `c` (the assertion above); each chunk stays below `n`.
+                // Safety: every row read lies in `c` (the caller's precondition); each chunk stays below `n`.
                 unsafe {
                     let rows_at = |d: usize| c.as_ptr().add(rows.first + d);
                     while d + 64 <= n {

@@ -33,9 +33,16 @@ impl<'a> ActRow<'a> {
 
 /// `out[n][r] = w[r] · x[n]` for the eight rows of group `w` (`nb` blocks each) and the `N` activation rows.
 pub(crate) fn dot<const N: usize>(level: SimdLevel, w: Group<'_>, nb: usize, x: [ActRow<'_>; N]) -> [[f32; GROUP_ROWS]; N] {
+    // The SIMD kernels read every byte of `nb` blocks and `nb` activation blocks with raw loads. `Groups` and
+    // `QuantizedRows` are built to the product's checked column count, so the operands always fit; were they
+    // ever short, the portable path's slice indexing would stop at the first read past them.
     #[cfg(target_arch = "x86_64")]
-    if level != SimdLevel::Scalar {
-        return x86::dot(level, w, nb, x);
+    if level != SimdLevel::Scalar
+        && w.data.len() >= nb * w.format.stride()
+        && x.iter().all(|r| r.q.len() >= nb * BLOCK_LEN && r.d.len() >= nb && r.s.len() >= nb)
+    {
+        // Safety: the operands hold `nb` blocks (checked above).
+        return unsafe { x86::dot(level, w, nb, x) };
     }
     let _ = level;
     dot_scalar(w, nb, x)
@@ -82,13 +89,16 @@ mod x86 {
     const HALVES: u8 = 1;
     const OFFSET8: u8 = 2;
 
-    pub(super) fn dot<const N: usize>(level: SimdLevel, w: Group<'_>, nb: usize, x: [ActRow<'_>; N]) -> [[f32; GROUP_ROWS]; N] {
-        // The kernels read every byte of `nb` blocks and `nb` activation blocks with raw loads.
-        let fits = w.data.len() >= nb * w.format.stride()
-            && x.iter().all(|r| r.q.len() >= nb * BLOCK_LEN && r.d.len() >= nb && r.s.len() >= nb);
-        assert!(fits, "quantized product operands shorter than {nb} blocks");
+    /// # Safety
+    /// `w` and every row of `x` hold at least `nb` blocks, and `level` was detected on this CPU.
+    pub(super) unsafe fn dot<const N: usize>(
+        level: SimdLevel,
+        w: Group<'_>,
+        nb: usize,
+        x: [ActRow<'_>; N],
+    ) -> [[f32; GROUP_ROWS]; N] {
         let vnni = level == SimdLevel::Avx512Vnni;
-        // Safety: `level` was detected on this CPU, and the lengths were checked above.
+        // Safety: guaranteed by the caller.
         unsafe {
             match (vnni, w.format) {
                 (true, GroupFormat::Tern(TernFormat::T2)) => with_vnni::<N, T2, CODES>(w, nb, x),
