@@ -29,6 +29,12 @@
 //! | Q8_0 | 8 f16 `d` | `d` | 0 |
 //!
 //! where `D` and `M` are tern's row units (docs/FORMATS.md), kept per group (`units`).
+//!
+//! The trellis formats (TR2, TR3, TR4: `k` bits per weight) keep each row's bit stream as it is: block `b`'s
+//! `k` quant vectors hold, in lane `r`, row `r`'s stream words `k b..k b + k`, and one more vector after the
+//! last block holds every row's last word (a weight's 12-bit window can reach into the next block's first
+//! word). The block's scales are the eight rows' scale codes `sc` (of the 64 weights the block is in); its
+//! `q` is the sum of the four 7-bit bytes of the state's codebook word (`0..=508`), `S = D sc`, `O = 254 S`.
 
 use half::f16;
 use tern_core::{BLOCK_LEN, MatrixView, TensorType, TernFormat};
@@ -78,10 +84,21 @@ impl GroupFormat {
         GROUP_ROWS * BLOCK_LEN * self.quant_bits() / 8
     }
 
+    /// Whether this is a trellis format (a bit stream per row, see the module documentation).
+    pub fn is_trellis(self) -> bool {
+        matches!(self, GroupFormat::Tern(f) if f.is_trellis())
+    }
+
+    /// Bytes of one group of `nb` blocks: the blocks, and for the trellis formats the rows' last stream words.
+    pub fn group_bytes(self, nb: usize) -> usize {
+        nb * self.stride() + if self.is_trellis() { 4 * GROUP_ROWS } else { 0 }
+    }
+
     /// Bytes of one block of a group: its quant vectors, then its scales.
     pub fn stride(self) -> usize {
         let scales = match self {
             GroupFormat::Tern(TernFormat::T3 | TernFormat::T4) => 2 * GROUP_ROWS,
+            GroupFormat::Tern(TernFormat::TR2 | TernFormat::TR3 | TernFormat::TR4) => GROUP_ROWS,
             GroupFormat::Tern(_) => GROUP_ROWS,
             GroupFormat::Q4_1 => 4 * GROUP_ROWS,
             GroupFormat::Q4_0 | GroupFormat::Q8_0 => 2 * GROUP_ROWS,
@@ -136,24 +153,30 @@ impl SourceRows for TernMatrix {
                 let third = if self.format == TernFormat::T3 { words[2] } else { 0 };
                 std::array::from_fn(|i| (byte(i % 8) >> (2 * (i / 8)) & 3) | ((third >> i & 1) << 2) as u8)
             }
+            TernFormat::TR2 | TernFormat::TR3 | TernFormat::TR4 => unreachable!("trellis rows are copied whole"),
         }
     }
 
     fn scales(&self, r: usize, b: usize, scales: &mut [u8]) {
-        let (sc, mn) = self.row(r).block_codes(b);
-        match self.format {
-            TernFormat::T2 => scales[r % GROUP_ROWS] = (sc | mn << 4) as u8,
-            TernFormat::T3 | TernFormat::T4 => {
-                scales[r % GROUP_ROWS] = sc as u8;
-                scales[GROUP_ROWS + r % GROUP_ROWS] = mn as u8;
-            }
-            TernFormat::T8 => scales[r % GROUP_ROWS] = sc as u8,
-        }
+        source_scales(&self.row(r), b, r, scales)
     }
 
     fn units(&self, r: usize) -> (f32, f32) {
         let row = self.row(r);
         (row.d, row.m)
+    }
+}
+
+/// Row `r`'s block-`b` codes written into its slots of a block's scales.
+fn source_scales(row: &tern_quant::TernRow<'_>, b: usize, r: usize, scales: &mut [u8]) {
+    let (sc, mn) = row.block_codes(b);
+    match row.format {
+        TernFormat::T2 => scales[r % GROUP_ROWS] = (sc | mn << 4) as u8,
+        TernFormat::T3 | TernFormat::T4 => {
+            scales[r % GROUP_ROWS] = sc as u8;
+            scales[GROUP_ROWS + r % GROUP_ROWS] = mn as u8;
+        }
+        TernFormat::T8 | TernFormat::TR2 | TernFormat::TR3 | TernFormat::TR4 => scales[r % GROUP_ROWS] = sc as u8,
     }
 }
 
@@ -195,7 +218,34 @@ impl SourceRows for Packed<'_> {
 impl Groups {
     /// A tern-format matrix, its rows interleaved.
     pub fn from_tern(t: &TernMatrix) -> Self {
+        if t.format.is_trellis() {
+            return Self::trellis(t);
+        }
         Self::new(GroupFormat::Tern(t.format), t.rows, t.cols, t)
+    }
+
+    /// A trellis-format matrix: each row's stream words and scale codes, interleaved.
+    fn trellis(t: &TernMatrix) -> Self {
+        let (format, nb, rows) = (GroupFormat::Tern(t.format), t.row_blocks(), t.rows);
+        let (k, stride, size, qbytes) = (t.format.quant_words(), format.stride(), format.group_bytes(nb), format.quant_bytes());
+        let groups = rows.div_ceil(GROUP_ROWS);
+        let mut data = vec![0u8; groups * size];
+        let mut units = vec![[0f32; GROUP_ROWS]; groups * 2];
+        for (g, (data, units)) in data.chunks_exact_mut(size).zip(units.chunks_exact_mut(2)).enumerate() {
+            for r in 0..GROUP_ROWS.min(rows - g * GROUP_ROWS) {
+                let row = t.row(g * GROUP_ROWS + r);
+                units[0][r] = row.d;
+                for (i, &word) in row.quants.iter().enumerate() {
+                    // Word i is block i / k's vector i % k; the last word is the vector after the last block.
+                    let at = (i / k) * stride + 32 * (i % k) + 4 * r;
+                    data[at..at + 4].copy_from_slice(&word.to_le_bytes());
+                }
+                for b in 0..nb {
+                    source_scales(&row, b, r, &mut data[b * stride + qbytes..(b + 1) * stride]);
+                }
+            }
+        }
+        Groups { format, rows, cols: t.cols, data, units }
     }
 
     /// A GGUF block matrix (Q4_0, Q4_1 or Q8_0, already validated), its rows interleaved; `None` for other
@@ -261,19 +311,24 @@ impl Groups {
 
     /// Group `g`.
     pub fn group(&self, g: usize) -> Group<'_> {
-        let size = self.row_blocks() * self.format.stride();
+        let size = self.format.group_bytes(self.row_blocks());
         Group { format: self.format, data: &self.data[g * size..][..size], d: &self.units[2 * g], m: &self.units[2 * g + 1] }
     }
 
     /// Row `r` as f32: `S q - O` per block (see the module documentation).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         let (group, lane) = (self.group(r / GROUP_ROWS), r % GROUP_ROWS);
-        let mut q = [[0i8; BLOCK_LEN]; GROUP_ROWS];
+        let mut q = [[0i16; BLOCK_LEN]; GROUP_ROWS];
         for (b, block) in out.chunks_exact_mut(BLOCK_LEN).enumerate() {
             group.unpack(b, &mut q);
             let (scale, offset) = group.scales(b, lane);
             for (o, &quant) in block.iter_mut().zip(&q[lane]) {
-                *o = scale * quant as f32 - offset;
+                // The trellis formats' reference rounds `D sc (q - 254)`, not `S q - O`.
+                *o = if self.format.is_trellis() {
+                    scale * (quant - tern_quant::trellis::CODE_MIDDLE as i16) as f32
+                } else {
+                    scale * quant as f32 - offset
+                };
             }
         }
     }
@@ -300,22 +355,31 @@ impl Group<'_> {
             GroupFormat::Tern(TernFormat::T2) => (d * (s[r] & 15) as f32, m * (s[r] >> 4) as f32),
             GroupFormat::Tern(TernFormat::T3 | TernFormat::T4) => (d * s[r] as f32, m * s[GROUP_ROWS + r] as f32),
             GroupFormat::Tern(TernFormat::T8) => (d * s[r] as f32, 0.0),
+            GroupFormat::Tern(TernFormat::TR2 | TernFormat::TR3 | TernFormat::TR4) => {
+                let scale = d * s[r] as f32;
+                (scale, scale * tern_quant::trellis::CODE_MIDDLE as f32)
+            }
             GroupFormat::Q4_0 => (half(r), 8.0 * half(r)),
             GroupFormat::Q4_1 => (half(r), half(GROUP_ROWS + r)),
             GroupFormat::Q8_0 => (half(r), 0.0),
         }
     }
 
-    /// Block `b` of the eight rows, as quants in element order (signed for 8-bit formats), the inverse of the
-    /// packing in [`Groups::new`]. Each row's four bytes of a quant vector are one little-endian word,
-    /// unpacked four quants at a time.
-    pub fn unpack(&self, b: usize, q: &mut [[i8; BLOCK_LEN]; GROUP_ROWS]) {
+    /// Block `b` of the eight rows, as quants in element order (signed for 8-bit formats; for the trellis
+    /// formats the byte sums of the states' codebook words), the inverse of the packing in [`Groups::new`].
+    /// Each row's four bytes of a quant vector are one little-endian word, unpacked four quants at a time.
+    pub fn unpack(&self, b: usize, q: &mut [[i16; BLOCK_LEN]; GROUP_ROWS]) {
+        if let GroupFormat::Tern(f) = self.format
+            && f.is_trellis()
+        {
+            return self.unpack_trellis(b, f.quant_bits(), q);
+        }
         let (words, _) = self.block(b).as_chunks::<4>();
         let word = |v: usize, r: usize| u32::from_le_bytes(words[8 * v + r]);
         for (r, row) in q.iter_mut().enumerate() {
             let mut put = |c: usize, quants: u32| {
                 for (dst, byte) in row[4 * c..4 * c + 4].iter_mut().zip(quants.to_le_bytes()) {
-                    *dst = byte as i8;
+                    *dst = i16::from(byte as i8);
                 }
             };
             match self.format.quant_bits() {
@@ -338,6 +402,28 @@ impl Group<'_> {
     }
 }
 
+impl Group<'_> {
+    /// A trellis block: weight `i`'s state is the 12-bit window at bit `k i` of the block's words (and the
+    /// next block's first), its quant the byte sum of the state's masked codebook word.
+    fn unpack_trellis(&self, b: usize, k: usize, q: &mut [[i16; BLOCK_LEN]; GROUP_ROWS]) {
+        use tern_quant::trellis::{CODE_MIDDLE, STATE_BITS, code};
+        let stride = self.format.stride();
+        let (words, _) = self.data[b * stride..].as_chunks::<4>();
+        for (r, row) in q.iter_mut().enumerate() {
+            // Words k b.. of the row: vectors 0..k of this block, then vector 0 of the next (or the tail).
+            let word = |v: usize| {
+                let at = if v < k { 8 * v + r } else { stride / 4 + r };
+                u64::from(u32::from_le_bytes(words[at]))
+            };
+            for (i, o) in row.iter_mut().enumerate() {
+                let (v, s) = (k * i / 32, k * i % 32);
+                let state = ((word(v + 1) << 32 | word(v)) >> s) as u32 & ((1 << STATE_BITS) - 1);
+                *o = (code(state) + CODE_MIDDLE) as i16;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -354,7 +440,7 @@ mod tests {
     fn groups_hold_the_tern_rows() -> Result<(), Box<dyn std::error::Error>> {
         for format in TernFormat::ALL {
             for rows in [1, 8, 13] {
-                let cols = 96;
+                let cols = if format.is_trellis() { 192 } else { 96 };
                 let t = TernMatrix::quantize(format, rows, cols, &values(rows * cols), None)?;
                 let groups = Groups::from_tern(&t);
                 let (mut want, mut got) = (vec![0f32; cols], vec![0f32; cols]);

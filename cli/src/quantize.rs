@@ -17,9 +17,13 @@ pub struct QuantizeArgs {
     /// Where to write the tern model file (GGUF container).
     #[arg(long, short)]
     output: PathBuf,
-    /// One format for every weight matrix: 2, 3, 4 or 8 bits.
-    #[arg(long, conflicts_with = "target_bpw", required_unless_present = "target_bpw")]
+    /// One format for every weight matrix: 2, 3, 4 or 8 bits (tern's scalar formats T2, T3, T4, T8).
+    #[arg(long, conflicts_with_all = ["target_bpw", "format"], required_unless_present_any = ["target_bpw", "format"])]
     bits: Option<u32>,
+    /// One format for every weight matrix, by name: T2, T3, T4, T8, or the trellis formats TR2, TR3, TR4 (rows
+    /// a multiple of 64; docs/FORMATS.md).
+    #[arg(long, conflicts_with = "target_bpw")]
+    format: Option<String>,
     /// Mixed formats chosen by measured sensitivity to meet this many bits per weight (needs --calibration).
     #[arg(long)]
     target_bpw: Option<f64>,
@@ -45,7 +49,7 @@ pub struct QuantizeArgs {
     /// Chunks of 512 calibration tokens the second moments for --error-feedback are gathered over.
     #[arg(long, default_value_t = 8)]
     feedback_chunks: usize,
-    /// Formats the planner may choose (comma-separated).
+    /// Formats the planner may choose (comma-separated; the trellis formats TR2, TR3 and TR4 too).
     #[arg(long, value_delimiter = ',', default_value = "T2,T3,T4,T8")]
     formats: Vec<String>,
     /// Per-tensor formats by name pattern: lines of `pattern = format`, e.g. `blk.*.ffn_down.weight = T4`.
@@ -104,16 +108,20 @@ pub fn imatrix(args: &ImatrixArgs) -> Result<(), tern::Error> {
 }
 
 pub fn run(args: &QuantizeArgs) -> Result<(), tern::Error> {
-    let precision = match (args.bits, args.target_bpw) {
-        (Some(bits), _) => Precision::Bits(
-            TernFormat::ALL
+    let precision = match (args.bits, &args.format, args.target_bpw) {
+        (Some(bits), _, _) => Precision::Bits(
+            TernFormat::SCALAR
                 .into_iter()
                 .find(|f| f.quant_bits() as u32 == bits)
                 .ok_or_else(|| tern::Error::Option { name: "bits", detail: format!("{bits} is not 2, 3, 4 or 8") })?,
         ),
-        (None, Some(x)) => Precision::TargetBpw(x),
-        (None, None) => {
-            return Err(tern::Error::Option { name: "bits", detail: "give --bits or --target-bpw".into() });
+        (None, Some(name), _) => Precision::Bits(TernFormat::from_name(name.trim()).ok_or_else(|| tern::Error::Option {
+            name: "format",
+            detail: format!("{name:?} is not one of tern's formats ({})", format_names()),
+        })?),
+        (None, None, Some(x)) => Precision::TargetBpw(x),
+        (None, None, None) => {
+            return Err(tern::Error::Option { name: "bits", detail: "give --bits, --format or --target-bpw".into() });
         }
     };
     let mut options = QuantizeOptions::new(precision);
@@ -129,7 +137,7 @@ pub fn run(args: &QuantizeArgs) -> Result<(), tern::Error> {
         .map(|f| {
             TernFormat::from_name(f.trim()).ok_or_else(|| tern::Error::Option {
                 name: "formats",
-                detail: format!("{f:?} is not a tern format (T2, T3, T4, T8)"),
+                detail: format!("{f:?} is not one of tern's formats ({})", format_names()),
             })
         })
         .collect::<Result<_, _>>()?;
@@ -204,4 +212,9 @@ fn print(r: &QuantizeReport, verbose: bool, output: &std::path::Path) {
         r.file_bytes as f64 / (1 << 20) as f64,
         output.display()
     );
+}
+
+/// The names of tern's formats, for error messages.
+fn format_names() -> String {
+    TernFormat::ALL.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ")
 }

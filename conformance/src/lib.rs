@@ -79,9 +79,10 @@ macro_rules! conformance_suite {
                 }
 
                 #[test]
-                fn tern_products_match_reference(f in 0usize..4, rows in 1usize..20, blocks in 1usize..20, tokens in 1usize..10, seed in any::<u64>()) {
+                fn tern_products_match_reference(f in 0usize..7, rows in 1usize..20, blocks in 1usize..20, tokens in 1usize..10, seed in any::<u64>()) {
+                    let f = $crate::proptest_tern_format(f);
                     for (label, be) in super::$backends() {
-                        $crate::check_tern(&*be, &label, $crate::proptest_tern_format(f), rows, blocks * 32, tokens, seed);
+                        $crate::check_tern(&*be, &label, f, rows, blocks * f.row_multiple(), tokens, seed);
                     }
                 }
             }

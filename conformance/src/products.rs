@@ -230,21 +230,21 @@ pub fn check_tern<B: Backend>(
 pub fn tern_model_shapes_embedding_and_batch_invariance<B: Backend>(be: &B, label: &str) {
     for f in TernFormat::ALL {
         check_tern(be, label, f, 40, 576, 6, 3);
-        let t = TernMatrix::quantize(f, 9, 96, &values(9 * 96, 5, 1.0), None).unwrap();
-        let x = values(7 * 96, 6, 2.0);
+        let t = TernMatrix::quantize(f, 9, 192, &values(9 * 192, 5, 1.0), None).unwrap();
+        let x = values(7 * 192, 6, 2.0);
         let m = be.upload_matrix(t.view()).unwrap();
         let mut out = be.zeros(0, 0).unwrap();
         be.embed(&m, &[8, 0], &mut out).unwrap();
-        let mut row = vec![0f32; 96];
+        let mut row = vec![0f32; 192];
         t.dequantize_row(8, &mut row);
         let want: Vec<f64> = row.iter().map(|&v| v as f64).collect();
         let tol = 2.4e-7 * want.iter().fold(0f64, |m, v| m.max(v.abs()));
-        assert_close(&be.read(&out).unwrap()[..96], &want, |_| tol, &format!("{f:?} embed on {label}"));
+        assert_close(&be.read(&out).unwrap()[..192], &want, |_| tol, &format!("{f:?} embed on {label}"));
         // Batch invariance as in `matmul_is_batch_invariant`.
-        let (_, bound) = reference(&t.dequantize(), &x, 9, 96, true);
-        let all = product(be, &m, &x, 7, 96);
+        let (_, bound) = reference(&t.dequantize(), &x, 9, 192, true);
+        let all = product(be, &m, &x, 7, 192);
         for tk in 0..7 {
-            let one = product(be, &m, &x[tk * 96..(tk + 1) * 96], 1, 96);
+            let one = product(be, &m, &x[tk * 192..(tk + 1) * 192], 1, 192);
             let want: Vec<f64> = all[tk * 9..(tk + 1) * 9].iter().map(|&v| v as f64).collect();
             let tol = |i: usize| 1e-5 * want[i].abs().max(1.0) + 2.0 * bound[tk * 9 + i];
             assert_close(&one, &want, tol, &format!("{f:?} token {tk} on {label}"));

@@ -30,6 +30,12 @@ pub enum TensorType {
     T4 = TERN_TYPE_BASE + 4,
     /// tern's 8-bit format ([`TernFormat::T8`]).
     T8 = TERN_TYPE_BASE + 8,
+    /// tern's 2-bit trellis format ([`TernFormat::TR2`]).
+    TR2 = TERN_TYPE_BASE + 18,
+    /// tern's 3-bit trellis format ([`TernFormat::TR3`]).
+    TR3 = TERN_TYPE_BASE + 19,
+    /// tern's 4-bit trellis format ([`TernFormat::TR4`]).
+    TR4 = TERN_TYPE_BASE + 20,
 }
 
 impl TensorType {
@@ -49,6 +55,9 @@ impl TensorType {
             TensorType::T3 => Some(TernFormat::T3),
             TensorType::T4 => Some(TernFormat::T4),
             TensorType::T8 => Some(TernFormat::T8),
+            TensorType::TR2 => Some(TernFormat::TR2),
+            TensorType::TR3 => Some(TernFormat::TR3),
+            TensorType::TR4 => Some(TernFormat::TR4),
             _ => None,
         }
     }
@@ -66,6 +75,9 @@ impl TensorType {
             TensorType::T3 => "T3",
             TensorType::T4 => "T4",
             TensorType::T8 => "T8",
+            TensorType::TR2 => "TR2",
+            TensorType::TR3 => "TR3",
+            TensorType::TR4 => "TR4",
         }
     }
 
@@ -83,7 +95,7 @@ impl TensorType {
             TensorType::Q4_0 => Some(18),
             TensorType::Q4_1 => Some(20),
             TensorType::Q8_0 => Some(34),
-            TensorType::T2 | TensorType::T3 | TensorType::T4 | TensorType::T8 => None,
+            _ => None,
         }
     }
 
@@ -113,9 +125,9 @@ impl TensorType {
             TensorType::F16 | TensorType::Bf16 => 16,
             TensorType::Q4_0 | TensorType::Q4_1 => 4,
             TensorType::Q8_0 => 8,
-            TensorType::T2 => 2,
-            TensorType::T3 => 3,
-            TensorType::T4 => 4,
+            TensorType::T2 | TensorType::TR2 => 2,
+            TensorType::T3 | TensorType::TR3 => 3,
+            TensorType::T4 | TensorType::TR4 => 4,
             TensorType::T8 => 8,
         }
     }
@@ -128,8 +140,9 @@ impl TensorType {
 }
 
 /// One of tern's own weight formats: 2-, 3-, 4- or 8-bit quants in blocks of 32 with block scale (and minimum)
-/// codes against two f32 units per row. `docs/FORMATS.md` gives the layouts to the bit; `tern-quant` has the
-/// quantizer and the reference dequantization.
+/// codes against two f32 units per row, or 2-, 3- or 4-bit trellis codes (a bit stream per row, each weight a
+/// pseudo-Gaussian function of a 12-bit window of it) with a scale code per 64 weights. `docs/FORMATS.md` gives
+/// the layouts to the bit; `tern-quant` has the quantizers and the reference dequantization.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TernFormat {
     /// 2-bit unsigned quants, 4-bit block scale and minimum codes: 2.25 bits per weight, plus per row 64 bits
@@ -141,18 +154,41 @@ pub enum TernFormat {
     T4,
     /// 8-bit signed quants, 8-bit scale code, no minimum: 8.25 + per row.
     T8,
+    /// 2-bit trellis code, an 8-bit scale code per 64 weights: 2.125 + per row (rows a multiple of 64).
+    TR2,
+    /// 3-bit trellis code: 3.125 + per row.
+    TR3,
+    /// 4-bit trellis code: 4.125 + per row.
+    TR4,
 }
 
 impl TernFormat {
     /// Every format, smallest first.
-    pub const ALL: [TernFormat; 4] = [TernFormat::T2, TernFormat::T3, TernFormat::T4, TernFormat::T8];
+    pub const ALL: [TernFormat; 7] =
+        [TernFormat::TR2, TernFormat::T2, TernFormat::TR3, TernFormat::T3, TernFormat::TR4, TernFormat::T4, TernFormat::T8];
+
+    /// The scalar formats (blocks of 32 quants, scale and minimum codes).
+    pub const SCALAR: [TernFormat; 4] = [TernFormat::T2, TernFormat::T3, TernFormat::T4, TernFormat::T8];
+
+    /// The trellis formats.
+    pub const TRELLIS: [TernFormat; 3] = [TernFormat::TR2, TernFormat::TR3, TernFormat::TR4];
+
+    /// Whether this is a trellis format.
+    pub fn is_trellis(self) -> bool {
+        matches!(self, TernFormat::TR2 | TernFormat::TR3 | TernFormat::TR4)
+    }
+
+    /// What every row length must be a multiple of: 32, or 64 for the trellis formats (their scale blocks).
+    pub fn row_multiple(self) -> usize {
+        if self.is_trellis() { 2 * BLOCK_LEN } else { BLOCK_LEN }
+    }
 
     /// Bits of each quant.
     pub fn quant_bits(self) -> usize {
         match self {
-            TernFormat::T2 => 2,
-            TernFormat::T3 => 3,
-            TernFormat::T4 => 4,
+            TernFormat::T2 | TernFormat::TR2 => 2,
+            TernFormat::T3 | TernFormat::TR3 => 3,
+            TernFormat::T4 | TernFormat::TR4 => 4,
             TernFormat::T8 => 8,
         }
     }
@@ -162,12 +198,20 @@ impl TernFormat {
         self.quant_bits()
     }
 
-    /// Bits of block scale and minimum codes per block (T2: a byte of two nibbles; T8: one scale byte).
+    /// Bits of block scale and minimum codes per block (T2: a byte of two nibbles; T8: one scale byte; the
+    /// trellis formats: a scale byte per two blocks).
     pub fn code_bits(self) -> usize {
         match self {
             TernFormat::T2 | TernFormat::T8 => 8,
             TernFormat::T3 | TernFormat::T4 => 16,
+            TernFormat::TR2 | TernFormat::TR3 | TernFormat::TR4 => 4,
         }
+    }
+
+    /// u32 words of quants per row of `cols` weights: the blocks' words, and for the trellis formats one more
+    /// (the last weights' windows reach past the last block).
+    pub fn stream_words(self, cols: usize) -> usize {
+        cols / BLOCK_LEN * self.quant_words() + usize::from(self.is_trellis())
     }
 
     /// u32 words of codes per row of `cols` weights (each row's codes start on a word).
@@ -177,7 +221,7 @@ impl TernFormat {
 
     /// u32 words one row of `cols` weights takes in all: quants, codes and the two row units.
     pub fn row_words(self, cols: usize) -> usize {
-        cols / BLOCK_LEN * self.quant_words() + self.code_words(cols) + 2
+        self.stream_words(cols) + self.code_words(cols) + 2
     }
 
     /// Exact bits per weight of a matrix with rows of `cols` weights: the quants, the row's code words (padding
@@ -203,6 +247,9 @@ impl TernFormat {
             TernFormat::T3 => TensorType::T3,
             TernFormat::T4 => TensorType::T4,
             TernFormat::T8 => TensorType::T8,
+            TernFormat::TR2 => TensorType::TR2,
+            TernFormat::TR3 => TensorType::TR3,
+            TernFormat::TR4 => TensorType::TR4,
         }
     }
 }
@@ -250,6 +297,9 @@ pub struct MatrixView<'a> {
 impl MatrixView<'_> {
     /// Words of quant data per row.
     pub fn row_words(&self) -> usize {
+        if let Some(f) = self.ty.tern_format() {
+            return f.stream_words(self.cols);
+        }
         self.cols * self.ty.quant_bits() / 32
     }
 
@@ -264,8 +314,9 @@ impl MatrixView<'_> {
         let check = |what: &str, got: usize, want: usize| {
             if got == want { Ok(()) } else { Err(bad(format!("{what} hold {got} words, expected {want}"))) }
         };
-        if !self.cols.is_multiple_of(32) {
-            return Err(bad(format!("row length {} is not a multiple of 32", self.cols)));
+        let multiple = self.ty.tern_format().map_or(BLOCK_LEN, TernFormat::row_multiple);
+        if !self.cols.is_multiple_of(multiple) {
+            return Err(bad(format!("row length {} is not a multiple of {multiple}", self.cols)));
         }
         check("quants", self.quants.len(), self.rows * self.row_words())?;
         let (want_scales, want_mins, want_row_scales) = match self.ty.tern_format() {

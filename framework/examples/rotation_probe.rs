@@ -11,49 +11,9 @@
 use tern_core::{TensorType, TernFormat};
 use tern_loader::{GgufWriter, ModelSource};
 use tern_quant::TernMatrix;
+use tern_quant::rotation::rotate_rows;
 
 type Error = Box<dyn std::error::Error>;
-
-/// In-place Walsh-Hadamard transform of a power-of-two-long slice, scaled by `1 / sqrt(len)` (orthonormal,
-/// its own inverse).
-fn hadamard(v: &mut [f32]) {
-    let n = v.len();
-    let mut h = 1;
-    while h < n {
-        for i in (0..n).step_by(2 * h) {
-            for j in i..i + h {
-                let (a, b) = (v[j], v[j + h]);
-                (v[j], v[j + h]) = (a + b, a - b);
-            }
-        }
-        h *= 2;
-    }
-    let scale = 1.0 / (n as f32).sqrt();
-    v.iter_mut().for_each(|x| *x *= scale);
-}
-
-/// The same random sign for column `c` every time (a fixed hash of the column index).
-fn sign(c: usize) -> f32 {
-    let mut s = (c as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    s ^= s >> 31;
-    s = s.wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    if (s >> 40) & 1 == 0 { 1.0 } else { -1.0 }
-}
-
-/// Rotates each row's blocks of `b` columns (`forward`: signs then transform; back: transform then signs).
-fn rotate(data: &mut [f32], cols: usize, b: usize, forward: bool) {
-    for row in data.chunks_exact_mut(cols) {
-        for (k, block) in row.chunks_exact_mut(b).enumerate() {
-            if forward {
-                block.iter_mut().enumerate().for_each(|(i, x)| *x *= sign(k * b + i));
-            }
-            hadamard(block);
-            if !forward {
-                block.iter_mut().enumerate().for_each(|(i, x)| *x *= sign(k * b + i));
-            }
-        }
-    }
-}
 
 fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -86,14 +46,14 @@ fn main() -> Result<(), Error> {
         let (cols, rows) = (t.dims[0], t.dims[1]);
         let mut data: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         if b != 0 {
-            rotate(&mut data, cols, b, true);
+            rotate_rows(&mut data, cols, b, true);
         }
         let q = TernMatrix::quantize(format, rows, cols, &data, None)?;
         for (r, row) in data.chunks_exact_mut(cols).enumerate() {
             q.dequantize_row(r, row);
         }
         if b != 0 {
-            rotate(&mut data, cols, b, false);
+            rotate_rows(&mut data, cols, b, false);
         }
         eprintln!("{} {rows}x{cols}", t.name);
         w.tensor(t.name.clone(), t.ty, &t.dims, data.iter().flat_map(|x| x.to_le_bytes()).collect())?;

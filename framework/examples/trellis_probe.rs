@@ -10,6 +10,7 @@ use tern::ImportanceMatrix;
 use tern_core::{TensorType, TernFormat};
 use tern_loader::{GgufWriter, ModelSource};
 use tern_quant::TernMatrix;
+use tern_quant::rotation::rotate_rows;
 use tern_quant::trellis;
 
 type Error = Box<dyn std::error::Error>;
@@ -31,10 +32,23 @@ fn main() -> Result<(), Error> {
     let importance = if imatrix == "-" { None } else { Some(ImportanceMatrix::load(imatrix)?) };
     // FEEDBACK=N: error feedback from the second moments of N chunks of CALIBRATION (a text file).
     let feedback_chunks: usize = std::env::var("FEEDBACK").ok().map(|v| v.parse()).transpose()?.unwrap_or(0);
+    // ROTATE=B: rotate every matrix along its input in blocks of B (tern_quant::rotation) before quantizing and
+    // back after; the second moments are rotated along, so importance and feedback are the rotated inputs'.
+    // NOFEEDBACK=1 then takes only the importance from them.
+    let rotate: usize = std::env::var("ROTATE").ok().map(|v| v.parse()).transpose()?.unwrap_or(0);
+    let no_feedback = std::env::var("NOFEEDBACK").is_ok_and(|v| v == "1");
+    if rotate != 0 && (feedback_chunks == 0 || !rotate.is_power_of_two()) {
+        return Err("ROTATE=B takes a power of two B and FEEDBACK=N chunks of second moments".into());
+    }
     let (moments, factors) = if feedback_chunks > 0 {
         let text = std::fs::read_to_string(std::env::var("CALIBRATION")?)?;
         let engine = tern::Engine::builder(input).backend(tern::BackendChoice::Cpu).context(512).build()?;
-        let m = tern::SecondMoments::collect(&engine, &text, 512, Some(feedback_chunks), &mut |_, _| {})?;
+        let mut m = tern::SecondMoments::collect(&engine, &text, 512, Some(feedback_chunks), &mut |_, _| {})?;
+        if rotate != 0 {
+            for (cols, g) in &mut m.grams {
+                tern_quant::rotation::rotate_gram(g, *cols, rotate);
+            }
+        }
         let f = std::thread::scope(|s| {
             let handles: Vec<_> =
                 m.grams.iter().map(|(cols, g)| s.spawn(|| tern_quant::FeedbackFactor::new(g, *cols, m.tokens, 0.01))).collect();
@@ -70,8 +84,18 @@ fn main() -> Result<(), Error> {
             .find(|(p, _)| p == "*" || t.name.contains(p.as_str()))
             .map(|(_, s)| s.as_str())
             .ok_or("no rule matches")?;
-        let imp = importance.as_ref().and_then(|m| m.columns.get(&t.name)).map(|v| v.as_slice());
         let mut data: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let site = moments.as_ref().and_then(|m| m.site_of.get(&t.name)).map(|&i| &factors[i]).filter(|f| f.cols == cols);
+        let imp = if rotate != 0 {
+            if !cols.is_multiple_of(rotate) {
+                return Err(format!("{}: {cols} columns, not a multiple of ROTATE={rotate}", t.name).into());
+            }
+            rotate_rows(&mut data, cols, rotate, true);
+            Some(site.ok_or(format!("{}: no second moments to rotate", t.name))?.importance.as_slice())
+        } else {
+            importance.as_ref().and_then(|m| m.columns.get(&t.name)).map(|v| v.as_slice())
+        };
+        let factor = site.filter(|_| !no_feedback);
         let start = std::time::Instant::now();
         if let Some(k) = spec.strip_prefix('K') {
             let k: usize = k.parse()?;
@@ -83,7 +107,6 @@ fn main() -> Result<(), Error> {
                 .into());
             }
             let per = rows.div_ceil(threads);
-            let factor = moments.as_ref().and_then(|m| m.site_of.get(&t.name)).map(|&i| &factors[i]).filter(|f| f.cols == cols);
             let parts: Vec<Vec<trellis::TrellisRow>> = std::thread::scope(|s| {
                 let handles: Vec<_> = data
                     .chunks(per * cols)
@@ -100,13 +123,19 @@ fn main() -> Result<(), Error> {
             bits += (rows * (32 * trellis::stream_words(k, cols) + cols / block * cbits as usize + 32)) as f64;
         } else {
             let format = TernFormat::from_name(spec).ok_or("unknown format")?;
-            let q = TernMatrix::quantize(format, rows, cols, &data, imp)?;
+            let q = match factor {
+                Some(f) => TernMatrix::quantize_with_feedback(format, rows, cols, &data, f)?,
+                None => TernMatrix::quantize(format, rows, cols, &data, imp)?,
+            };
             for (r, row) in data.chunks_exact_mut(cols).enumerate() {
                 q.dequantize_row(r, row);
             }
             bits += format.bits_per_weight(cols) * n as f64;
         }
-        let fb = moments.as_ref().is_some_and(|m| m.site_of.contains_key(&t.name));
+        if rotate != 0 {
+            rotate_rows(&mut data, cols, rotate, false);
+        }
+        let fb = factor.is_some();
         eprintln!("{} {rows}x{cols} {spec}{} {:.1}s", t.name, if fb { "+fb" } else { "" }, start.elapsed().as_secs_f32());
         w.tensor(t.name.clone(), t.ty, &t.dims, data.iter().flat_map(|x| x.to_le_bytes()).collect())?;
     }

@@ -60,8 +60,8 @@ impl Override {
             if pattern.is_empty() {
                 return Err(bad("the pattern is empty".into()));
             }
-            let format =
-                TernFormat::from_name(format).ok_or_else(|| bad(format!("{format:?} is not a tern format (T2, T3, T4, T8)")))?;
+            let format = TernFormat::from_name(format)
+                .ok_or_else(|| bad(format!("{format:?} is not a tern format (T2, T3, T4, T8, TR2, TR3, TR4)")))?;
             out.push(Override { pattern: pattern.into(), format });
         }
         Ok(out)
@@ -136,7 +136,7 @@ impl QuantizeOptions {
             sensitivity_cache: None,
             error_feedback: false,
             feedback_chunks: 8,
-            formats: TernFormat::ALL.to_vec(),
+            formats: TernFormat::SCALAR.to_vec(),
             overrides: Vec::new(),
             threads: 0,
         }

@@ -20,7 +20,7 @@ pub enum Error {
     )]
     UnknownTensorType { path: String, tensor: String, ty: u32 },
     #[error(
-        "{path}: tensor {tensor:?} is stored in tern format {name:?}, which this version of tern does not know (it reads T2, T3, T4, T8)"
+        "{path}: tensor {tensor:?} is stored in tern format {name:?}, which this version of tern does not know (it reads T2, T3, T4, T8, TR2, TR3, TR4)"
     )]
     UnknownTernType { path: String, tensor: String, name: String },
     #[error("{path}: tensor {tensor:?}: {detail}")]

@@ -185,8 +185,9 @@ fn tern_tensor(metadata: &Metadata, name: &str, byte_dims: &[usize]) -> Result<(
         .filter(|d| d.len() == 2)
         .ok_or_else(|| bad(format!("{:?} must be two positive integers [cols, rows]", tern_dims_key(name))))?;
     let (cols, rows) = (dims[0], dims[1]);
-    if !cols.is_multiple_of(tern_core::BLOCK_LEN) {
-        return Err(bad(format!("row length {cols} is not a multiple of {format}'s block of {}", tern_core::BLOCK_LEN)));
+    if !cols.is_multiple_of(format.row_multiple()) {
+        let unit = if format.is_trellis() { "scale block" } else { "block" };
+        return Err(bad(format!("row length {cols} is not a multiple of {format}'s {unit} of {}", format.row_multiple())));
     }
     let want = format.tensor_type().data_bytes(rows, cols);
     if byte_dims.len() != 1 || Some(byte_dims[0]) != want {

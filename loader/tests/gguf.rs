@@ -366,7 +366,7 @@ mod tern_tensors {
     fn unknown_tern_type_is_named() {
         let e = with_key("tern.type.m4", MetaValue::String("T5".into())).unwrap_err();
         assert!(matches!(&e, Error::UnknownTernType { tensor, name, .. } if tensor == "m4" && name == "T5"), "{e}");
-        assert!(e.to_string().contains("T2, T3, T4, T8"), "{e}");
+        assert!(e.to_string().contains("T2, T3, T4, T8, TR2, TR3, TR4"), "{e}");
     }
 
     #[test]

@@ -128,6 +128,10 @@ impl TernMatrix {
         if factor.cols != cols {
             return Err(Error::TernShape { detail: format!("error feedback for rows of {} given rows of {cols}", factor.cols) });
         }
+        if format.is_trellis() {
+            crate::tern_formats::check_input(format, rows, cols, data, None)?;
+            return TernMatrix::quantize_trellis(format, rows, cols, data, None, Some(factor));
+        }
         let mut m = TernMatrix::quantize(format, rows, cols, data, Some(&factor.importance))?;
         let (nb, n) = (cols / BLOCK_LEN, cols);
         let mut w = vec![0f64; cols];

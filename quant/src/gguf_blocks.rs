@@ -50,7 +50,13 @@ pub fn dequantize_gguf(ty: TensorType, bytes: &[u8], out: &mut [f32]) -> Result<
                 }
             }
         }
-        TensorType::T2 | TensorType::T3 | TensorType::T4 | TensorType::T8 => {
+        TensorType::T2
+        | TensorType::T3
+        | TensorType::T4
+        | TensorType::T8
+        | TensorType::TR2
+        | TensorType::TR3
+        | TensorType::TR4 => {
             return Err(Error::Unsupported { op: "GGUF decoding (tern formats load as TernMatrix)", ty });
         }
         TensorType::Q4_1 => {

@@ -15,6 +15,7 @@ mod gguf_blocks;
 mod packed;
 pub mod plan;
 mod quantize;
+pub mod rotation;
 mod tern_formats;
 pub mod trellis;
 

@@ -59,7 +59,13 @@ impl PackedMatrix {
                 }
                 (q, s, vec![])
             }
-            TensorType::T2 | TensorType::T3 | TensorType::T4 | TensorType::T8 => {
+            TensorType::T2
+            | TensorType::T3
+            | TensorType::T4
+            | TensorType::T8
+            | TensorType::TR2
+            | TensorType::TR3
+            | TensorType::TR4 => {
                 return Err(Error::Unsupported { op: "GGUF block repacking (tern formats load as TernMatrix)", ty });
             }
             TensorType::Q4_1 => {
@@ -144,7 +150,13 @@ pub fn dequantize_row(m: &MatrixView<'_>, r: usize, out: &mut [f32]) {
             }
         }
         // Dequantized above.
-        TensorType::T2 | TensorType::T3 | TensorType::T4 | TensorType::T8 => {}
+        TensorType::T2
+        | TensorType::T3
+        | TensorType::T4
+        | TensorType::T8
+        | TensorType::TR2
+        | TensorType::TR3
+        | TensorType::TR4 => {}
         TensorType::Q4_0 | TensorType::Q4_1 | TensorType::Q8_0 => {
             let nb = cols / BLOCK_LEN;
             for b in 0..nb {

@@ -34,7 +34,13 @@ pub fn quantize_gguf(ty: TensorType, data: &[f32]) -> Result<Vec<u8>> {
                 out.extend((0..16).map(|j| q(x[j]) | q(x[j + 16]) << 4));
             }
         }
-        TensorType::T2 | TensorType::T3 | TensorType::T4 | TensorType::T8 => {
+        TensorType::T2
+        | TensorType::T3
+        | TensorType::T4
+        | TensorType::T8
+        | TensorType::TR2
+        | TensorType::TR3
+        | TensorType::TR4 => {
             return Err(Error::Unsupported { op: "GGUF encoding (tern formats quantize through TernMatrix)", ty });
         }
         TensorType::Q4_1 => {

@@ -11,7 +11,7 @@ use crate::{Error, Result};
 use tern_core::{BLOCK_LEN, MatrixView, TernFormat};
 
 /// Largest scale (and minimum) code of `format`.
-fn code_max(format: TernFormat) -> u32 {
+pub(crate) fn code_max(format: TernFormat) -> u32 {
     if format == TernFormat::T2 { 15 } else { 255 }
 }
 
@@ -58,11 +58,16 @@ impl TernRow<'_> {
                 (c & 255, c >> 8)
             }
             TernFormat::T8 => (get_bits(self.codes, b * 8, 8), 0),
+            TernFormat::TR2 | TernFormat::TR3 | TernFormat::TR4 => (get_bits(self.codes, b / 2 * 8, 8), 0),
         }
     }
 
-    /// The quant of element `i` of block `b` (signed for T8).
+    /// The quant of element `i` of block `b` (signed for T8; for the trellis formats, the codebook value of
+    /// the element's state, `-254..=254`).
     pub fn quant(&self, b: usize, i: usize) -> i32 {
+        if self.format.is_trellis() {
+            return crate::trellis::code(crate::trellis::state(self.quants, self.format.quant_bits(), b * BLOCK_LEN + i));
+        }
         let qw = self.format.quant_words();
         let w = &self.quants[b * qw..(b + 1) * qw];
         match self.format {
@@ -70,6 +75,7 @@ impl TernRow<'_> {
             TernFormat::T3 => (get_bits(w, t2_bit(i), 2) | get_bits(w, 64 + i, 1) << 2) as i32,
             TernFormat::T4 => get_bits(w, t4_bit(i), 4) as i32,
             TernFormat::T8 => get_bits(w, 8 * i, 8) as u8 as i8 as i32,
+            TernFormat::TR2 | TernFormat::TR3 | TernFormat::TR4 => unreachable!("trellis rows returned above"),
         }
     }
 
@@ -280,27 +286,13 @@ fn get_bits(words: &[u32], bit: usize, width: usize) -> u32 {
 }
 
 impl TernMatrix {
-    /// Quantizes `rows x cols` values (`cols` a multiple of 32) to `format`. `importance`, when given, holds
-    /// one non-negative weight per column (mean of x^2 over calibration activations, say).
+    /// Quantizes `rows x cols` values (`cols` a multiple of [`TernFormat::row_multiple`]) to `format`.
+    /// `importance`, when given, holds one non-negative weight per column (mean of x^2 over calibration
+    /// activations, say).
     pub fn quantize(format: TernFormat, rows: usize, cols: usize, data: &[f32], importance: Option<&[f32]>) -> Result<Self> {
-        if cols == 0 || !cols.is_multiple_of(BLOCK_LEN) {
-            return Err(Error::TernShape {
-                detail: format!("rows of {cols} weights are not a whole number of blocks of {BLOCK_LEN}"),
-            });
-        }
-        if data.len() != rows * cols {
-            return Err(Error::TernShape { detail: format!("{} values for {rows}x{cols}", data.len()) });
-        }
-        if let Some(imp) = importance {
-            if imp.len() != cols {
-                return Err(Error::TernShape { detail: format!("{} importance values for rows of {cols}", imp.len()) });
-            }
-            if imp.iter().any(|v| !v.is_finite() || *v < 0.0) {
-                return Err(Error::TernShape { detail: "importance values must be finite and non-negative".into() });
-            }
-        }
-        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
-            return Err(Error::TernShape { detail: format!("weight {i} (row {}, column {}) is not finite", i / cols, i % cols) });
+        check_input(format, rows, cols, data, importance)?;
+        if format.is_trellis() {
+            return Self::quantize_trellis(format, rows, cols, data, importance, None);
         }
         let nb = cols / BLOCK_LEN;
         let code_words = format.code_words(cols);
@@ -345,6 +337,37 @@ impl TernMatrix {
         Ok(m)
     }
 
+    /// Quantizes to a trellis format (`crate::trellis`), with error feedback through `factor` when given.
+    pub(crate) fn quantize_trellis(
+        format: TernFormat,
+        rows: usize,
+        cols: usize,
+        data: &[f32],
+        importance: Option<&[f32]>,
+        factor: Option<&crate::FeedbackFactor>,
+    ) -> Result<Self> {
+        let (k, block) = (format.quant_bits(), format.row_multiple());
+        let trellis_rows = crate::trellis::quantize_rows(k, cols, data, importance, factor, (block, code_max(format)))?;
+        let (sw, cw) = (format.stream_words(cols), format.code_words(cols));
+        let mut m = TernMatrix {
+            format,
+            rows,
+            cols,
+            quants: Vec::with_capacity(rows * sw),
+            codes: vec![0; rows * cw],
+            row_scales: vec![0; rows * 2],
+        };
+        for (r, t) in trellis_rows.iter().enumerate() {
+            debug_assert_eq!(t.stream.len(), sw, "the trellis stream is the format's");
+            m.quants.extend_from_slice(&t.stream);
+            for (b, &c) in t.codes.iter().enumerate() {
+                put_bits(&mut m.codes[r * cw..(r + 1) * cw], b * 8, 8, c);
+            }
+            m.row_scales[2 * r] = t.d.to_bits();
+        }
+        Ok(m)
+    }
+
     /// Writes row `r`'s block codes `(scale, minimum)` and its quants (signed for T8), replacing what was there.
     pub(crate) fn set_row(&mut self, r: usize, block_codes: &[(u32, u32)], quants: &[i32]) {
         let (format, nb) = (self.format, self.row_blocks());
@@ -356,6 +379,7 @@ impl TernMatrix {
                 TernFormat::T2 => put_bits(codes, b * 8, 8, sc | mn << 4),
                 TernFormat::T3 | TernFormat::T4 => put_bits(codes, b * 16, 16, sc | mn << 8),
                 TernFormat::T8 => put_bits(codes, b * 8, 8, sc),
+                TernFormat::TR2 | TernFormat::TR3 | TernFormat::TR4 => unreachable!("trellis rows are searched whole"),
             }
         }
         let row = &mut self.quants[r * nb * qw..(r + 1) * nb * qw];
@@ -371,6 +395,7 @@ impl TernMatrix {
                     }
                     TernFormat::T4 => put_bits(qw_block, t4_bit(i), 4, q),
                     TernFormat::T8 => put_bits(qw_block, 8 * i, 8, q & 0xff),
+                    TernFormat::TR2 | TernFormat::TR3 | TernFormat::TR4 => {}
                 }
             }
         }
@@ -383,7 +408,7 @@ impl TernMatrix {
 
     /// Row `r`, borrowed.
     pub fn row(&self, r: usize) -> TernRow<'_> {
-        let (qw, cw) = (self.row_blocks() * self.format.quant_words(), self.format.code_words(self.cols));
+        let (qw, cw) = (self.format.stream_words(self.cols), self.format.code_words(self.cols));
         TernRow {
             format: self.format,
             quants: &self.quants[r * qw..(r + 1) * qw],
@@ -463,8 +488,8 @@ impl TernMatrix {
     /// finite, non-negative f32.
     pub fn from_bytes(format: TernFormat, rows: usize, cols: usize, bytes: &[u8]) -> Result<Self> {
         let ty = format.tensor_type();
-        if cols == 0 || !cols.is_multiple_of(BLOCK_LEN) {
-            return Err(Error::RowLength { ty, cols, block: BLOCK_LEN });
+        if cols == 0 || !cols.is_multiple_of(format.row_multiple()) {
+            return Err(Error::RowLength { ty, cols, block: format.row_multiple() });
         }
         let expected = ty.data_bytes(rows, cols).ok_or(Error::TernShape { detail: format!("{rows}x{cols} overflows") })?;
         if bytes.len() != expected {
@@ -476,7 +501,7 @@ impl TernMatrix {
             format,
             rows,
             cols,
-            quants: take(rows * cols / BLOCK_LEN * format.quant_words()),
+            quants: take(rows * format.stream_words(cols)),
             codes: take(rows * format.code_words(cols)),
             row_scales: take(2 * rows),
         };
@@ -491,4 +516,28 @@ impl TernMatrix {
         }
         Ok(m)
     }
+}
+
+/// Checks the shape, the importance values and the weights given to a quantizer.
+pub(crate) fn check_input(format: TernFormat, rows: usize, cols: usize, data: &[f32], importance: Option<&[f32]>) -> Result<()> {
+    if cols == 0 || !cols.is_multiple_of(format.row_multiple()) {
+        return Err(Error::TernShape {
+            detail: format!("{format} takes rows of a multiple of {} weights, not {cols}", format.row_multiple()),
+        });
+    }
+    if data.len() != rows * cols {
+        return Err(Error::TernShape { detail: format!("{} values for {rows}x{cols}", data.len()) });
+    }
+    if let Some(imp) = importance {
+        if imp.len() != cols {
+            return Err(Error::TernShape { detail: format!("{} importance values for rows of {cols}", imp.len()) });
+        }
+        if imp.iter().any(|v| !v.is_finite() || *v < 0.0) {
+            return Err(Error::TernShape { detail: "importance values must be finite and non-negative".into() });
+        }
+    }
+    if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+        return Err(Error::TernShape { detail: format!("weight {i} (row {}, column {}) is not finite", i / cols, i % cols) });
+    }
+    Ok(())
 }

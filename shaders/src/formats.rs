@@ -44,6 +44,14 @@ fn fields(w: u32, shift: u32, mask: u32) -> vec4<f32> {
     return vec4<f32>(vec4<u32>(w >> shift, w >> (shift + 8u), w >> (shift + 16u), w >> (shift + 24u)) & vec4<u32>(mask));
 }
 
+// The trellis formats' codebook value of the 12-bit window at bit `s` (< 32) of `lo`, continued in `hi`: an
+// LCG step of the state, masked to four 7-bit bytes, their sum less 254 (docs/FORMATS.md).
+fn trellis_code(lo: u32, hi: u32, s: u32) -> f32 {
+    let state = ((lo >> s) | ((hi << 1u) << (31u - s))) & 0xfffu;
+    let c = (state * 34038481u + 76625530u) & 0x7f7f7f7fu;
+    return f32((c & 0x7fu) + ((c >> 8u) & 0x7fu) + ((c >> 16u) & 0x7fu) + (c >> 24u)) - 254.0;
+}
+
 // The four bytes of `w` as signed integers.
 fn signed_bytes(w: u32) -> vec4<f32> {
     let v = bitcast<vec4<i32>>(vec4<u32>(w << 24u, w << 16u, w << 8u, w)) >> vec4<u32>(24u);
@@ -116,10 +124,45 @@ fn load_block(ty: TensorType) -> String {
             let f = ty.tern_format().unwrap_or(TernFormat::T4);
             return tern_block(f);
         }
+        TensorType::TR2 | TensorType::TR3 | TensorType::TR4 => return trellis_block(ty.quant_bits()),
     }
     format!(
         "fn load_block(r: u32, b: u32) -> Block {{
     let g = r * (p.cols / 32u) + b;
+    var o: Block;
+{body}    return o;
+}}
+"
+    )
+}
+
+/// The trellis formats' scale of block `b` of row `r` (`nb` blocks a row): `D` times the code of its 64 weights.
+const TRELLIS_SCALE: &str = "let code_words = (nb * 4u + 31u) / 32u;
+    let bit = (b / 2u) * 8u;
+    let scale = row_units[2u * r] * f32((scales[r * code_words + bit / 32u] >> (bit % 32u)) & 255u);";
+
+/// `load_block` for a trellis format of `k` bits per weight: element `i`'s state is the 12-bit window at bit
+/// `k i` of the block's `k` words and the next one, all loaded once.
+fn trellis_block(k: usize) -> String {
+    let mut body = String::new();
+    let mut line = |l: String| push_line(&mut body, &l);
+    for j in 0..=k {
+        line(format!("let v{j} = word(base + {j}u);"));
+    }
+    for quad in 0..8 {
+        let codes: Vec<String> = (4 * quad..4 * quad + 4)
+            .map(|i| {
+                let (j, s) = (k * i / 32, k * i % 32);
+                format!("trellis_code(v{j}, v{}, {s}u)", j + 1)
+            })
+            .collect();
+        line(format!("o.w{quad} = scale * vec4<f32>({});", codes.join(", ")));
+    }
+    format!(
+        "fn load_block(r: u32, b: u32) -> Block {{
+    let nb = p.cols / 32u;
+    {TRELLIS_SCALE}
+    let base = r * (nb * {k}u + 1u) + b * {k}u;
     var o: Block;
 {body}    return o;
 }}
@@ -137,6 +180,7 @@ fn tern_block(f: TernFormat) -> String {
         TernFormat::T2 => line("let sc = f32(code & 15u); let mn = f32((code >> 4u) & 15u);".into()),
         TernFormat::T3 | TernFormat::T4 => line("let sc = f32(code & 255u); let mn = f32((code >> 8u) & 255u);".into()),
         TernFormat::T8 => line("let sc = f32(code & 255u);".into()),
+        TernFormat::TR2 | TernFormat::TR3 | TernFormat::TR4 => return trellis_block(f.quant_bits()),
     }
     line("let scale = row_units[2u * r] * sc;".into());
     if f != TernFormat::T8 {
@@ -185,6 +229,7 @@ fn tern_block(f: TernFormat) -> String {
                 line(format!("o.w{} = scale * signed_bytes(q1.{c});", i + 4));
             }
         }
+        TernFormat::TR2 | TernFormat::TR3 | TernFormat::TR4 => return trellis_block(f.quant_bits()),
     }
     format!(
         "fn load_block(r: u32, b: u32) -> Block {{
@@ -228,13 +273,30 @@ fn load_quad(ty: TensorType) -> String {
     let i = q % 8u;
     return scale_at(g) * signed_bytes(quants[2u * g + i / 4u][i % 4u]);"
             .to_string(),
+        // Elements 4q..4q+3: windows at bits 4kq.. of the row's stream.
+        TensorType::TR2 | TensorType::TR3 | TensorType::TR4 => {
+            let k = ty.quant_bits();
+            format!(
+                "let nb = p.cols / 32u;
+    let b = q / 8u;
+    {TRELLIS_SCALE}
+    let base = r * (nb * {k}u + 1u);
+    var v: vec4<f32>;
+    for (var t = 0u; t < 4u; t++) {{
+        let bit = {k}u * (4u * q + t);
+        let j = base + bit / 32u;
+        v[t] = trellis_code(word(j), word(j + 1u), bit % 32u);
+    }}
+    return scale * v;"
+            )
+        }
         TensorType::T2 | TensorType::T3 | TensorType::T4 | TensorType::T8 => {
             let f = ty.tern_format().unwrap_or(TernFormat::T4);
             let code_bits = f.code_bits();
             let codes = match f {
                 TernFormat::T2 => "let sc = f32(code & 15u); let mn = f32((code >> 4u) & 15u);",
                 TernFormat::T3 | TernFormat::T4 => "let sc = f32(code & 255u); let mn = f32((code >> 8u) & 255u);",
-                TernFormat::T8 => "let sc = f32(code & 255u); let mn = 0.0;",
+                _ => "let sc = f32(code & 255u); let mn = 0.0;",
             };
             // vec4 i of the block: elements 4i..4i+3.
             let quants = match f {
@@ -244,7 +306,7 @@ fn load_quad(ty: TensorType) -> String {
     let v = fields(word(3u * g + i % 2u), 2u * (i / 2u), 3u) + 4.0 * vec4<f32>(vec4<u32>(h, h >> 1u, h >> 2u, h >> 3u) & vec4<u32>(1u));"
                     .to_string(),
                 TernFormat::T4 => "let v = fields(quants[g][i % 4u], 4u * (i / 4u), 15u);".to_string(),
-                TernFormat::T8 => "let v = signed_bytes(quants[2u * g + i / 4u][i % 4u]);".to_string(),
+                _ => "let v = signed_bytes(quants[2u * g + i / 4u][i % 4u]);".to_string(),
             };
             format!(
                 "let nb = p.cols / 32u;
@@ -269,8 +331,11 @@ fn tern_codes(f: TernFormat) -> String {
     let codes = match f {
         TernFormat::T2 => "let sc = f32(code & 15u); let mn = f32((code >> 4u) & 15u);",
         TernFormat::T3 | TernFormat::T4 => "let sc = f32(code & 255u); let mn = f32((code >> 8u) & 255u);",
-        TernFormat::T8 => "let sc = f32(code & 255u); let mn = 0.0;",
+        TernFormat::T8 | TernFormat::TR2 | TernFormat::TR3 | TernFormat::TR4 => "let sc = f32(code & 255u); let mn = 0.0;",
     };
+    if f.is_trellis() {
+        return format!("{TRELLIS_SCALE}\n    let offset = 0.0;");
+    }
     format!(
         "let code_words = (nb * {bits}u + 31u) / 32u;
     let bit = b * {bits}u;

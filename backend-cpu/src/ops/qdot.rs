@@ -38,7 +38,7 @@ pub(crate) fn dot<const N: usize>(level: SimdLevel, w: Group<'_>, nb: usize, x: 
     // ever short, the portable path's slice indexing would stop at the first read past them.
     #[cfg(target_arch = "x86_64")]
     if level != SimdLevel::Scalar
-        && w.data.len() >= nb * w.format.stride()
+        && w.data.len() >= w.format.group_bytes(nb)
         && x.iter().all(|r| r.q.len() >= nb * BLOCK_LEN && r.d.len() >= nb && r.s.len() >= nb)
     {
         // Safety: the operands hold `nb` blocks (checked above).
@@ -52,7 +52,7 @@ pub(crate) fn dot<const N: usize>(level: SimdLevel, w: Group<'_>, nb: usize, x: 
 /// dot products the compiler can vectorize for the target (NEON, wasm's simd128).
 pub(crate) fn dot_scalar<const N: usize>(w: Group<'_>, nb: usize, x: [ActRow<'_>; N]) -> [[f32; GROUP_ROWS]; N] {
     let mut out = [[0f32; GROUP_ROWS]; N];
-    let mut q = [[0i8; BLOCK_LEN]; GROUP_ROWS];
+    let mut q = [[0i16; BLOCK_LEN]; GROUP_ROWS];
     for b in 0..nb {
         w.unpack(b, &mut q);
         let scales: [(f32, f32); GROUP_ROWS] = std::array::from_fn(|r| w.scales(b, r));
@@ -73,6 +73,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use tern_core::{BLOCK_LEN, TernFormat};
+    use tern_quant::trellis::{CODE_ADD, CODE_MIDDLE, CODE_MUL};
 
     use super::ActRow;
     use crate::SimdLevel;
@@ -82,6 +83,11 @@ mod x86 {
     const T3: u8 = 3;
     const T4: u8 = 4;
     const T8: u8 = 8;
+    /// The trellis formats: `F - TRELLIS` bits per weight.
+    const TRELLIS: u8 = 10;
+    const TR2: u8 = 12;
+    const TR3: u8 = 13;
+    const TR4: u8 = 14;
 
     /// How a block's scales are stored: codes of tern's row units; f16 `S` and `M`; f16 `S` alone, `M = 8 S`
     /// (Q4_0's offset).
@@ -105,6 +111,9 @@ mod x86 {
                 (true, GroupFormat::Tern(TernFormat::T3)) => with_vnni::<N, T3, CODES>(w, nb, x),
                 (true, GroupFormat::Tern(TernFormat::T4)) => with_vnni::<N, T4, CODES>(w, nb, x),
                 (true, GroupFormat::Tern(TernFormat::T8)) => with_vnni::<N, T8, CODES>(w, nb, x),
+                (true, GroupFormat::Tern(TernFormat::TR2)) => with_vnni::<N, TR2, CODES>(w, nb, x),
+                (true, GroupFormat::Tern(TernFormat::TR3)) => with_vnni::<N, TR3, CODES>(w, nb, x),
+                (true, GroupFormat::Tern(TernFormat::TR4)) => with_vnni::<N, TR4, CODES>(w, nb, x),
                 (true, GroupFormat::Q4_0) => with_vnni::<N, T4, OFFSET8>(w, nb, x),
                 (true, GroupFormat::Q4_1) => with_vnni::<N, T4, HALVES>(w, nb, x),
                 (true, GroupFormat::Q8_0) => with_vnni::<N, T8, HALVES>(w, nb, x),
@@ -112,6 +121,9 @@ mod x86 {
                 (false, GroupFormat::Tern(TernFormat::T3)) => with_avx2::<N, T3, CODES>(w, nb, x),
                 (false, GroupFormat::Tern(TernFormat::T4)) => with_avx2::<N, T4, CODES>(w, nb, x),
                 (false, GroupFormat::Tern(TernFormat::T8)) => with_avx2::<N, T8, CODES>(w, nb, x),
+                (false, GroupFormat::Tern(TernFormat::TR2)) => with_avx2::<N, TR2, CODES>(w, nb, x),
+                (false, GroupFormat::Tern(TernFormat::TR3)) => with_avx2::<N, TR3, CODES>(w, nb, x),
+                (false, GroupFormat::Tern(TernFormat::TR4)) => with_avx2::<N, TR4, CODES>(w, nb, x),
                 (false, GroupFormat::Q4_0) => with_avx2::<N, T4, OFFSET8>(w, nb, x),
                 (false, GroupFormat::Q4_1) => with_avx2::<N, T4, HALVES>(w, nb, x),
                 (false, GroupFormat::Q8_0) => with_avx2::<N, T8, HALVES>(w, nb, x),
@@ -142,7 +154,8 @@ mod x86 {
     /// Block sums of the eight rows against `N` activation rows. With VNNI, chunks go straight into 32-bit
     /// lanes (`vpdpbusd`). Without it, T2-T4's chunks are summed in 16-bit lanes (`vpmaddubsw`: at most
     /// 8 chunks x 2 x 15 x 127 = 30480, no saturation) and widened once a block; T8's products reach 2 x 128 x
-    /// 127 a chunk (a GGUF Q8_0 quant may be -128) and are widened at every chunk.
+    /// 127 a chunk (a GGUF Q8_0 quant may be -128) and are widened at every chunk, as are the trellis formats'
+    /// (7-bit bytes: 2 x 127 x 128).
     struct Sums<const N: usize, const F: u8, const VNNI: bool> {
         acc: [__m256i; N],
     }
@@ -175,10 +188,32 @@ mod x86 {
             }
         }
 
+        /// Adds weight `i`'s codebook words of the eight rows (four 7-bit bytes a lane, `w`) times the activation
+        /// byte `i` broadcast to every byte, so each lane gains the activation times the word's byte sum.
+        #[inline(always)]
+        unsafe fn add_word(&mut self, w: __m256i, xq: &[*const u8; N], i: usize) {
+            unsafe {
+                for (acc, x) in self.acc.iter_mut().zip(xq) {
+                    let xb = _mm256_set1_epi8(x.add(i).cast::<i8>().read());
+                    *acc = if VNNI {
+                        _mm256_dpbusd_epi32(*acc, w, xb)
+                    } else {
+                        _mm256_add_epi32(*acc, _mm256_madd_epi16(_mm256_maddubs_epi16(w, xb), _mm256_set1_epi16(1)))
+                    };
+                }
+            }
+        }
+
         /// The 32-bit sums.
         #[inline(always)]
         unsafe fn finish(self) -> [__m256i; N] {
-            unsafe { if VNNI || F == T8 { self.acc } else { self.acc.map(|a| _mm256_madd_epi16(a, _mm256_set1_epi16(1))) } }
+            unsafe {
+                if VNNI || F == T8 || F > TRELLIS {
+                    self.acc
+                } else {
+                    self.acc.map(|a| _mm256_madd_epi16(a, _mm256_set1_epi16(1)))
+                }
+            }
         }
     }
 
@@ -227,6 +262,27 @@ mod x86 {
                             sums.add(load(c), &xq, c);
                         }
                     }
+                    TR2 | TR3 | TR4 => {
+                        // Weight i's state is the 12-bit window at bit k i of the block's words; vector k is the
+                        // next block's first (or, after the last block, the rows' last words).
+                        let k = usize::from(F - TRELLIS);
+                        let (mask12, mul) = (_mm256_set1_epi32(0xfff), _mm256_set1_epi32(CODE_MUL as i32));
+                        let (add, mask7) = (_mm256_set1_epi32(CODE_ADD as i32), _mm256_set1_epi32(0x7f7f_7f7f));
+                        for v in 0..k {
+                            let (lo, hi) =
+                                (load(v), _mm256_loadu_si256(q.add(if v + 1 < k { 32 * (v + 1) } else { stride }).cast()));
+                            for i in (32 * v).div_ceil(k)..(32 * (v + 1)).div_ceil(k) {
+                                let s = (k * i - 32 * v) as i32;
+                                let window = _mm256_or_si256(
+                                    _mm256_srl_epi32(lo, _mm_cvtsi32_si128(s)),
+                                    _mm256_sll_epi32(hi, _mm_cvtsi32_si128(32 - s)),
+                                );
+                                let state = _mm256_and_si256(window, mask12);
+                                let word = _mm256_and_si256(_mm256_add_epi32(_mm256_mullo_epi32(state, mul), add), mask7);
+                                sums.add_word(word, &xq, i);
+                            }
+                        }
+                    }
                     _ => {
                         let (low2, bit2) = (_mm256_set1_epi8(3), _mm256_set1_epi8(4));
                         let high = if F == T3 { load(2) } else { _mm256_setzero_si256() };
@@ -255,9 +311,15 @@ mod x86 {
                             (_mm256_and_si256(c, _mm256_set1_epi32(15)), _mm256_srli_epi32(c, 4))
                         }
                         T8 => (bytes(0), _mm256_setzero_si256()),
+                        TR2 | TR3 | TR4 => (bytes(0), _mm256_setzero_si256()),
                         _ => (bytes(0), bytes(GROUP_ROWS)),
                     };
-                    (_mm256_mul_ps(_mm256_cvtepi32_ps(sc), dv), _mm256_mul_ps(_mm256_cvtepi32_ps(mn), mv))
+                    let scale = _mm256_mul_ps(_mm256_cvtepi32_ps(sc), dv);
+                    if F > TRELLIS {
+                        (scale, _mm256_mul_ps(scale, _mm256_set1_ps(CODE_MIDDLE as f32)))
+                    } else {
+                        (scale, _mm256_mul_ps(_mm256_cvtepi32_ps(mn), mv))
+                    }
                 } else {
                     let halves = |at: usize| _mm256_cvtph_ps(_mm_loadu_si128(codes.add(2 * at) as *const __m128i));
                     let scale = halves(0);
