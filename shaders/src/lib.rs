@@ -590,7 +590,7 @@ impl Kernel {
 }
 
 /// Every weight format the kernels read.
-pub const FORMATS: [TensorType; 10] = [
+pub const FORMATS: [TensorType; 13] = [
     TensorType::F32,
     TensorType::F16,
     TensorType::Bf16,
@@ -601,4 +601,7 @@ pub const FORMATS: [TensorType; 10] = [
     TensorType::T3,
     TensorType::T4,
     TensorType::T8,
+    TensorType::TR2,
+    TensorType::TR3,
+    TensorType::TR4,
 ];
