@@ -27,7 +27,7 @@ pub struct BenchArgs {
     /// Random weights in a named Llama shape instead of a model: 135m, 1b or 7b.
     #[arg(long)]
     synthetic: Option<String>,
-    /// The weight type of --synthetic: Q4_0, Q4_1, Q8_0, T2, T3, T4 or T8.
+    /// The weight type of --synthetic: Q4_0, Q4_1, Q8_0, T2, T3, T4, T8, TR2, TR3 or TR4.
     #[arg(long, default_value = "T4")]
     weights: String,
     /// Where to run: webgpu, cpu or auto.
@@ -86,7 +86,7 @@ fn weight_type(name: &str) -> Result<TensorType, tern::Error> {
     gguf.or_else(|| TernFormat::from_name(&name.to_ascii_uppercase()).map(|f| f.tensor_type())).ok_or_else(|| {
         tern::Error::Option {
             name: "weights",
-            detail: format!("unknown weight type {name:?}: expected Q4_0, Q4_1, Q8_0, T2, T3, T4 or T8"),
+            detail: format!("unknown weight type {name:?}: expected Q4_0, Q4_1, Q8_0, T2, T3, T4, T8, TR2, TR3 or TR4"),
         }
     })
 }

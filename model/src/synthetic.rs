@@ -61,7 +61,7 @@ const F16_MINS: u32 = 0xAD1F_AD1F;
 
 /// The parts of a random `rows x cols` matrix of type `ty`, in `MatrixView`'s layout.
 fn random_parts(ty: TensorType, rows: usize, cols: usize, rng: &mut Words) -> Result<[Vec<u32>; 4]> {
-    let quants = rng.fill(rows * cols * ty.quant_bits() / 32);
+    let quants = rng.fill(rows * ty.tern_format().map_or(cols * ty.quant_bits() / 32, |f| f.stream_words(cols)));
     Ok(match ty.tern_format() {
         Some(f) => {
             let codes = rng.fill(rows * f.code_words(cols));
@@ -77,7 +77,7 @@ fn random_parts(ty: TensorType, rows: usize, cols: usize, rng: &mut Words) -> Re
         None => {
             return Err(Error::Config {
                 path: "synthetic".into(),
-                detail: format!("synthetic weights come in quantized types (Q4_0, Q4_1, Q8_0, T2-T8), not {ty}"),
+                detail: format!("synthetic weights come in quantized types (Q4_0, Q4_1, Q8_0, T2-T8, TR2-TR4), not {ty}"),
             });
         }
     })
