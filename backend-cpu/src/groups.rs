@@ -232,9 +232,9 @@ impl Groups {
         let mut data = vec![0u8; groups * size];
         let mut units = vec![[0f32; GROUP_ROWS]; groups * 2];
         for (g, (data, units)) in data.chunks_exact_mut(size).zip(units.chunks_exact_mut(2)).enumerate() {
-            for r in 0..GROUP_ROWS.min(rows - g * GROUP_ROWS) {
+            for (r, d) in units[0].iter_mut().enumerate().take(rows - g * GROUP_ROWS) {
                 let row = t.row(g * GROUP_ROWS + r);
-                units[0][r] = row.d;
+                *d = row.d;
                 for (i, &word) in row.quants.iter().enumerate() {
                     // Word i is block i / k's vector i % k; the last word is the vector after the last block.
                     let at = (i / k) * stride + 32 * (i % k) + 4 * r;

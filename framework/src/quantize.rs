@@ -487,7 +487,9 @@ pub fn quantize(
         let formats: Vec<TernFormat> = match m.forced {
             Some((f, _)) => vec![f],
             None => {
-                let mut all = options.formats.clone();
+                // A format whose blocks do not divide the rows (the trellis formats' 64) is not a candidate.
+                let mut all: Vec<TernFormat> =
+                    options.formats.iter().copied().filter(|f| m.cols.is_multiple_of(f.row_multiple())).collect();
                 if !all.contains(&TernFormat::T8) {
                     all.push(TernFormat::T8);
                 }
@@ -497,7 +499,10 @@ pub fn quantize(
         let importance = imp(m);
         let feedback = feedback(m);
         for f in formats {
-            let q = pool.install(|| quantize_rows(f, m.rows, m.cols, &w, importance, feedback))?;
+            let q = pool.install(|| quantize_rows(f, m.rows, m.cols, &w, importance, feedback)).map_err(|e| match e {
+                Error::Option { name, detail } => Error::Option { name, detail: format!("{}: {detail}", m.info.name) },
+                e => e,
+            })?;
             m.quantized.insert(f, q);
         }
         if m.forced.is_none() {
@@ -529,8 +534,11 @@ pub fn quantize(
             .iter()
             .map(|&i| {
                 let m = &matrices[i];
-                let choices =
-                    options.formats.iter().map(|&f| Choice { format: f, bits: bits_of(m, f), cost: m.kl[&f] }).collect();
+                let choices = options
+                    .formats
+                    .iter()
+                    .filter_map(|&f| m.kl.get(&f).map(|&cost| Choice { format: f, bits: bits_of(m, f), cost }))
+                    .collect();
                 PlanTensor { name: m.info.name.clone(), choices }
             })
             .collect();
@@ -691,7 +699,7 @@ fn measure_sensitivities(
         .iter()
         .enumerate()
         .filter(|(_, m)| m.forced.is_none())
-        .flat_map(|(i, _)| measured.iter().map(move |&f| (i, f)))
+        .flat_map(|(i, m)| measured.iter().filter(|f| m.quantized.contains_key(f)).map(move |&f| (i, f)))
         .collect();
     let mut lq = Vec::new();
     for (done, &(i, f)) in todo.iter().enumerate() {
@@ -719,12 +727,12 @@ fn measure_sensitivities(
     }
     progress(&QuantizeProgress { stage: Stage::Sensitivity, done: todo.len(), total: todo.len(), tensor: "" });
     // T8 is not measured (its rise is near the int8 rounding of one product's input, whatever its weights):
-    // fit `KL = floor + slope * error` through the two largest measured formats and read T8 off the line.
-    let mut by_bits = measured.clone();
-    by_bits.sort_by_key(|f| std::cmp::Reverse(f.quant_bits()));
+    // fit `KL = floor + slope * error` through the two measured formats of least error and read T8 off the line.
     for m in matrices.iter_mut().filter(|m| m.forced.is_none()) {
         let e8 = m.errors[&TernFormat::T8];
-        let predicted = match by_bits.as_slice() {
+        let mut by_error: Vec<TernFormat> = measured.iter().copied().filter(|f| m.kl.contains_key(f)).collect();
+        by_error.sort_by(|a, b| m.errors[a].total_cmp(&m.errors[b]));
+        let predicted = match by_error.as_slice() {
             [a, b, ..] if m.errors[b] > m.errors[a] => {
                 let slope = ((m.kl[b] - m.kl[a]) / (m.errors[b] - m.errors[a])).max(0.0);
                 let floor = (m.kl[a] - slope * m.errors[a]).max(0.0);
