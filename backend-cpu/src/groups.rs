@@ -98,7 +98,7 @@ impl GroupFormat {
     pub fn stride(self) -> usize {
         let scales = match self {
             GroupFormat::Tern(TernFormat::T3 | TernFormat::T4) => 2 * GROUP_ROWS,
-            GroupFormat::Tern(TernFormat::TR2 | TernFormat::TR3 | TernFormat::TR4) => GROUP_ROWS,
+            // T2's and T8's scale codes, the trellis formats' (one byte a row each).
             GroupFormat::Tern(_) => GROUP_ROWS,
             GroupFormat::Q4_1 => 4 * GROUP_ROWS,
             GroupFormat::Q4_0 | GroupFormat::Q8_0 => 2 * GROUP_ROWS,

@@ -65,17 +65,17 @@ impl TernRow<'_> {
     /// The quant of element `i` of block `b` (signed for T8; for the trellis formats, the codebook value of
     /// the element's state, `-254..=254`).
     pub fn quant(&self, b: usize, i: usize) -> i32 {
-        if self.format.is_trellis() {
-            return crate::trellis::code(crate::trellis::state(self.quants, self.format.quant_bits(), b * BLOCK_LEN + i));
-        }
         let qw = self.format.quant_words();
-        let w = &self.quants[b * qw..(b + 1) * qw];
+        let w = || &self.quants[b * qw..(b + 1) * qw];
         match self.format {
-            TernFormat::T2 => get_bits(w, t2_bit(i), 2) as i32,
-            TernFormat::T3 => (get_bits(w, t2_bit(i), 2) | get_bits(w, 64 + i, 1) << 2) as i32,
-            TernFormat::T4 => get_bits(w, t4_bit(i), 4) as i32,
-            TernFormat::T8 => get_bits(w, 8 * i, 8) as u8 as i8 as i32,
-            TernFormat::TR2 | TernFormat::TR3 | TernFormat::TR4 => unreachable!("trellis rows returned above"),
+            TernFormat::T2 => get_bits(w(), t2_bit(i), 2) as i32,
+            TernFormat::T3 => (get_bits(w(), t2_bit(i), 2) | get_bits(w(), 64 + i, 1) << 2) as i32,
+            TernFormat::T4 => get_bits(w(), t4_bit(i), 4) as i32,
+            TernFormat::T8 => get_bits(w(), 8 * i, 8) as u8 as i8 as i32,
+            // The row's whole stream: a window may reach into the next block's words.
+            TernFormat::TR2 | TernFormat::TR3 | TernFormat::TR4 => {
+                crate::trellis::code(crate::trellis::state(self.quants, self.format.quant_bits(), b * BLOCK_LEN + i))
+            }
         }
     }
 
@@ -379,7 +379,7 @@ impl TernMatrix {
                 TernFormat::T2 => put_bits(codes, b * 8, 8, sc | mn << 4),
                 TernFormat::T3 | TernFormat::T4 => put_bits(codes, b * 16, 16, sc | mn << 8),
                 TernFormat::T8 => put_bits(codes, b * 8, 8, sc),
-                TernFormat::TR2 | TernFormat::TR3 | TernFormat::TR4 => unreachable!("trellis rows are searched whole"),
+                TernFormat::TR2 | TernFormat::TR3 | TernFormat::TR4 => put_bits(codes, b / 2 * 8, 8, sc),
             }
         }
         let row = &mut self.quants[r * nb * qw..(r + 1) * nb * qw];
@@ -395,6 +395,7 @@ impl TernMatrix {
                     }
                     TernFormat::T4 => put_bits(qw_block, t4_bit(i), 4, q),
                     TernFormat::T8 => put_bits(qw_block, 8 * i, 8, q & 0xff),
+                    // Trellis rows are searched whole (`quantize_trellis`), never set quant by quant.
                     TernFormat::TR2 | TernFormat::TR3 | TernFormat::TR4 => {}
                 }
             }
