@@ -265,3 +265,21 @@ fn error_feedback_quantizes_through_second_moments() {
     let e = quantize(&dir, &out("never.gguf"), &o, &mut |_| {}).unwrap_err().to_string();
     assert!(e.contains("error feedback needs") && e.contains("--calibration"), "{e}");
 }
+
+/// A trellis format end to end: two layers at TR3 (overrides) in a T8 file load and run on tern's kernels, and
+/// lose about what the same two layers at T3 lose, in 0.28 fewer bits per weight (measured over 252 scored
+/// positions: TR3 KL 0.042, top-1 0.881; T3 0.045, 0.885).
+#[test]
+fn trellis_layers_load_and_run() {
+    let with = |format: TernFormat| {
+        let path = out(&format!("{format}-layers.gguf"));
+        let mut o = QuantizeOptions::new(Precision::Bits(TernFormat::T8));
+        o.overrides = ["blk.0.*", "blk.1.*"].iter().map(|p| Override { pattern: (*p).into(), format }).collect();
+        let report = quantize(&model(), &path, &o, &mut |_| {}).unwrap();
+        assert_eq!(report.tensors.iter().filter(|t| t.ty == format.tensor_type()).count(), 14);
+        against_source(&path, 4)
+    };
+    let (tr3, t3) = (with(TernFormat::TR3), with(TernFormat::T3));
+    eprintln!("TR3: KL {}, top-1 {}; T3: KL {}, top-1 {}", tr3.0, tr3.1, t3.0, t3.1);
+    assert!(tr3.0 < 1.5 * t3.0 && tr3.1 > 0.8, "TR3 {tr3:?}, T3 {t3:?}");
+}
