@@ -257,3 +257,18 @@ proptest! {
         prop_assert_eq!(back, m);
     }
 }
+
+/// Zero rows, constant rows and a lone spike quantize to finite values in every trellis format, zeros exactly.
+#[test]
+fn trellis_degenerate_rows() {
+    let cols = 128;
+    let mut x = vec![0f32; 3 * cols];
+    x[cols..2 * cols].fill(0.25);
+    x[2 * cols + 17] = 40.0;
+    for f in TernFormat::TRELLIS {
+        let y = TernMatrix::quantize(f, 3, cols, &x, None).unwrap().dequantize();
+        assert!(y.iter().all(|v| v.is_finite()), "{f}");
+        assert!(y[..cols].iter().all(|&v| v == 0.0), "{f}: a zero row comes back as zeros");
+        assert!(y[2 * cols + 17] > 10.0, "{f}: the spike keeps its sign and most of its size: {}", y[2 * cols + 17]);
+    }
+}
