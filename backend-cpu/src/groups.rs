@@ -33,8 +33,9 @@
 //! The trellis formats (TR2, TR3, TR4: `k` bits per weight) keep each row's bit stream as it is: block `b`'s
 //! `k` quant vectors hold, in lane `r`, row `r`'s stream words `k b..k b + k`, and one more vector after the
 //! last block holds every row's last word (a weight's 12-bit window can reach into the next block's first
-//! word). The block's scales are the eight rows' scale codes `sc` (of the 64 weights the block is in); its
-//! `q` is the sum of the four 7-bit bytes of the state's codebook word (`0..=508`), `S = D sc`, `O = 254 S`.
+//! word). The block's scales are the eight rows' scale codes `sc` (of the 64 weights the block is in), `S = D sc`,
+//! `O = 0`, and `q` is the state's codebook value (`-254..=254`). The x86 kernels take the codebook word's
+//! byte sum instead (`q + 254`, unsigned, as an int8 dot product needs) and subtract `254 S` per activation sum.
 
 use half::f16;
 use tern_core::{BLOCK_LEN, MatrixView, TensorType, TernFormat};
@@ -153,6 +154,8 @@ impl SourceRows for TernMatrix {
                 let third = if self.format == TernFormat::T3 { words[2] } else { 0 };
                 std::array::from_fn(|i| (byte(i % 8) >> (2 * (i / 8)) & 3) | ((third >> i & 1) << 2) as u8)
             }
+            // `Groups::from_tern` copies trellis streams whole (`Groups::trellis`) and never asks for their quants:
+            // this impl is only reached through `Groups::new`, which only scalar-format matrices take.
             TernFormat::TR2 | TernFormat::TR3 | TernFormat::TR4 => unreachable!("trellis rows are copied whole"),
         }
     }
@@ -323,12 +326,7 @@ impl Groups {
             group.unpack(b, &mut q);
             let (scale, offset) = group.scales(b, lane);
             for (o, &quant) in block.iter_mut().zip(&q[lane]) {
-                // The trellis formats' reference rounds `D sc (q - 254)`, not `S q - O`.
-                *o = if self.format.is_trellis() {
-                    scale * (quant - tern_quant::trellis::CODE_MIDDLE as i16) as f32
-                } else {
-                    scale * quant as f32 - offset
-                };
+                *o = scale * quant as f32 - offset;
             }
         }
     }
@@ -355,10 +353,7 @@ impl Group<'_> {
             GroupFormat::Tern(TernFormat::T2) => (d * (s[r] & 15) as f32, m * (s[r] >> 4) as f32),
             GroupFormat::Tern(TernFormat::T3 | TernFormat::T4) => (d * s[r] as f32, m * s[GROUP_ROWS + r] as f32),
             GroupFormat::Tern(TernFormat::T8) => (d * s[r] as f32, 0.0),
-            GroupFormat::Tern(TernFormat::TR2 | TernFormat::TR3 | TernFormat::TR4) => {
-                let scale = d * s[r] as f32;
-                (scale, scale * tern_quant::trellis::CODE_MIDDLE as f32)
-            }
+            GroupFormat::Tern(TernFormat::TR2 | TernFormat::TR3 | TernFormat::TR4) => (d * s[r] as f32, 0.0),
             GroupFormat::Q4_0 => (half(r), 8.0 * half(r)),
             GroupFormat::Q4_1 => (half(r), half(GROUP_ROWS + r)),
             GroupFormat::Q8_0 => (half(r), 0.0),
@@ -366,7 +361,7 @@ impl Group<'_> {
     }
 
     /// Block `b` of the eight rows, as quants in element order (signed for 8-bit formats; for the trellis
-    /// formats the byte sums of the states' codebook words), the inverse of the packing in [`Groups::new`].
+    /// formats the states' codebook values), the inverse of the packing in [`Groups::new`].
     /// Each row's four bytes of a quant vector are one little-endian word, unpacked four quants at a time.
     pub fn unpack(&self, b: usize, q: &mut [[i16; BLOCK_LEN]; GROUP_ROWS]) {
         if let GroupFormat::Tern(f) = self.format
@@ -404,9 +399,9 @@ impl Group<'_> {
 
 impl Group<'_> {
     /// A trellis block: weight `i`'s state is the 12-bit window at bit `k i` of the block's words (and the
-    /// next block's first), its quant the byte sum of the state's masked codebook word.
+    /// next block's first), its quant the state's codebook value.
     fn unpack_trellis(&self, b: usize, k: usize, q: &mut [[i16; BLOCK_LEN]; GROUP_ROWS]) {
-        use tern_quant::trellis::{CODE_MIDDLE, STATE_BITS, code};
+        use tern_quant::trellis::{STATE_BITS, code};
         let stride = self.format.stride();
         let (words, _) = self.data[b * stride..].as_chunks::<4>();
         for (r, row) in q.iter_mut().enumerate() {
@@ -418,7 +413,7 @@ impl Group<'_> {
             for (i, o) in row.iter_mut().enumerate() {
                 let (v, s) = (k * i / 32, k * i % 32);
                 let state = ((word(v + 1) << 32 | word(v)) >> s) as u32 & ((1 << STATE_BITS) - 1);
-                *o = (code(state) + CODE_MIDDLE) as i16;
+                *o = code(state) as i16;
             }
         }
     }

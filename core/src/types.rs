@@ -183,6 +183,11 @@ impl TernFormat {
         if self.is_trellis() { 2 * BLOCK_LEN } else { BLOCK_LEN }
     }
 
+    /// Whether rows of `cols` weights can be stored in this format.
+    pub fn takes(self, cols: usize) -> bool {
+        cols > 0 && cols.is_multiple_of(self.row_multiple())
+    }
+
     /// Bits of each quant.
     pub fn quant_bits(self) -> usize {
         match self {

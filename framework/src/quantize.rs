@@ -397,7 +397,7 @@ pub fn quantize(
             + matrices
                 .iter()
                 .filter(|m| m.forced.is_none())
-                .map(|m| options.formats.iter().map(|&f| bits_of(m, f)).min().unwrap_or(0))
+                .map(|m| options.formats.iter().filter(|f| f.takes(m.cols)).map(|&f| bits_of(m, f)).min().unwrap_or(0))
                 .sum::<u64>();
         if (target * params as f64) < smallest as f64 {
             return Err(Error::Option {
@@ -488,8 +488,7 @@ pub fn quantize(
             Some((f, _)) => vec![f],
             None => {
                 // A format whose blocks do not divide the rows (the trellis formats' 64) is not a candidate.
-                let mut all: Vec<TernFormat> =
-                    options.formats.iter().copied().filter(|f| m.cols.is_multiple_of(f.row_multiple())).collect();
+                let mut all: Vec<TernFormat> = options.formats.iter().copied().filter(|f| f.takes(m.cols)).collect();
                 if !all.contains(&TernFormat::T8) {
                     all.push(TernFormat::T8);
                 }

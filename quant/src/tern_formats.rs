@@ -489,7 +489,7 @@ impl TernMatrix {
     /// finite, non-negative f32.
     pub fn from_bytes(format: TernFormat, rows: usize, cols: usize, bytes: &[u8]) -> Result<Self> {
         let ty = format.tensor_type();
-        if cols == 0 || !cols.is_multiple_of(format.row_multiple()) {
+        if !format.takes(cols) {
             return Err(Error::RowLength { ty, cols, block: format.row_multiple() });
         }
         let expected = ty.data_bytes(rows, cols).ok_or(Error::TernShape { detail: format!("{rows}x{cols} overflows") })?;
@@ -521,7 +521,7 @@ impl TernMatrix {
 
 /// Checks the shape, the importance values and the weights given to a quantizer.
 pub(crate) fn check_input(format: TernFormat, rows: usize, cols: usize, data: &[f32], importance: Option<&[f32]>) -> Result<()> {
-    if cols == 0 || !cols.is_multiple_of(format.row_multiple()) {
+    if !format.takes(cols) {
         return Err(Error::TernShape {
             detail: format!("{format} takes rows of a multiple of {} weights, not {cols}", format.row_multiple()),
         });
